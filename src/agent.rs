@@ -1,0 +1,362 @@
+//! The agent's life: configuration → lookup → (auto-)TLS → API server → heartbeats, until a
+//! power action, a lockdown or a signal ends it. This is the top of the layering: it wires the
+//! protocol (conductor client, API server) to the executor and acts on system events.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::api::routes::ApiState;
+use crate::api::server;
+use crate::commands::{Context, SystemEvent};
+use crate::conductor::client::{ApiClient, ApiVersion, ClientError};
+use crate::conductor::heartbeat::{self, Heartbeat, StatusFn};
+use crate::conductor::lookup::{self, LookupError};
+use crate::config::{Config, ConfigError};
+use crate::executor::{Executor, Status};
+use crate::hardware::net;
+use crate::state::{Session, StateDir, StateError};
+use crate::system::power;
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "the conductor already issued this boot's agent token (lookup answered \"******\") and none is \
+         saved in {0}; power-cycle the node through Ironic to get a new one"
+    )]
+    TokenLost(String),
+    #[error("cannot work out the address to advertise: {0}")]
+    Advertise(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Wait (up to 60 s, like IPA) for a NIC with a MAC address; BOOTIF alone is enough.
+async fn lookup_macs(cfg: &Config) -> Vec<String> {
+    for _ in 0..60 {
+        let macs = net::lookup_macs(
+            cfg.bootif.as_deref(),
+            &net::interfaces(std::path::Path::new("/sys/class/net")),
+        );
+        if !macs.is_empty() {
+            return macs;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Vec::new()
+}
+
+/// Decide the token: a fresh one from the lookup, else the pregenerated one, else the one this
+/// boot's earlier agent process saved.
+fn choose_token(
+    cfg: &Config,
+    lk: &lookup::Lookup,
+    saved: Option<Session>,
+) -> Result<Option<String>, AgentError> {
+    let saved_token = saved
+        .filter(|s| s.node_uuid == lk.node_uuid)
+        .and_then(|s| s.token);
+    match lk.config.get("agent_token") {
+        Some(Value::String(t)) if t.len() >= 32 => Ok(Some(t.clone())),
+        Some(Value::String(t)) if t == "******" => match cfg.agent_token.clone().or(saved_token) {
+            Some(t) => {
+                tracing::info!(
+                    "the conductor masked the token; using the one this boot already has"
+                );
+                Ok(Some(t))
+            }
+            None => Err(AgentError::TokenLost(cfg.state_dir.display().to_string())),
+        },
+        Some(Value::Null) | None => Ok(cfg.agent_token.clone().or(saved_token)),
+        Some(other) => {
+            tracing::warn!(value = %other, "the lookup returned an invalid agent token; ignoring it");
+            Ok(cfg.agent_token.clone().or(saved_token))
+        }
+    }
+}
+
+/// The IP the conductor can reach us on: `ipa-advertise-host`, else the source address the
+/// kernel picks for the route to the API (a connected UDP socket sends nothing).
+async fn advertise_ip(cfg: &Config, client: &ApiClient) -> Result<IpAddr, AgentError> {
+    if let Some(h) = &cfg.advertise_host {
+        if let Ok(ip) = h.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        return tokio::net::lookup_host((h.as_str(), 0))
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .map(|a| a.ip())
+            .ok_or_else(|| {
+                AgentError::Advertise(format!("cannot resolve ipa-advertise-host {h}"))
+            });
+    }
+    let mut last = String::from("no API URL");
+    for attempt in 0..6 {
+        for u in client.urls() {
+            let Ok(url) = url::Url::parse(&u) else {
+                continue;
+            };
+            let Some(host) = url.host_str() else { continue };
+            let port = url.port_or_known_default().unwrap_or(80);
+            let host = host.trim_matches(['[', ']']).to_string();
+            let resolved = tokio::net::lookup_host((host.as_str(), port)).await;
+            match resolved {
+                Ok(addrs) => {
+                    for a in addrs {
+                        let bind: SocketAddr = if a.is_ipv4() {
+                            "0.0.0.0:0".parse().unwrap_or(a)
+                        } else {
+                            "[::]:0".parse().unwrap_or(a)
+                        };
+                        let Ok(sock) = std::net::UdpSocket::bind(bind) else {
+                            continue;
+                        };
+                        if sock.connect(a).is_ok() {
+                            if let Ok(local) = sock.local_addr() {
+                                let ip = local.ip();
+                                let link_local = match ip {
+                                    IpAddr::V4(v4) => v4.is_link_local(),
+                                    IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                                };
+                                if !ip.is_unspecified() && !link_local {
+                                    return Ok(ip);
+                                }
+                            }
+                        }
+                    }
+                    last = format!("no usable route to {host}");
+                }
+                Err(e) => last = format!("resolving {host}: {e}"),
+            }
+        }
+        if attempt < 5 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    }
+    Err(AgentError::Advertise(last))
+}
+
+fn callback_url(https: bool, ip: IpAddr, port: u16) -> String {
+    let proto = if https { "https" } else { "http" };
+    match ip {
+        IpAddr::V6(v6) => format!("{proto}://[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{proto}://{v4}:{port}"),
+    }
+}
+
+/// What the heartbeat reports as agent_status / agent_status_message.
+fn status_fn(exec: Arc<Executor>) -> StatusFn {
+    Arc::new(move || {
+        let last = exec.list().pop()?;
+        Some(match last.command_status {
+            Status::Running => ("start", format!("{} running", last.command_name)),
+            Status::Succeeded => ("end", format!("{} succeeded", last.command_name)),
+            _ => {
+                let detail = last
+                    .command_error
+                    .as_ref()
+                    .and_then(|e| e.get("details"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                ("error", format!("{} failed: {detail}", last.command_name))
+            }
+        })
+    })
+}
+
+/// Run the agent until it is told to stop. Returns when the process should exit 0.
+pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
+    let state = StateDir::open(&cfg.state_dir)?;
+    if !cfg.hardware_initialization_delay.is_zero() {
+        tokio::time::sleep(cfg.hardware_initialization_delay).await;
+    }
+    let client = Arc::new(ApiClient::new(&cfg)?);
+    let macs = lookup_macs(&cfg).await;
+    tracing::info!(?macs, urls = ?client.urls(), "looking up the node");
+    let pinned = cfg.ironic_api_version.map(|(a, b)| ApiVersion(a, b));
+    let lk = lookup::run(
+        &client,
+        pinned,
+        &macs,
+        cfg.lookup_interval,
+        cfg.lookup_timeout,
+    )
+    .await?;
+    cfg.apply_lookup(&lk.config)?;
+    let token = choose_token(&cfg, &lk, state.load_session())?;
+    if token.is_none() && lk.version >= ApiVersion::AGENT_TOKEN {
+        tracing::warn!("no agent token: every command will be refused");
+    }
+    state.save_session(&Session {
+        node_uuid: lk.node_uuid.clone(),
+        token: token.clone(),
+    })?;
+
+    let ip = advertise_ip(&cfg, &client).await?;
+    let identity = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(c), Some(k)) => Some(tls::static_identity(c, k)?),
+        _ if cfg.enable_auto_tls && lk.version >= ApiVersion::AGENT_VERIFY_CA => {
+            Some(tls::auto_identity(
+                &state,
+                ip,
+                cfg.tls_certificate_curve,
+                cfg.auto_tls_allowed_clock_skew,
+            )?)
+        }
+        _ => None,
+    };
+    let server_tls = identity
+        .as_ref()
+        .map(|id| tls::server_config(id, cfg.tls_min_version))
+        .transpose()?;
+    let https = identity.is_some() || cfg.advertise_https;
+    let callback = callback_url(https, ip, cfg.advertise_port);
+
+    let (ctx, mut events) = Context::new(cfg.clone());
+    ctx.set_node(&lk.node);
+    let exec = Executor::new(Arc::new(ctx), Some(state.clone()));
+    let api_state = Arc::new(ApiState {
+        exec: exec.clone(),
+        token: token.clone(),
+        scheme: if identity.is_some() { "https" } else { "http" },
+    });
+    let listen = match cfg.listen_host {
+        Some(h) => SocketAddr::new(h, cfg.listen_port),
+        None => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), cfg.listen_port),
+    };
+    let srv = match server::start(listen, server_tls.clone(), api_state.clone()).await {
+        Ok(s) => s,
+        Err(e) if cfg.listen_host.is_none() => {
+            // No IPv6 in this kernel: fall back to IPv4 like IPA's default.
+            tracing::debug!(error = %e, "cannot listen on [::], trying 0.0.0.0");
+            let v4 = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), cfg.listen_port);
+            server::start(v4, server_tls, api_state)
+                .await
+                .map_err(|source| AgentError::Listen { addr: v4, source })?
+        }
+        Err(source) => {
+            return Err(AgentError::Listen {
+                addr: listen,
+                source,
+            })
+        }
+    };
+    tracing::info!(listen = %srv.local_addr, %callback, node = %lk.node_uuid, api_version = %lk.version.header(), "agent API serving");
+
+    let hb = Heartbeat {
+        node_uuid: lk.node_uuid.clone(),
+        token,
+        callback_url: callback,
+        verify_ca: identity
+            .as_ref()
+            .filter(|i| i.auto)
+            .map(|i| i.cert_pem.clone()),
+        version: lk.version,
+        timeout: cfg.heartbeat_timeout,
+    };
+    let (stop_hb, stop_rx) = watch::channel(false);
+    let hb_task = tokio::spawn(heartbeat::run(
+        client.clone(),
+        hb,
+        status_fn(exec.clone()),
+        exec.finished(),
+        stop_rx,
+    ));
+
+    let event = tokio::select! {
+        ev = events.recv() => ev,
+        _ = shutdown_signal() => None,
+    };
+    let _ = stop_hb.send(true);
+    let _ = hb_task.await;
+    // Let the answer to the command that asked for this reach the conductor first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    srv.shutdown().await;
+    match event {
+        None => tracing::info!("signal received, exiting"),
+        Some(ev) => act(&cfg, ev).await,
+    }
+    Ok(())
+}
+
+async fn act(cfg: &Config, ev: SystemEvent) {
+    let real = power::decide(cfg) == power::Action::Machine;
+    tracing::info!(?ev, real, "system event");
+    if !real {
+        return;
+    }
+    match ev {
+        SystemEvent::PowerOff | SystemEvent::Reboot => {
+            let err = power::machine(ev == SystemEvent::Reboot);
+            tracing::error!(error = %err, "power action failed");
+        }
+        SystemEvent::Lockdown => {
+            // Take the NICs down so nothing can reach this machine, then idle for good.
+            for i in net::interfaces(std::path::Path::new("/sys/class/net")) {
+                let _ = crate::system::tools::run_capture(
+                    "ip",
+                    &["link", "set", &i.name, "down"],
+                    Duration::from_secs(10),
+                    4096,
+                );
+            }
+            loop {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_urls() {
+        assert_eq!(
+            callback_url(true, "10.0.0.5".parse().unwrap(), 9999),
+            "https://10.0.0.5:9999"
+        );
+        assert_eq!(
+            callback_url(false, "fd00::5".parse().unwrap(), 9999),
+            "http://[fd00::5]:9999"
+        );
+    }
+}

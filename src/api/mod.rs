@@ -1,0 +1,4 @@
+//! The agent's HTTP(S) API, served to the conductor (IPA's routes, codes and JSON shapes).
+
+pub mod routes;
+pub mod server;

@@ -1,0 +1,237 @@
+//! The extension registry: IPA's wire names (`standby.sync`, `deploy.get_deploy_steps`, …)
+//! mapped to handlers. Handlers are plain blocking functions taking the shared [`Context`] and
+//! the request's `params`; they parse those into their own typed structs and return an
+//! [`Outcome`] or a [`CommandError`]. They never see HTTP or the command table.
+
+pub mod log;
+pub mod poll;
+pub mod standby;
+pub mod steps;
+pub mod system;
+pub mod testing;
+
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{ApiError, CommandError, ErrorKind};
+
+pub type Params = Map<String, Value>;
+pub type Handler = fn(&Context, Params) -> Result<Outcome, CommandError>;
+pub type Validator = fn(&Params) -> Result<(), CommandError>;
+
+/// What a command returns, before IPA's result encoding is applied by the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Null,
+    Text(String),
+    Json(Value),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+#[derive(Debug)]
+pub struct Spec {
+    pub mode: Mode,
+    pub handler: Handler,
+    /// Checked before the command is recorded; a failure is an HTTP 400.
+    pub validate: Option<Validator>,
+}
+
+/// Actions only the agent's main loop may take (power, stopping the API). Commands ask for
+/// them through this one-way channel rather than reaching back into the protocol layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemEvent {
+    PowerOff,
+    Reboot,
+    Lockdown,
+}
+
+/// State shared by all commands of this agent process.
+pub struct Context {
+    pub config: Config,
+    /// The node as last seen (lookup, then every step command's `node` param).
+    pub node: Mutex<Option<Value>>,
+    /// What `standby.get_partition_uuids` answers; `{}` until an image is written.
+    pub partition_uuids: Mutex<Value>,
+    pub events: mpsc::UnboundedSender<SystemEvent>,
+    pub started_at: f64,
+}
+
+impl Context {
+    pub fn new(config: Config) -> (Context, mpsc::UnboundedReceiver<SystemEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        (
+            Context {
+                config,
+                node: Mutex::new(None),
+                partition_uuids: Mutex::new(Value::Object(Map::new())),
+                events: tx,
+                started_at,
+            },
+            rx,
+        )
+    }
+
+    pub fn set_node(&self, node: &Value) {
+        if node.is_object() {
+            if let Ok(mut n) = self.node.lock() {
+                *n = Some(node.clone());
+            }
+        }
+    }
+
+    pub fn emit(&self, ev: SystemEvent) {
+        let _ = self.events.send(ev);
+    }
+}
+
+/// Parse params into a command's argument struct. Unknown or ill-typed arguments are a
+/// `TypeError`, which Ironic treats as a hard failure instead of retrying.
+pub fn args<T: DeserializeOwned>(params: Params) -> Result<T, CommandError> {
+    serde_json::from_value(Value::Object(params))
+        .map_err(|e| CommandError::new(ErrorKind::TypeError, e.to_string()))
+}
+
+/// For commands that take no arguments: refuse any, naming them.
+pub fn no_args(params: &Params) -> Result<(), CommandError> {
+    if params.is_empty() {
+        Ok(())
+    } else {
+        let keys: Vec<&str> = params.keys().map(String::as_str).collect();
+        Err(CommandError::new(
+            ErrorKind::TypeError,
+            format!("unexpected keyword arguments: {}", keys.join(", ")),
+        ))
+    }
+}
+
+const fn sync(handler: Handler) -> Spec {
+    Spec {
+        mode: Mode::Sync,
+        handler,
+        validate: None,
+    }
+}
+
+const fn asynchronous(handler: Handler) -> Spec {
+    Spec {
+        mode: Mode::Async,
+        handler,
+        validate: None,
+    }
+}
+
+static STANDBY: &[(&str, Spec)] = &[
+    ("get_partition_uuids", sync(standby::get_partition_uuids)),
+    ("sync", sync(standby::sync)),
+    ("power_off", asynchronous(standby::power_off)),
+    ("run_image", asynchronous(standby::run_image)),
+];
+static DEPLOY: &[(&str, Spec)] = &[
+    ("get_deploy_steps", sync(steps::get_deploy_steps)),
+    (
+        "execute_deploy_step",
+        asynchronous(steps::execute_deploy_step),
+    ),
+];
+static CLEAN: &[(&str, Spec)] = &[
+    ("get_clean_steps", sync(steps::get_clean_steps)),
+    (
+        "execute_clean_step",
+        asynchronous(steps::execute_clean_step),
+    ),
+];
+static SERVICE: &[(&str, Spec)] = &[
+    ("get_service_steps", sync(steps::get_service_steps)),
+    (
+        "execute_service_step",
+        asynchronous(steps::execute_service_step),
+    ),
+];
+static POLL: &[(&str, Spec)] = &[("get_hardware_info", sync(poll::get_hardware_info))];
+static LOG: &[(&str, Spec)] = &[("collect_system_logs", sync(log::collect_system_logs))];
+static SYSTEM: &[(&str, Spec)] = &[("lockdown", sync(system::lockdown))];
+static TESTING: &[(&str, Spec)] = &[
+    ("sleep", asynchronous(testing::sleep)),
+    ("fail", asynchronous(testing::fail)),
+    ("echo", sync(testing::echo)),
+];
+
+static TEST_EXTENSION: (&str, &[(&str, Spec)]) = ("test", TESTING);
+
+static EXTENSIONS: &[(&str, &[(&str, Spec)])] = &[
+    ("standby", STANDBY),
+    ("deploy", DEPLOY),
+    ("clean", CLEAN),
+    ("service", SERVICE),
+    ("poll", POLL),
+    ("log", LOG),
+    ("system", SYSTEM),
+];
+
+/// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).
+pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spec, ApiError> {
+    let (_, cmds) = EXTENSIONS
+        .iter()
+        .chain(test_extension.then_some(&TEST_EXTENSION))
+        .find(|(name, _)| *name == ext)
+        .ok_or_else(|| {
+            ApiError::new(
+                404,
+                format!("Not found: Extension with id {ext} not found."),
+            )
+        })?;
+    cmds.iter()
+        .find(|(name, _)| *name == cmd)
+        .map(|(_, spec)| spec)
+        .ok_or_else(|| ApiError::new(400, format!("Invalid command: Unknown command: {cmd}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_errors_match_ipa() {
+        assert!(lookup("standby", "sync", false).is_ok());
+        let e = lookup("nope", "sync", false).unwrap_err();
+        assert_eq!(
+            (e.status, e.faultstring.as_str()),
+            (404, "Not found: Extension with id nope not found.")
+        );
+        let e = lookup("standby", "nope", false).unwrap_err();
+        assert_eq!(
+            (e.status, e.faultstring.as_str()),
+            (400, "Invalid command: Unknown command: nope")
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::config::{cmdline::parse_params, AgentArgs};
+
+    /// A context with a harmless configuration (power actions only end the process).
+    pub fn ctx() -> (Context, mpsc::UnboundedReceiver<SystemEvent>) {
+        let args = AgentArgs {
+            simulate_power: true,
+            ..Default::default()
+        };
+        let cfg = Config::from_params(&parse_params("ipa-api-url=http://127.0.0.1:9"), &args)
+            .expect("test config");
+        Context::new(cfg)
+    }
+}

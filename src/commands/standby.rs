@@ -1,0 +1,39 @@
+//! `standby.*`: partition UUIDs of the written image, sync, and the power actions.
+
+use serde_json::Value;
+
+use super::{no_args, Context, Outcome, Params, SystemEvent};
+use crate::error::CommandError;
+use crate::system::power;
+
+pub fn get_partition_uuids(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    no_args(&params)?;
+    let v = ctx
+        .partition_uuids
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or(Value::Object(Default::default()));
+    Ok(Outcome::Json(v))
+}
+
+/// Flush everything to stable storage; used by the conductor before out-of-band power actions.
+pub fn sync(_ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    no_args(&params)?;
+    power::full_sync();
+    Ok(Outcome::Null)
+}
+
+pub fn power_off(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    no_args(&params)?;
+    power::full_sync();
+    ctx.emit(SystemEvent::PowerOff);
+    Ok(Outcome::Null)
+}
+
+/// IPA's name for "reboot into the deployed instance".
+pub fn run_image(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    no_args(&params)?;
+    power::full_sync();
+    ctx.emit(SystemEvent::Reboot);
+    Ok(Outcome::Null)
+}

@@ -1,0 +1,253 @@
+//! Step-based extensions (`deploy`, `clean`, `service`): list the steps this agent really
+//! implements, and run one, the way the conductor expects (`agent_base.process_next_step`):
+//! * the lists carry `hardware_manager_version`, which the conductor stores and sends back as
+//!   `<kind>_version`; a different map answers `CLEAN_VERSION_MISMATCH` so it re-reads steps;
+//! * the result echoes the step exactly as received (`<kind>_step`), which is how the
+//!   conductor recognises that *its* current step finished;
+//! * failures are reported with the kind's IPA error type (DeploymentError, CleaningError,
+//!   ServicingError) and a message naming the step.
+//!
+//! Only implemented steps are listed: a listed step that cannot run would make the conductor
+//! schedule work that is bound to fail.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{args, Context, Outcome, Params};
+use crate::error::{CommandError, ErrorKind};
+
+/// The manager name and version the conductor stores and checks (opaque to it). Bump the
+/// version when the step list or step semantics change.
+pub const MANAGER_CLASS: &str = "GenericHardwareManager";
+pub const MANAGER_NAME: &str = "generic_hardware_manager";
+pub const MANAGER_VERSION: &str = "1.2";
+
+pub fn manager_version() -> Value {
+    json!({ MANAGER_NAME: MANAGER_VERSION })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Deploy,
+    Clean,
+    Service,
+}
+
+impl Kind {
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Deploy => "deploy",
+            Kind::Clean => "clean",
+            Kind::Service => "service",
+        }
+    }
+
+    fn error_kind(self) -> ErrorKind {
+        match self {
+            Kind::Deploy => ErrorKind::Deployment,
+            Kind::Clean => ErrorKind::Cleaning,
+            Kind::Service => ErrorKind::Servicing,
+        }
+    }
+}
+
+pub type StepFn = fn(&Context, &Map<String, Value>) -> Result<Option<Value>, CommandError>;
+
+/// One step this agent can run.
+pub struct StepDef {
+    pub name: &'static str,
+    pub interface: &'static str,
+    pub priority: fn(&Context) -> i64,
+    pub abortable: bool,
+    pub argsinfo: Option<fn() -> Value>,
+    pub run: StepFn,
+}
+
+/// The steps implemented for each kind. Later work (image writing, erasing) registers here.
+fn table(kind: Kind) -> &'static [StepDef] {
+    match kind {
+        Kind::Deploy => &[],
+        Kind::Clean => &[],
+        Kind::Service => &[],
+    }
+}
+
+fn step_list(ctx: &Context, kind: Kind) -> Value {
+    let steps: Vec<Value> = table(kind)
+        .iter()
+        .map(|s| {
+            let mut v = json!({
+                "step": s.name,
+                "priority": (s.priority)(ctx),
+                "interface": s.interface,
+                "reboot_requested": false,
+                "abortable": s.abortable,
+            });
+            if let Some(info) = s.argsinfo {
+                v["argsinfo"] = info();
+            }
+            v
+        })
+        .collect();
+    json!({
+        format!("{}_steps", kind.word()): { MANAGER_CLASS: steps },
+        "hardware_manager_version": manager_version(),
+    })
+}
+
+#[derive(Deserialize)]
+struct GetSteps {
+    #[serde(default)]
+    node: Option<Value>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    ports: Option<Value>,
+}
+
+fn get_steps(ctx: &Context, params: Params, kind: Kind) -> Result<Outcome, CommandError> {
+    let a: GetSteps = args(params)?;
+    if let Some(node) = &a.node {
+        ctx.set_node(node);
+    }
+    Ok(Outcome::Json(step_list(ctx, kind)))
+}
+
+pub fn get_deploy_steps(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    get_steps(ctx, params, Kind::Deploy)
+}
+pub fn get_clean_steps(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    get_steps(ctx, params, Kind::Clean)
+}
+pub fn get_service_steps(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    get_steps(ctx, params, Kind::Service)
+}
+
+fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, CommandError> {
+    let fail = |msg: String| CommandError::new(kind.error_kind(), msg);
+    let step = params.remove("step").ok_or_else(|| {
+        CommandError::new(ErrorKind::TypeError, "missing required argument: step")
+    })?;
+    if let Some(node) = params.remove("node") {
+        ctx.set_node(&node);
+    }
+    params.remove("ports");
+    let version = params.remove(&format!("{}_version", kind.word()));
+    if let Some(v) = version.filter(|v| !v.is_null()) {
+        if v != manager_version() {
+            return Err(CommandError::new(
+                ErrorKind::VersionMismatch,
+                format!(
+                    "Current versions: {}, versions used by ironic: {}",
+                    manager_version(),
+                    v
+                ),
+            ));
+        }
+    }
+    let name = step.get("step").and_then(Value::as_str).ok_or_else(|| {
+        fail(format!(
+            "Malformed {} step, no step name: {step}",
+            kind.word()
+        ))
+    })?;
+    let interface = step
+        .get("interface")
+        .and_then(Value::as_str)
+        .unwrap_or("deploy");
+    let def = table(kind)
+        .iter()
+        .find(|s| s.name == name && s.interface == interface)
+        .ok_or_else(|| {
+            fail(format!(
+                "{} step {interface}.{name} is not supported by this agent (Rivet {})",
+                kind.word(),
+                env!("CARGO_PKG_VERSION")
+            ))
+        })?;
+    // Step arguments, then any extra keyword arguments of the command, as IPA merges them.
+    let mut step_args = step
+        .get("args")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    step_args.extend(params);
+    let result = (def.run)(ctx, &step_args).map_err(|e| {
+        if e.kind == ErrorKind::CommandExecution {
+            fail(format!(
+                "Error performing {} step {name}: {}",
+                kind.word(),
+                e.details
+            ))
+        } else {
+            e
+        }
+    })?;
+    Ok(Outcome::Json(json!({
+        format!("{}_result", kind.word()): result,
+        format!("{}_step", kind.word()): step,
+    })))
+}
+
+pub fn execute_deploy_step(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    execute(ctx, params, Kind::Deploy)
+}
+pub fn execute_clean_step(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    execute(ctx, params, Kind::Clean)
+}
+pub fn execute_service_step(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    execute(ctx, params, Kind::Service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::tests_support::ctx;
+
+    #[test]
+    fn step_lists_have_ironic_shape() {
+        let (c, _rx) = ctx();
+        for (kind, key) in [
+            (Kind::Deploy, "deploy_steps"),
+            (Kind::Clean, "clean_steps"),
+            (Kind::Service, "service_steps"),
+        ] {
+            let v = step_list(&c, kind);
+            assert!(v[key][MANAGER_CLASS].is_array(), "{v}");
+            assert_eq!(
+                v["hardware_manager_version"],
+                json!({"generic_hardware_manager": "1.2"})
+            );
+            for s in v[key][MANAGER_CLASS].as_array().unwrap() {
+                assert!(
+                    s["step"].is_string() && s["interface"].is_string() && s["priority"].is_i64()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn version_mismatch_and_unknown_step() {
+        let (c, _rx) = ctx();
+        let p = |v: Value| v.as_object().unwrap().clone();
+        let e = execute(
+            &c,
+            p(
+                json!({"step": {"step": "x", "interface": "deploy"}, "node": {}, "ports": [],
+                     "deploy_version": {"generic_hardware_manager": "0.9"}}),
+            ),
+            Kind::Deploy,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::VersionMismatch);
+        let e = execute(
+            &c,
+            p(json!({"step": {"step": "frobnicate", "interface": "deploy"}, "clean_version": null})),
+            Kind::Clean,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cleaning);
+        assert!(e.details.contains("deploy.frobnicate"), "{}", e.details);
+        let e = execute(&c, p(json!({"node": {}})), Kind::Deploy).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::TypeError);
+    }
+}

@@ -1,0 +1,131 @@
+//! `GET /v1/lookup`: find our node by MAC address, with IPA's retry policy (random exponential
+//! backoff from `ipa-lookup-interval` up to 60 s, extra pauses after 409, give up after
+//! `ipa-lookup-timeout`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::backoff::{conflict_pause, lookup_delay};
+use super::client::{ironic_faultstring, ApiClient, ApiVersion, ClientError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("lookup of {macs} gave no node within {timeout:?}; last error: {last}")]
+    Timeout {
+        macs: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("no network interface with a MAC address to look the node up with")]
+    NoMacs,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub node: Value,
+    pub node_uuid: String,
+    pub config: Value,
+    pub version: ApiVersion,
+}
+
+/// One attempt; `Ok(None)` is "try again" with the reason logged.
+async fn attempt(
+    client: &ApiClient,
+    version: ApiVersion,
+    macs: &str,
+) -> Result<Lookup, ClientError> {
+    let path = format!("/v1/lookup?addresses={macs}");
+    let v = version.min(ApiVersion::AGENT_TOKEN);
+    let (status, body) = client.request("GET", &path, Some(v), None).await?;
+    if status != 200 {
+        return Err(ClientError::Status {
+            method: "GET",
+            path,
+            status,
+            faultstring: ironic_faultstring(&body),
+        });
+    }
+    let bad = |d: &str| ClientError::BadBody {
+        path: path.clone(),
+        detail: d.to_string(),
+    };
+    let doc: Value = serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?;
+    let uuid = doc
+        .pointer("/node/uuid")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no node.uuid"))?
+        .to_string();
+    // Old APIs put heartbeat_timeout at the top level; fold it into config.
+    let mut config = doc
+        .get("config")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
+    if config.get("heartbeat_timeout").is_none() {
+        if let (Some(t), Some(obj)) = (doc.get("heartbeat_timeout"), config.as_object_mut()) {
+            obj.insert("heartbeat_timeout".into(), t.clone());
+        }
+    }
+    Ok(Lookup {
+        node: doc.get("node").cloned().unwrap_or(Value::Null),
+        node_uuid: uuid,
+        config,
+        version,
+    })
+}
+
+/// Retry discovery and lookup until a node is found or the time is up.
+pub async fn run(
+    client: &ApiClient,
+    pinned: Option<ApiVersion>,
+    macs: &[String],
+    interval: Duration,
+    timeout: Duration,
+) -> Result<Lookup, LookupError> {
+    if macs.is_empty() {
+        return Err(LookupError::NoMacs);
+    }
+    let joined = macs.join(",");
+    let start = Instant::now();
+    let mut version = pinned;
+    let mut attempts = 0u32;
+    let mut conflicts = 0u32;
+    let mut rng = rand::thread_rng();
+    loop {
+        attempts += 1;
+        let mut extra = Duration::ZERO;
+        let err: String = match version {
+            None => match client.discover_version().await {
+                Ok(v) => {
+                    tracing::info!(version = %v.header(), "Ironic API version discovered");
+                    version = Some(v);
+                    continue;
+                }
+                Err(e) => format!("API version discovery: {e}"),
+            },
+            Some(v) => match attempt(client, v, &joined).await {
+                Ok(found) => {
+                    tracing::info!(node = %found.node_uuid, attempts, "lookup succeeded");
+                    return Ok(found);
+                }
+                Err(e) => {
+                    if e.status() == Some(409) {
+                        conflicts += 1;
+                        extra = conflict_pause(conflicts);
+                    }
+                    e.to_string()
+                }
+            },
+        };
+        let delay = lookup_delay(attempts, interval, &mut rng) + extra;
+        if start.elapsed() + delay > timeout {
+            return Err(LookupError::Timeout {
+                macs: joined,
+                timeout,
+                last: err,
+            });
+        }
+        tracing::warn!(error = %err, retry_in = ?delay, "lookup failed, retrying");
+        tokio::time::sleep(delay).await;
+    }
+}

@@ -1,0 +1,582 @@
+//! One typed configuration built from the kernel command line, the virtual-media parameters file
+//! and command-line flags, in that order of precedence (flags win, as an operator expects of a
+//! flag; vmedia parameters override the kernel command line, as in IPA).
+
+pub mod cmdline;
+pub mod vmedia;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use cmdline::{
+    normalize_bootif, parse_api_urls, parse_api_version, parse_bool, parse_secs, parse_u16,
+    parse_u64,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for {key}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("no Ironic API URL: set ipa-api-url on the kernel command line or --api-url")]
+    NoApiUrl,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("virtual media: {0}")]
+    Vmedia(String),
+}
+
+impl ConfigError {
+    pub fn invalid(key: &str, value: &str, reason: &str) -> Self {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+impl TlsVersion {
+    pub fn parse(key: &str, v: &str) -> Result<Self, ConfigError> {
+        match v.trim() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(ConfigError::invalid(key, v, "expected 1.2 or 1.3")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+impl Curve {
+    pub fn parse(v: &str) -> Result<Self, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "p256" | "p-256" | "secp256r1" => Ok(Curve::P256),
+            "p384" | "p-384" | "secp384r1" => Ok(Curve::P384),
+            "p521" | "p-521" | "secp521r1" => Ok(Curve::P521),
+            _ => Err(ConfigError::invalid(
+                "ipa-tls-certificate-curve",
+                v,
+                "expected p256, p384 or p521",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Flags of the agent mode. Every flag is optional and overrides the kernel command line.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// Read kernel parameters from this file instead of /proc/cmdline (tests, debugging).
+    #[arg(long, value_name = "FILE")]
+    pub cmdline_file: Option<PathBuf>,
+    /// Where the token, the TLS key/cert and the command history survive an agent restart.
+    #[arg(long, value_name = "DIR", default_value = "/run/rivet")]
+    pub state_dir: PathBuf,
+    /// Never power the machine off or reboot it: power_off/run_image/lockdown end the agent
+    /// process (exit 0) after answering. Tests always use this.
+    #[arg(long)]
+    pub simulate_power: bool,
+    /// Admit loop devices as disks (tests only).
+    #[arg(long)]
+    pub allow_loop_devices: bool,
+    /// Ironic API URL(s), comma-separated (ipa-api-url).
+    #[arg(long)]
+    pub api_url: Option<String>,
+    #[arg(long)]
+    pub advertise_host: Option<String>,
+    #[arg(long)]
+    pub advertise_port: Option<u16>,
+    #[arg(long)]
+    pub listen_host: Option<IpAddr>,
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Do not verify the TLS certificate of the Ironic API (ipa-insecure).
+    #[arg(long)]
+    pub insecure: bool,
+    /// CA bundle for verifying the Ironic API and image servers.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve the agent API with this certificate instead of an auto-generated one.
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Never generate a TLS certificate; serve plain HTTP unless static files are given.
+    #[arg(long)]
+    pub no_auto_tls: bool,
+    #[arg(long)]
+    pub debug: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Enable the `test.*` extension (sleep/fail commands) for integration tests. Never set
+    /// in a ramdisk.
+    #[arg(long, hide = true)]
+    pub test_extension: bool,
+    /// Where virtual-media agent config is copied to (IPA copies into /etc).
+    #[arg(long, value_name = "DIR", default_value = "/etc")]
+    pub etc_dir: PathBuf,
+}
+
+/// Everything the agent needs to know, typed and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_urls: Vec<String>,
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+    pub advertise_host: Option<String>,
+    pub advertise_port: u16,
+    pub advertise_https: bool,
+    pub listen_host: Option<IpAddr>,
+    pub listen_port: u16,
+    pub agent_token: Option<String>,
+    pub debug: bool,
+    pub global_request_id: Option<String>,
+    pub lookup_timeout: Duration,
+    pub lookup_interval: Duration,
+    pub ironic_api_version: Option<(u32, u32)>,
+    pub http_request_timeout: Duration,
+    pub image_download_connection_timeout: Duration,
+    pub image_download_connection_retries: u32,
+    pub image_download_connection_retry_interval: Duration,
+    pub image_download_max_duration: Option<Duration>,
+    pub tls_min_version: TlsVersion,
+    pub tls_certificate_curve: Curve,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub enable_auto_tls: bool,
+    pub auto_tls_allowed_clock_skew: Duration,
+    pub bootif: Option<String>,
+    /// BOOTIF exactly as given, reported as `boot.pxe_interface` like IPA does.
+    pub bootif_raw: Option<String>,
+    pub vmedia: bool,
+    pub hardware_initialization_delay: Duration,
+    pub disk_wait_attempts: u32,
+    pub disk_wait_delay: Duration,
+    pub inject_files_priority: i64,
+    pub strict_root_device: bool,
+    pub ntp_server: Option<String>,
+    pub state_dir: PathBuf,
+    pub simulate_power: bool,
+    pub allow_loop_devices: bool,
+    /// True when the parameters came from this machine's real /proc/cmdline; real power actions
+    /// are only allowed then (see `system::power`).
+    pub from_proc_cmdline: bool,
+    pub test_extension: bool,
+    // Settings the conductor sends in the lookup answer (they override local ones, as in IPA).
+    pub heartbeat_timeout: Duration,
+    pub md5_enabled: bool,
+    pub permitted_image_formats: Vec<String>,
+    pub enable_bios_bootloader_install: bool,
+    pub disable_deep_image_inspection: bool,
+}
+
+const PROC_CMDLINE: &str = "/proc/cmdline";
+
+impl Config {
+    /// Read the kernel command line (or `--cmdline-file`), merge virtual-media parameters when
+    /// booted that way, then apply flags.
+    pub fn load(args: &AgentArgs) -> Result<Config, ConfigError> {
+        let path = args
+            .cmdline_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(PROC_CMDLINE));
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut params = cmdline::parse_params(&text);
+        if params.get("boot_method").map(String::as_str) == Some("vmedia") {
+            let found = vmedia::load(&args.etc_dir, args.allow_loop_devices)?;
+            // Values from the virtual-media parameters file override the kernel command line.
+            params.extend(found);
+        }
+        let mut cfg = Config::from_params(&params, args)?;
+        cfg.from_proc_cmdline = args.cmdline_file.is_none();
+        if cfg.ca_file.is_none() {
+            cfg.ca_file = vmedia::cafile_from_conf(&args.etc_dir);
+        }
+        Ok(cfg)
+    }
+
+    /// Build from already-parsed parameters plus flags (no file access).
+    pub fn from_params(
+        p: &HashMap<String, String>,
+        args: &AgentArgs,
+    ) -> Result<Config, ConfigError> {
+        let get = |k: &str| p.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+        let secs = |k: &str, default: f64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs_f64(match get(k) {
+                Some(v) => parse_secs(k, v)?,
+                None => default,
+            }))
+        };
+        let boolean = |k: &str, default: bool| -> Result<bool, ConfigError> {
+            get(k).map_or(Ok(default), |v| parse_bool(k, v))
+        };
+
+        let api_urls = match (&args.api_url, get("ipa-api-url")) {
+            (Some(v), _) => parse_api_urls(v)?,
+            (None, Some(v)) => parse_api_urls(v)?,
+            (None, None) => return Err(ConfigError::NoApiUrl),
+        };
+        let advertise_https = match get("ipa-advertise-protocol") {
+            None => false,
+            Some("http") => false,
+            Some("https") => true,
+            Some(v) => {
+                return Err(ConfigError::invalid(
+                    "ipa-advertise-protocol",
+                    v,
+                    "expected http or https",
+                ))
+            }
+        };
+        let listen_host = match (args.listen_host, get("ipa-listen-host")) {
+            (Some(h), _) => Some(h),
+            (None, Some(v)) => Some(v.trim_matches(['[', ']']).parse().map_err(|_| {
+                ConfigError::invalid("ipa-listen-host", v, "expected an IP address")
+            })?),
+            (None, None) => None,
+        };
+        let port = |k: &str, flag: Option<u16>| -> Result<u16, ConfigError> {
+            match (flag, get(k)) {
+                (Some(f), _) => Ok(f),
+                (None, Some(v)) => parse_u16(k, v),
+                (None, None) => Ok(9999),
+            }
+        };
+        let bootif_raw = get("BOOTIF").map(str::to_string);
+        let bootif = bootif_raw.as_deref().map(normalize_bootif).transpose()?;
+        let token = args_or(&None, get("ipa-agent-token"));
+        if let Some(t) = &token {
+            if t.len() < 32 {
+                return Err(ConfigError::invalid(
+                    "ipa-agent-token",
+                    "******",
+                    "a pregenerated token has at least 32 characters",
+                ));
+            }
+        }
+        let max_duration = secs("ipa-image-download-max-duration", 0.0)?;
+        let curve = get("ipa-tls-certificate-curve").map_or(Ok(Curve::P384), Curve::parse)?;
+
+        Ok(Config {
+            api_urls,
+            insecure: args.insecure || boolean("ipa-insecure", false)?,
+            ca_file: args.ca_file.clone(),
+            advertise_host: args
+                .advertise_host
+                .clone()
+                .or_else(|| get("ipa-advertise-host").map(str::to_string)),
+            advertise_port: port("ipa-advertise-port", args.advertise_port)?,
+            advertise_https,
+            listen_host,
+            listen_port: port("ipa-listen-port", args.listen_port)?,
+            agent_token: token,
+            debug: args.debug || boolean("ipa-debug", false)?,
+            global_request_id: get("ipa-global-request-id").map(str::to_string),
+            lookup_timeout: secs("ipa-lookup-timeout", 600.0)?,
+            lookup_interval: secs("ipa-lookup-interval", 1.0)?,
+            ironic_api_version: get("ipa-ironic-api-version")
+                .map(|v| parse_api_version("ipa-ironic-api-version", v))
+                .transpose()?,
+            http_request_timeout: secs("ipa-http-request-timeout", 30.0)?,
+            image_download_connection_timeout: secs("ipa-image-download-connection-timeout", 60.0)?,
+            image_download_connection_retries: get("ipa-image-download-connection-retries")
+                .map(|v| {
+                    parse_u64("ipa-image-download-connection-retries", v)
+                        .map(|n| n.min(u32::MAX as u64) as u32)
+                })
+                .transpose()?
+                .unwrap_or(9),
+            image_download_connection_retry_interval: secs(
+                "ipa-image-download-connection-retry-interval",
+                10.0,
+            )?,
+            image_download_max_duration: (!max_duration.is_zero()).then_some(max_duration),
+            tls_min_version: get("ipa-tls-min-version").map_or(Ok(TlsVersion::V1_2), |v| {
+                TlsVersion::parse("ipa-tls-min-version", v)
+            })?,
+            tls_certificate_curve: curve,
+            tls_cert_file: args.tls_cert_file.clone(),
+            tls_key_file: args.tls_key_file.clone(),
+            enable_auto_tls: !args.no_auto_tls,
+            auto_tls_allowed_clock_skew: Duration::from_secs(3600),
+            bootif,
+            bootif_raw,
+            vmedia: get("boot_method") == Some("vmedia"),
+            hardware_initialization_delay: secs("ipa-hardware-initialization-delay", 0.0)?,
+            disk_wait_attempts: get("ipa-disk-wait-attempts")
+                .map(|v| parse_u64("ipa-disk-wait-attempts", v).map(|n| n.min(1000) as u32))
+                .transpose()?
+                .unwrap_or(10),
+            disk_wait_delay: secs("ipa-disk-wait-delay", 3.0)?,
+            inject_files_priority: get("ipa-inject-files-priority")
+                .map(|v| {
+                    v.parse::<i64>().map_err(|_| {
+                        ConfigError::invalid("ipa-inject-files-priority", v, "expected an integer")
+                    })
+                })
+                .transpose()?
+                .unwrap_or(0),
+            strict_root_device: boolean("ipa-strict-root-device", false)?,
+            ntp_server: get("ipa-ntp-server").map(str::to_string),
+            state_dir: args.state_dir.clone(),
+            simulate_power: args.simulate_power,
+            allow_loop_devices: args.allow_loop_devices,
+            from_proc_cmdline: false,
+            test_extension: args.test_extension,
+            heartbeat_timeout: Duration::from_secs(300),
+            md5_enabled: false,
+            permitted_image_formats: vec!["raw".into(), "gpt".into(), "qcow2".into()],
+            enable_bios_bootloader_install: false,
+            disable_deep_image_inspection: false,
+        })
+    }
+
+    /// Apply the lookup answer's `config` object. Unknown keys are ignored; a present key of
+    /// the wrong type is an error, since guessing would silently change deploy behaviour.
+    pub fn apply_lookup(&mut self, c: &serde_json::Value) -> Result<(), ConfigError> {
+        use serde_json::Value;
+        let bad = |k: &str, v: &Value, why: &str| {
+            ConfigError::invalid(&format!("lookup config.{k}"), &v.to_string(), why)
+        };
+        match c.get("heartbeat_timeout") {
+            Some(v) => match v
+                .as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            {
+                Some(t) if t.is_finite() && t > 0.0 => {
+                    self.heartbeat_timeout = Duration::from_secs_f64(t)
+                }
+                _ => {
+                    return Err(bad(
+                        "heartbeat_timeout",
+                        v,
+                        "expected a positive number of seconds",
+                    ))
+                }
+            },
+            None => {
+                return Err(ConfigError::invalid(
+                    "lookup config.heartbeat_timeout",
+                    "(missing)",
+                    "the conductor must send it",
+                ))
+            }
+        }
+        let flag = |k: &str| -> Result<Option<bool>, ConfigError> {
+            match c.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Bool(b)) => Ok(Some(*b)),
+                Some(v) => Err(bad(k, v, "expected true or false")),
+            }
+        };
+        if let Some(b) = flag("agent_md5_checksum_enable")? {
+            self.md5_enabled = b;
+        }
+        if let Some(b) = flag("enable_bios_bootloader_install")? {
+            self.enable_bios_bootloader_install = b;
+        }
+        if let Some(b) = flag("disable_deep_image_inspection")? {
+            self.disable_deep_image_inspection = b;
+        }
+        match c.get("permitted_image_formats") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => {
+                self.permitted_image_formats = a
+                    .iter()
+                    .map(|f| {
+                        f.as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| bad("permitted_image_formats", f, "expected strings"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            Some(v) => return Err(bad("permitted_image_formats", v, "expected a list")),
+        }
+        match c.get("tls_min_version") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) => {
+                self.tls_min_version = TlsVersion::parse("lookup config.tls_min_version", v)?
+            }
+            Some(v) => return Err(bad("tls_min_version", v, "expected \"1.2\" or \"1.3\"")),
+        }
+        Ok(())
+    }
+}
+
+fn args_or(flag: &Option<String>, param: Option<&str>) -> Option<String> {
+    flag.clone().or_else(|| param.map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cmdline: &str) -> Result<Config, ConfigError> {
+        Config::from_params(&cmdline::parse_params(cmdline), &AgentArgs::default())
+    }
+
+    #[test]
+    fn ipa_defaults() {
+        let c = cfg("ipa-api-url=http://10.0.0.1:6385").unwrap();
+        assert_eq!(c.listen_port, 9999);
+        assert_eq!(c.advertise_port, 9999);
+        assert_eq!(c.lookup_timeout, Duration::from_secs(600));
+        assert_eq!(c.lookup_interval, Duration::from_secs(1));
+        assert_eq!(c.http_request_timeout, Duration::from_secs(30));
+        assert_eq!(c.image_download_connection_retries, 9);
+        assert_eq!(c.tls_certificate_curve, Curve::P384);
+        assert_eq!(c.tls_min_version, TlsVersion::V1_2);
+        assert!(!c.insecure && !c.advertise_https && c.image_download_max_duration.is_none());
+    }
+
+    #[test]
+    fn full_cmdline() {
+        let c = cfg("nofb ipa-api-url=https://a:6385,https://b:6385 ipa-insecure=1 \
+                     ipa-advertise-host=10.1.1.1 ipa-advertise-port=8443 ipa-advertise-protocol=https \
+                     ipa-listen-host=[::1] ipa-listen-port=8443 ipa-debug=true \
+                     ipa-global-request-id=req-1 ipa-lookup-timeout=30 ipa-lookup-interval=0.5 \
+                     ipa-ironic-api-version=1.68 ipa-http-request-timeout=5 \
+                     ipa-image-download-connection-timeout=7 ipa-image-download-connection-retries=2 \
+                     ipa-image-download-connection-retry-interval=3 ipa-tls-min-version=1.3 \
+                     ipa-tls-certificate-curve=p256 BOOTIF=01-52-54-00-12-34-56 \
+                     ipa-agent-token=0123456789abcdef0123456789abcdef012")
+        .unwrap();
+        assert_eq!(c.api_urls, vec!["https://a:6385", "https://b:6385"]);
+        assert!(c.insecure && c.debug && c.advertise_https);
+        assert_eq!(c.advertise_host.as_deref(), Some("10.1.1.1"));
+        assert_eq!((c.advertise_port, c.listen_port), (8443, 8443));
+        assert_eq!(c.listen_host, Some("::1".parse().unwrap()));
+        assert_eq!(c.global_request_id.as_deref(), Some("req-1"));
+        assert_eq!(c.lookup_timeout, Duration::from_secs(30));
+        assert_eq!(c.lookup_interval, Duration::from_millis(500));
+        assert_eq!(c.ironic_api_version, Some((1, 68)));
+        assert_eq!(c.image_download_connection_timeout, Duration::from_secs(7));
+        assert_eq!(c.image_download_connection_retries, 2);
+        assert_eq!(c.tls_min_version, TlsVersion::V1_3);
+        assert_eq!(c.tls_certificate_curve, Curve::P256);
+        assert_eq!(c.bootif.as_deref(), Some("52:54:00:12:34:56"));
+        assert_eq!(c.bootif_raw.as_deref(), Some("01-52-54-00-12-34-56"));
+        assert!(c.agent_token.is_some());
+    }
+
+    #[test]
+    fn flags_override_cmdline() {
+        let args = AgentArgs {
+            api_url: Some("http://127.0.0.1:1".into()),
+            listen_port: Some(1234),
+            advertise_host: Some("127.0.0.1".into()),
+            ..Default::default()
+        };
+        let p = cmdline::parse_params(
+            "ipa-api-url=http://10.0.0.1:6385 ipa-listen-port=9 ipa-advertise-host=1.2.3.4",
+        );
+        let c = Config::from_params(&p, &args).unwrap();
+        assert_eq!(c.api_urls, vec!["http://127.0.0.1:1"]);
+        assert_eq!(c.listen_port, 1234);
+        assert_eq!(c.advertise_host.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn malformed_values_are_errors_naming_the_key() {
+        for (line, key) in [
+            (
+                "ipa-api-url=http://a ipa-lookup-timeout=x",
+                "ipa-lookup-timeout",
+            ),
+            ("ipa-api-url=http://a ipa-insecure=perhaps", "ipa-insecure"),
+            (
+                "ipa-api-url=http://a ipa-listen-port=99999",
+                "ipa-listen-port",
+            ),
+            (
+                "ipa-api-url=http://a ipa-tls-min-version=1.1",
+                "ipa-tls-min-version",
+            ),
+            (
+                "ipa-api-url=http://a ipa-tls-certificate-curve=ed25519",
+                "ipa-tls-certificate-curve",
+            ),
+            (
+                "ipa-api-url=http://a ipa-advertise-protocol=gopher",
+                "ipa-advertise-protocol",
+            ),
+            (
+                "ipa-api-url=http://a ipa-listen-host=nowhere",
+                "ipa-listen-host",
+            ),
+            ("ipa-api-url=http://a BOOTIF=01-xx", "BOOTIF"),
+            (
+                "ipa-api-url=http://a ipa-agent-token=short",
+                "ipa-agent-token",
+            ),
+            (
+                "ipa-api-url=http://a ipa-ironic-api-version=latest",
+                "ipa-ironic-api-version",
+            ),
+            ("ipa-api-url=gopher://a", "ipa-api-url"),
+        ] {
+            let e = cfg(line).unwrap_err().to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        assert!(matches!(cfg("quiet"), Err(ConfigError::NoApiUrl)));
+    }
+
+    #[test]
+    fn lookup_config_overrides() {
+        let mut c = cfg("ipa-api-url=http://a:1").unwrap();
+        c.apply_lookup(&serde_json::json!({
+            "heartbeat_timeout": 30, "agent_md5_checksum_enable": true, "tls_min_version": "1.3",
+            "permitted_image_formats": ["raw", "qcow2"], "enable_bios_bootloader_install": false,
+            "metrics": {"backend": "noop"}}))
+            .unwrap();
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(30));
+        assert!(c.md5_enabled);
+        assert_eq!(c.tls_min_version, TlsVersion::V1_3);
+        assert_eq!(c.permitted_image_formats, vec!["raw", "qcow2"]);
+        assert!(c.apply_lookup(&serde_json::json!({})).is_err());
+        assert!(c
+            .apply_lookup(&serde_json::json!({"heartbeat_timeout": 30, "tls_min_version": "1.0"}))
+            .is_err());
+        assert!(c
+            .apply_lookup(&serde_json::json!({"heartbeat_timeout": "x"}))
+            .is_err());
+    }
+
+    #[test]
+    fn unknown_kernel_args_are_ignored() {
+        let c =
+            cfg("ipa-api-url=http://a:1 console=ttyS0 ipa-future-option=1 root=/dev/sda").unwrap();
+        assert_eq!(c.api_urls.len(), 1);
+    }
+}

@@ -1,0 +1,263 @@
+//! Virtual-media boots (`boot_method=vmedia`), as Ironic's Redfish virtual-media boot sets them up:
+//!
+//! 1. agent config files on the boot ISO (labelled `config-2` or `vmedia_boot_iso`) are copied
+//!    into `/etc/ironic-python-agent{,.d}/` (for example the API CA and `ironic-tls.conf`);
+//! 2. `parameters.txt` on the small vfat image labelled `ir-vfd-dev` is read with the kernel
+//!    command-line rules, and its values override the command line.
+//!
+//! Devices are found from sysfs and their labels read straight from the ISO9660 / FAT
+//! superblocks, so this works in a ramdisk with no udev and no util-linux.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::cmdline::parse_params;
+use super::ConfigError;
+
+const FOUR_GIB: u64 = 4 << 30;
+
+/// A block device that may be virtual media, with the label read from its superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub dev: PathBuf,
+    pub label: String,
+    pub fstype: &'static str,
+}
+
+/// Run both vmedia steps; returns the parameters found (empty when there is no parameters
+/// device, as in IPA: Ironic usually puts them on the ISO's kernel command line instead).
+pub fn load(etc_dir: &Path, allow_loop: bool) -> Result<HashMap<String, String>, ConfigError> {
+    let found = scan(Path::new("/sys/class/block"), allow_loop);
+    if let Some(iso) = found.iter().find(|c| {
+        c.label.eq_ignore_ascii_case("config-2") || c.label.eq_ignore_ascii_case("vmedia_boot_iso")
+    }) {
+        with_mounted(iso, |mnt| copy_agent_config(mnt, etc_dir))?;
+    }
+    match found
+        .iter()
+        .find(|c| c.label.eq_ignore_ascii_case("ir-vfd-dev"))
+    {
+        Some(dev) => with_mounted(dev, |mnt| {
+            let path = mnt.join("parameters.txt");
+            let text = fs::read_to_string(&path)
+                .map_err(|e| ConfigError::Vmedia(format!("reading {}: {e}", path.display())))?;
+            Ok(parse_params(&text))
+        }),
+        None => {
+            tracing::warn!("boot_method=vmedia but no device labelled ir-vfd-dev was found");
+            Ok(HashMap::new())
+        }
+    }
+}
+
+/// List whole block devices that look like virtual media (a CD-ROM, or a USB disk under 4 GiB;
+/// loop devices only when allowed) and carry a readable ISO9660 or FAT label.
+pub fn scan(sys_class_block: &Path, allow_loop: bool) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(sys_class_block) else {
+        return out;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let sys = sys_class_block.join(&name);
+        if sys.join("partition").exists() {
+            continue;
+        }
+        let size = fs::read_to_string(sys.join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 512;
+        let device_link = fs::read_link(sys.join("device"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let is_rom = name.starts_with("sr");
+        let is_small_usb = device_link.contains("/usb") && size > 0 && size < FOUR_GIB;
+        let is_loop = allow_loop && name.starts_with("loop") && size > 0;
+        if !(is_rom || is_small_usb || is_loop) {
+            continue;
+        }
+        let dev = PathBuf::from("/dev").join(&name);
+        if let Some((label, fstype)) = probe_label(&dev) {
+            out.push(Candidate { dev, label, fstype });
+        }
+    }
+    out
+}
+
+/// Read an ISO9660 volume id or a FAT volume label from the device's first sectors.
+pub fn probe_label(dev: &Path) -> Option<(String, &'static str)> {
+    let mut f = fs::File::open(dev).ok()?;
+    let mut boot = [0u8; 512];
+    f.read_exact(&mut boot).ok()?;
+    let mut pvd = [0u8; 2048];
+    if f.seek(SeekFrom::Start(0x8000)).is_ok()
+        && f.read_exact(&mut pvd).is_ok()
+        && &pvd[1..6] == b"CD001"
+    {
+        return Some((trim_label(&pvd[40..72]), "iso9660"));
+    }
+    if boot[510] == 0x55 && boot[511] == 0xaa {
+        if &boot[0x52..0x57] == b"FAT32" {
+            return Some((trim_label(&boot[0x47..0x52]), "vfat"));
+        }
+        if &boot[0x36..0x39] == b"FAT" {
+            return Some((trim_label(&boot[0x2b..0x36]), "vfat"));
+        }
+    }
+    None
+}
+
+fn trim_label(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .trim_end_matches([' ', '\0'])
+        .to_string()
+}
+
+fn with_mounted<T>(
+    dev: &Candidate,
+    f: impl FnOnce(&Path) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let mnt = std::env::temp_dir().join(format!("rivet-vmedia-{}", std::process::id()));
+    fs::create_dir_all(&mnt)
+        .map_err(|e| ConfigError::Vmedia(format!("mkdir {}: {e}", mnt.display())))?;
+    mount(
+        Some(dev.dev.as_path()),
+        &mnt,
+        Some(dev.fstype),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        ConfigError::Vmedia(format!(
+            "mounting {} ({}): {e}",
+            dev.dev.display(),
+            dev.fstype
+        ))
+    })?;
+    let result = f(&mnt);
+    if let Err(e) = umount2(&mnt, MntFlags::MNT_DETACH) {
+        tracing::warn!(mount = %mnt.display(), error = %e, "unmounting virtual media failed");
+    }
+    let _ = fs::remove_dir(&mnt);
+    result
+}
+
+/// Copy `etc/ironic-python-agent/*` and `etc/ironic-python-agent.d/*` from the mounted ISO.
+pub fn copy_agent_config(mnt: &Path, etc_dir: &Path) -> Result<(), ConfigError> {
+    for sub in ["ironic-python-agent", "ironic-python-agent.d"] {
+        let src = mnt.join("etc").join(sub);
+        let Ok(entries) = fs::read_dir(&src) else {
+            continue;
+        };
+        let dst = etc_dir.join(sub);
+        fs::create_dir_all(&dst)
+            .map_err(|e| ConfigError::Vmedia(format!("mkdir {}: {e}", dst.display())))?;
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                let to = dst.join(e.file_name());
+                fs::copy(e.path(), &to).map_err(|err| {
+                    ConfigError::Vmedia(format!("copy to {}: {err}", to.display()))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `cafile` of `[DEFAULT]` in `ironic-python-agent.d/*.conf` (Ironic writes
+/// `ironic-tls.conf` pointing at the API CA it put on the ISO).
+pub fn cafile_from_conf(etc_dir: &Path) -> Option<PathBuf> {
+    let dir = etc_dir.join("ironic-python-agent.d");
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    files.sort();
+    let mut found = None;
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let mut section = String::new();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') && line.ends_with(']') {
+                section = line[1..line.len() - 1].trim().to_string();
+            } else if section == "DEFAULT" {
+                if let Some((k, v)) = line.split_once('=') {
+                    if k.trim() == "cafile" && !v.trim().is_empty() {
+                        found = Some(PathBuf::from(v.trim()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cafile_from_conf_fragments() {
+        let d = tempfile::tempdir().unwrap();
+        let conf = d.path().join("ironic-python-agent.d");
+        fs::create_dir_all(&conf).unwrap();
+        fs::write(
+            conf.join("ironic-tls.conf"),
+            "[DEFAULT]\ncafile = /etc/ironic-python-agent/ironic.crt\n[other]\ncafile=/nope\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cafile_from_conf(d.path()),
+            Some(PathBuf::from("/etc/ironic-python-agent/ironic.crt"))
+        );
+    }
+
+    #[test]
+    fn copies_agent_config_tree() {
+        let iso = tempfile::tempdir().unwrap();
+        let etc = tempfile::tempdir().unwrap();
+        let src = iso.path().join("etc/ironic-python-agent");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("ironic.crt"), "PEM").unwrap();
+        copy_agent_config(iso.path(), etc.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(etc.path().join("ironic-python-agent/ironic.crt")).unwrap(),
+            "PEM"
+        );
+    }
+
+    #[test]
+    fn probes_fat_and_iso_labels() {
+        let d = tempfile::tempdir().unwrap();
+        let fat = d.path().join("fat.img");
+        let mut b = vec![0u8; 64 * 1024];
+        b[0x36..0x39].copy_from_slice(b"FAT");
+        b[0x2b..0x36].copy_from_slice(b"IR-VFD-DEV ");
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        fs::write(&fat, &b).unwrap();
+        assert_eq!(probe_label(&fat), Some(("IR-VFD-DEV".into(), "vfat")));
+
+        let iso = d.path().join("cd.iso");
+        let mut b = vec![0u8; 0x8000 + 2048];
+        b[0x8001..0x8006].copy_from_slice(b"CD001");
+        b[0x8028..0x8048].copy_from_slice(b"config-2                        ");
+        fs::write(&iso, &b).unwrap();
+        assert_eq!(probe_label(&iso), Some(("config-2".into(), "iso9660")));
+
+        fs::write(d.path().join("none"), vec![0u8; 4096]).unwrap();
+        assert_eq!(probe_label(&d.path().join("none")), None);
+    }
+}

@@ -1,0 +1,287 @@
+//! The one executor: it owns the command table (the history of this boot) and runs commands.
+//!
+//! The HTTP layer hands it typed requests and gets results back; nothing else touches the
+//! table. Rules, from IPA's dispatcher and what the conductor relies on:
+//! * one dispatch at a time; while the last command is RUNNING every new command is refused
+//!   with 409 "Agent is busy" (checked before the name is even looked up);
+//! * sync commands run to completion before the answer; async ones answer RUNNING at once
+//!   (or their final state with `wait=true`) and run on a blocking thread;
+//! * the history is kept in execution order for the whole boot and written to the state
+//!   directory, so a restarted agent still shows it, with the interrupted command FAILED;
+//! * when an async command ends, subscribers of `finished()` are told (the heartbeat loop sends
+//!   an early heartbeat so the conductor notices without waiting a full interval).
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::commands::{self, Context, Mode, Outcome};
+use crate::error::{ApiError, CommandError, ErrorKind};
+use crate::state::StateDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    #[serde(rename = "RUNNING")]
+    Running,
+    #[serde(rename = "SUCCEEDED")]
+    Succeeded,
+    #[serde(rename = "FAILED")]
+    Failed,
+    /// IPA keeps this spelling for any step-version mismatch; Ironic accepts it.
+    #[serde(rename = "CLEAN_VERSION_MISMATCH")]
+    VersionMismatch,
+}
+
+/// One command result, exactly the five keys Ironic reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: String,
+    pub command_name: String,
+    pub command_status: Status,
+    pub command_error: Option<Value>,
+    pub command_result: Option<Value>,
+}
+
+const HISTORY_FILE: &str = "commands.json";
+
+pub struct Executor {
+    table: Mutex<Vec<CommandResult>>,
+    /// Serialises dispatch (the busy check, sync commands and async start) like IPA's lock.
+    dispatch: tokio::sync::Mutex<()>,
+    /// Bumped whenever a command finishes; waiters re-check their command.
+    changed: watch::Sender<u64>,
+    /// Bumped whenever an *async* command finishes (drives the early heartbeat).
+    finished: watch::Sender<u64>,
+    ctx: Arc<Context>,
+    state: Option<StateDir>,
+}
+
+impl Executor {
+    pub fn new(ctx: Arc<Context>, state: Option<StateDir>) -> Arc<Executor> {
+        let mut history: Vec<CommandResult> = state
+            .as_ref()
+            .and_then(|s| s.read(HISTORY_FILE))
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for r in history
+            .iter_mut()
+            .filter(|r| r.command_status == Status::Running)
+        {
+            // The agent died while this ran: say so instead of leaving it RUNNING forever,
+            // which would make every later command busy and the conductor wait in vain.
+            r.command_status = Status::Failed;
+            r.command_error = Some(
+                CommandError::new(
+                    ErrorKind::Interrupted,
+                    "the agent restarted while this command was running; its effects are unknown",
+                )
+                .to_json(),
+            );
+        }
+        let ex = Arc::new(Executor {
+            table: Mutex::new(history),
+            dispatch: tokio::sync::Mutex::new(()),
+            changed: watch::channel(0).0,
+            finished: watch::channel(0).0,
+            ctx,
+            state,
+        });
+        ex.persist();
+        ex
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// A receiver that changes each time an async command finishes.
+    pub fn finished(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    pub fn list(&self) -> Vec<CommandResult> {
+        self.table.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn find(&self, id: &str) -> Option<CommandResult> {
+        self.table
+            .lock()
+            .ok()
+            .and_then(|t| t.iter().find(|r| r.id == id).cloned())
+    }
+
+    /// One result; with `wait`, block until it is no longer RUNNING.
+    pub async fn get(&self, id: &str, wait: bool) -> Result<CommandResult, ApiError> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            let r = self.find(id).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!("Not found: Command Result with id {id} not found."),
+                )
+            })?;
+            if !wait || r.command_status != Status::Running {
+                return Ok(r);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(r);
+            }
+        }
+    }
+
+    fn persist(&self) {
+        let Some(state) = &self.state else { return };
+        let data = match self.table.lock() {
+            Ok(t) => serde_json::to_vec(&*t).unwrap_or_default(),
+            Err(_) => return,
+        };
+        if let Err(e) = state.write(HISTORY_FILE, &data, false) {
+            tracing::warn!(error = %e, "cannot save the command history");
+        }
+    }
+
+    fn push(&self, r: CommandResult) {
+        if let Ok(mut t) = self.table.lock() {
+            t.push(r);
+        }
+        self.persist();
+    }
+
+    fn finish(&self, id: &str, status: Status, result: Option<Value>, error: Option<Value>) {
+        if let Ok(mut t) = self.table.lock() {
+            if let Some(r) = t.iter_mut().find(|r| r.id == id) {
+                r.command_status = status;
+                r.command_result = result;
+                r.command_error = error;
+            }
+        }
+        self.persist();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Run `ext.cmd` with `params`, as `POST /v1/commands/` asks.
+    pub async fn submit(
+        self: &Arc<Self>,
+        name: &str,
+        params: Map<String, Value>,
+        wait: bool,
+    ) -> Result<CommandResult, ApiError> {
+        let guard = self.dispatch.lock().await;
+        let (ext, cmd) = name.split_once('.').ok_or_else(|| {
+            ApiError::new(
+                400,
+                "Invalid command: Command name must be of the form <extension>.<name>",
+            )
+        })?;
+        if let Some(last) = self.table.lock().ok().and_then(|t| t.last().cloned()) {
+            if last.command_status == Status::Running {
+                return Err(ApiError::busy(&last.command_name));
+            }
+        }
+        let spec = commands::lookup(ext, cmd, self.ctx.config.test_extension)?;
+        if let Some(validate) = spec.validate {
+            validate(&params).map_err(|e| {
+                ApiError::new(400, format!("Invalid command parameters: {}", e.details))
+            })?;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let span = tracing::info_span!("command", name = %name, id = %id);
+        let mut record = CommandResult {
+            id: id.clone(),
+            command_name: cmd.to_string(),
+            command_status: Status::Running,
+            command_error: None,
+            command_result: None,
+        };
+        let ctx = self.ctx.clone();
+        let handler = spec.handler;
+        let run = move || {
+            let _e = tracing::Span::current().entered();
+            handler(&ctx, params)
+        };
+
+        match spec.mode {
+            Mode::Sync => {
+                let outcome = run_blocking(run).instrument(span.clone()).await;
+                let (status, result, error) = settle(outcome, cmd, false);
+                span.in_scope(|| log_outcome(status, &error));
+                record.command_status = status;
+                record.command_result = result;
+                record.command_error = error;
+                self.push(record.clone());
+                self.changed.send_modify(|n| *n += 1);
+                Ok(record)
+            }
+            Mode::Async => {
+                self.push(record.clone());
+                span.in_scope(|| tracing::info!("started"));
+                let me = self.clone();
+                let short = cmd.to_string();
+                let task_span = span.clone();
+                tokio::spawn(
+                    async move {
+                        let outcome = run_blocking(run).await;
+                        let (status, result, error) = settle(outcome, &short, true);
+                        log_outcome(status, &error);
+                        me.finish(&id, status, result, error);
+                        me.finished.send_modify(|n| *n += 1);
+                    }
+                    .instrument(task_span),
+                );
+                drop(guard);
+                if wait {
+                    self.get(&record.id, true).await
+                } else {
+                    Ok(record)
+                }
+            }
+        }
+    }
+}
+
+async fn run_blocking<F>(f: F) -> Result<Outcome, CommandError>
+where
+    F: FnOnce() -> Result<Outcome, CommandError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(CommandError::exec(format!(
+            "internal error in the command: {e}"
+        ))),
+    }
+}
+
+/// Map an outcome to IPA's result encoding: a string becomes `{"result": s}` (prefixed with
+/// the command name for async commands), nothing becomes null, JSON passes through.
+fn settle(
+    outcome: Result<Outcome, CommandError>,
+    cmd: &str,
+    is_async: bool,
+) -> (Status, Option<Value>, Option<Value>) {
+    match outcome {
+        Ok(Outcome::Null) => (Status::Succeeded, None, None),
+        Ok(Outcome::Text(s)) => {
+            let s = if is_async { format!("{cmd}: {s}") } else { s };
+            (
+                Status::Succeeded,
+                Some(serde_json::json!({ "result": s })),
+                None,
+            )
+        }
+        Ok(Outcome::Json(v)) => (Status::Succeeded, Some(v), None),
+        Err(e) if e.kind == ErrorKind::VersionMismatch => {
+            (Status::VersionMismatch, None, Some(e.to_json()))
+        }
+        Err(e) => (Status::Failed, None, Some(e.to_json())),
+    }
+}
+
+fn log_outcome(status: Status, error: &Option<Value>) {
+    match error {
+        None => tracing::info!(?status, "finished"),
+        Some(e) => tracing::warn!(?status, error = %e, "finished with an error"),
+    }
+}

@@ -1,0 +1,237 @@
+//! The inventory, in IPA's shape (`poll.get_hardware_info`, inspection), read from sysfs and
+//! procfs only: no lshw, lscpu or lsblk in the ramdisk.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::disks::{self, Disk};
+use super::net::{self, Interface};
+use crate::config::Config;
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub bootif_raw: Option<String>,
+    pub allow_loop_devices: bool,
+}
+
+impl Options {
+    pub fn from_config(c: &Config) -> Options {
+        Options {
+            bootif_raw: c.bootif_raw.clone(),
+            allow_loop_devices: c.allow_loop_devices,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    pub interfaces: Vec<Interface>,
+    pub cpu: Cpu,
+    pub disks: Vec<Disk>,
+    pub memory: Memory,
+    pub bmc_address: Option<String>,
+    pub bmc_v6address: Option<String>,
+    pub system_vendor: SystemVendor,
+    pub boot: Boot,
+    pub hostname: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Cpu {
+    pub model_name: Option<String>,
+    /// A string, as IPA reports it (MHz).
+    pub frequency: Option<String>,
+    pub count: usize,
+    pub architecture: String,
+    pub flags: Vec<String>,
+    pub socket_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub total: Option<u64>,
+    pub physical_mb: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Firmware {
+    pub vendor: Option<String>,
+    pub version: Option<String>,
+    pub build_date: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemVendor {
+    pub product_name: Option<String>,
+    pub serial_number: Option<String>,
+    pub manufacturer: Option<String>,
+    pub firmware: Firmware,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    pub current_boot_mode: &'static str,
+    pub pxe_interface: Option<String>,
+}
+
+pub fn collect(opts: &Options) -> Inventory {
+    Inventory {
+        interfaces: net::interfaces(Path::new("/sys/class/net")),
+        cpu: cpu(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
+        disks: disks::list(Path::new("/sys/block"), opts.allow_loop_devices),
+        memory: memory(),
+        // BMC detection needs ipmitool; none in this ramdisk yet, so say "unknown" as IPA does
+        // without an IPMI device.
+        bmc_address: None,
+        bmc_v6address: None,
+        system_vendor: system_vendor(Path::new("/sys/class/dmi/id")),
+        boot: Boot {
+            current_boot_mode: if Path::new("/sys/firmware/efi").exists() {
+                "uefi"
+            } else {
+                "bios"
+            },
+            pxe_interface: opts.bootif_raw.clone(),
+        },
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    }
+}
+
+/// Parse /proc/cpuinfo (x86 layout; other architectures fill fewer fields).
+pub fn cpu(cpuinfo: &str) -> Cpu {
+    let mut count = 0;
+    let mut model = None;
+    let mut mhz = None;
+    let mut flags = Vec::new();
+    let mut sockets = BTreeSet::new();
+    for line in cpuinfo.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        match k {
+            "processor" => count += 1,
+            "model name" if model.is_none() => model = Some(v.to_string()),
+            "cpu MHz" if mhz.is_none() => mhz = Some(v.to_string()),
+            "flags" | "Features" if flags.is_empty() => {
+                flags = v.split_whitespace().map(str::to_string).collect()
+            }
+            "physical id" => {
+                sockets.insert(v.to_string());
+            }
+            _ => {}
+        }
+    }
+    // Like lscpu's "CPU max MHz" when cpufreq knows it; else the current clock.
+    let max = fs::read_to_string("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map(|khz| format!("{:.4}", khz as f64 / 1000.0));
+    Cpu {
+        model_name: model,
+        frequency: max.or(mhz),
+        count,
+        architecture: nix::sys::utsname::uname()
+            .map(|u| u.machine().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        flags,
+        socket_count: sockets.len().max(usize::from(count > 0)),
+    }
+}
+
+fn memory() -> Memory {
+    let total = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    });
+    // Physical RAM as the sum of online memory blocks (what lshw's DIMM sum approximates).
+    let physical_mb = (|| {
+        let base = Path::new("/sys/devices/system/memory");
+        let block = u64::from_str_radix(
+            fs::read_to_string(base.join("block_size_bytes"))
+                .ok()?
+                .trim(),
+            16,
+        )
+        .ok()?;
+        let online = fs::read_dir(base)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("memory"))
+            .filter(|e| {
+                fs::read_to_string(e.path().join("online"))
+                    .map(|s| s.trim() == "1")
+                    .unwrap_or(false)
+            })
+            .count() as u64;
+        (online > 0).then(|| online * block / (1 << 20))
+    })();
+    Memory { total, physical_mb }
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn system_vendor(dmi: &Path) -> SystemVendor {
+    SystemVendor {
+        product_name: read_trim(&dmi.join("product_name")),
+        serial_number: read_trim(&dmi.join("product_serial")),
+        manufacturer: read_trim(&dmi.join("sys_vendor")),
+        firmware: Firmware {
+            vendor: read_trim(&dmi.join("bios_vendor")),
+            version: read_trim(&dmi.join("bios_version")),
+            build_date: read_trim(&dmi.join("bios_date")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cpuinfo() {
+        let info = "processor\t: 0\nmodel name\t: Xeon X\ncpu MHz\t\t: 2100.000\nphysical id\t: 0\nflags\t\t: fpu vme sse\n\n\
+                    processor\t: 1\nmodel name\t: Xeon X\ncpu MHz\t\t: 2200.000\nphysical id\t: 1\nflags\t\t: fpu vme sse\n";
+        let c = cpu(info);
+        assert_eq!(c.count, 2);
+        assert_eq!(c.model_name.as_deref(), Some("Xeon X"));
+        assert_eq!(c.flags, vec!["fpu", "vme", "sse"]);
+        assert_eq!(c.socket_count, 2);
+        assert!(c.frequency.is_some());
+    }
+
+    #[test]
+    fn this_machine_inventory_has_ipa_keys() {
+        let v = serde_json::to_value(collect(&Options::default())).unwrap();
+        for k in [
+            "interfaces",
+            "cpu",
+            "disks",
+            "memory",
+            "bmc_address",
+            "system_vendor",
+            "boot",
+            "hostname",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert!(v["cpu"]["count"].as_u64().unwrap() >= 1);
+        assert!(v["memory"]["total"].as_u64().unwrap() > 0);
+        assert!(matches!(
+            v["boot"]["current_boot_mode"].as_str(),
+            Some("uefi" | "bios")
+        ));
+    }
+}

@@ -1,0 +1,172 @@
+//! Network interfaces from sysfs: the inventory's `interfaces` and the MACs the lookup sends.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Interface {
+    pub name: String,
+    pub mac_address: Option<String>,
+    pub ipv4_address: Option<String>,
+    pub ipv6_address: Option<String>,
+    pub has_carrier: bool,
+    pub lldp: Option<Vec<(u8, String)>>,
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+    pub client_id: Option<String>,
+    pub biosdevname: Option<String>,
+    pub speed_mbps: Option<u64>,
+    pub pci_address: Option<String>,
+    pub driver: Option<String>,
+}
+
+fn read_trim(p: &Path) -> Option<String> {
+    fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn link_name(p: &Path) -> Option<String> {
+    fs::read_link(p)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// First IPv4 and IPv6 address of each interface.
+fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
+    let mut out: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return out;
+    };
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        let ip: Option<IpAddr> = sa
+            .as_sockaddr_in()
+            .map(|s| IpAddr::V4(s.ip()))
+            .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())));
+        let e = out.entry(a.interface_name).or_default();
+        match ip {
+            Some(IpAddr::V4(v4)) if e.0.is_none() => e.0 = Some(v4.to_string()),
+            Some(IpAddr::V6(v6)) if e.1.is_none() => e.1 = Some(v6.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Physical NICs (those with a `device` link), VLANs and bonds; never `lo`.
+pub fn interfaces(sys_class_net: &Path) -> Vec<Interface> {
+    let Ok(entries) = fs::read_dir(sys_class_net) else {
+        return Vec::new();
+    };
+    let addrs = addresses();
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let d = sys_class_net.join(&name);
+        let physical = d.join("device").exists();
+        let vlan_or_bond = name.contains('.') || d.join("bonding").exists();
+        if !physical && !vlan_or_bond {
+            continue;
+        }
+        let mac = read_trim(&d.join("address")).filter(|m| m != "00:00:00:00:00:00");
+        let (v4, v6) = addrs.get(&name).cloned().unwrap_or_default();
+        out.push(Interface {
+            mac_address: mac.map(|m| m.to_ascii_lowercase()),
+            ipv4_address: v4,
+            ipv6_address: v6,
+            has_carrier: read_trim(&d.join("carrier")).as_deref() == Some("1"),
+            lldp: None,
+            vendor: read_trim(&d.join("device/vendor")),
+            product: read_trim(&d.join("device/device")),
+            client_id: None,
+            biosdevname: None,
+            // sysfs says -1 (or fails) when the link is down or the driver does not know.
+            speed_mbps: read_trim(&d.join("speed"))
+                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|s| *s > 0)
+                .map(|s| s as u64),
+            pci_address: physical.then(|| link_name(&d.join("device"))).flatten(),
+            driver: link_name(&d.join("device/driver")),
+            name,
+        });
+    }
+    out
+}
+
+/// MACs for the lookup: BOOTIF first, then every interface MAC, lower-case, no duplicates.
+pub fn lookup_macs(bootif: Option<&str>, ifaces: &[Interface]) -> Vec<String> {
+    let mut macs: Vec<String> = Vec::new();
+    for m in bootif
+        .into_iter()
+        .map(str::to_string)
+        .chain(ifaces.iter().filter_map(|i| i.mac_address.clone()))
+    {
+        let m = m.to_ascii_lowercase();
+        if !macs.contains(&m) {
+            macs.push(m);
+        }
+    }
+    macs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_macs_puts_bootif_first_without_duplicates() {
+        let iface = |m: &str| Interface {
+            name: "x".into(),
+            mac_address: Some(m.into()),
+            ipv4_address: None,
+            ipv6_address: None,
+            has_carrier: true,
+            lldp: None,
+            vendor: None,
+            product: None,
+            client_id: None,
+            biosdevname: None,
+            speed_mbps: None,
+            pci_address: None,
+            driver: None,
+        };
+        let macs = lookup_macs(
+            Some("52:54:00:00:00:02"),
+            &[iface("52:54:00:00:00:01"), iface("52:54:00:00:00:02")],
+        );
+        assert_eq!(macs, vec!["52:54:00:00:00:02", "52:54:00:00:00:01"]);
+    }
+
+    #[test]
+    fn fake_sysfs_interfaces() {
+        let d = tempfile::tempdir().unwrap();
+        let nic = d.path().join("eth0");
+        fs::create_dir_all(nic.join("device")).unwrap();
+        fs::write(nic.join("address"), "52:54:00:AA:BB:CC\n").unwrap();
+        fs::write(nic.join("carrier"), "1\n").unwrap();
+        fs::write(nic.join("speed"), "1000\n").unwrap();
+        fs::write(nic.join("device/vendor"), "0x1af4\n").unwrap();
+        let virt = d.path().join("veth0");
+        fs::create_dir_all(&virt).unwrap();
+        fs::write(virt.join("address"), "aa:aa:aa:aa:aa:aa\n").unwrap();
+        fs::create_dir_all(d.path().join("lo")).unwrap();
+        let list = interfaces(d.path());
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name, "eth0");
+        assert_eq!(list[0].mac_address.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(list[0].speed_mbps, Some(1000));
+        assert!(list[0].has_carrier);
+        assert_eq!(list[0].vendor.as_deref(), Some("0x1af4"));
+    }
+}

@@ -1,0 +1,20 @@
+//! Rivet: an ironic-python-agent compatible deploy agent.
+//!
+//! Layers, data flowing one way (each module only uses those below it):
+//! `agent` (wiring) → `api` (HTTP server) and `conductor` (Ironic client) → `executor` (the
+//! command table) → `commands` (IPA extensions) → `hardware`, `system` (and, later, the image
+//! pipeline and partitioning). `config`, `tls`, `state`, `logging` and `error` are shared
+//! foundations.
+
+pub mod agent;
+pub mod api;
+pub mod commands;
+pub mod conductor;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod hardware;
+pub mod logging;
+pub mod state;
+pub mod system;
+pub mod tls;

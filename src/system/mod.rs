@@ -1,0 +1,4 @@
+//! System actions: power, sync, external tools. The only place that can power the machine off.
+
+pub mod power;
+pub mod tools;

@@ -1,0 +1,279 @@
+//! Test helpers: a scriptable mock of Ironic's ramdisk API on 127.0.0.1, the real `rivet`
+//! binary run as a child process (killed on drop), and an HTTPS client that trusts exactly the
+//! certificate the agent advertised, as the conductor does.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+pub const MAC: &str = "52:54:00:12:34:56";
+pub const NODE: &str = "1be26c0b-03f2-4d2e-ae87-c02d7f33c123";
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub path: String,
+    pub version: Option<String>,
+    pub request_id: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct MockState {
+    pub lookup_script: VecDeque<(u16, Value)>,
+    pub lookup_default: Option<(u16, Value)>,
+    pub heartbeat_script: VecDeque<(u16, Value)>,
+    pub lookups: Vec<Seen>,
+    pub heartbeats: Vec<Seen>,
+}
+
+pub struct MockIronic {
+    pub url: String,
+    pub state: Arc<Mutex<MockState>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+pub fn token() -> String {
+    "tokentokentokentokentokentokentokentok-_123".to_string()
+}
+
+pub fn lookup_ok(token_value: &str, heartbeat_timeout: u64) -> (u16, Value) {
+    (
+        200,
+        json!({
+            "node": {"uuid": NODE, "properties": {"cpu_arch": "x86_64"}, "instance_info": {},
+                     "driver_internal_info": {}, "links": []},
+            "config": {"heartbeat_timeout": heartbeat_timeout, "agent_token": token_value,
+                       "agent_token_required": true, "agent_md5_checksum_enable": true,
+                       "permitted_image_formats": ["raw", "gpt", "qcow2", "iso"],
+                       "tls_min_version": "1.3", "metrics": {"backend": "noop"}}
+        }),
+    )
+}
+
+pub fn ironic_error(status: u16, msg: &str) -> (u16, Value) {
+    let inner = json!({"faultcode": "Client", "faultstring": msg, "debuginfo": null}).to_string();
+    (status, json!({ "error_message": inner }))
+}
+
+impl MockIronic {
+    pub fn start(lookups: Vec<(u16, Value)>, default: (u16, Value)) -> MockIronic {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let state = Arc::new(Mutex::new(MockState {
+            lookup_script: lookups.into(),
+            lookup_default: Some(default),
+            ..Default::default()
+        }));
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let st = state.clone();
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(req, st).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        MockIronic { url, state, _rt: rt }
+    }
+
+    pub fn heartbeats(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().heartbeats.clone()
+    }
+
+    pub fn lookups(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().lookups.clone()
+    }
+
+    pub fn wait_heartbeats(&self, n: usize, timeout: Duration) -> Vec<Seen> {
+        let end = Instant::now() + timeout;
+        loop {
+            let h = self.heartbeats();
+            if h.len() >= n {
+                return h;
+            }
+            assert!(Instant::now() < end, "only {} of {n} heartbeats within {timeout:?}", h.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn answer(req: Request<hyper::body::Incoming>, st: Arc<Mutex<MockState>>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let hdr = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let version = hdr("X-OpenStack-Ironic-API-Version");
+    let request_id = hdr("X-OpenStack-Request-ID");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let seen = Seen {
+        at: Instant::now(),
+        path: pq,
+        version,
+        request_id,
+        body,
+    };
+    let (code, reply) = {
+        let mut s = st.lock().unwrap();
+        if path == "/" {
+            (200, json!({"default_version": {"id": "v1", "version": "1.115", "min_version": "1.1"}}))
+        } else if path == "/v1/lookup" {
+            s.lookups.push(seen);
+            match s.lookup_script.pop_front() {
+                Some(r) => r,
+                None => s.lookup_default.clone().unwrap_or((404, json!({}))),
+            }
+        } else if path.starts_with("/v1/heartbeat/") {
+            s.heartbeats.push(seen);
+            s.heartbeat_script.pop_front().unwrap_or((202, Value::Null))
+        } else {
+            (404, json!({}))
+        }
+    };
+    let bytes = if reply.is_null() { Vec::new() } else { serde_json::to_vec(&reply).unwrap() };
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap()
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real binary, run as a child process.
+pub struct Agent {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Start `rivet` with the given kernel command line (BOOTIF and listen/advertise settings
+    /// for 127.0.0.1 are added) and state directory.
+    pub fn spawn(cmdline: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cmdline_file = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline_file,
+            format!(
+                "BOOTIF=01-{} ipa-listen-host=127.0.0.1 ipa-listen-port={port} ipa-advertise-host=127.0.0.1 \
+                 ipa-advertise-port={port} ipa-lookup-interval=0.1 {cmdline}\n",
+                MAC.replace(':', "-")
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+            .arg("--cmdline-file")
+            .arg(&cmdline_file)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg("--simulate-power")
+            .arg("--test-extension")
+            .args(extra)
+            .env("RUST_LOG", "debug,hyper=info,rustls=info,reqwest=info,h2=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Agent {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "agent still running after {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- agent log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// An HTTPS client that trusts only `ca_pem` (the agent's advertised certificate), or plain
+/// HTTP when `None`.
+pub fn agent_client(ca_pem: Option<&str>) -> reqwest::blocking::Client {
+    let b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
+    let b = match ca_pem {
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let cfg = rustls::ClientConfig::builder_with_provider(rivet::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            b.use_preconfigured_tls(cfg)
+        }
+        // reqwest needs a TLS config even for plain HTTP when built without a default provider.
+        None => b.use_preconfigured_tls(
+            rustls::ClientConfig::builder_with_provider(rivet::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        ),
+    };
+    b.build().unwrap()
+}
+
+use rustls_pki_types::pem::PemObject;
