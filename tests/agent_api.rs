@@ -39,7 +39,13 @@ fn assert_result_shape(v: &Value) {
     k.sort();
     assert_eq!(
         k,
-        vec!["command_error", "command_name", "command_result", "command_status", "id"],
+        vec![
+            "command_error",
+            "command_name",
+            "command_result",
+            "command_status",
+            "id"
+        ],
         "{v}"
     );
 }
@@ -49,7 +55,10 @@ fn assert_result_shape(v: &Value) {
 #[test]
 fn full_api_contract_over_verified_tls() {
     let ironic = MockIronic::start(
-        vec![(404, json!({"error_message": "not found"})), (404, json!({}))],
+        vec![
+            (404, json!({"error_message": "not found"})),
+            (404, json!({})),
+        ],
         lookup_ok(&token(), 300),
     );
     let state = tempfile::tempdir().unwrap();
@@ -61,7 +70,11 @@ fn full_api_contract_over_verified_tls() {
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     let lookups = ironic.lookups();
     assert_eq!(lookups.len(), 3, "two 404s then success");
-    assert!(lookups[0].path.contains(&format!("addresses={MAC}")), "{}", lookups[0].path);
+    assert!(
+        lookups[0].path.contains(&format!("addresses={MAC}")),
+        "{}",
+        lookups[0].path
+    );
     assert_eq!(lookups[0].version.as_deref(), Some("1.62"));
     assert_eq!(lookups[0].request_id.as_deref(), Some("req-42"));
     let first = &hb[0];
@@ -69,10 +82,16 @@ fn full_api_contract_over_verified_tls() {
     assert_eq!(first.version.as_deref(), Some("1.72"));
     assert_eq!(first.request_id.as_deref(), Some("req-42"));
     let b = &first.body;
-    assert_eq!(b["callback_url"], format!("https://127.0.0.1:{}", agent.port));
+    assert_eq!(
+        b["callback_url"],
+        format!("https://127.0.0.1:{}", agent.port)
+    );
     assert_eq!(b["agent_token"], token());
     assert!(b["agent_version"].as_str().unwrap().starts_with("13.0.0"));
-    let ca = b["agent_verify_ca"].as_str().expect("agent_verify_ca").to_string();
+    let ca = b["agent_verify_ca"]
+        .as_str()
+        .expect("agent_verify_ca")
+        .to_string();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
 
     let api = Api {
@@ -91,7 +110,10 @@ fn full_api_contract_over_verified_tls() {
         )
         .build()
         .unwrap();
-    assert!(untrusting.get(format!("{}/v1/status", api.base)).send().is_err());
+    assert!(untrusting
+        .get(format!("{}/v1/status", api.base))
+        .send()
+        .is_err());
 
     // Unauthenticated routes.
     let (s, v) = api.get(&format!("{}/v1/status", api.base));
@@ -100,7 +122,10 @@ fn full_api_contract_over_verified_tls() {
     for p in ["/", "/v1", "/v1/"] {
         let (s, v) = api.get(&format!("{}{p}", api.base));
         assert_eq!(s, 200, "{p}");
-        assert!(v.get("default_version").is_some() || v.get("commands").is_some(), "{p}: {v}");
+        assert!(
+            v.get("default_version").is_some() || v.get("commands").is_some(),
+            "{p}: {v}"
+        );
     }
 
     // Token: missing, empty and wrong tokens are 401 on every command route.
@@ -116,7 +141,10 @@ fn full_api_contract_over_verified_tls() {
     }
     let r = api
         .client
-        .post(format!("{}/v1/commands/?wait=true&agent_token=bad", api.base))
+        .post(format!(
+            "{}/v1/commands/?wait=true&agent_token=bad",
+            api.base
+        ))
         .json(&json!({"name": "standby.sync", "params": {}}))
         .send()
         .unwrap();
@@ -124,30 +152,63 @@ fn full_api_contract_over_verified_tls() {
 
     // Bad requests: each gets its status and a faultstring.
     let raw = |body: &str| {
-        let r = api.client.post(api.url("/v1/commands/", "wait=true")).body(body.to_string()).send().unwrap();
+        let r = api
+            .client
+            .post(api.url("/v1/commands/", "wait=true"))
+            .body(body.to_string())
+            .send()
+            .unwrap();
         let s = r.status().as_u16();
         (s, r.json::<Value>().unwrap())
     };
     let (s, v) = raw("{not json");
     assert_eq!(s, 400);
-    assert!(v["faultstring"].as_str().unwrap().starts_with("400 Bad Request: Failed to decode JSON object"));
+    assert!(v["faultstring"]
+        .as_str()
+        .unwrap()
+        .starts_with("400 Bad Request: Failed to decode JSON object"));
     let (s, v) = raw(r#"{"name": "standby.sync"}"#);
-    assert_eq!((s, v["faultstring"].as_str().unwrap()), (400, "400 Bad Request: Missing or invalid name or params"));
+    assert_eq!(
+        (s, v["faultstring"].as_str().unwrap()),
+        (400, "400 Bad Request: Missing or invalid name or params")
+    );
     let (s, v) = raw(r#"{"name": 5, "params": {}}"#);
-    assert_eq!((s, v["faultstring"].as_str().unwrap()), (400, "400 Bad Request: Missing or invalid name or params"));
+    assert_eq!(
+        (s, v["faultstring"].as_str().unwrap()),
+        (400, "400 Bad Request: Missing or invalid name or params")
+    );
     let (s, v) = api.post("sync", json!({}), true);
     assert_eq!(s, 400);
-    assert!(v["faultstring"].as_str().unwrap().contains("<extension>.<name>"));
+    assert!(v["faultstring"]
+        .as_str()
+        .unwrap()
+        .contains("<extension>.<name>"));
     let (s, v) = api.post("nosuch.sync", json!({}), true);
-    assert_eq!((s, v["faultstring"].as_str().unwrap()), (404, "Not found: Extension with id nosuch not found."));
+    assert_eq!(
+        (s, v["faultstring"].as_str().unwrap()),
+        (404, "Not found: Extension with id nosuch not found.")
+    );
     let (s, v) = api.post("standby.nosuch", json!({}), true);
-    assert_eq!((s, v["faultstring"].as_str().unwrap()), (400, "Invalid command: Unknown command: nosuch"));
+    assert_eq!(
+        (s, v["faultstring"].as_str().unwrap()),
+        (400, "Invalid command: Unknown command: nosuch")
+    );
     let (s, v) = api.get(&api.url("/v1/commands/no-such-id", ""));
-    assert_eq!((s, v["faultstring"].as_str().unwrap()), (404, "Not found: Command Result with id no-such-id not found."));
+    assert_eq!(
+        (s, v["faultstring"].as_str().unwrap()),
+        (
+            404,
+            "Not found: Command Result with id no-such-id not found."
+        )
+    );
     let (s, v) = api.get(&format!("{}/v2/nothing", api.base));
     assert_eq!(s, 404);
     assert!(v["faultstring"].is_string());
-    let r = api.client.delete(api.url("/v1/commands/", "")).send().unwrap();
+    let r = api
+        .client
+        .delete(api.url("/v1/commands/", ""))
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert!(r.json::<Value>().unwrap()["faultstring"].is_string());
     // None of the refused requests was recorded.
@@ -156,14 +217,24 @@ fn full_api_contract_over_verified_tls() {
 
     // Sync commands, as the conductor sends them.
     let node = json!({"uuid": NODE, "provision_state": "wait call-back"});
-    let (s, v) = api.post("deploy.get_deploy_steps", json!({"node": node, "ports": []}), true);
+    let (s, v) = api.post(
+        "deploy.get_deploy_steps",
+        json!({"node": node, "ports": []}),
+        true,
+    );
     assert_eq!(s, 200);
     assert_result_shape(&v);
     assert_eq!(v["command_name"], "get_deploy_steps");
     assert_eq!(v["command_status"], "SUCCEEDED");
     assert!(v["command_result"]["deploy_steps"]["GenericHardwareManager"].is_array());
-    assert_eq!(v["command_result"]["hardware_manager_version"], json!({"generic_hardware_manager": "1.2"}));
-    for (name, key) in [("clean.get_clean_steps", "clean_steps"), ("service.get_service_steps", "service_steps")] {
+    assert_eq!(
+        v["command_result"]["hardware_manager_version"],
+        json!({"generic_hardware_manager": "1.2"})
+    );
+    for (name, key) in [
+        ("clean.get_clean_steps", "clean_steps"),
+        ("service.get_service_steps", "service_steps"),
+    ] {
         let (s, v) = api.post(name, json!({"node": node, "ports": []}), true);
         assert_eq!(s, 200);
         assert!(v["command_result"][key].is_object(), "{v}");
@@ -171,7 +242,10 @@ fn full_api_contract_over_verified_tls() {
     let (_, v) = api.post("standby.get_partition_uuids", json!({}), true);
     assert_eq!(v["command_result"], json!({}));
     let (_, v) = api.post("standby.sync", json!({}), true);
-    assert_eq!((v["command_status"].as_str(), &v["command_result"]), (Some("SUCCEEDED"), &Value::Null));
+    assert_eq!(
+        (v["command_status"].as_str(), &v["command_result"]),
+        (Some("SUCCEEDED"), &Value::Null)
+    );
     // Unknown keyword arguments: recorded as a FAILED TypeError, never a 500.
     let (s, v) = api.post("standby.sync", json!({"bogus": 1}), true);
     assert_eq!(s, 200);
@@ -179,10 +253,21 @@ fn full_api_contract_over_verified_tls() {
     assert_eq!(v["command_error"]["type"], "TypeError");
     let (_, v) = api.post("poll.get_hardware_info", json!({}), true);
     let inv = &v["command_result"];
-    for k in ["interfaces", "cpu", "disks", "memory", "system_vendor", "boot", "hostname"] {
+    for k in [
+        "interfaces",
+        "cpu",
+        "disks",
+        "memory",
+        "system_vendor",
+        "boot",
+        "hostname",
+    ] {
         assert!(inv.get(k).is_some(), "inventory lacks {k}: {inv}");
     }
-    assert_eq!(inv["boot"]["pxe_interface"], format!("01-{}", MAC.replace(':', "-")));
+    assert_eq!(
+        inv["boot"]["pxe_interface"],
+        format!("01-{}", MAC.replace(':', "-"))
+    );
     let (_, v) = api.post("log.collect_system_logs", json!({}), true);
     let logs = v["command_result"]["system_logs"].as_str().unwrap();
     let tgz = base64_decode(logs);
@@ -198,7 +283,10 @@ fn full_api_contract_over_verified_tls() {
         names.push(n);
     }
     assert!(names.contains(&"rivet.log".to_string()), "{names:?}");
-    assert!(agent_log.contains("lookup succeeded"), "agent log in the archive: {agent_log}");
+    assert!(
+        agent_log.contains("lookup succeeded"),
+        "agent log in the archive: {agent_log}"
+    );
 
     // An async command: RUNNING at once, busy for everything else, the API stays fast.
     let hb_before = ironic.heartbeats().len();
@@ -222,7 +310,10 @@ fn full_api_contract_over_verified_tls() {
     }
     lat.sort();
     let p99 = lat[98];
-    eprintln!("API latency during a running command: p50 {:?} p99 {:?}", lat[50], p99);
+    eprintln!(
+        "API latency during a running command: p50 {:?} p99 {:?}",
+        lat[50], p99
+    );
     assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
     let id = run["id"].as_str().unwrap();
     let (s, done) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
@@ -238,7 +329,10 @@ fn full_api_contract_over_verified_tls() {
     assert!(early.at.duration_since(prev.at) >= Duration::from_millis(4900));
     assert!(early.at.duration_since(finished) < Duration::from_secs(6));
     assert_eq!(early.body["agent_status"], "end");
-    assert_eq!(early.body["agent_verify_ca"], ca, "the certificate never changes");
+    assert_eq!(
+        early.body["agent_verify_ca"], ca,
+        "the certificate never changes"
+    );
 
     // wait=true on an async command gives the final state; failures carry IPA's error object.
     let (_, v) = api.post("test.sleep", json!({"seconds": 0.2}), true);
@@ -269,12 +363,27 @@ fn full_api_contract_over_verified_tls() {
 
     // History: every recorded command, oldest first, five keys each.
     let (_, v) = api.get(&api.url("/v1/commands", ""));
-    let names: Vec<&str> = v["commands"].as_array().unwrap().iter().map(|c| c["command_name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command_name"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
         vec![
-            "get_deploy_steps", "get_clean_steps", "get_service_steps", "get_partition_uuids", "sync", "sync",
-            "get_hardware_info", "collect_system_logs", "sleep", "sleep", "fail", "execute_deploy_step",
+            "get_deploy_steps",
+            "get_clean_steps",
+            "get_service_steps",
+            "get_partition_uuids",
+            "sync",
+            "sync",
+            "get_hardware_info",
+            "collect_system_logs",
+            "sleep",
+            "sleep",
+            "fail",
+            "execute_deploy_step",
             "execute_clean_step"
         ]
     );
@@ -287,7 +396,11 @@ fn full_api_contract_over_verified_tls() {
     assert_eq!((s, v["command_status"].as_str()), (200, Some("SUCCEEDED")));
     let st = agent.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "{st:?}");
-    assert!(api.client.get(format!("{}/v1/status", api.base)).send().is_err());
+    assert!(api
+        .client
+        .get(format!("{}/v1/status", api.base))
+        .send()
+        .is_err());
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -304,7 +417,10 @@ fn lookup_conflict_pause_and_heartbeat_retry() {
         .lock()
         .unwrap()
         .heartbeat_script
-        .push_back(ironic_error(400, "Invalid or missing agent token received."));
+        .push_back(ironic_error(
+            400,
+            "Invalid or missing agent token received.",
+        ));
     let state = tempfile::tempdir().unwrap();
     let agent = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
     let hb = ironic.wait_heartbeats(2, Duration::from_secs(30));
@@ -313,8 +429,13 @@ fn lookup_conflict_pause_and_heartbeat_retry() {
     let pause = l[1].at.duration_since(l[0].at);
     assert!(pause >= Duration::from_secs(5), "{pause:?}");
     let gap = hb[1].at.duration_since(hb[0].at);
-    assert!(gap >= Duration::from_millis(4900) && gap <= Duration::from_millis(10500), "{gap:?}");
-    assert!(agent.log_text().contains("Invalid or missing agent token received."));
+    assert!(
+        gap >= Duration::from_millis(4900) && gap <= Duration::from_millis(10500),
+        "{gap:?}"
+    );
+    assert!(agent
+        .log_text()
+        .contains("Invalid or missing agent token received."));
 }
 
 /// Several API URLs: a dead one first is skipped.
@@ -323,7 +444,11 @@ fn failover_across_api_urls() {
     let ironic = MockIronic::start(vec![], lookup_ok(&token(), 300));
     let dead = format!("http://127.0.0.1:{}", free_port());
     let state = tempfile::tempdir().unwrap();
-    let _agent = Agent::spawn(&format!("ipa-api-url={dead},{}", ironic.url), state.path(), &[]);
+    let _agent = Agent::spawn(
+        &format!("ipa-api-url={dead},{}", ironic.url),
+        state.path(),
+        &[],
+    );
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     assert_eq!(hb[0].body["agent_token"], token());
 }
@@ -334,12 +459,20 @@ fn lookup_timeout_exits_nonzero() {
     let ironic = MockIronic::start(vec![], (404, json!({"error_message": "nope"})));
     let state = tempfile::tempdir().unwrap();
     let t0 = Instant::now();
-    let mut agent = Agent::spawn(&format!("ipa-api-url={} ipa-lookup-timeout=2", ironic.url), state.path(), &[]);
+    let mut agent = Agent::spawn(
+        &format!("ipa-api-url={} ipa-lookup-timeout=2", ironic.url),
+        state.path(),
+        &[],
+    );
     let st = agent.wait_exit(Duration::from_secs(15));
     assert!(!st.success());
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert!(ironic.lookups().len() >= 2);
-    assert!(agent.log_text().contains("gave no node within"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("gave no node within"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 /// A restarted agent in the same boot keeps its token and certificate, and reports the
@@ -362,7 +495,11 @@ fn restart_keeps_token_cert_and_history() {
 
     let mut agent2 = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
     let hb = ironic.wait_heartbeats(2, Duration::from_secs(20));
-    assert_eq!(hb[1].body["agent_token"], token(), "saved token reused after ******");
+    assert_eq!(
+        hb[1].body["agent_token"],
+        token(),
+        "saved token reused after ******"
+    );
     assert_eq!(hb[1].body["agent_verify_ca"], ca, "same certificate");
     let api = Api {
         client: common::agent_client(Some(&ca)),
@@ -373,7 +510,10 @@ fn restart_keeps_token_cert_and_history() {
     let last = &v["commands"][0];
     assert_eq!(last["id"], run["id"]);
     assert_eq!(last["command_status"], "FAILED");
-    assert!(last["command_error"]["details"].as_str().unwrap().contains("restarted"));
+    assert!(last["command_error"]["details"]
+        .as_str()
+        .unwrap()
+        .contains("restarted"));
     // Not busy any more: a new command runs.
     let (s, v) = api.post("standby.sync", json!({}), true);
     assert_eq!((s, v["command_status"].as_str()), (200, Some("SUCCEEDED")));
@@ -390,7 +530,13 @@ fn masked_token_without_state_is_fatal() {
     let state = tempfile::tempdir().unwrap();
     let mut agent = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
     assert!(!agent.wait_exit(Duration::from_secs(15)).success());
-    assert!(agent.log_text().contains("already issued this boot's agent token"), "{}", agent.log_text());
+    assert!(
+        agent
+            .log_text()
+            .contains("already issued this boot's agent token"),
+        "{}",
+        agent.log_text()
+    );
     assert!(ironic.heartbeats().is_empty());
 }
 
@@ -402,13 +548,19 @@ fn old_api_plain_http_and_pregenerated_token() {
     let ironic = MockIronic::start(vec![], lookup_ok("******", 300));
     let state = tempfile::tempdir().unwrap();
     let agent = Agent::spawn(
-        &format!("ipa-api-url={} ipa-ironic-api-version=1.65 ipa-agent-token={pre}", ironic.url),
+        &format!(
+            "ipa-api-url={} ipa-ironic-api-version=1.65 ipa-agent-token={pre}",
+            ironic.url
+        ),
         state.path(),
         &[],
     );
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     assert_eq!(hb[0].version.as_deref(), Some("1.65"));
-    assert_eq!(hb[0].body["callback_url"], format!("http://127.0.0.1:{}", agent.port));
+    assert_eq!(
+        hb[0].body["callback_url"],
+        format!("http://127.0.0.1:{}", agent.port)
+    );
     assert!(hb[0].body.get("agent_verify_ca").is_none());
     assert_eq!(hb[0].body["agent_token"], pre);
     let api = Api {
@@ -424,9 +576,16 @@ fn old_api_plain_http_and_pregenerated_token() {
 #[test]
 fn malformed_cmdline_is_a_startup_error() {
     let state = tempfile::tempdir().unwrap();
-    let mut agent = Agent::spawn("ipa-api-url=http://127.0.0.1:9 ipa-lookup-timeout=soon", state.path(), &[]);
+    let mut agent = Agent::spawn(
+        "ipa-api-url=http://127.0.0.1:9 ipa-lookup-timeout=soon",
+        state.path(),
+        &[],
+    );
     let st = agent.wait_exit(Duration::from_secs(10));
     assert_eq!(st.code(), Some(2));
     let log = agent.log_text();
-    assert!(log.contains("ipa-lookup-timeout") && log.contains("soon"), "{log}");
+    assert!(
+        log.contains("ipa-lookup-timeout") && log.contains("soon"),
+        "{log}"
+    );
 }

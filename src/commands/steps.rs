@@ -7,8 +7,10 @@
 //! * failures are reported with the kind's IPA error type (DeploymentError, CleaningError,
 //!   ServicingError) and a message naming the step.
 //!
-//! Only implemented steps are listed: a listed step that cannot run would make the conductor
-//! schedule work that is bound to fail.
+//! Every list must be non-empty: the conductor caches the lists and takes an empty one for
+//! "not fetched yet", asking again on every heartbeat, which appends `get_*_steps` after the
+//! step it is waiting for so that it never sees the step finish. `write_image` is always listed
+//! because Ironic's own out-of-band `write_image` step is proxied to it.
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -63,13 +65,61 @@ pub struct StepDef {
     pub run: StepFn,
 }
 
-/// The steps implemented for each kind. Later work (image writing, erasing) registers here.
-fn table(kind: Kind) -> &'static [StepDef] {
+const fn zero(_: &Context) -> i64 {
+    0
+}
+
+static WRITE_IMAGE: StepDef = StepDef {
+    name: "write_image",
+    interface: "deploy",
+    priority: zero,
+    abortable: false,
+    argsinfo: None,
+    run: write_image_pending,
+};
+
+static ERASE_PSTORE: StepDef = StepDef {
+    name: "erase_pstore",
+    interface: "deploy",
+    priority: zero,
+    abortable: true,
+    argsinfo: None,
+    run: erase_pstore,
+};
+
+/// The steps of each kind, as the conductor sees them.
+static DEPLOY_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
+static CLEAN_STEPS: &[&StepDef] = &[&ERASE_PSTORE];
+static SERVICE_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
+
+fn table(kind: Kind) -> &'static [&'static StepDef] {
     match kind {
-        Kind::Deploy => &[],
-        Kind::Clean => &[],
-        Kind::Service => &[],
+        Kind::Deploy => DEPLOY_STEPS,
+        Kind::Clean => CLEAN_STEPS,
+        Kind::Service => SERVICE_STEPS,
     }
+}
+
+/// The image pipeline is not part of this build yet: say so plainly in the step result, so
+/// the conductor fails the deploy with this message instead of waiting.
+fn write_image_pending(
+    _ctx: &Context,
+    _args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    Err(CommandError::new(
+        ErrorKind::Deployment,
+        format!(
+            "write_image is not available in this Rivet build ({}): the image pipeline is not implemented yet",
+            env!("CARGO_PKG_VERSION")
+        ),
+    ))
+}
+
+/// Remove the kernel's saved crash records (pstore), which may hold a previous tenant's data.
+fn erase_pstore(_ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Value>, CommandError> {
+    crate::system::pstore::erase(std::path::Path::new("/sys/fs/pstore"))
+        .map(|n| Some(json!({ "removed": n })))
+        .map_err(|e| CommandError::exec(format!("erasing pstore: {e}")))
 }
 
 fn step_list(ctx: &Context, kind: Kind) -> Value {
@@ -157,6 +207,7 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
     let def = table(kind)
         .iter()
         .find(|s| s.name == name && s.interface == interface)
+        .copied()
         .ok_or_else(|| {
             fail(format!(
                 "{} step {interface}.{name} is not supported by this agent (Rivet {})",

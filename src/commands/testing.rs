@@ -19,7 +19,10 @@ struct Sleep {
 pub fn sleep(_ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     let a: Sleep = args(params)?;
     if !(0.0..=600.0).contains(&a.seconds) {
-        return Err(CommandError::new(ErrorKind::InvalidParams, "seconds must be 0-600"));
+        return Err(CommandError::new(
+            ErrorKind::InvalidParams,
+            "seconds must be 0-600",
+        ));
     }
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
     Ok(Outcome::Text(format!("slept {}s", a.seconds)))

@@ -99,6 +99,8 @@ pub async fn run(
                 Ok(v) => {
                     tracing::info!(version = %v.header(), "Ironic API version discovered");
                     version = Some(v);
+                    // Discovery is not a lookup attempt; do not grow the backoff for it.
+                    attempts -= 1;
                     continue;
                 }
                 Err(e) => format!("API version discovery: {e}"),

@@ -1,4 +1,5 @@
 //! System actions: power, sync, external tools. The only place that can power the machine off.
 
 pub mod power;
+pub mod pstore;
 pub mod tools;

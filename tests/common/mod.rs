@@ -88,18 +88,26 @@ impl MockIronic {
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, std::convert::Infallible>(answer(req, st).await) }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
-        MockIronic { url, state, _rt: rt }
+        MockIronic {
+            url,
+            state,
+            _rt: rt,
+        }
     }
 
     pub fn heartbeats(&self) -> Vec<Seen> {
@@ -117,19 +125,40 @@ impl MockIronic {
             if h.len() >= n {
                 return h;
             }
-            assert!(Instant::now() < end, "only {} of {n} heartbeats within {timeout:?}", h.len());
+            assert!(
+                Instant::now() < end,
+                "only {} of {n} heartbeats within {timeout:?}",
+                h.len()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
-async fn answer(req: Request<hyper::body::Incoming>, st: Arc<Mutex<MockState>>) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    st: Arc<Mutex<MockState>>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
-    let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-    let hdr = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let hdr = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let version = hdr("X-OpenStack-Ironic-API-Version");
     let request_id = hdr("X-OpenStack-Request-ID");
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let seen = Seen {
         at: Instant::now(),
@@ -141,7 +170,10 @@ async fn answer(req: Request<hyper::body::Incoming>, st: Arc<Mutex<MockState>>) 
     let (code, reply) = {
         let mut s = st.lock().unwrap();
         if path == "/" {
-            (200, json!({"default_version": {"id": "v1", "version": "1.115", "min_version": "1.1"}}))
+            (
+                200,
+                json!({"default_version": {"id": "v1", "version": "1.115", "min_version": "1.1"}}),
+            )
         } else if path == "/v1/lookup" {
             s.lookups.push(seen);
             match s.lookup_script.pop_front() {
@@ -155,7 +187,11 @@ async fn answer(req: Request<hyper::body::Incoming>, st: Arc<Mutex<MockState>>) 
             (404, json!({}))
         }
     };
-    let bytes = if reply.is_null() { Vec::new() } else { serde_json::to_vec(&reply).unwrap() };
+    let bytes = if reply.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(&reply).unwrap()
+    };
     Response::builder()
         .status(code)
         .header("Content-Type", "application/json")
@@ -164,7 +200,11 @@ async fn answer(req: Request<hyper::body::Incoming>, st: Arc<Mutex<MockState>>) 
 }
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real binary, run as a child process.
@@ -200,7 +240,10 @@ impl Agent {
             .arg("--simulate-power")
             .arg("--test-extension")
             .args(extra)
-            .env("RUST_LOG", "debug,hyper=info,rustls=info,reqwest=info,h2=info")
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,rustls=info,reqwest=info,h2=info",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -227,7 +270,11 @@ impl Agent {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < end, "agent still running after {timeout:?}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < end,
+                "agent still running after {timeout:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

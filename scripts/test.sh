@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Rivet's whole test suite, from a fresh machine: installs what it needs (Debian packages, the
+# Ironic venv), checks formatting and lints, runs the unit and integration tests, builds the
+# static release binary and runs it against the real Ironic conductor.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TERM_COLOR=never
+passed=0; failed=0
+step() { # NAME CMD...
+  local name=$1; shift
+  local t=$SECONDS
+  echo "=== $name"
+  if "$@"; then
+    passed=$((passed + 1)); echo "=== $name: ok ($((SECONDS - t)) s)"
+  else
+    failed=$((failed + 1)); echo "=== $name: FAILED ($((SECONDS - t)) s)"
+  fi
+}
+
+scripts/deps.sh
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+step "cargo test" cargo test --locked
+step "static release build" scripts/build-static.sh
+step "real Ironic: agent core" env RIVET="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet" tests/ironic/agent_core.sh
+
+echo "suites: $passed passed, $failed failed"
+((failed == 0))
