@@ -1,5 +1,7 @@
 //! The agent against a mock Ironic on 127.0.0.1, driven the way Ironic's `agent_client` does.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

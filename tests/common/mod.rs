@@ -1,7 +1,7 @@
 //! Test helpers: a scriptable mock of Ironic's ramdisk API on 127.0.0.1, the real `rivet`
 //! binary run as a child process (killed on drop), and an HTTPS client that trusts exactly the
 //! certificate the agent advertised, as the conductor does.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::io::Read;
