@@ -13,6 +13,7 @@ pub mod conductor;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod fsread;
 pub mod hardware;
 pub mod logging;
 pub mod state;

@@ -5,8 +5,9 @@
 //! 2. `parameters.txt` on the small vfat image labelled `ir-vfd-dev` is read with the kernel
 //!    command-line rules, and its values override the command line.
 //!
-//! Devices are found from sysfs and their labels read straight from the ISO9660 / FAT
-//! superblocks, so this works in a ramdisk with no udev and no util-linux.
+//! Devices are found from sysfs, their labels read from the ISO9660 / FAT superblocks and
+//! their files read in user space (cdfs, fatfs), so this works in a ramdisk with no udev, no
+//! util-linux and no vfat/iso9660 in the kernel.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::cmdline::parse_params;
 use super::ConfigError;
+use crate::fsread::iso9660::Iso as Iso9660;
 
 const FOUR_GIB: u64 = 4 << 30;
 
@@ -33,18 +35,13 @@ pub fn load(etc_dir: &Path, allow_loop: bool) -> Result<HashMap<String, String>,
     if let Some(iso) = found.iter().find(|c| {
         c.label.eq_ignore_ascii_case("config-2") || c.label.eq_ignore_ascii_case("vmedia_boot_iso")
     }) {
-        with_mounted(iso, |mnt| copy_agent_config(mnt, etc_dir))?;
+        copy_agent_config(open_medium(iso)?.as_ref(), etc_dir)?;
     }
     match found
         .iter()
         .find(|c| c.label.eq_ignore_ascii_case("ir-vfd-dev"))
     {
-        Some(dev) => with_mounted(dev, |mnt| {
-            let path = mnt.join("parameters.txt");
-            let text = fs::read_to_string(&path)
-                .map_err(|e| ConfigError::Vmedia(format!("reading {}: {e}", path.display())))?;
-            Ok(parse_params(&text))
-        }),
+        Some(dev) => read_parameters(open_medium(dev)?.as_ref()),
         None => {
             tracing::warn!("boot_method=vmedia but no device labelled ir-vfd-dev was found");
             Ok(HashMap::new())
@@ -120,53 +117,137 @@ fn trim_label(b: &[u8]) -> String {
         .to_string()
 }
 
-fn with_mounted<T>(
-    dev: &Candidate,
-    f: impl FnOnce(&Path) -> Result<T, ConfigError>,
-) -> Result<T, ConfigError> {
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
-    let mnt = std::env::temp_dir().join(format!("rivet-vmedia-{}", std::process::id()));
-    fs::create_dir_all(&mnt)
-        .map_err(|e| ConfigError::Vmedia(format!("mkdir {}: {e}", mnt.display())))?;
-    mount(
-        Some(dev.dev.as_path()),
-        &mnt,
-        Some(dev.fstype),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        ConfigError::Vmedia(format!(
-            "mounting {} ({}): {e}",
-            dev.dev.display(),
-            dev.fstype
-        ))
-    })?;
-    let result = f(&mnt);
-    if let Err(e) = umount2(&mnt, MntFlags::MNT_DETACH) {
-        tracing::warn!(mount = %mnt.display(), error = %e, "unmounting virtual media failed");
-    }
-    let _ = fs::remove_dir(&mnt);
-    result
+/// Read the files the agent needs straight from the medium, in user space: a deploy ramdisk's
+/// kernel may lack vfat or iso9660, and nothing has to be mounted and cleaned up.
+trait Medium {
+    /// Files directly inside `dir` ("" = root): (name, contents). Missing dir: empty list.
+    fn files(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String>;
 }
 
-/// Copy `etc/ironic-python-agent/*` and `etc/ironic-python-agent.d/*` from the mounted ISO.
-pub fn copy_agent_config(mnt: &Path, etc_dir: &Path) -> Result<(), ConfigError> {
-    for sub in ["ironic-python-agent", "ironic-python-agent.d"] {
-        let src = mnt.join("etc").join(sub);
-        let Ok(entries) = fs::read_dir(&src) else {
-            continue;
+/// Small files only: the agent config and parameters are a few KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+struct Iso(std::cell::RefCell<Iso9660<fs::File>>);
+
+impl Medium for Iso {
+    fn files(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut iso = self.0.borrow_mut();
+        let Some(entries) = iso.list(dir).map_err(|e| e.to_string())? else {
+            return Ok(Vec::new());
         };
+        let mut out = Vec::new();
+        for e in entries
+            .iter()
+            .filter(|e| !e.is_dir && u64::from(e.size) <= MAX_FILE)
+        {
+            out.push((
+                e.name.clone(),
+                iso.read_file(e, MAX_FILE as u32)
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Read-only access for fatfs: any write attempt fails instead of touching the medium.
+struct ReadOnly(fs::File);
+
+impl Read for ReadOnly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+impl Seek for ReadOnly {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(pos)
+    }
+}
+impl std::io::Write for ReadOnly {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "virtual media is read only",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Fat(fatfs::FileSystem<ReadOnly>);
+
+impl Medium for Fat {
+    fn files(&self, dir: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let root = self.0.root_dir();
+        let d = if dir.is_empty() {
+            root
+        } else {
+            match root.open_dir(dir) {
+                Ok(d) => d,
+                Err(_) => return Ok(Vec::new()),
+            }
+        };
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.map_err(|e| e.to_string())?;
+            if e.is_file() && e.len() <= MAX_FILE {
+                let mut data = Vec::new();
+                e.to_file()
+                    .read_to_end(&mut data)
+                    .map_err(|e| e.to_string())?;
+                out.push((e.file_name(), data));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn open_medium(c: &Candidate) -> Result<Box<dyn Medium>, ConfigError> {
+    let err =
+        |e: String| ConfigError::Vmedia(format!("reading {} ({}): {e}", c.dev.display(), c.fstype));
+    let f = fs::File::open(&c.dev).map_err(|e| err(e.to_string()))?;
+    Ok(match c.fstype {
+        "iso9660" => Box::new(Iso(std::cell::RefCell::new(
+            Iso9660::open(f).map_err(|e| err(e.to_string()))?,
+        ))),
+        _ => Box::new(Fat(fatfs::FileSystem::new(
+            ReadOnly(f),
+            fatfs::FsOptions::new().update_accessed_date(false),
+        )
+        .map_err(|e| err(e.to_string()))?)),
+    })
+}
+
+fn read_parameters(m: &dyn Medium) -> Result<HashMap<String, String>, ConfigError> {
+    let files = m.files("").map_err(ConfigError::Vmedia)?;
+    let (_, data) = files
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("parameters.txt"))
+        .ok_or_else(|| ConfigError::Vmedia("no parameters.txt on the ir-vfd-dev device".into()))?;
+    Ok(parse_params(&String::from_utf8_lossy(data)))
+}
+
+/// Copy `etc/ironic-python-agent/*` and `etc/ironic-python-agent.d/*` from the medium.
+fn copy_agent_config(m: &dyn Medium, etc_dir: &Path) -> Result<(), ConfigError> {
+    for sub in ["ironic-python-agent", "ironic-python-agent.d"] {
+        let files = m
+            .files(&format!("etc/{sub}"))
+            .map_err(ConfigError::Vmedia)?;
+        if files.is_empty() {
+            continue;
+        }
         let dst = etc_dir.join(sub);
         fs::create_dir_all(&dst)
             .map_err(|e| ConfigError::Vmedia(format!("mkdir {}: {e}", dst.display())))?;
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
-                let to = dst.join(e.file_name());
-                fs::copy(e.path(), &to).map_err(|err| {
-                    ConfigError::Vmedia(format!("copy to {}: {err}", to.display()))
-                })?;
+        for (name, data) in files {
+            // Names come from the medium: never let one escape the target directory.
+            if name.contains('/') || name == ".." || name == "." {
+                continue;
             }
+            let to = dst.join(&name);
+            fs::write(&to, data)
+                .map_err(|e| ConfigError::Vmedia(format!("writing {}: {e}", to.display())))?;
         }
     }
     Ok(())
@@ -221,20 +302,6 @@ mod tests {
         assert_eq!(
             cafile_from_conf(d.path()),
             Some(PathBuf::from("/etc/ironic-python-agent/ironic.crt"))
-        );
-    }
-
-    #[test]
-    fn copies_agent_config_tree() {
-        let iso = tempfile::tempdir().unwrap();
-        let etc = tempfile::tempdir().unwrap();
-        let src = iso.path().join("etc/ironic-python-agent");
-        fs::create_dir_all(&src).unwrap();
-        fs::write(src.join("ironic.crt"), "PEM").unwrap();
-        copy_agent_config(iso.path(), etc.path()).unwrap();
-        assert_eq!(
-            fs::read_to_string(etc.path().join("ironic-python-agent/ironic.crt")).unwrap(),
-            "PEM"
         );
     }
 

@@ -219,6 +219,15 @@ impl Agent {
     /// Start `rivet` with the given kernel command line (BOOTIF and listen/advertise settings
     /// for 127.0.0.1 are added) and state directory.
     pub fn spawn(cmdline: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        Self::spawn_raw(
+            &format!("ipa-lookup-interval=0.1 {cmdline}"),
+            state_dir,
+            extra,
+        )
+    }
+
+    /// Like `spawn`, without the default lookup interval.
+    pub fn spawn_raw(cmdline: &str, state_dir: &Path, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cmdline_file = dir.path().join("cmdline");
@@ -226,7 +235,7 @@ impl Agent {
             &cmdline_file,
             format!(
                 "BOOTIF=01-{} ipa-listen-host=127.0.0.1 ipa-listen-port={port} ipa-advertise-host=127.0.0.1 \
-                 ipa-advertise-port={port} ipa-lookup-interval=0.1 {cmdline}\n",
+                 ipa-advertise-port={port} {cmdline}\n",
                 MAC.replace(':', "-")
             ),
         )
