@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use rivet::config::{AgentArgs, Config};
-use rivet::hardware::inventory;
+use rivet::hardware::{disks, inventory, root_device};
 
 #[derive(Parser)]
 #[command(
@@ -32,19 +32,113 @@ enum Cmd {
         /// BOOTIF value to report as boot.pxe_interface.
         #[arg(long)]
         bootif: Option<String>,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
+    /// Choose the root disk as a deploy would and print the decision table.
+    RootDevice {
+        /// Root device hints, as in the node's properties.root_device (JSON object).
+        #[arg(long, value_name = "JSON")]
+        hints: Option<String>,
+        /// skip_block_devices, as in the node's properties (JSON list of hint objects).
+        #[arg(long, value_name = "JSON")]
+        skip: Option<String>,
+        /// Refuse to guess when several disks qualify and no hints are given.
+        #[arg(long)]
+        strict: bool,
+        /// Admit loop devices as disks (tests only).
+        #[arg(long)]
+        allow_loop_devices: bool,
+        /// Print the decision as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        sources: SourceArgs,
+    },
+}
+
+/// Where disks are discovered (the defaults are the real system).
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// udev's /dev/disk (by-path links); tests point this at their own tree.
+    #[arg(long, hide = true, default_value = "/dev/disk")]
+    dev_disk_dir: std::path::PathBuf,
+}
+
+impl SourceArgs {
+    fn sources(&self) -> disks::Sources {
+        disks::Sources {
+            dev_disk: self.dev_disk_dir.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn parse_json(what: &str, s: Option<&str>) -> Result<Option<serde_json::Value>, String> {
+    s.map(|s| serde_json::from_str(s).map_err(|e| format!("{what} is not valid JSON: {e}")))
+        .transpose()
+}
+
+fn root_device(
+    hints: Option<&str>,
+    skip: Option<&str>,
+    strict: bool,
+    allow_loop: bool,
+    json: bool,
+    src: &disks::Sources,
+) -> ExitCode {
+    let (hints, skip) = match (parse_json("--hints", hints), parse_json("--skip", skip)) {
+        (Ok(h), Ok(s)) => (h, s),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rivet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let found = disks::discover(src, allow_loop);
+    match root_device::choose(&found, hints.as_ref(), skip.as_ref(), strict) {
+        Ok(d) if json => {
+            println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(d) => {
+            println!("{}", d.device.name);
+            println!("{}", root_device::render(&d.table));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rivet: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Cmd::RootDevice {
+            hints,
+            skip,
+            strict,
+            allow_loop_devices,
+            json,
+            sources,
+        }) => root_device(
+            hints.as_deref(),
+            skip.as_deref(),
+            strict,
+            allow_loop_devices,
+            json,
+            &sources.sources(),
+        ),
         Some(Cmd::Inventory {
             allow_loop_devices,
             bootif,
+            sources,
         }) => {
             let inv = inventory::collect(&inventory::Options {
                 bootif_raw: bootif,
                 allow_loop_devices,
+                sources: sources.sources(),
             });
             match serde_json::to_string_pretty(&inv) {
                 Ok(s) => {

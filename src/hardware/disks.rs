@@ -1,10 +1,33 @@
-//! Block devices from sysfs, in the inventory's shape. (Root-device selection, hints, by-path
-//! and libblkid probing build on this list.)
+//! Block devices from sysfs (plus udev's database and `/dev/disk/by-path` when present), in
+//! the inventory's shape, and the root-device candidates drawn from them. No lsblk.
 
+use std::collections::HashMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use super::hints::HintTarget;
+
+/// Where discovery looks; tests point these at fixture trees.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub sys_block: PathBuf,
+    pub dev_disk: PathBuf,
+    pub udev_data: PathBuf,
+    pub dev: PathBuf,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            sys_block: "/sys/block".into(),
+            dev_disk: "/dev/disk".into(),
+            udev_data: "/run/udev/data".into(),
+            dev: "/dev".into(),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Disk {
@@ -22,6 +45,36 @@ pub struct Disk {
     pub logical_sectors: u64,
     pub physical_sectors: u64,
     pub tran: Option<String>,
+    // Beyond IPA's keys: what an operator needs to understand why a disk was or was not used.
+    pub removable: bool,
+    pub read_only: bool,
+    /// "disk" or "raid" (md).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Every serial and WWN known for the disk (sysfs and udev); hints match any of them.
+    #[serde(skip)]
+    pub all_serials: Vec<String>,
+    #[serde(skip)]
+    pub all_wwns: Vec<String>,
+}
+
+impl Disk {
+    pub fn hint_target(&self) -> HintTarget {
+        HintTarget {
+            name: self.name.clone(),
+            size: self.size,
+            model: self.model.clone(),
+            vendor: self.vendor.clone(),
+            serial: self.all_serials.clone(),
+            wwn: self.all_wwns.clone(),
+            wwn_with_extension: self.wwn_with_extension.clone(),
+            wwn_vendor_extension: self.wwn_vendor_extension.clone(),
+            rotational: self.rotational,
+            hctl: self.hctl.clone(),
+            by_path: self.by_path.clone(),
+            tran: self.tran.clone(),
+        }
+    }
 }
 
 fn read_trim(p: &Path) -> Option<String> {
@@ -35,10 +88,93 @@ fn read_u64(p: &Path) -> Option<u64> {
     read_trim(p).and_then(|s| s.parse().ok())
 }
 
-/// Whole disks worth reporting: not RAM, zram, floppy, optical or (unless allowed) loop
-/// devices, and not empty.
-pub fn list(sys_block: &Path, allow_loop: bool) -> Vec<Disk> {
-    let Ok(entries) = fs::read_dir(sys_block) else {
+/// `E:KEY=VALUE` lines of udev's database entry for a block device.
+fn udev_props(udev_data: &Path, devno: Option<&str>) -> HashMap<String, String> {
+    let Some(devno) = devno else {
+        return HashMap::new();
+    };
+    fs::read_to_string(udev_data.join(format!("b{devno}")))
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("E:"))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The SCSI unit serial number from VPD page 0x80 (header of 4 bytes, then ASCII).
+fn vpd_serial(dev: &Path) -> Option<String> {
+    let b = fs::read(dev.join("vpd_pg80")).ok()?;
+    let len = *b.get(3)? as usize;
+    let s = String::from_utf8_lossy(b.get(4..4 + len)?)
+        .trim()
+        .to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// sysfs `wwid` (`naa.5000…`, `eui.…`, `t10.…`) to lsblk's `0x…` form where it is an NAA/EUI id.
+fn wwn_from_wwid(wwid: &str) -> String {
+    match wwid.split_once('.') {
+        Some(("naa" | "eui", hex)) => format!("0x{}", hex.to_lowercase()),
+        _ => wwid.to_string(),
+    }
+}
+
+/// The transport, like lsblk's TRAN, from where the device sits in the sysfs device tree.
+pub fn transport(device_path: &str) -> Option<String> {
+    let t = if device_path.contains("/usb") {
+        "usb"
+    } else if device_path.contains("/nvme") {
+        "nvme"
+    } else if device_path.contains("/ata") {
+        "sata"
+    } else if device_path.contains("/end_device-") {
+        "sas"
+    } else if device_path.contains("/rport-") {
+        "fc"
+    } else if device_path.contains("/session") {
+        "iscsi"
+    } else if device_path.contains("/mmc") {
+        "mmc"
+    } else if device_path.contains("/virtio") {
+        "virtio"
+    } else {
+        return None;
+    };
+    Some(t.to_string())
+}
+
+/// Map each `/dev/X` to its first `/dev/disk/by-path/…` link (stable, sorted).
+fn by_path_links(src: &Sources) -> HashMap<String, String> {
+    let dir = src.dev_disk.join("by-path");
+    let mut out = HashMap::new();
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut links: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    links.sort();
+    for l in links {
+        if let Ok(target) = fs::canonicalize(&l) {
+            out.entry(target.display().to_string())
+                .or_insert_with(|| l.display().to_string());
+        }
+    }
+    out
+}
+
+/// Why a block device is not in the list at all (never a disk for deploying).
+fn excluded_kind(name: &str, allow_loop: bool) -> bool {
+    ["ram", "zram", "fd", "sr", "dm-", "nbd", "mtdblock", "zd"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || (name.starts_with("loop") && !allow_loop)
+}
+
+/// Every whole disk (and md array) in the order the kernel names them.
+pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
+    let Ok(entries) = fs::read_dir(&src.sys_block) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
@@ -46,44 +182,198 @@ pub fn list(sys_block: &Path, allow_loop: bool) -> Vec<Disk> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    let by_path = by_path_links(src);
     let mut out = Vec::new();
     for name in names {
-        let skip = ["ram", "zram", "fd", "sr", "dm-", "nbd"]
-            .iter()
-            .any(|p| name.starts_with(p))
-            || (name.starts_with("loop") && !allow_loop);
-        if skip {
+        if excluded_kind(&name, allow_loop) {
             continue;
         }
-        let d = sys_block.join(&name);
+        let d = src.sys_block.join(&name);
         let size = read_u64(&d.join("size")).unwrap_or(0) * 512;
         if size == 0 {
             continue;
         }
         let dev = d.join("device");
-        let wwid = read_trim(&dev.join("wwid")).or_else(|| read_trim(&d.join("wwid")));
+        let devno = read_trim(&d.join("dev"));
+        let udev = udev_props(&src.udev_data, devno.as_deref());
+        let device_path = fs::canonicalize(&dev)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let sys_wwid = read_trim(&dev.join("wwid")).or_else(|| read_trim(&d.join("wwid")));
+        let mut all_serials: Vec<String> = [
+            read_trim(&dev.join("serial")),
+            read_trim(&d.join("serial")),
+            vpd_serial(&dev),
+            udev.get("ID_SERIAL_SHORT").cloned(),
+            udev.get("ID_SERIAL").cloned(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        all_serials.dedup();
+        let wwn = udev
+            .get("ID_WWN")
+            .cloned()
+            .or_else(|| sys_wwid.as_deref().map(wwn_from_wwid));
+        let mut all_wwns: Vec<String> = [
+            wwn.clone(),
+            udev.get("ID_WWN_WITH_EXTENSION").cloned(),
+            sys_wwid.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        all_wwns.dedup();
+        let dev_name = src.dev.join(&name).display().to_string();
+        let canonical_dev = fs::canonicalize(src.dev.join(&name))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| dev_name.clone());
         out.push(Disk {
-            name: format!("/dev/{name}"),
-            model: read_trim(&dev.join("model")),
+            model: read_trim(&dev.join("model"))
+                .or_else(|| udev.get("ID_MODEL").map(|m| m.replace('_', " "))),
             size,
             rotational: read_trim(&d.join("queue/rotational")).as_deref() == Some("1"),
-            wwn: wwid.clone(),
-            serial: read_trim(&dev.join("serial")).or_else(|| read_trim(&d.join("serial"))),
-            vendor: read_trim(&dev.join("vendor")),
-            wwn_with_extension: wwid,
-            wwn_vendor_extension: None,
+            serial: all_serials.first().cloned(),
+            vendor: read_trim(&dev.join("vendor")).or_else(|| udev.get("ID_VENDOR").cloned()),
+            wwn_with_extension: udev
+                .get("ID_WWN_WITH_EXTENSION")
+                .cloned()
+                .or_else(|| wwn.clone()),
+            wwn_vendor_extension: udev.get("ID_WWN_VENDOR_EXTENSION").cloned(),
+            wwn,
             hctl: fs::read_dir(dev.join("scsi_device"))
                 .ok()
                 .and_then(|mut e| e.next())
                 .and_then(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned()),
-            by_path: None,
+            by_path: by_path.get(&canonical_dev).cloned(),
             logical_sectors: read_u64(&d.join("queue/logical_block_size")).unwrap_or(512),
             physical_sectors: read_u64(&d.join("queue/physical_block_size")).unwrap_or(512),
-            tran: None,
+            tran: transport(&device_path),
+            removable: read_trim(&d.join("removable")).as_deref() == Some("1"),
+            read_only: read_trim(&d.join("ro")).as_deref() == Some("1"),
+            kind: if d.join("md").exists() {
+                "raid"
+            } else {
+                "disk"
+            },
+            all_serials,
+            all_wwns,
+            name: dev_name,
         });
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// Build a fake sysfs/dev tree: SATA SSD, NVMe, USB stick, md RAID, 4Kn disk, read-only
+    /// disk, plus devices that are never disks (ram, loop, CD-ROM, empty).
+    pub fn tree(root: &Path) -> Sources {
+        let src = Sources {
+            sys_block: root.join("sys/block"),
+            dev_disk: root.join("dev/disk"),
+            udev_data: root.join("run/udev/data"),
+            dev: root.join("dev"),
+        };
+        let devices = root.join("sys/devices");
+        let mk = |name: &str, gib: u64, lbs: u64, devpath: &str, files: &[(&str, &str)]| {
+            let d = src.sys_block.join(name);
+            fs::create_dir_all(d.join("queue")).unwrap();
+            fs::write(d.join("size"), format!("{}\n", gib * (1 << 30) / 512)).unwrap();
+            fs::write(d.join("queue/logical_block_size"), format!("{lbs}\n")).unwrap();
+            fs::write(d.join("queue/physical_block_size"), format!("{lbs}\n")).unwrap();
+            fs::write(d.join("queue/rotational"), "0\n").unwrap();
+            fs::write(d.join("ro"), "0\n").unwrap();
+            fs::write(d.join("removable"), "0\n").unwrap();
+            if !devpath.is_empty() {
+                let target = devices.join(devpath);
+                fs::create_dir_all(&target).unwrap();
+                std::os::unix::fs::symlink(&target, d.join("device")).unwrap();
+            }
+            for (f, v) in files {
+                let p = d.join(f);
+                fs::create_dir_all(p.parent().unwrap()).unwrap();
+                fs::write(p, v).unwrap();
+            }
+            fs::create_dir_all(&src.dev).unwrap();
+            fs::write(src.dev.join(name), "").unwrap();
+        };
+        mk(
+            "sda",
+            500,
+            512,
+            "pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0",
+            &[
+                ("device/model", "Samsung SSD 860\n"),
+                ("device/vendor", "ATA     \n"),
+                ("device/wwid", "naa.5002538E40A1B2C3\n"),
+                ("device/scsi_device/0:0:0:0/x", ""),
+                ("dev", "8:0\n"),
+            ],
+        );
+        mk(
+            "nvme0n1",
+            1000,
+            512,
+            "pci0000:00/0000:01:00.0/nvme/nvme0",
+            &[
+                ("device/model", "SAMSUNG MZQL21T9\n"),
+                ("device/serial", "S64GNE0R123456\n"),
+                ("wwid", "eui.36344730526012340025384500000001\n"),
+            ],
+        );
+        mk(
+            "sdb",
+            16,
+            512,
+            "pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0",
+            &[
+                ("device/model", "Cruzer Blade\n"),
+                ("removable", "1\n"),
+                ("device/scsi_device/6:0:0:0/x", ""),
+            ],
+        );
+        mk("md0", 200, 512, "", &[("md/level", "raid1\n")]);
+        mk(
+            "sdc",
+            2000,
+            4096,
+            "pci0000:00/0000:00:1f.2/ata2/host1/target1:0:0/1:0:0:0",
+            &[
+                ("device/model", "WDC WD20 4Kn\n"),
+                ("queue/rotational", "1\n"),
+                ("device/scsi_device/1:0:0:0/x", ""),
+            ],
+        );
+        mk(
+            "sdd",
+            100,
+            512,
+            "pci0000:00/0000:00:1f.2/ata3/host2/target2:0:0/2:0:0:0",
+            &[("ro", "1\n")],
+        );
+        mk("ram0", 1, 512, "", &[]);
+        mk("loop0", 8, 512, "", &[]);
+        mk("sr0", 1, 2048, "pci0000:00/0000:00:1f.2/ata4", &[]);
+        mk("sde", 0, 512, "pci0000:00/0000:00:1f.2/ata5", &[]);
+        // udev data for sda: a serial only udev knows and the WWN with extension.
+        fs::create_dir_all(&src.udev_data).unwrap();
+        fs::write(
+            src.udev_data.join("b8:0"),
+            "E:ID_SERIAL_SHORT=S3Z9NB0K123\nE:ID_WWN=0x5002538e40a1b2c3\nE:ID_WWN_WITH_EXTENSION=0x5002538e40a1b2c3\n",
+        )
+        .unwrap();
+        fs::create_dir_all(src.dev_disk.join("by-path")).unwrap();
+        std::os::unix::fs::symlink(
+            src.dev.join("sda"),
+            src.dev_disk.join("by-path/pci-0000:00:1f.2-ata-1"),
+        )
+        .unwrap();
+        src
+    }
 }
 
 #[cfg(test)]
@@ -91,29 +381,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fake_sysfs_disks() {
+    fn fake_sysfs_every_kind_of_disk() {
         let d = tempfile::tempdir().unwrap();
-        let mk = |name: &str, sectors: u64, lbs: u64| {
-            let p = d.path().join(name);
-            fs::create_dir_all(p.join("queue")).unwrap();
-            fs::create_dir_all(p.join("device")).unwrap();
-            fs::write(p.join("size"), format!("{sectors}\n")).unwrap();
-            fs::write(p.join("queue/logical_block_size"), format!("{lbs}\n")).unwrap();
-            fs::write(p.join("queue/physical_block_size"), format!("{lbs}\n")).unwrap();
-            fs::write(p.join("queue/rotational"), "0\n").unwrap();
-            fs::write(p.join("device/model"), "QEMU HARDDISK   \n").unwrap();
-        };
-        mk("sda", 2097152, 512);
-        mk("nvme0n1", 4194304, 4096);
-        mk("loop0", 2048, 512);
-        mk("ram0", 2048, 512);
-        mk("sdb", 0, 512);
-        let l = list(d.path(), false);
-        let names: Vec<&str> = l.iter().map(|d| d.name.as_str()).collect();
-        assert_eq!(names, vec!["/dev/nvme0n1", "/dev/sda"]);
-        assert_eq!(l[0].logical_sectors, 4096);
-        assert_eq!(l[1].size, 1 << 30);
-        assert_eq!(l[1].model.as_deref(), Some("QEMU HARDDISK"));
-        assert_eq!(list(d.path(), true).len(), 3);
+        let src = fixtures::tree(d.path());
+        let disks = discover(&src, false);
+        let names: Vec<String> = disks
+            .iter()
+            .map(|d| d.name.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(names, vec!["md0", "nvme0n1", "sda", "sdb", "sdc", "sdd"]);
+        let get = |n: &str| disks.iter().find(|d| d.name.ends_with(n)).unwrap();
+        let sda = get("/sda");
+        assert_eq!(sda.model.as_deref(), Some("Samsung SSD 860"));
+        assert_eq!(sda.vendor.as_deref(), Some("ATA"));
+        assert_eq!(sda.tran.as_deref(), Some("sata"));
+        assert_eq!(sda.hctl.as_deref(), Some("0:0:0:0"));
+        assert_eq!(sda.wwn.as_deref(), Some("0x5002538e40a1b2c3"));
+        assert_eq!(sda.serial.as_deref(), Some("S3Z9NB0K123"));
+        assert!(sda
+            .by_path
+            .as_deref()
+            .unwrap()
+            .ends_with("by-path/pci-0000:00:1f.2-ata-1"));
+        assert_eq!(sda.size, 500 << 30);
+        let nvme = get("/nvme0n1");
+        assert_eq!(nvme.tran.as_deref(), Some("nvme"));
+        assert_eq!(nvme.serial.as_deref(), Some("S64GNE0R123456"));
+        assert_eq!(
+            nvme.wwn.as_deref(),
+            Some("0x36344730526012340025384500000001")
+        );
+        let usb = get("/sdb");
+        assert_eq!((usb.tran.as_deref(), usb.removable), (Some("usb"), true));
+        assert_eq!(get("/md0").kind, "raid");
+        let sdc = get("/sdc");
+        assert_eq!(
+            (sdc.logical_sectors, sdc.physical_sectors, sdc.rotational),
+            (4096, 4096, true)
+        );
+        assert!(get("/sdd").read_only);
+        assert!(discover(&src, true)
+            .iter()
+            .any(|d| d.name.ends_with("/loop0")));
     }
 }

@@ -15,6 +15,7 @@ use crate::config::Config;
 pub struct Options {
     pub bootif_raw: Option<String>,
     pub allow_loop_devices: bool,
+    pub sources: disks::Sources,
 }
 
 impl Options {
@@ -22,6 +23,7 @@ impl Options {
         Options {
             bootif_raw: c.bootif_raw.clone(),
             allow_loop_devices: c.allow_loop_devices,
+            sources: disks::Sources::default(),
         }
     }
 }
@@ -81,7 +83,7 @@ pub fn collect(opts: &Options) -> Inventory {
     Inventory {
         interfaces: net::interfaces(Path::new("/sys/class/net")),
         cpu: cpu(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
-        disks: disks::list(Path::new("/sys/block"), opts.allow_loop_devices),
+        disks: disks::discover(&opts.sources, opts.allow_loop_devices),
         memory: memory(),
         // BMC detection needs ipmitool; none in this ramdisk yet, so say "unknown" as IPA does
         // without an IPMI device.

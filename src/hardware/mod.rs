@@ -1,5 +1,7 @@
 //! Hardware discovery from sysfs/procfs: disks, NICs, the inventory.
 
 pub mod disks;
+pub mod hints;
 pub mod inventory;
 pub mod net;
+pub mod root_device;

@@ -71,6 +71,41 @@ pub fn ironic_error(status: u16, msg: &str) -> (u16, Value) {
 
 impl MockIronic {
     pub fn start(lookups: Vec<(u16, Value)>, default: (u16, Value)) -> MockIronic {
+        Self::start_with(lookups, default, None)
+    }
+
+    /// An HTTPS mock with a self-signed certificate for 127.0.0.1; returns it with its PEM.
+    pub fn start_tls(lookups: Vec<(u16, Value)>, default: (u16, Value)) -> (MockIronic, String) {
+        let (cert, key) = rivet::tls::generate(
+            "127.0.0.1".parse().unwrap(),
+            rivet::config::Curve::P256,
+            Duration::from_secs(60),
+            "mock-ironic",
+        )
+        .unwrap();
+        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(rivet::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let mock = Self::start_with(
+            lookups,
+            default,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        );
+        (mock, cert)
+    }
+
+    fn start_with(
+        lookups: Vec<(u16, Value)>,
+        default: (u16, Value),
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> MockIronic {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -83,7 +118,8 @@ impl MockIronic {
         }));
         let listener = StdListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let st = state.clone();
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();

@@ -1,0 +1,279 @@
+//! Choosing the disk to deploy onto, IPA's way, but never silently:
+//! * candidates are whole disks and md arrays that are writable, not in `skip_block_devices`;
+//! * with hints, the first candidate (kernel order) matching all of them; a hint that matches
+//!   nothing is an error listing every candidate and why it failed;
+//! * without hints, the smallest candidate of at least 4 GiB; in strict mode (our own
+//!   `ipa-strict-root-device=1`) more than one such candidate is an error instead of a guess.
+//!
+//! The whole decision table is returned (and logged) for operators.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::disks::Disk;
+use super::hints::{self, HintError};
+
+pub const MIN_SIZE: u64 = 4 << 30;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub size: u64,
+    /// "chosen", "candidate" (qualified but not chosen), or "rejected".
+    pub verdict: &'static str,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Decision {
+    pub device: Disk,
+    pub table: Vec<Row>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootDeviceError {
+    #[error(transparent)]
+    BadHint(#[from] HintError),
+    #[error("invalid skip_block_devices: {0}")]
+    BadSkipList(String),
+    #[error("no disk matches the root device hints {hints}:\n{}", render(.table))]
+    NoMatch { hints: String, table: Vec<Row> },
+    #[error(
+        "No suitable device was found for deployment - root device hints were not provided and all found \
+         block devices are smaller than {MIN_SIZE}B:\n{}", render(.table)
+    )]
+    TooSmall { table: Vec<Row> },
+    #[error("no disks found")]
+    NoDisks,
+    #[error("strict root device mode: {count} disks qualify and no root device hints were given:\n{}", render(.table))]
+    Ambiguous { count: usize, table: Vec<Row> },
+}
+
+/// The decision table as text, one disk a line.
+pub fn render(table: &[Row]) -> String {
+    table
+        .iter()
+        .map(|r| {
+            format!(
+                "  {:<24} {:>10.2} GiB  {:<9} {}",
+                r.name,
+                r.size as f64 / (1u64 << 30) as f64,
+                r.verdict,
+                r.reasons.join("; ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Remove the devices matched by any entry of `skip_block_devices` (a list of hint objects;
+/// entries naming a software RAID `volume_name` are not disk filters).
+fn skipped(skip: Option<&Value>, d: &Disk) -> Result<Option<String>, RootDeviceError> {
+    let Some(list) = skip.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| RootDeviceError::BadSkipList(format!("{list} is not a list")))?;
+    for entry in list {
+        if entry.get("volume_name").is_some() {
+            continue;
+        }
+        let hs = hints::parse(entry)?;
+        let t = d.hint_target();
+        if !hs.is_empty() && hs.iter().all(|h| hints::check(h, &t).is_ok()) {
+            return Ok(Some(format!("listed in skip_block_devices ({entry})")));
+        }
+    }
+    Ok(None)
+}
+
+/// Choose among `disks` (already discovered, kernel order).
+pub fn choose(
+    disks: &[Disk],
+    root_hints: Option<&Value>,
+    skip: Option<&Value>,
+    strict: bool,
+) -> Result<Decision, RootDeviceError> {
+    if disks.is_empty() {
+        return Err(RootDeviceError::NoDisks);
+    }
+    let parsed =
+        match root_hints.filter(|h| !h.is_null() && h.as_object().is_none_or(|o| !o.is_empty())) {
+            Some(h) => Some(hints::parse(h)?),
+            None => None,
+        };
+    let mut table = Vec::new();
+    let mut qualified: Vec<usize> = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let mut reasons = Vec::new();
+        if d.read_only {
+            reasons.push("read-only".to_string());
+        }
+        if let Some(why) = skipped(skip, d)? {
+            reasons.push(why);
+        }
+        match &parsed {
+            Some(hs) => {
+                let t = d.hint_target();
+                reasons.extend(hs.iter().filter_map(|h| hints::check(h, &t).err()));
+            }
+            None if d.size < MIN_SIZE => {
+                reasons.push(format!("smaller than {} GiB", MIN_SIZE >> 30))
+            }
+            None => {}
+        }
+        if reasons.is_empty() {
+            qualified.push(i);
+        }
+        table.push(Row {
+            name: d.name.clone(),
+            size: d.size,
+            verdict: if reasons.is_empty() {
+                "candidate"
+            } else {
+                "rejected"
+            },
+            reasons,
+        });
+    }
+    let pick = match &parsed {
+        Some(_) => qualified.first().copied(),
+        None => {
+            if strict && qualified.len() > 1 {
+                return Err(RootDeviceError::Ambiguous {
+                    count: qualified.len(),
+                    table,
+                });
+            }
+            // Smallest first, the name breaking ties, like IPA.
+            qualified.iter().copied().min_by(|&a, &b| {
+                (disks[a].size, &disks[a].name).cmp(&(disks[b].size, &disks[b].name))
+            })
+        }
+    };
+    match pick {
+        Some(i) => {
+            table[i].verdict = "chosen";
+            Ok(Decision {
+                device: disks[i].clone(),
+                table,
+            })
+        }
+        None => match root_hints.filter(|_| parsed.is_some()) {
+            Some(h) => Err(RootDeviceError::NoMatch {
+                hints: h.to_string(),
+                table,
+            }),
+            None => Err(RootDeviceError::TooSmall { table }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hardware::disks::{discover, fixtures};
+    use serde_json::json;
+
+    fn disks() -> (tempfile::TempDir, Vec<Disk>) {
+        let d = tempfile::tempdir().unwrap();
+        let src = fixtures::tree(d.path());
+        let list = discover(&src, false);
+        (d, list)
+    }
+
+    fn base(d: &Disk) -> &str {
+        d.name.rsplit('/').next().unwrap()
+    }
+
+    #[test]
+    fn no_hints_smallest_of_at_least_4_gib() {
+        let (_t, l) = disks();
+        let dec = choose(&l, None, None, false).unwrap();
+        // usb stick 16 GiB is the smallest writable disk ≥ 4 GiB; sdd (100 GiB) is read-only.
+        assert_eq!(base(&dec.device), "sdb");
+        let sdd = dec.table.iter().find(|r| r.name.ends_with("sdd")).unwrap();
+        assert_eq!(sdd.verdict, "rejected");
+        assert_eq!(sdd.reasons, vec!["read-only"]);
+    }
+
+    #[test]
+    fn strict_mode_refuses_to_guess() {
+        let (_t, l) = disks();
+        let e = choose(&l, None, None, true).unwrap_err();
+        assert!(
+            matches!(e, RootDeviceError::Ambiguous { count: 5, .. }),
+            "{e}"
+        );
+        // With hints strict mode is satisfied.
+        assert!(choose(&l, Some(&json!({"tran": "nvme"})), None, true).is_ok());
+    }
+
+    #[test]
+    fn hints_pick_first_match_and_skip_list_applies() {
+        let (_t, l) = disks();
+        let dec = choose(&l, Some(&json!({"size": ">= 400"})), None, false).unwrap();
+        assert_eq!(base(&dec.device), "nvme0n1");
+        let skip = json!([{"name": dec.device.name}]);
+        let dec2 = choose(&l, Some(&json!({"size": ">= 400"})), Some(&skip), false).unwrap();
+        assert_eq!(base(&dec2.device), "sda");
+        let dec3 = choose(&l, Some(&json!({"serial": "s3z9nb0k123"})), None, false).unwrap();
+        assert_eq!(base(&dec3.device), "sda");
+        // A volume_name entry is not a disk filter.
+        assert!(choose(&l, None, Some(&json!([{"volume_name": "root"}])), false).is_ok());
+    }
+
+    #[test]
+    fn no_match_lists_every_candidate_and_why() {
+        let (_t, l) = disks();
+        let e = choose(
+            &l,
+            Some(&json!({"model": "nonexistent", "rotational": true})),
+            None,
+            false,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        for n in ["md0", "nvme0n1", "sda", "sdb", "sdc", "sdd"] {
+            assert!(msg.contains(n), "{msg}");
+        }
+        assert!(msg.contains("does not match"), "{msg}");
+        // sdc is rotational but its model fails: exactly that reason.
+        if let RootDeviceError::NoMatch { table, .. } = e {
+            let sdc = table.iter().find(|r| r.name.ends_with("sdc")).unwrap();
+            assert_eq!(sdc.reasons.len(), 1, "{:?}", sdc.reasons);
+        } else {
+            panic!("wrong error");
+        }
+    }
+
+    #[test]
+    fn too_small_and_bad_hints() {
+        let (_t, l) = disks();
+        let small: Vec<Disk> = l
+            .iter()
+            .cloned()
+            .map(|mut d| {
+                d.size = 1 << 30;
+                d
+            })
+            .collect();
+        assert!(matches!(
+            choose(&small, None, None, false),
+            Err(RootDeviceError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            choose(&l, Some(&json!({"colour": "red"})), None, false),
+            Err(RootDeviceError::BadHint(_))
+        ));
+        assert!(matches!(
+            choose(&l, None, Some(&json!({"name": "x"})), false),
+            Err(RootDeviceError::BadSkipList(_))
+        ));
+        assert!(matches!(
+            choose(&[], None, None, false),
+            Err(RootDeviceError::NoDisks)
+        ));
+    }
+}
