@@ -150,6 +150,14 @@ fn root_device_on_loop_devices() {
     assert_eq!(text.lines().next(), Some(tiny.dev.as_str()));
     assert!(text.contains("chosen"));
 
+    // A GPT written on our own loop device is reported (read back by libblkid).
+    let st = Command::new("sgdisk")
+        .args(["-o"])
+        .arg(&small.dev)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
     // Inventory reports the loop disks with their sector sizes, and none without the flag.
     let inv: Value =
         serde_json::from_slice(&rivet(&["inventory", "--allow-loop-devices"]).stdout).unwrap();
@@ -164,6 +172,8 @@ fn root_device_on_loop_devices() {
     };
     assert_eq!(disk(&big4k.dev)["logical_sectors"], 4096);
     assert_eq!(disk(&small.dev)["size"], 5u64 << 30);
+    assert_eq!(disk(&small.dev)["partition_table"], "gpt");
+    assert_eq!(disk(&tiny.dev)["partition_table"], Value::Null);
     let inv: Value = serde_json::from_slice(&rivet(&["inventory"]).stdout).unwrap();
     assert!(inv["disks"]
         .as_array()

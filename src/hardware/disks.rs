@@ -51,6 +51,8 @@ pub struct Disk {
     /// "disk" or "raid" (md).
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The partition table already on the disk (`gpt`, `dos`), as libblkid reads it.
+    pub partition_table: Option<String>,
     /// Every serial and WWN known for the disk (sysfs and udev); hints match any of them.
     #[serde(skip)]
     pub all_serials: Vec<String>,
@@ -257,6 +259,9 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             } else {
                 "disk"
             },
+            partition_table: super::probe::probe(Path::new(&dev_name))
+                .ok()
+                .and_then(|p| p.pt_type),
             all_serials,
             all_wwns,
             name: dev_name,

@@ -4,4 +4,5 @@ pub mod disks;
 pub mod hints;
 pub mod inventory;
 pub mod net;
+pub mod probe;
 pub mod root_device;

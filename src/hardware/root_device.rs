@@ -19,6 +19,8 @@ pub const MIN_SIZE: u64 = 4 << 30;
 pub struct Row {
     pub name: String,
     pub size: u64,
+    /// The partition table a deploy would replace, if any.
+    pub partition_table: Option<String>,
     /// "chosen", "candidate" (qualified but not chosen), or "rejected".
     pub verdict: &'static str,
     pub reasons: Vec<String>,
@@ -55,9 +57,10 @@ pub fn render(table: &[Row]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "  {:<24} {:>10.2} GiB  {:<9} {}",
+                "  {:<24} {:>10.2} GiB  {:<5} {:<9} {}",
                 r.name,
                 r.size as f64 / (1u64 << 30) as f64,
+                r.partition_table.as_deref().unwrap_or("-"),
                 r.verdict,
                 r.reasons.join("; ")
             )
@@ -129,6 +132,7 @@ pub fn choose(
         table.push(Row {
             name: d.name.clone(),
             size: d.size,
+            partition_table: d.partition_table.clone(),
             verdict: if reasons.is_empty() {
                 "candidate"
             } else {
