@@ -17,7 +17,7 @@ use crate::conductor::heartbeat::{self, Heartbeat, StatusFn};
 use crate::conductor::lookup::{self, LookupError};
 use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, Status};
-use crate::hardware::net;
+use crate::hardware::{disks, net, root_device};
 use crate::state::{Session, StateDir, StateError};
 use crate::system::power;
 use crate::tls::{self, TlsError};
@@ -190,6 +190,17 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     let state = StateDir::open(&cfg.state_dir)?;
     if !cfg.hardware_initialization_delay.is_zero() {
         tokio::time::sleep(cfg.hardware_initialization_delay).await;
+    }
+    {
+        let (allow, attempts, delay) = (
+            cfg.allow_loop_devices,
+            cfg.disk_wait_attempts,
+            cfg.disk_wait_delay,
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            root_device::wait_for_disks(&disks::Sources::default(), allow, attempts, delay)
+        })
+        .await;
     }
     let client = Arc::new(ApiClient::new(&cfg)?);
     let macs = lookup_macs(&cfg).await;

@@ -139,6 +139,7 @@ fn main() -> ExitCode {
                 bootif_raw: bootif,
                 allow_loop_devices,
                 sources: sources.sources(),
+                skip_bmc_detect: false,
             });
             match serde_json::to_string_pretty(&inv) {
                 Ok(s) => {

@@ -196,6 +196,7 @@ pub struct Config {
     pub permitted_image_formats: Vec<String>,
     pub enable_bios_bootloader_install: bool,
     pub disable_deep_image_inspection: bool,
+    pub skip_bmc_detect: bool,
 }
 
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -359,6 +360,7 @@ impl Config {
             permitted_image_formats: vec!["raw".into(), "gpt".into(), "qcow2".into()],
             enable_bios_bootloader_install: false,
             disable_deep_image_inspection: false,
+            skip_bmc_detect: false,
         })
     }
 
@@ -408,6 +410,9 @@ impl Config {
         }
         if let Some(b) = flag("disable_deep_image_inspection")? {
             self.disable_deep_image_inspection = b;
+        }
+        if let Some(b) = flag("agent_skip_bmc_detect")? {
+            self.skip_bmc_detect = b;
         }
         match c.get("permitted_image_formats") {
             None | Some(Value::Null) => {}

@@ -16,6 +16,8 @@ pub struct Options {
     pub bootif_raw: Option<String>,
     pub allow_loop_devices: bool,
     pub sources: disks::Sources,
+    /// The conductor's `agent_skip_bmc_detect` (Redfish-managed nodes).
+    pub skip_bmc_detect: bool,
 }
 
 impl Options {
@@ -24,6 +26,7 @@ impl Options {
             bootif_raw: c.bootif_raw.clone(),
             allow_loop_devices: c.allow_loop_devices,
             sources: disks::Sources::default(),
+            skip_bmc_detect: c.skip_bmc_detect,
         }
     }
 }
@@ -36,6 +39,8 @@ pub struct Inventory {
     pub memory: Memory,
     pub bmc_address: Option<String>,
     pub bmc_v6address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bmc_mac: Option<String>,
     pub system_vendor: SystemVendor,
     pub boot: Boot,
     pub hostname: String,
@@ -80,15 +85,15 @@ pub struct Boot {
 }
 
 pub fn collect(opts: &Options) -> Inventory {
+    let bmc = super::bmc::detect(opts.skip_bmc_detect);
     Inventory {
         interfaces: net::interfaces(Path::new("/sys/class/net")),
         cpu: cpu(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         disks: disks::discover(&opts.sources, opts.allow_loop_devices),
         memory: memory(),
-        // BMC detection needs ipmitool; none in this ramdisk yet, so say "unknown" as IPA does
-        // without an IPMI device.
-        bmc_address: None,
-        bmc_v6address: None,
+        bmc_address: bmc.v4,
+        bmc_v6address: bmc.v6,
+        bmc_mac: bmc.mac,
         system_vendor: system_vendor(Path::new("/sys/class/dmi/id")),
         boot: Boot {
             current_boot_mode: if Path::new("/sys/firmware/efi").exists() {

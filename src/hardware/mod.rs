@@ -1,5 +1,6 @@
 //! Hardware discovery from sysfs/procfs: disks, NICs, the inventory.
 
+pub mod bmc;
 pub mod disks;
 pub mod hints;
 pub mod inventory;

@@ -174,6 +174,67 @@ pub fn choose(
     }
 }
 
+/// Hints and skip list as the conductor gives them in the node: `instance_info.root_device`
+/// wins over `properties.root_device`; `properties.skip_block_devices`.
+pub fn node_hints(node: &Value) -> (Option<Value>, Option<Value>) {
+    let non_empty = |v: Option<&Value>| {
+        v.filter(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+            .cloned()
+    };
+    let hints = non_empty(node.pointer("/instance_info/root_device"))
+        .or_else(|| non_empty(node.pointer("/properties/root_device")));
+    let skip = node
+        .pointer("/properties/skip_block_devices")
+        .filter(|v| !v.is_null())
+        .cloned();
+    (hints, skip)
+}
+
+/// Choose the deploy target for `node` and log the decision table.
+pub fn select_for_node(
+    disks: &[Disk],
+    node: &Value,
+    strict: bool,
+) -> Result<Decision, RootDeviceError> {
+    let (hints, skip) = node_hints(node);
+    let r = choose(disks, hints.as_ref(), skip.as_ref(), strict);
+    match &r {
+        Ok(d) => {
+            tracing::info!(device = %d.device.name, hints = ?hints, "root device chosen:\n{}", render(&d.table))
+        }
+        Err(e) => tracing::error!("root device selection failed: {e}"),
+    }
+    r
+}
+
+/// Wait for disks to appear (drivers may still be probing when the agent starts), up to
+/// `attempts` tries `delay` apart, like IPA's `ipa-disk-wait-attempts/-delay`. Logs the
+/// default choice's decision table; an empty machine is logged, not fatal, since the
+/// conductor may not need a disk (cleaning of other devices, inspection).
+pub fn wait_for_disks(
+    src: &super::disks::Sources,
+    allow_loop: bool,
+    attempts: u32,
+    delay: std::time::Duration,
+) -> Vec<Disk> {
+    for attempt in 1..=attempts.max(1) {
+        let found = super::disks::discover(src, allow_loop);
+        match choose(&found, None, None, false) {
+            Ok(d) => {
+                tracing::info!(device = %d.device.name, "root device candidate found (without hints)");
+                tracing::debug!("decision table:\n{}", render(&d.table));
+                return found;
+            }
+            Err(e) if attempt == attempts.max(1) => {
+                tracing::warn!(error = %e, "no root device candidate yet; continuing");
+                return found;
+            }
+            Err(_) => std::thread::sleep(delay),
+        }
+    }
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +311,44 @@ mod tests {
         } else {
             panic!("wrong error");
         }
+    }
+
+    #[test]
+    fn hints_come_from_the_node() {
+        let (_t, l) = disks();
+        let node = json!({"properties": {"root_device": {"tran": "usb"}, "skip_block_devices": [{"tran": "nvme"}]},
+                          "instance_info": {"root_device": {"size": ">= 400"}}});
+        // instance_info wins; the skip list removes the NVMe disk, so sda is the first >= 400 GiB.
+        assert_eq!(
+            base(&select_for_node(&l, &node, false).unwrap().device),
+            "sda"
+        );
+        let node = json!({"properties": {"root_device": {"tran": "usb"}}, "instance_info": {"root_device": {}}});
+        assert_eq!(
+            base(&select_for_node(&l, &node, false).unwrap().device),
+            "sdb"
+        );
+        assert!(
+            select_for_node(&l, &json!({}), true).is_err(),
+            "strict without hints"
+        );
+    }
+
+    #[test]
+    fn waiting_for_disks_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = crate::hardware::disks::Sources {
+            sys_block: d.path().join("none"),
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        assert!(wait_for_disks(&empty, false, 3, std::time::Duration::from_millis(50)).is_empty());
+        assert!(t.elapsed() >= std::time::Duration::from_millis(100));
+        let src = fixtures::tree(d.path());
+        assert_eq!(
+            wait_for_disks(&src, false, 3, std::time::Duration::from_secs(5)).len(),
+            6
+        );
     }
 
     #[test]
