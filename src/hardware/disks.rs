@@ -150,17 +150,37 @@ pub fn transport(device_path: &str) -> Option<String> {
 
 /// Map each `/dev/X` to its first `/dev/disk/by-path/…` link (stable, sorted).
 fn by_path_links(src: &Sources) -> HashMap<String, String> {
-    let dir = src.dev_disk.join("by-path");
     let mut out = HashMap::new();
-    let Ok(entries) = fs::read_dir(&dir) else {
+    for (target, link) in links(&src.dev_disk.join("by-path")) {
+        out.entry(target).or_insert(link);
+    }
+    out
+}
+
+/// WWNs named by `/dev/disk/by-id/wwn-0x…` links, per `/dev/X` (udev makes these even where
+/// its database is not readable).
+fn by_id_wwns(src: &Sources) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for (target, link) in links(&src.dev_disk.join("by-id")) {
+        let name = link.rsplit('/').next().unwrap_or_default();
+        if let Some(w) = name.strip_prefix("wwn-").filter(|w| !w.contains("-part")) {
+            out.entry(target).or_default().push(w.to_string());
+        }
+    }
+    out
+}
+
+/// (canonical target, link path) of every symlink in `dir`, sorted by link name.
+fn links(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
         return out;
     };
-    let mut links: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    links.sort();
-    for l in links {
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for l in paths {
         if let Ok(target) = fs::canonicalize(&l) {
-            out.entry(target.display().to_string())
-                .or_insert_with(|| l.display().to_string());
+            out.push((target.display().to_string(), l.display().to_string()));
         }
     }
     out
@@ -185,6 +205,7 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
         .collect();
     names.sort();
     let by_path = by_path_links(src);
+    let by_id = by_id_wwns(src);
     let mut out = Vec::new();
     for name in names {
         if excluded_kind(&name, allow_loop) {
@@ -217,6 +238,12 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             .get("ID_WWN")
             .cloned()
             .or_else(|| sys_wwid.as_deref().map(wwn_from_wwid));
+        let dev_name = src.dev.join(&name).display().to_string();
+        let canonical_dev = fs::canonicalize(src.dev.join(&name))
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| dev_name.clone());
+        let id_wwns = by_id.get(&canonical_dev).cloned().unwrap_or_default();
+        let wwn = wwn.or_else(|| id_wwns.first().cloned());
         let mut all_wwns: Vec<String> = [
             wwn.clone(),
             udev.get("ID_WWN_WITH_EXTENSION").cloned(),
@@ -224,12 +251,10 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
         ]
         .into_iter()
         .flatten()
+        .chain(id_wwns)
         .collect();
+        all_wwns.sort();
         all_wwns.dedup();
-        let dev_name = src.dev.join(&name).display().to_string();
-        let canonical_dev = fs::canonicalize(src.dev.join(&name))
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| dev_name.clone());
         out.push(Disk {
             model: read_trim(&dev.join("model"))
                 .or_else(|| udev.get("ID_MODEL").map(|m| m.replace('_', " "))),
@@ -377,6 +402,17 @@ pub(crate) mod fixtures {
             src.dev_disk.join("by-path/pci-0000:00:1f.2-ata-1"),
         )
         .unwrap();
+        fs::create_dir_all(src.dev_disk.join("by-id")).unwrap();
+        std::os::unix::fs::symlink(
+            src.dev.join("sdc"),
+            src.dev_disk.join("by-id/wwn-0x50014ee2b5a1c3d4"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            src.dev.join("sdc"),
+            src.dev_disk.join("by-id/ata-WDC_WD20_4Kn_WX123"),
+        )
+        .unwrap();
         src
     }
 }
@@ -423,6 +459,11 @@ mod tests {
         assert_eq!(
             (sdc.logical_sectors, sdc.physical_sectors, sdc.rotational),
             (4096, 4096, true)
+        );
+        assert_eq!(
+            sdc.wwn.as_deref(),
+            Some("0x50014ee2b5a1c3d4"),
+            "WWN from /dev/disk/by-id"
         );
         assert!(get("/sdd").read_only);
         assert!(discover(&src, true)
