@@ -15,6 +15,7 @@ pub mod error;
 pub mod executor;
 pub mod fsread;
 pub mod hardware;
+pub mod image;
 pub mod logging;
 pub mod state;
 pub mod system;

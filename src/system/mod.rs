@@ -1,5 +1,6 @@
 //! System actions: power, sync, external tools. The only place that can power the machine off.
 
+pub mod blockdev;
 pub mod power;
 pub mod pstore;
 pub mod tools;

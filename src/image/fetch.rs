@@ -1,0 +1,364 @@
+//! Fetch stage: stream the image over HTTP(S) to the downstream stages, resuming where it broke.
+//!
+//! * URLs are tried in order; connection errors, timeouts, truncated bodies, 5xx, 408 and 429
+//!   are retried (`ipa-image-download-connection-retries`, `-retry-interval`); any other 4xx
+//!   fails at once: retrying cannot fix it.
+//! * A broken transfer resumes from the exact byte reached with `Range` + `If-Range` (the strong
+//!   ETag, else Last-Modified), so the downstream hash simply continues. When the server cannot
+//!   resume (no validator, 200 instead of 206, or the object changed so `If-Range` fails) the
+//!   fetch asks the pipeline to restart from byte 0: two objects are never spliced.
+//! * `image_request_authorization` is sent verbatim as `Authorization`, else HTTP basic auth;
+//!   reqwest drops the header on redirects to another host.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderValue, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use tokio::sync::mpsc;
+
+use super::progress::Progress;
+use crate::conductor::client::error_chain;
+use crate::config::{Config, TlsVersion};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Auth {
+    #[default]
+    None,
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// A ready `Authorization` header value (OCI registries: `Bearer …`).
+    Header(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub retries: u32,
+    pub retry_interval: Duration,
+    pub max_duration: Option<Duration>,
+    pub auth: Auth,
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Option<String>,
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
+    pub tls_min: TlsVersion,
+}
+
+impl FetchOptions {
+    pub fn from_config(c: &Config) -> FetchOptions {
+        FetchOptions {
+            connect_timeout: c.image_download_connection_timeout,
+            read_timeout: c.image_download_connection_timeout,
+            retries: c.image_download_connection_retries,
+            retry_interval: c.image_download_connection_retry_interval,
+            max_duration: c.image_download_max_duration,
+            auth: Auth::None,
+            http_proxy: None,
+            https_proxy: None,
+            no_proxy: None,
+            insecure: c.insecure,
+            ca_file: c.ca_file.clone(),
+            tls_min: c.tls_min_version,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("image download failed: GET {url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("image download failed after {attempts} attempts; last error: {last}")]
+    Exhausted { attempts: u32, last: String },
+    #[error("image download exceeded its time limit of {0:?} (ipa-image-download-max-duration)")]
+    Timeout(Duration),
+    #[error("the download has to start again from the beginning: {0}")]
+    Restart(String),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+    #[error("the image was abandoned by the writer")]
+    Stopped,
+}
+
+/// What the fetch hands downstream.
+#[derive(Debug)]
+pub enum Msg {
+    /// The full size of the object (Content-Length of the first answer).
+    Total(u64),
+    Data(Bytes),
+}
+
+pub fn client(o: &FetchOptions) -> Result<reqwest::Client, FetchError> {
+    let tls = crate::tls::client_config(o.insecure, o.ca_file.as_deref(), o.tls_min)
+        .map_err(|e| FetchError::Client(e.to_string()))?;
+    let mut b = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(o.connect_timeout)
+        .read_timeout(o.read_timeout)
+        .redirect(reqwest::redirect::Policy::limited(10));
+    let no_proxy = o
+        .no_proxy
+        .as_deref()
+        .and_then(reqwest::NoProxy::from_string);
+    if o.http_proxy.is_none() && o.https_proxy.is_none() {
+        b = b.no_proxy();
+    }
+    for (url, https) in [(&o.http_proxy, false), (&o.https_proxy, true)] {
+        if let Some(u) = url {
+            let p = if https {
+                reqwest::Proxy::https(u)
+            } else {
+                reqwest::Proxy::http(u)
+            }
+            .map_err(|e| FetchError::Client(format!("proxy {u}: {e}")))?
+            .no_proxy(no_proxy.clone());
+            b = b.proxy(p);
+        }
+    }
+    b.build().map_err(|e| FetchError::Client(e.to_string()))
+}
+
+fn request(c: &reqwest::Client, url: &str, auth: &Auth) -> reqwest::RequestBuilder {
+    let r = c.get(url);
+    match auth {
+        Auth::None => r,
+        Auth::Basic { user, password } => r.basic_auth(user, Some(password)),
+        Auth::Header(h) => r.header(reqwest::header::AUTHORIZATION, h),
+    }
+}
+
+/// A small text document (a checksum file), with the same client, auth and retries.
+pub async fn fetch_text(
+    c: &reqwest::Client,
+    url: &str,
+    o: &FetchOptions,
+) -> Result<String, FetchError> {
+    let mut last = String::new();
+    for attempt in 0..=o.retries {
+        if attempt > 0 {
+            tokio::time::sleep(o.retry_interval).await;
+        }
+        match request(c, url, &o.auth).send().await {
+            Ok(r) if r.status().is_success() => match r.bytes().await {
+                Ok(b) if b.len() <= 1 << 20 => return Ok(String::from_utf8_lossy(&b).into_owned()),
+                Ok(_) => last = "larger than 1 MiB".into(),
+                Err(e) => last = error_chain(&e),
+            },
+            Ok(r) if retryable_status(r.status().as_u16()) => {
+                last = format!("HTTP {}", r.status().as_u16())
+            }
+            Ok(r) => {
+                return Err(FetchError::Status {
+                    url: url.to_string(),
+                    status: r.status().as_u16(),
+                })
+            }
+            Err(e) => last = error_chain(&e),
+        }
+    }
+    Err(FetchError::Exhausted {
+        attempts: o.retries + 1,
+        last: format!("{url}: {last}"),
+    })
+}
+
+fn retryable_status(s: u16) -> bool {
+    s >= 500 || s == 408 || s == 429
+}
+
+/// The start offset of a `Content-Range: bytes a-b/total` answer.
+fn range_start(v: Option<&HeaderValue>) -> Option<u64> {
+    let s = v?.to_str().ok()?;
+    let rest = s.trim().strip_prefix("bytes ")?;
+    rest.split('-').next()?.trim().parse().ok()
+}
+
+/// A validator usable in `If-Range`: a strong ETag, else Last-Modified.
+fn validator(h: &reqwest::header::HeaderMap) -> Option<HeaderValue> {
+    if let Some(e) = h.get(ETAG) {
+        if !e.as_bytes().starts_with(b"W/") {
+            return Some(e.clone());
+        }
+    }
+    h.get(LAST_MODIFIED).cloned()
+}
+
+/// Stream `urls` (first that works) to both senders until the object is complete.
+pub async fn stream(
+    c: &reqwest::Client,
+    urls: &[String],
+    o: &FetchOptions,
+    to_decode: mpsc::Sender<Msg>,
+    to_hash: mpsc::Sender<Bytes>,
+    progress: &Arc<Progress>,
+) -> Result<u64, FetchError> {
+    let work = stream_inner(c, urls, o, &to_decode, &to_hash, progress);
+    match o.max_duration {
+        Some(max) => tokio::time::timeout(max, work)
+            .await
+            .unwrap_or(Err(FetchError::Timeout(max))),
+        None => work.await,
+    }
+}
+
+async fn stream_inner(
+    c: &reqwest::Client,
+    urls: &[String],
+    o: &FetchOptions,
+    to_decode: &mpsc::Sender<Msg>,
+    to_hash: &mpsc::Sender<Bytes>,
+    progress: &Arc<Progress>,
+) -> Result<u64, FetchError> {
+    if urls.is_empty() {
+        return Err(FetchError::Client("no image URL".into()));
+    }
+    let mut offset: u64 = 0;
+    let mut total: Option<u64> = None;
+    let mut valid: Option<HeaderValue> = None;
+    let mut failures: u32 = 0;
+    let mut url_idx = 0usize;
+    loop {
+        let url = &urls[url_idx % urls.len()];
+        let mut req = request(c, url, &o.auth);
+        if offset > 0 {
+            let Some(v) = &valid else {
+                return Err(FetchError::Restart(format!(
+                    "{url} sent no ETag or Last-Modified, so the transfer cannot be resumed safely"
+                )));
+            };
+            req = req
+                .header(RANGE, format!("bytes={offset}-"))
+                .header(IF_RANGE, v.clone());
+        }
+        // Either the body streamed to the end, or why this attempt failed.
+        let failed: String = match req.send().await {
+            Err(e) => format!("{url}: {}", error_chain(&e)),
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                match status {
+                    200 if offset > 0 => {
+                        return Err(FetchError::Restart(format!(
+                            "{url} did not resume at byte {offset} (HTTP 200: no range support, or the object changed)"
+                        )))
+                    }
+                    200 => {
+                        valid = validator(resp.headers());
+                        total = resp.content_length();
+                        if let Some(t) = total {
+                            progress.total.store(t, Ordering::Relaxed);
+                            to_decode.send(Msg::Total(t)).await.map_err(|_| FetchError::Stopped)?;
+                        }
+                    }
+                    206 if offset > 0 && range_start(resp.headers().get(CONTENT_RANGE)) == Some(offset) => {
+                        tracing::info!(%url, offset, "download resumed");
+                    }
+                    206 => {
+                        return Err(FetchError::Restart(format!(
+                            "{url} answered a range that does not start at byte {offset}"
+                        )))
+                    }
+                    s if retryable_status(s) => {
+                        failures += 1;
+                        url_idx += 1;
+                        if failures > o.retries {
+                            return Err(FetchError::Exhausted {
+                                attempts: failures,
+                                last: format!("{url}: HTTP {s}"),
+                            });
+                        }
+                        tracing::warn!(%url, status = s, retry_in = ?o.retry_interval, "image server error, retrying");
+                        tokio::time::sleep(o.retry_interval).await;
+                        continue;
+                    }
+                    s => return Err(FetchError::Status { url: url.clone(), status: s }),
+                }
+                let mut broke = None;
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(b)) => {
+                            offset += b.len() as u64;
+                            progress
+                                .downloaded
+                                .fetch_add(b.len() as u64, Ordering::Relaxed);
+                            to_hash
+                                .send(b.clone())
+                                .await
+                                .map_err(|_| FetchError::Stopped)?;
+                            to_decode
+                                .send(Msg::Data(b))
+                                .await
+                                .map_err(|_| FetchError::Stopped)?;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            broke = Some(error_chain(&e));
+                            break;
+                        }
+                    }
+                }
+                match (broke, total) {
+                    (Some(e), _) => format!("{url}: transfer broke at byte {offset}: {e}"),
+                    (None, Some(t)) if offset < t => {
+                        format!("{url}: body ended at byte {offset} of {t}")
+                    }
+                    (None, Some(t)) if offset > t => {
+                        return Err(FetchError::Restart(format!(
+                            "{url} sent {offset} bytes, more than its Content-Length {t}"
+                        )))
+                    }
+                    (None, _) => return Ok(offset),
+                }
+            }
+        };
+        failures += 1;
+        if failures > o.retries {
+            return Err(FetchError::Exhausted {
+                attempts: failures,
+                last: failed,
+            });
+        }
+        if offset == 0 {
+            url_idx += 1;
+        }
+        tracing::warn!(error = %failed, offset, retry_in = ?o.retry_interval, "image download interrupted, retrying");
+        tokio::time::sleep(o.retry_interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_and_validators() {
+        assert_eq!(
+            range_start(Some(&HeaderValue::from_static("bytes 100-199/200"))),
+            Some(100)
+        );
+        assert_eq!(
+            range_start(Some(&HeaderValue::from_static("bytes */200"))),
+            None
+        );
+        assert_eq!(range_start(None), None);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(ETAG, HeaderValue::from_static("W/\"weak\""));
+        h.insert(
+            LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 23 Nov 2026 10:00:00 GMT"),
+        );
+        assert_eq!(
+            validator(&h),
+            Some(HeaderValue::from_static("Mon, 23 Nov 2026 10:00:00 GMT"))
+        );
+        h.insert(ETAG, HeaderValue::from_static("\"strong\""));
+        assert_eq!(validator(&h), Some(HeaderValue::from_static("\"strong\"")));
+        assert!(retryable_status(503) && retryable_status(429) && retryable_status(408));
+        assert!(!retryable_status(404) && !retryable_status(403));
+    }
+}

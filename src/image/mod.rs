@@ -1,0 +1,8 @@
+//! The image pipeline: fetch → verify → decode → write, plus progress reporting.
+
+pub mod decode;
+pub mod fetch;
+pub mod pipeline;
+pub mod progress;
+pub mod verify;
+pub mod write;

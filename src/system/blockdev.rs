@@ -1,0 +1,103 @@
+//! Block-device ioctls and "is this disk in use" checks.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
+nix::ioctl_none!(blkrrpart, 0x12, 95);
+
+/// Size in bytes of an open block device.
+pub fn size(f: &File) -> std::io::Result<u64> {
+    let mut n: u64 = 0;
+    // SAFETY: the fd is open for the whole call and BLKGETSIZE64 writes exactly one u64 to the
+    // pointer we pass, which points at `n`.
+    unsafe { blkgetsize64(f.as_raw_fd(), &mut n) }.map_err(std::io::Error::from)?;
+    Ok(n)
+}
+
+/// Logical sector size of an open block device.
+pub fn logical_sector_size(f: &File) -> std::io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: as above; BLKSSZGET writes one c_int.
+    unsafe { blksszget(f.as_raw_fd(), &mut n) }.map_err(std::io::Error::from)?;
+    Ok(n.max(512) as u32)
+}
+
+/// Ask the kernel to re-read the partition table (best effort: loop devices without
+/// partition scanning refuse with EINVAL, which is harmless).
+pub fn reread_partitions(f: &File) -> std::io::Result<()> {
+    // SAFETY: BLKRRPART takes no argument; the fd is valid for the call.
+    unsafe { blkrrpart(f.as_raw_fd()) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
+/// `maj:min` of the disk and all its partitions, from sysfs.
+fn devnos(sys_block: &Path, disk: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let d = sys_block.join(disk);
+    if let Ok(s) = std::fs::read_to_string(d.join("dev")) {
+        out.push(s.trim().to_string());
+    }
+    if let Ok(entries) = std::fs::read_dir(&d) {
+        for e in entries.flatten() {
+            if e.path().join("partition").exists() {
+                if let Ok(s) = std::fs::read_to_string(e.path().join("dev")) {
+                    out.push(s.trim().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why `disk` (a name under /sys/block, e.g. `sda`) must not be overwritten: a mounted
+/// partition, an active swap area, or a holder (md, dm) using it. `None` when free.
+pub fn in_use(disk: &str) -> Option<String> {
+    let sys_block = Path::new("/sys/block");
+    let nos = devnos(sys_block, disk);
+    if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mi.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 4 && nos.iter().any(|n| n == f[2]) {
+                return Some(format!("it is mounted on {}", f[4]));
+            }
+        }
+    }
+    if let Ok(swaps) = std::fs::read_to_string("/proc/swaps") {
+        for l in swaps.lines().skip(1) {
+            if let Some(dev) = l.split_whitespace().next() {
+                let base = dev.rsplit('/').next().unwrap_or(dev);
+                if base == disk
+                    || base
+                        .strip_prefix(disk)
+                        .is_some_and(|r| r.chars().all(|c| c.is_ascii_digit() || c == 'p'))
+                {
+                    return Some(format!("{dev} is an active swap area"));
+                }
+            }
+        }
+    }
+    let holders = |p: &Path| -> Vec<String> {
+        std::fs::read_dir(p.join("holders"))
+            .map(|e| {
+                e.flatten()
+                    .map(|x| x.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let d = sys_block.join(disk);
+    let mut all = holders(&d);
+    if let Ok(entries) = std::fs::read_dir(&d) {
+        for e in entries.flatten() {
+            if e.path().join("partition").exists() {
+                all.extend(holders(&e.path()));
+            }
+        }
+    }
+    (!all.is_empty()).then(|| format!("it is in use by {}", all.join(", ")))
+}
