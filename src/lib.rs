@@ -16,6 +16,7 @@ pub mod executor;
 pub mod fsread;
 pub mod hardware;
 pub mod image;
+pub mod install;
 pub mod logging;
 pub mod state;
 pub mod system;

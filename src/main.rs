@@ -35,6 +35,8 @@ enum Cmd {
         #[command(flatten)]
         sources: SourceArgs,
     },
+    /// Write an image to a disk without a conductor: fetch, verify, decode, write.
+    Install(rivet::install::InstallArgs),
     /// Choose the root disk as a deploy would and print the decision table.
     RootDevice {
         /// Root device hints, as in the node's properties.root_device (JSON object).
@@ -115,6 +117,33 @@ fn root_device(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Cmd::Install(a)) => {
+            rivet::logging::init(rivet::config::LogFormat::Human, false);
+            match rivet::install::run(&a) {
+                Ok(r) => {
+                    println!(
+                        "installed {} bytes ({}{}), {} {} verified, in {:.1} s",
+                        r.bytes_written,
+                        r.format,
+                        r.compression
+                            .map(|c| format!(", {c}-compressed"))
+                            .unwrap_or_default(),
+                        a.checksum
+                            .as_deref()
+                            .and_then(|c| c.split_once(':'))
+                            .map(|(x, _)| x)
+                            .unwrap_or("checksum"),
+                        r.checksum,
+                        r.seconds
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rivet: install failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Cmd::RootDevice {
             hints,
             skip,

@@ -3,59 +3,19 @@
 //! explained. Sparse backing files: nothing is written to any disk.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::loopdev::{is_root, Loop};
 use serde_json::Value;
-
-/// A sparse file attached as a loop device, detached on drop (also when the test fails).
-struct Loop {
-    dev: String,
-    _file: PathBuf,
-}
-
-impl Loop {
-    fn new(dir: &Path, name: &str, bytes: u64, sector: u32) -> Loop {
-        let file = dir.join(name);
-        std::fs::File::create(&file)
-            .unwrap()
-            .set_len(bytes)
-            .unwrap();
-        let out = Command::new("losetup")
-            .args(["--find", "--show", "--sector-size", &sector.to_string()])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop {
-            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
-            _file: file,
-        }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
 
 fn rivet(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rivet"))
         .args(args)
         .output()
         .unwrap()
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 fn choose(hints: &str, dev_disk: &Path) -> (bool, Value, String) {

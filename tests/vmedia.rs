@@ -5,36 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::loopdev::{is_root, Loop};
 use common::*;
-
-/// A loop device attached for the test, detached on drop (also when the test fails).
-struct Loop(String);
-
-impl Loop {
-    fn attach(file: &Path) -> Loop {
-        let out = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap();
@@ -47,11 +22,7 @@ fn run(cmd: &mut Command) {
 
 #[test]
 fn vmedia_parameters_and_config_copy() {
-    if !std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    {
+    if !is_root() {
         eprintln!("SKIPPED: needs root for loop devices");
         return;
     }
@@ -105,8 +76,8 @@ fn vmedia_parameters_and_config_copy() {
         .arg(&iso)
         .arg(&iso_root));
 
-    let _vfd = Loop::attach(&vfd);
-    let _iso = Loop::attach(&iso);
+    let _vfd = Loop::attach(&vfd, 512);
+    let _iso = Loop::attach(&iso, 512);
     let state = d.path().join("state");
     // No ipa-api-url on the "kernel command line": it must come from the floppy. The bogus
     // lookup timeout on the command line is overridden by nothing, so keep it valid.

@@ -3,6 +3,9 @@
 //! certificate the agent advertised, as the conductor does.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod imgserver;
+pub mod loopdev;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::TcpListener as StdListener;

@@ -1,0 +1,161 @@
+//! `rivet install`: write an image to a disk without a conductor (like coreos-installer), with
+//! the same pipeline, checks and safety as a deploy, and a progress line on the console.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::config::TlsVersion;
+use crate::hardware::{disks, root_device};
+use crate::image::fetch::{Auth, FetchOptions};
+use crate::image::pipeline::{self, ImageError, ImageRequest};
+use crate::image::progress::Progress;
+use crate::image::write::Target;
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Image URL (http or https); repeat to give fallbacks, tried in order.
+    #[arg(long = "image-url", required = true, value_name = "URL")]
+    pub image_urls: Vec<String>,
+    /// Expected checksum: `ALGO:HEX` (sha256, sha512, sha3_256, …) or bare hex (algorithm from
+    /// its length).
+    #[arg(long, value_name = "ALGO:HEX", conflicts_with = "checksum_url")]
+    pub checksum: Option<String>,
+    /// URL of a checksum file (GNU or BSD format, or a single hash) naming the image.
+    #[arg(long, value_name = "URL")]
+    pub checksum_url: Option<String>,
+    /// Expected format (raw, gpt, iso, qcow2); checked against the image's bytes.
+    #[arg(long)]
+    pub disk_format: Option<String>,
+    /// Target disk (or an existing file).
+    #[arg(long, value_name = "DEV", conflicts_with = "hints")]
+    pub device: Option<PathBuf>,
+    /// Choose the disk with root device hints (JSON), as a deploy would.
+    #[arg(long, value_name = "JSON")]
+    pub hints: Option<String>,
+    /// Admit loop devices as disks (tests only).
+    #[arg(long)]
+    pub allow_loop_devices: bool,
+    /// Do not verify the image server's TLS certificate.
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// HTTP basic auth as USER:PASSWORD.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub basic_auth: Option<String>,
+    #[arg(long, default_value_t = 9)]
+    pub retries: u32,
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub retry_interval: f64,
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("give --checksum or --checksum-url: an unverified image is never written")]
+    NoChecksum,
+    #[error("give --device or --hints")]
+    NoTarget,
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    RootDevice(#[from] root_device::RootDeviceError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, InstallError> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| InstallError::Usage(format!("{what} must be a number of seconds")))
+}
+
+pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
+    let auth = match &a.basic_auth {
+        Some(s) => {
+            let (user, password) = s
+                .split_once(':')
+                .ok_or_else(|| InstallError::Usage("--basic-auth wants USER:PASSWORD".into()))?;
+            Auth::Basic {
+                user: user.into(),
+                password: password.into(),
+            }
+        }
+        None => Auth::None,
+    };
+    let opts = FetchOptions {
+        connect_timeout: secs(a.timeout, "--timeout")?,
+        read_timeout: secs(a.timeout, "--timeout")?,
+        retries: a.retries,
+        retry_interval: secs(a.retry_interval, "--retry-interval")?,
+        max_duration: None,
+        auth,
+        http_proxy: std::env::var("http_proxy").ok(),
+        https_proxy: std::env::var("https_proxy").ok(),
+        no_proxy: std::env::var("no_proxy").ok(),
+        insecure: a.insecure,
+        ca_file: a.ca_file.clone(),
+        tls_min: TlsVersion::V1_2,
+    };
+    let first_url = &a.image_urls[0];
+    let expected = match (&a.checksum, &a.checksum_url) {
+        (Some(c), _) => match c.split_once(':') {
+            Some((algo, hex)) => {
+                pipeline::resolve_checksum(Some(algo), hex, first_url, true, &opts)?
+            }
+            None => pipeline::resolve_checksum(None, c, first_url, true, &opts)?,
+        },
+        (None, Some(u)) => pipeline::resolve_checksum(None, u, first_url, true, &opts)?,
+        (None, None) => return Err(InstallError::NoChecksum),
+    };
+    let device = match (&a.device, &a.hints) {
+        (Some(d), _) => d.clone(),
+        (None, Some(h)) => {
+            let hints: serde_json::Value = serde_json::from_str(h)
+                .map_err(|e| InstallError::Usage(format!("--hints is not valid JSON: {e}")))?;
+            let found = disks::discover(&disks::Sources::default(), a.allow_loop_devices);
+            let d = root_device::choose(&found, Some(&hints), None, false)?;
+            eprintln!(
+                "rivet: installing to {}\n{}",
+                d.device.name,
+                root_device::render(&d.table)
+            );
+            PathBuf::from(d.device.name)
+        }
+        (None, None) => return Err(InstallError::NoTarget),
+    };
+    let target = Target::open(&device).map_err(|e| InstallError::Image(e.into()))?;
+    let req = ImageRequest {
+        urls: a.image_urls.clone(),
+        expected,
+        disk_format: a.disk_format.clone(),
+        permitted: ["raw", "gpt", "iso", "qcow2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    let progress = Arc::new(Progress::default());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = (!a.quiet).then(|| {
+        let (p, done) = (progress.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                eprint!("\r\x1b[K{}", p.line());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            eprintln!("\r\x1b[K{}", p.line());
+        })
+    });
+    let result = pipeline::run(&req, &opts, &target, &progress);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+    Ok(result?)
+}

@@ -1,0 +1,54 @@
+//! Loop devices for tests, always detached (even when the test fails), and the root check.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// A loop device over a file the test created.
+pub struct Loop {
+    pub dev: String,
+    pub file: PathBuf,
+}
+
+impl Loop {
+    /// Attach an existing file.
+    pub fn attach(file: &Path, sector: u32) -> Loop {
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--sector-size", &sector.to_string()])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop {
+            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// A new sparse file of `bytes`, attached.
+    pub fn new(dir: &Path, name: &str, bytes: u64, sector: u32) -> Loop {
+        let file = dir.join(name);
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        Self::attach(&file, sector)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
