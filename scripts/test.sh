@@ -23,7 +23,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 step "cargo test" cargo test --locked
 step "static release build" scripts/build-static.sh
-step "real Ironic: agent core" env RIVET="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet" tests/ironic/agent_core.sh
+step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet" tests/ironic/deploy.sh
 
 echo "suites: $passed passed, $failed failed"
 ((failed == 0))

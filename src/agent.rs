@@ -167,7 +167,13 @@ fn status_fn(exec: Arc<Executor>) -> StatusFn {
     Arc::new(move || {
         let last = exec.list().pop()?;
         Some(match last.command_status {
-            Status::Running => ("start", format!("{} running", last.command_name)),
+            Status::Running => match exec.context().progress.lock().ok().and_then(|p| p.clone()) {
+                Some(p) => (
+                    "start",
+                    format!("{} running: {}", last.command_name, p.line()),
+                ),
+                None => ("start", format!("{} running", last.command_name)),
+            },
             Status::Succeeded => ("end", format!("{} succeeded", last.command_name)),
             _ => {
                 let detail = last

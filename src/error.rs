@@ -29,6 +29,10 @@ pub enum ErrorKind {
     DeviceNotFound,
     /// The agent process was restarted while the command ran.
     Interrupted,
+    ImageDownload,
+    ImageChecksum,
+    ImageWrite,
+    InvalidImage,
 }
 
 impl ErrorKind {
@@ -43,6 +47,10 @@ impl ErrorKind {
             ErrorKind::VersionMismatch => "VersionMismatch",
             ErrorKind::DeviceNotFound => "DeviceNotFound",
             ErrorKind::Interrupted => "CommandExecutionError",
+            ErrorKind::ImageDownload => "ImageDownloadError",
+            ErrorKind::ImageChecksum => "ImageChecksumError",
+            ErrorKind::ImageWrite => "ImageWriteError",
+            ErrorKind::InvalidImage => "InvalidImage",
         }
     }
 
@@ -69,6 +77,10 @@ impl ErrorKind {
             ErrorKind::DeviceNotFound => {
                 "Error finding the disk or partition device to deploy the image onto"
             }
+            ErrorKind::ImageDownload => "Error downloading image",
+            ErrorKind::ImageChecksum => "Error verifying image checksum",
+            ErrorKind::ImageWrite => "Error writing image to device",
+            ErrorKind::InvalidImage => "Invalid image",
         }
     }
 }

@@ -103,14 +103,30 @@ impl Executor {
     }
 
     pub fn list(&self) -> Vec<CommandResult> {
-        self.table.lock().map(|t| t.clone()).unwrap_or_default()
+        let mut l = self.table.lock().map(|t| t.clone()).unwrap_or_default();
+        if let Some(last) = l.last_mut() {
+            self.with_progress(last);
+        }
+        l
+    }
+
+    /// A running image transfer shows its progress in the command's result.
+    fn with_progress(&self, r: &mut CommandResult) {
+        if r.command_status == Status::Running {
+            if let Some(p) = self.ctx.progress.lock().ok().and_then(|p| p.clone()) {
+                r.command_result = Some(serde_json::json!({ "progress": p.json() }));
+            }
+        }
     }
 
     fn find(&self, id: &str) -> Option<CommandResult> {
-        self.table
+        let mut r = self
+            .table
             .lock()
             .ok()
-            .and_then(|t| t.iter().find(|r| r.id == id).cloned())
+            .and_then(|t| t.iter().find(|r| r.id == id).cloned())?;
+        self.with_progress(&mut r);
+        Some(r)
     }
 
     /// One result; with `wait`, block until it is no longer RUNNING.

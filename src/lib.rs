@@ -11,6 +11,7 @@ pub mod api;
 pub mod commands;
 pub mod conductor;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod executor;
 pub mod fsread;

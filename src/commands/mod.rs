@@ -3,12 +3,14 @@
 //! the request's `params`; they parse those into their own typed structs and return an
 //! [`Outcome`] or a [`CommandError`]. They never see HTTP or the command table.
 
+pub mod image;
 pub mod log;
 pub mod poll;
 pub mod standby;
 pub mod steps;
 pub mod system;
 pub mod testing;
+pub mod write_image;
 
 use std::sync::Mutex;
 
@@ -63,6 +65,10 @@ pub struct Context {
     pub partition_uuids: Mutex<Value>,
     pub events: mpsc::UnboundedSender<SystemEvent>,
     pub started_at: f64,
+    /// The disk the last image was written to, and that image's id (IPA's cache-by-id rule).
+    pub deployed: Mutex<Option<(std::path::PathBuf, String)>>,
+    /// Progress of the image transfer in flight, for the running command and heartbeats.
+    pub progress: Mutex<Option<std::sync::Arc<crate::image::progress::Progress>>>,
 }
 
 impl Context {
@@ -79,6 +85,8 @@ impl Context {
                 partition_uuids: Mutex::new(Value::Object(Map::new())),
                 events: tx,
                 started_at,
+                deployed: Mutex::new(None),
+                progress: Mutex::new(None),
             },
             rx,
         )
@@ -134,6 +142,14 @@ const fn asynchronous(handler: Handler) -> Spec {
 }
 
 static STANDBY: &[(&str, Spec)] = &[
+    (
+        "prepare_image",
+        Spec {
+            mode: Mode::Async,
+            handler: write_image::prepare_image,
+            validate: Some(write_image::validate),
+        },
+    ),
     ("get_partition_uuids", sync(standby::get_partition_uuids)),
     ("sync", sync(standby::sync)),
     ("power_off", asynchronous(standby::power_off)),
@@ -160,6 +176,10 @@ static SERVICE: &[(&str, Spec)] = &[
         asynchronous(steps::execute_service_step),
     ),
 ];
+static IMAGE: &[(&str, Spec)] = &[(
+    "install_bootloader",
+    asynchronous(image::install_bootloader),
+)];
 static POLL: &[(&str, Spec)] = &[("get_hardware_info", sync(poll::get_hardware_info))];
 static LOG: &[(&str, Spec)] = &[("collect_system_logs", sync(log::collect_system_logs))];
 static SYSTEM: &[(&str, Spec)] = &[("lockdown", sync(system::lockdown))];
@@ -176,6 +196,7 @@ static EXTENSIONS: &[(&str, &[(&str, Spec)])] = &[
     ("deploy", DEPLOY),
     ("clean", CLEAN),
     ("service", SERVICE),
+    ("image", IMAGE),
     ("poll", POLL),
     ("log", LOG),
     ("system", SYSTEM),

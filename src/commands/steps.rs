@@ -75,7 +75,7 @@ static WRITE_IMAGE: StepDef = StepDef {
     priority: zero,
     abortable: false,
     argsinfo: None,
-    run: write_image_pending,
+    run: super::write_image::write_image_step,
 };
 
 static ERASE_PSTORE: StepDef = StepDef {
@@ -98,21 +98,6 @@ fn table(kind: Kind) -> &'static [&'static StepDef] {
         Kind::Clean => CLEAN_STEPS,
         Kind::Service => SERVICE_STEPS,
     }
-}
-
-/// The image pipeline is not part of this build yet: say so plainly in the step result, so
-/// the conductor fails the deploy with this message instead of waiting.
-fn write_image_pending(
-    _ctx: &Context,
-    _args: &Map<String, Value>,
-) -> Result<Option<Value>, CommandError> {
-    Err(CommandError::new(
-        ErrorKind::Deployment,
-        format!(
-            "write_image is not available in this Rivet build ({}): the image pipeline is not implemented yet",
-            env!("CARGO_PKG_VERSION")
-        ),
-    ))
 }
 
 /// Remove the kernel's saved crash records (pstore), which may hold a previous tenant's data.

@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod fetch;
+pub mod info;
 pub mod pipeline;
 pub mod progress;
 pub mod verify;

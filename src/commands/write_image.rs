@@ -1,0 +1,175 @@
+//! Writing the instance image: the `write_image` deploy step and `standby.prepare_image`.
+//! Whole-disk images go through the image pipeline onto the disk the node's root device hints
+//! choose; the result is the disk identifier the conductor passes back to install_bootloader.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{args, Context, Outcome, Params};
+use crate::error::{CommandError, ErrorKind};
+use crate::hardware::{disks, root_device};
+use crate::image::info::ImageInfo;
+use crate::image::pipeline::{self, ImageError};
+use crate::image::progress::Progress;
+use crate::image::write::Target;
+
+fn image_error(e: ImageError) -> CommandError {
+    let kind = match &e {
+        ImageError::Fetch(_) => ErrorKind::ImageDownload,
+        ImageError::Verify(_) => ErrorKind::ImageChecksum,
+        ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
+        ImageError::Write(_) | ImageError::Internal(_) => ErrorKind::ImageWrite,
+    };
+    CommandError::new(kind, e.to_string())
+}
+
+/// The MBR disk signature (bytes 440..444), IPA's whole-disk "root uuid": `0x%08x`.
+pub fn disk_identifier(dev: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 4];
+    std::fs::File::open(dev)?.read_exact_at(&mut b, 440)?;
+    Ok(format!("0x{:08x}", u32::from_le_bytes(b)))
+}
+
+/// `--simulate-power` means tests or development: then only loop devices and plain files may
+/// be written, so no test can overwrite a disk it did not create.
+fn guard_test_mode(ctx: &Context, dev: &Path) -> Result<(), CommandError> {
+    if !ctx.config.simulate_power {
+        return Ok(());
+    }
+    let canon = std::fs::canonicalize(dev).unwrap_or_else(|_| dev.to_path_buf());
+    let is_loop = canon
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("loop"));
+    let is_file = std::fs::metadata(&canon)
+        .map(|m| m.is_file())
+        .unwrap_or(false);
+    if is_loop || is_file {
+        Ok(())
+    } else {
+        Err(CommandError::new(
+            ErrorKind::DeviceNotFound,
+            format!("refusing to write {}: with --simulate-power (tests) only loop devices and files are written", dev.display()),
+        ))
+    }
+}
+
+fn has_configdrive(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    }
+}
+
+/// Write `image_info` to the root device; returns IPA's message.
+pub fn write(
+    ctx: &Context,
+    image_info: &Value,
+    configdrive: Option<&Value>,
+) -> Result<String, CommandError> {
+    let info = ImageInfo::parse(image_info)
+        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    let id = info.safe_id();
+    let span = tracing::info_span!("write_image", image = %id);
+    let _e = span.enter();
+    if info.is_partition_image() {
+        return Err(CommandError::new(
+            ErrorKind::Deployment,
+            "partition images are not supported by this Rivet build yet; use a whole-disk image",
+        ));
+    }
+    if has_configdrive(configdrive) || has_configdrive(info.configdrive.as_ref()) {
+        return Err(CommandError::new(
+            ErrorKind::Deployment,
+            "config drives are not supported by this Rivet build yet",
+        ));
+    }
+    // IPA's cache rule: the same image id again is already on the disk.
+    if let Some((dev, done)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
+        if done == id {
+            let uuid = disk_identifier(&dev).unwrap_or_default();
+            tracing::info!(device = %dev.display(), "image already written, skipping");
+            return Ok(format!(
+                "image ({id}) already present on device {} root_uuid={uuid}",
+                dev.display()
+            ));
+        }
+    }
+    let node = ctx
+        .node
+        .lock()
+        .ok()
+        .and_then(|n| n.clone())
+        .unwrap_or(Value::Null);
+    let found = disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices);
+    let device = root_device::select_for_node(&found, &node, ctx.config.strict_root_device)
+        .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))?
+        .device
+        .name;
+    let dev = std::path::PathBuf::from(&device);
+    guard_test_mode(ctx, &dev)?;
+    let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
+    let fetch = info
+        .fetch_options(&ctx.config)
+        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
+    let progress = Arc::new(Progress::default());
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = Some(progress.clone());
+    }
+    let result = pipeline::run(&req, &fetch, &target, &progress);
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = None;
+    }
+    let report = result.map_err(image_error)?;
+    drop(target);
+    let uuid = disk_identifier(&dev).map_err(|e| {
+        CommandError::new(ErrorKind::ImageWrite, format!("reading back {device}: {e}"))
+    })?;
+    if let Ok(mut p) = ctx.partition_uuids.lock() {
+        *p = json!({ "root uuid": uuid });
+    }
+    if let Ok(mut d) = ctx.deployed.lock() {
+        *d = Some((dev, id.clone()));
+    }
+    tracing::info!(%device, root_uuid = %uuid, bytes = report.bytes_written, seconds = report.seconds, "image written");
+    Ok(format!(
+        "image ({id}) written to device {device} root_uuid={uuid}"
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct PrepareArgs {
+    image_info: Value,
+    #[serde(default)]
+    configdrive: Option<Value>,
+}
+
+pub fn validate(params: &Params) -> Result<(), CommandError> {
+    let v = params.get("image_info").cloned().unwrap_or(Value::Null);
+    ImageInfo::parse(&v)
+        .map(|_| ())
+        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))
+}
+
+/// `standby.prepare_image` (older conductors call it directly).
+pub fn prepare_image(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    let a: PrepareArgs = args(params)?;
+    write(ctx, &a.image_info, a.configdrive.as_ref()).map(Outcome::Text)
+}
+
+/// The `write_image` deploy step: `{image_info, configdrive}`.
+pub fn write_image_step(
+    ctx: &Context,
+    step_args: &serde_json::Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    let info = step_args.get("image_info").ok_or_else(|| {
+        CommandError::new(ErrorKind::InvalidParams, "write_image needs image_info")
+    })?;
+    let msg = write(ctx, info, step_args.get("configdrive"))?;
+    Ok(Some(json!({ "result": format!("prepare_image: {msg}") })))
+}

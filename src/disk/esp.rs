@@ -1,0 +1,233 @@
+//! The EFI system partition of a disk: found by its GPT type, its files read in user space
+//! (fatfs over the partition's byte range), so no mount and no vfat kernel driver are needed.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// EFI System Partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored on disk
+/// (first three fields little-endian).
+const ESP_TYPE: [u8; 16] = [
+    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+];
+
+/// Loader file names IPA looks for (case-insensitive).
+pub const LOADERS: &[&str] = &[
+    "bootx64.csv",
+    "bootaa64.csv",
+    "boot.csv",
+    "bootia32.efi",
+    "bootx64.efi",
+    "bootia64.efi",
+    "bootarm.efi",
+    "bootaa64.efi",
+    "bootriscv32.efi",
+    "bootriscv64.efi",
+    "bootriscv128.efi",
+    "grubaa64.efi",
+    "winload.efi",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Esp {
+    /// 1-based partition number.
+    pub number: u32,
+    pub start: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("{0} has no GPT partition table: {1}")]
+    NoGpt(String, String),
+    #[error("{0}: the EFI system partition is not a readable FAT file system: {1}")]
+    NotFat(String, String),
+}
+
+/// Find the first EFI system partition on `disk`.
+pub fn find(disk: &Path) -> Result<Option<Esp>, EspError> {
+    let name = disk.display().to_string();
+    let mut f = File::open(disk).map_err(|e| EspError::Io(name.clone(), e))?;
+    let gpt =
+        gptman::GPT::find_from(&mut f).map_err(|e| EspError::NoGpt(name.clone(), e.to_string()))?;
+    let esp = gpt
+        .iter()
+        .find(|(_, p)| p.is_used() && p.partition_type_guid == ESP_TYPE)
+        .map(|(n, p)| Esp {
+            number: n,
+            start: p.starting_lba * gpt.sector_size,
+            len: (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
+        });
+    Ok(esp)
+}
+
+/// A byte range of a file, read-only, as fatfs's storage.
+struct Slice {
+    f: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Slice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.f.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.f.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Seek for Slice {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => n as i64,
+            SeekFrom::End(d) => self.len as i64 + d,
+            SeekFrom::Current(d) => self.pos as i64 + d,
+        };
+        if new < 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before start",
+            ));
+        }
+        self.pos = new as u64;
+        Ok(self.pos)
+    }
+}
+
+impl std::io::Write for Slice {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "read only",
+        ))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every boot loader file on the ESP, as UEFI paths (`\EFI\BOOT\BOOTX64.EFI`).
+pub fn loaders(disk: &Path, esp: &Esp) -> Result<Vec<String>, EspError> {
+    let name = disk.display().to_string();
+    let f = File::open(disk).map_err(|e| EspError::Io(name.clone(), e))?;
+    let fs = fatfs::FileSystem::new(
+        Slice {
+            f,
+            start: esp.start,
+            len: esp.len,
+            pos: 0,
+        },
+        fatfs::FsOptions::new().update_accessed_date(false),
+    )
+    .map_err(|e| EspError::NotFat(name.clone(), e.to_string()))?;
+    let mut out = Vec::new();
+    // Depth-limited walk: loaders live in \EFI\<vendor>\.
+    let mut stack = vec![(fs.root_dir(), String::new(), 0)];
+    while let Some((dir, path, depth)) = stack.pop() {
+        for e in dir.iter().flatten() {
+            let n = e.file_name();
+            if n == "." || n == ".." {
+                continue;
+            }
+            let p = format!("{path}\\{n}");
+            if e.is_dir() && depth < 3 {
+                stack.push((e.to_dir(), p, depth + 1));
+            } else if e.is_file() && LOADERS.iter().any(|l| l.eq_ignore_ascii_case(&n)) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The removable-media path the firmware boots without any NVRAM entry.
+pub fn fallback_loader() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "\\EFI\\BOOT\\BOOTAA64.EFI"
+    } else {
+        "\\EFI\\BOOT\\BOOTX64.EFI"
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// A GPT disk image with a FAT ESP holding `\EFI\BOOT\BOOTX64.EFI` (sgdisk, mkfs.fat,
+    /// mtools). Returns false when the tools are missing.
+    pub fn make_disk_with_esp(path: &Path, with_loader: bool) -> bool {
+        let have = |t: &str| crate::system::tools::which(t).is_some();
+        if !(have("sgdisk") && have("mkfs.fat") && have("mcopy")) {
+            return false;
+        }
+        File::create(path).unwrap().set_len(48 << 20).unwrap();
+        let ok = |c: &mut Command| {
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(ok(Command::new("sgdisk")
+            .args(["-o", "-n", "1:2048:+32M", "-t", "1:ef00", "-n", "2:0:0"])
+            .arg(path)));
+        assert!(ok(Command::new("mkfs.fat")
+            .args(["-F", "16", "--offset", "2048", "-n", "EFI"])
+            .arg(path)
+            .arg("32768")));
+        let img = format!("{}@@{}", path.display(), 2048 * 512);
+        assert!(ok(Command::new("mmd").args([
+            "-i",
+            &img,
+            "::/EFI",
+            "::/EFI/BOOT",
+            "::/EFI/debian"
+        ])));
+        let loader = path.with_extension("efi");
+        std::fs::write(&loader, b"MZ fake loader").unwrap();
+        assert!(ok(Command::new("mcopy")
+            .args(["-i", &img])
+            .arg(&loader)
+            .arg("::/EFI/debian/grubx64.efi")));
+        if with_loader {
+            assert!(ok(Command::new("mcopy")
+                .args(["-i", &img])
+                .arg(&loader)
+                .arg("::/EFI/BOOT/BOOTX64.EFI")));
+        }
+        true
+    }
+
+    #[test]
+    fn finds_the_esp_and_its_loaders() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.img");
+        if !make_disk_with_esp(&p, true) {
+            eprintln!("SKIPPED: sgdisk/dosfstools/mtools missing");
+            return;
+        }
+        let esp = find(&p).unwrap().unwrap();
+        assert_eq!((esp.number, esp.start, esp.len), (1, 2048 * 512, 32 << 20));
+        assert_eq!(
+            loaders(&p, &esp).unwrap(),
+            vec![fallback_loader().to_string()]
+        );
+        let q = d.path().join("noloader.img");
+        make_disk_with_esp(&q, false);
+        assert!(loaders(&q, &find(&q).unwrap().unwrap()).unwrap().is_empty());
+        let blank = d.path().join("blank.img");
+        File::create(&blank).unwrap().set_len(1 << 20).unwrap();
+        assert!(matches!(find(&blank), Err(EspError::NoGpt(..))));
+    }
+}

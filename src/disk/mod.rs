@@ -1,0 +1,3 @@
+//! Partition tables and what lives in partitions (read side for now: the EFI system partition).
+
+pub mod esp;

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The real Ironic 39 conductor (PyPI, standalone on 127.0.0.1, [agent]require_tls=true as by
+# default) deploys with Rivet as the agent:
+#   1. whole-disk raw image onto a loop device named by the node's root device hint:
+#      lookup, HTTPS heartbeats with the auto-TLS certificate (stored by the conductor and used
+#      to verify every call), deploy steps, write_image, get_partition_uuids,
+#      install_bootloader (UEFI), power_off → node "active"; the disk equals the image
+#      (qemu-img compare) and carries its GPT (sgdisk);
+#   2. the same with a wrong checksum → node "deploy failed", last_error names the checksum,
+#      the conductor collected Rivet's logs, and the disk has no partition table.
+# usage: tests/ironic/deploy.sh   (RIVET=path/to/rivet to test another build)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+RIVET=${RIVET:-$ROOT/target/debug/rivet}
+export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-ironic-deploy}
+WORK=$(mktemp -d)
+AGENT_PID=
+LOOP=
+cleanup() {
+  if [[ -n "$AGENT_PID" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
+  "$ROOT/scripts/ironic/run-ironic.sh" stop || true
+  [[ -n "$LOOP" ]] && losetup -d "$LOOP" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -30 "$WORK"/rivet*.log >&2 || true; exit 1; }
+t0=$SECONDS
+[[ -x "$RIVET" ]] || fail "no rivet binary at $RIVET (cargo build first)"
+
+REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
+# shellcheck source=../../scripts/ironic/lib.sh
+source "$ROOT/scripts/ironic/lib.sh"
+grep -q '^require_tls = true' "$STATE/ironic.conf" || fail "Ironic must run with require_tls = true"
+
+"$ROOT/scripts/ironic/make-test-image.sh" "$STATE/images/wholedisk.raw" 48
+SUM=$(sha256sum "$STATE/images/wholedisk.raw" | cut -d' ' -f1)
+truncate -s 64M "$WORK/disk.img"
+LOOP=$(losetup --find --show "$WORK/disk.img")
+echo "target disk: $LOOP"
+
+MAC=52:54:00:12:34:56
+NODE=$(enroll node0 "$MAC")
+api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
+api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
+wait_state "$NODE" available 60
+
+deploy() { # LABEL CHECKSUM -> starts the deploy and the agent
+  local label=$1 sum=$2
+  api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {
+    \"image_source\": \"$IMG/wholedisk.raw\", \"image_os_hash_algo\": \"sha256\",
+    \"image_os_hash_value\": \"$sum\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null
+  api PUT "/v1/nodes/$NODE/states/provision" '{"target": "active"}' >/dev/null
+  wait_state "$NODE" "wait call-back" 60
+  PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=$PORT ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT" > "$WORK/cmdline"
+  DSTART=$SECONDS
+  "$RIVET" --cmdline-file "$WORK/cmdline" --state-dir "$WORK/state-$label" --simulate-power --allow-loop-devices \
+    > "$WORK/rivet-$label.log" 2>&1 &
+  AGENT_PID=$!
+}
+
+# --- 1. a good deploy -------------------------------------------------------------------
+deploy good "$SUM"
+for _ in $(seq 1 100); do
+  [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
+  sleep 0.1
+done
+agent_url=$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")
+[[ "$agent_url" == "https://127.0.0.1:$PORT" ]] || fail "agent_url is '$agent_url'"
+cmp -s "$STATE/certificates/$NODE.crt" "$WORK/state-good/agent.crt" \
+  || fail "the conductor's stored CA for the node is not Rivet's certificate"
+echo "ok: conductor recorded agent_url $agent_url and Rivet's auto-TLS certificate"
+wait_state "$NODE" active 180 || fail "node did not become active"
+echo "ok: node active ($((SECONDS - DSTART)) s after the agent started)"
+for _ in $(seq 1 20); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$AGENT_PID" 2>/dev/null && fail "rivet still running after power_off (simulated)"
+wait "$AGENT_PID" || fail "rivet exited non-zero after the simulated power off"
+AGENT_PID=
+grep -q "Agent command deploy.get_deploy_steps for node $NODE returned result {'deploy_steps': {'GenericHardwareManager': \[{[^]]*'step': 'write_image'.*error None, HTTP status code 200" "$STATE/ironic.log" \
+  || fail "conductor log does not show a successful deploy.get_deploy_steps"
+"$PY" - "$WORK/state-good/commands.json" <<'PY' || fail "unexpected command history"
+import json, sys
+h = [(c["command_name"], c["command_status"]) for c in json.load(open(sys.argv[1]))]
+print("   history:", h)
+want = [("get_deploy_steps", "SUCCEEDED"), ("execute_deploy_step", "SUCCEEDED"), ("get_partition_uuids", "SUCCEEDED"),
+        ("install_bootloader", "SUCCEEDED"), ("power_off", "SUCCEEDED")]
+it = iter(h)
+assert all(w in it for w in want), h
+PY
+qemu-img compare -f raw -F raw "$STATE/images/wholedisk.raw" "$LOOP" || fail "disk differs from the image"
+sgdisk -p "$LOOP" | grep -q "EF00  EFI" || fail "partition table not read back"
+sig=$(od -An -tx4 -j440 -N4 "$STATE/images/wholedisk.raw" | tr -d ' ')
+[[ "$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id')")" == "0x$sig" ]] || fail "root_uuid_or_disk_id"
+echo "ok: disk equals the image (qemu-img compare), GPT read back, disk id 0x$sig recorded"
+
+# --- 2. a deploy with a wrong checksum --------------------------------------------------
+api PUT "/v1/nodes/$NODE/states/provision" '{"target": "deleted"}' >/dev/null
+wait_state "$NODE" available 60
+deploy bad "$(printf '0%.0s' $(seq 1 64))"
+wait_state "$NODE" "deploy failed" 120 || fail "node did not reach 'deploy failed'"
+err=$(node_field "$NODE" "['last_error']")
+echo "last_error: $err"
+[[ "$err" == *"checksum mismatch"* ]] || fail "last_error does not name the checksum"
+ls "$STATE"/deploy-logs/*.tar.gz >/dev/null 2>&1 || fail "conductor stored no ramdisk logs"
+if blkid -p "$LOOP" >/dev/null 2>&1; then fail "the disk still carries a signature after a failed deploy"; fi
+echo "ok: failed deploy left no partition table; logs collected"
+echo "PASS deploy ($((SECONDS - t0)) s)"
