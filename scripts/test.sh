@@ -23,7 +23,9 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 step "cargo test" cargo test --locked
 step "static release build" scripts/build-static.sh
-step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet" tests/ironic/deploy.sh
+RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
+step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$RIVET_STATIC" tests/ironic/deploy.sh
+step "real Ironic: automated cleaning" env RIVET="$RIVET_STATIC" tests/ironic/clean.sh
 
 echo "suites: $passed passed, $failed failed"
 ((failed == 0))

@@ -88,8 +88,30 @@ static ERASE_PSTORE: StepDef = StepDef {
 };
 
 /// The steps of each kind, as the conductor sees them.
-static DEPLOY_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
-static CLEAN_STEPS: &[&StepDef] = &[&ERASE_PSTORE];
+const fn ninety_nine(_: &Context) -> i64 {
+    99
+}
+
+static ERASE_METADATA_CLEAN: StepDef = StepDef {
+    name: "erase_devices_metadata",
+    interface: "deploy",
+    priority: ninety_nine,
+    abortable: true,
+    argsinfo: None,
+    run: erase_devices_metadata,
+};
+
+static ERASE_METADATA_DEPLOY: StepDef = StepDef {
+    name: "erase_devices_metadata",
+    interface: "deploy",
+    priority: zero,
+    abortable: true,
+    argsinfo: None,
+    run: erase_devices_metadata,
+};
+
+static DEPLOY_STEPS: &[&StepDef] = &[&ERASE_METADATA_DEPLOY, &WRITE_IMAGE];
+static CLEAN_STEPS: &[&StepDef] = &[&ERASE_METADATA_CLEAN, &ERASE_PSTORE];
 static SERVICE_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
 
 fn table(kind: Kind) -> &'static [&'static StepDef] {
@@ -98,6 +120,72 @@ fn table(kind: Kind) -> &'static [&'static StepDef] {
         Kind::Clean => CLEAN_STEPS,
         Kind::Service => SERVICE_STEPS,
     }
+}
+
+/// Erase partition tables and file-system/RAID signatures on every disk (IPA's list: writable
+/// disks not in skip_block_devices and not the virtual-media device). With --simulate-power
+/// (tests) only the node's root device is touched, and it must be a loop device.
+fn erase_devices_metadata(
+    ctx: &Context,
+    _args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    use crate::hardware::{disks, probe, root_device};
+    let node = ctx
+        .node
+        .lock()
+        .ok()
+        .and_then(|n| n.clone())
+        .unwrap_or(Value::Null);
+    let found = disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices);
+    let targets: Vec<disks::Disk> = if ctx.config.simulate_power {
+        let d = root_device::select_for_node(&found, &node, false)
+            .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))?
+            .device;
+        if !d.name.rsplit('/').next().unwrap_or("").starts_with("loop") {
+            return Err(CommandError::new(
+                ErrorKind::Cleaning,
+                format!("refusing to erase {}: with --simulate-power (tests) only a loop device named by the root device hints is erased", d.name),
+            ));
+        }
+        vec![d]
+    } else {
+        let (_, skip) = root_device::node_hints(&node);
+        let mut out = Vec::new();
+        for d in found {
+            if d.read_only {
+                continue;
+            }
+            let skipped = root_device::skipped(skip.as_ref(), &d)
+                .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.to_string()))?
+                .is_some();
+            let vmedia = probe::probe(std::path::Path::new(&d.name))
+                .ok()
+                .and_then(|p| p.label)
+                .is_some_and(|l| l.eq_ignore_ascii_case("ir-vfd-dev"));
+            if !skipped && !vmedia {
+                out.push(d);
+            }
+        }
+        out
+    };
+    let mut report = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for d in &targets {
+        match crate::disk::wipe::erase_metadata(std::path::Path::new(&d.name)) {
+            Ok(found) => {
+                tracing::info!(disk = %d.name, ?found, "metadata erased");
+                report.insert(d.name.clone(), json!(found));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CommandError::new(
+            ErrorKind::Cleaning,
+            format!("erase_devices_metadata failed: {}", errors.join("; ")),
+        ));
+    }
+    Ok(Some(Value::Object(report)))
 }
 
 /// Remove the kernel's saved crash records (pstore), which may hold a previous tenant's data.

@@ -1,3 +1,4 @@
 //! Partition tables and what lives in partitions (read side for now: the EFI system partition).
 
 pub mod esp;
+pub mod wipe;

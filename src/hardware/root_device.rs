@@ -71,7 +71,7 @@ pub fn render(table: &[Row]) -> String {
 
 /// Remove the devices matched by any entry of `skip_block_devices` (a list of hint objects;
 /// entries naming a software RAID `volume_name` are not disk filters).
-fn skipped(skip: Option<&Value>, d: &Disk) -> Result<Option<String>, RootDeviceError> {
+pub fn skipped(skip: Option<&Value>, d: &Disk) -> Result<Option<String>, RootDeviceError> {
     let Some(list) = skip.filter(|v| !v.is_null()) else {
         return Ok(None);
     };

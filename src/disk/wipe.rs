@@ -1,0 +1,201 @@
+//! Metadata erase (`erase_devices_metadata`): make a disk look blank to every tool, quickly.
+//!
+//! The partition table is read first (GPT, else MBR) so that each partition's first and last
+//! MiB can be zeroed: that is where file systems (ext*, xfs, vfat, btrfs, swap, LVM) and md
+//! superblocks (0.90/1.0 at the end, 1.1/1.2 at the start) keep their signatures. Then the
+//! disk's own first and last MiB go (MBR, primary and backup GPT). The result is checked with
+//! libblkid: a signature still found is an error, never a silent success.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::hardware::probe;
+use crate::system::blockdev;
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WipeError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("refusing to erase {0}: {1}")]
+    InUse(String, String),
+    #[error("{0} still carries {1} after the erase")]
+    NotBlank(String, String),
+}
+
+/// Byte ranges (start, length) of the partitions the disk's table lists.
+pub fn partitions(f: &mut File) -> Vec<(u64, u64)> {
+    if let Ok(gpt) = gptman::GPT::find_from(f) {
+        return gpt
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(_, p)| {
+                (
+                    p.starting_lba * gpt.sector_size,
+                    (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
+                )
+            })
+            .collect();
+    }
+    // MBR primary entries (logical partitions live inside the extended one's range anyway).
+    let mut mbr = [0u8; 512];
+    if f.seek(SeekFrom::Start(0)).is_err()
+        || f.read_exact(&mut mbr).is_err()
+        || mbr[510..512] != [0x55, 0xaa]
+    {
+        return Vec::new();
+    }
+    (0..4)
+        .filter_map(|i| {
+            let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
+            let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64 * 512;
+            let len = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64 * 512;
+            (e[4] != 0 && len > 0).then_some((start, len))
+        })
+        .collect()
+}
+
+fn zero(f: &File, name: &str, start: u64, len: u64, size: u64) -> Result<(), WipeError> {
+    let end = (start + len).min(size);
+    if start >= end {
+        return Ok(());
+    }
+    let zeros = vec![0u8; MIB as usize];
+    let mut ranges = vec![(start, MIB.min(end - start))];
+    if end - start > MIB {
+        ranges.push((
+            (end - MIB).max(start + MIB),
+            end - (end - MIB).max(start + MIB),
+        ));
+    }
+    for (at, n) in ranges {
+        f.write_all_at(&zeros[..n as usize], at)
+            .map_err(|e| WipeError::Io(name.into(), e))?;
+    }
+    Ok(())
+}
+
+/// Erase the metadata of `dev` (a whole disk or an image file). Returns what was found on it.
+pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
+    let name = dev.display().to_string();
+    let io = |e| WipeError::Io(name.clone(), e);
+    let meta = std::fs::metadata(dev).map_err(io)?;
+    if meta.file_type().is_block_device() {
+        let base = std::fs::canonicalize(dev).map_err(io)?;
+        let base = base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(why) = blockdev::in_use(&base) {
+            return Err(WipeError::InUse(name, why));
+        }
+    }
+    let before = probe::probe(dev).ok();
+    let mut found: Vec<String> = before
+        .iter()
+        .flat_map(|p| [p.pt_type.clone(), p.fs_type.clone()])
+        .flatten()
+        .collect();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(if meta.file_type().is_block_device() {
+            libc::O_EXCL
+        } else {
+            0
+        })
+        .open(dev)
+        .map_err(io)?;
+    let size = if meta.file_type().is_block_device() {
+        blockdev::size(&f).map_err(io)?
+    } else {
+        meta.len()
+    };
+    let parts = partitions(&mut f);
+    if !parts.is_empty() {
+        found.push(format!("{} partitions", parts.len()));
+    }
+    for (start, len) in &parts {
+        zero(&f, &name, *start, *len, size)?;
+    }
+    zero(&f, &name, 0, size, size)?;
+    f.sync_all().map_err(io)?;
+    if meta.file_type().is_block_device() {
+        let _ = blockdev::reread_partitions(&f);
+    }
+    drop(f);
+    let after = probe::probe(dev).map_err(|e| WipeError::NotBlank(name.clone(), e.to_string()))?;
+    if let Some(left) = after.pt_type.or(after.fs_type) {
+        return Err(WipeError::NotBlank(name, left));
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn erases_partition_table_and_file_systems_inside_partitions() {
+        let have = |t: &str| crate::system::tools::which(t).is_some();
+        if !(have("sgdisk") && have("mkfs.ext4") && have("blkid")) {
+            eprintln!("SKIPPED: tools missing");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.img");
+        File::create(&p).unwrap().set_len(64 << 20).unwrap();
+        let ok = |c: &mut Command| {
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(ok(Command::new("sgdisk")
+            .args(["-o", "-n", "1:2048:+16M", "-n", "2:0:0"])
+            .arg(&p)));
+        // ext4 inside partition 2 (starts at sector 2048 + 32768).
+        let off = (2048 + 32768) * 512u64;
+        assert!(ok(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", &format!("offset={off}")])
+            .arg(&p)
+            .arg("16M")));
+        let magic_at = off + 0x438;
+        let mut m = [0u8; 2];
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut m, magic_at)
+            .unwrap();
+        assert_eq!(m, [0x53, 0xef], "ext4 magic present before");
+
+        let found = erase_metadata(&p).unwrap();
+        assert!(found.iter().any(|f| f == "gpt"), "{found:?}");
+        let out = Command::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "blkid finds: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut m, magic_at)
+            .unwrap();
+        assert_eq!(m, [0, 0], "ext4 superblock inside the partition erased");
+        let mut tail = vec![0u8; MIB as usize];
+        File::open(&p)
+            .unwrap()
+            .read_exact_at(&mut tail, (64 << 20) - MIB)
+            .unwrap();
+        assert!(tail.iter().all(|b| *b == 0), "backup GPT erased");
+    }
+}
