@@ -176,10 +176,10 @@ static SERVICE: &[(&str, Spec)] = &[
         asynchronous(steps::execute_service_step),
     ),
 ];
-static IMAGE: &[(&str, Spec)] = &[(
-    "install_bootloader",
-    asynchronous(image::install_bootloader),
-)];
+// install_bootloader is async in IPA, and Ironic polls it every 6 s until it is no longer
+// RUNNING. Rivet's work here takes milliseconds, so it runs to completion before answering:
+// same result shape, and the conductor's first poll already finds it done (6 s per deploy).
+static IMAGE: &[(&str, Spec)] = &[("install_bootloader", sync(image::install_bootloader))];
 static POLL: &[(&str, Spec)] = &[("get_hardware_info", sync(poll::get_hardware_info))];
 static LOG: &[(&str, Spec)] = &[("collect_system_logs", sync(log::collect_system_logs))];
 static SYSTEM: &[(&str, Spec)] = &[("lockdown", sync(system::lockdown))];
