@@ -23,10 +23,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A realistic image: an ext4 file system holding real files (about a third full), free space.
-mkdir -p "$W/www"
-mkfs.ext4 -q -F -d /usr/lib -L bench "$W/www/disk.raw" "${SIZE_GIB}G"
+# A realistic image: an ext4 file system holding real files (/usr/share: about a third of
+# 2 GiB), and free space.
+mkdir -p "$W/www"; chmod 755 "$W" "$W/www"   # nginx workers run unprivileged
+mkfs.ext4 -q -F -d "${BENCH_TREE:-/usr/share}" -L bench "$W/www/disk.raw" "${SIZE_GIB}G"
 zstd -q -3 -T0 "$W/www/disk.raw" -o "$W/www/disk.raw.zst"
+chmod 644 "$W"/www/*
 RAW_SUM=$(sha256sum "$W/www/disk.raw" | cut -d' ' -f1)
 ZST_SUM=$(sha256sum "$W/www/disk.raw.zst" | cut -d' ' -f1)
 SIZE=$(stat -c %s "$W/www/disk.raw")
@@ -69,7 +71,10 @@ cuts = [size // 4, size // 2, 3 * size // 4]
 lock = threading.Lock()
 def handle(c):
     u = socket.create_connection(("127.0.0.1", upstream))
-    req = c.recv(65536); u.sendall(req)
+    req = c.recv(65536)
+    # One response per connection, so the proxy knows when the transfer is complete.
+    head, _, rest = req.partition(b"\r\n")
+    u.sendall(head + b"\r\nConnection: close" + (b"\r\n" + rest if rest else b"\r\n"))
     start = 0
     for line in req.decode("latin1").split("\r\n"):
         if line.lower().startswith("range: bytes="):
@@ -99,6 +104,7 @@ python3 "$W/proxy.py" "$PROXY_PORT" "$PORT" "$SIZE" "$W/tally" & PROXY_PID=$!
 sleep 0.5
 : > "$W/access.log"; kill -USR1 "$NGINX_PID" 2>/dev/null || true
 "$RIVET" install --quiet --retry-interval 0.2 --image-url "http://127.0.0.1:$PROXY_PORT/disk.raw" --checksum "sha256:$RAW_SUM" --device "$LOOP" >/dev/null
+sleep 1
 # What reached Rivet (counted by the proxy) beyond the image size; and what nginx sent.
 got=$(awk '{s += $1} END {print s}' "$W/tally")
 served=$(awk '{s += $10} END {print s}' "$W/access.log")

@@ -25,7 +25,7 @@ REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 scripts/ironic/run-ironic.sh start
 source scripts/ironic/lib.sh
 scripts/ironic/make-test-image.sh "$STATE/images/wholedisk.raw" 48
 SUM=$(sha256sum "$STATE/images/wholedisk.raw" | cut -d' ' -f1)
-truncate -s 64M "$WORK/disk.img"
+truncate -s 160M "$WORK/disk.img"
 LOOP=$(losetup --find --show "$WORK/disk.img")
 MAC=52:54:00:12:34:56
 NODE=$(enroll node0 "$MAC")

@@ -82,12 +82,11 @@ pub fn write(
             "partition images are not supported by this Rivet build yet; use a whole-disk image",
         ));
     }
-    if has_configdrive(configdrive) || has_configdrive(info.configdrive.as_ref()) {
-        return Err(CommandError::new(
-            ErrorKind::Deployment,
-            "config drives are not supported by this Rivet build yet",
-        ));
-    }
+    // The step argument wins; older conductors only put it in image_info.
+    let configdrive = configdrive.filter(|v| has_configdrive(Some(v))).or(info
+        .configdrive
+        .as_ref()
+        .filter(|v| has_configdrive(Some(v))));
     // IPA's cache rule: the same image id again is already on the disk.
     if let Some((dev, done)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
         if done == id {
@@ -127,6 +126,11 @@ pub fn write(
     }
     let report = result.map_err(image_error)?;
     drop(target);
+    if let Some(cd) = configdrive {
+        let iso = fetch_configdrive(cd, &fetch)?;
+        crate::disk::configdrive::write(&dev, &iso)
+            .map_err(|e| CommandError::new(ErrorKind::Deployment, e.to_string()))?;
+    }
     let uuid = disk_identifier(&dev).map_err(|e| {
         CommandError::new(ErrorKind::ImageWrite, format!("reading back {device}: {e}"))
     })?;
@@ -140,6 +144,27 @@ pub fn write(
     Ok(format!(
         "image ({id}) written to device {device} root_uuid={uuid}"
     ))
+}
+
+/// The config drive as bytes of an ISO image: inline (base64, gzip) or from a URL.
+fn fetch_configdrive(
+    v: &Value,
+    o: &crate::image::fetch::FetchOptions,
+) -> Result<Vec<u8>, CommandError> {
+    use crate::disk::configdrive;
+    let err = |e: String| CommandError::new(ErrorKind::Deployment, e);
+    match v {
+        Value::String(s) if crate::image::verify::is_url(s) => {
+            let client = crate::image::fetch::client(o).map_err(|e| err(e.to_string()))?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
+            let body = rt
+                .block_on(crate::image::fetch::fetch_bytes(&client, s, o, (configdrive::MAX * 2) as usize))
+                .map_err(|e| err(format!("config drive: {e}")))?;
+            configdrive::decode_downloaded(&body).map_err(|e| err(e.to_string()))
+        }
+        Value::String(s) => configdrive::decode(s.as_bytes()).map_err(|e| err(e.to_string())),
+        _ => Err(err("config drive: expected a base64 string or a URL (the conductor builds JSON config drives into an ISO)".into())),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -139,6 +139,18 @@ pub async fn fetch_text(
     url: &str,
     o: &FetchOptions,
 ) -> Result<String, FetchError> {
+    fetch_bytes(c, url, o, 1 << 20)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A small document of at most `max` bytes (checksum file, config drive).
+pub async fn fetch_bytes(
+    c: &reqwest::Client,
+    url: &str,
+    o: &FetchOptions,
+    max: usize,
+) -> Result<Vec<u8>, FetchError> {
     let mut last = String::new();
     for attempt in 0..=o.retries {
         if attempt > 0 {
@@ -146,8 +158,8 @@ pub async fn fetch_text(
         }
         match request(c, url, &o.auth).send().await {
             Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) if b.len() <= 1 << 20 => return Ok(String::from_utf8_lossy(&b).into_owned()),
-                Ok(_) => last = "larger than 1 MiB".into(),
+                Ok(b) if b.len() <= max => return Ok(b.to_vec()),
+                Ok(_) => last = format!("larger than {max} bytes"),
                 Err(e) => last = error_chain(&e),
             },
             Ok(r) if retryable_status(r.status().as_u16()) => {

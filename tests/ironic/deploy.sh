@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The real Ironic 39 conductor (PyPI, standalone on 127.0.0.1, [agent]require_tls=true as by
 # default) deploys with Rivet as the agent:
-#   1. whole-disk raw image onto a loop device named by the node's root device hint:
-#      lookup, HTTPS heartbeats with the auto-TLS certificate (stored by the conductor and used
-#      to verify every call), deploy steps, write_image, get_partition_uuids,
-#      install_bootloader (UEFI), power_off → node "active"; the disk equals the image
-#      (qemu-img compare) and carries its GPT (sgdisk);
+#   1. whole-disk raw image with a config drive onto a loop device named by the node's root
+#      device hint: lookup, HTTPS heartbeats with the auto-TLS certificate (stored by the
+#      conductor and used to verify every call), deploy steps, write_image, get_partition_uuids,
+#      install_bootloader (UEFI), power_off → node "active"; the disk holds the image's
+#      partitions byte for byte, plus a config-2 partition in its last 64 MiB whose ISO holds
+#      the meta_data.json the conductor built;
 #   2. the same with a wrong checksum → node "deploy failed", last_error names the checksum,
 #      the conductor collected Rivet's logs, and the disk has no partition table.
 # usage: tests/ironic/deploy.sh   (RIVET=path/to/rivet to test another build)
@@ -34,7 +35,7 @@ grep -q '^require_tls = true' "$STATE/ironic.conf" || fail "Ironic must run with
 
 "$ROOT/scripts/ironic/make-test-image.sh" "$STATE/images/wholedisk.raw" 48
 SUM=$(sha256sum "$STATE/images/wholedisk.raw" | cut -d' ' -f1)
-truncate -s 64M "$WORK/disk.img"
+truncate -s 160M "$WORK/disk.img"
 LOOP=$(losetup --find --show "$WORK/disk.img")
 echo "target disk: $LOOP"
 
@@ -44,12 +45,12 @@ api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_dev
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
 wait_state "$NODE" available 60
 
-deploy() { # LABEL CHECKSUM -> starts the deploy and the agent
-  local label=$1 sum=$2
+deploy() { # LABEL CHECKSUM [PROVISION_BODY] -> starts the deploy and the agent
+  local label=$1 sum=$2 body=${3:-'{"target": "active"}'}
   api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {
     \"image_source\": \"$IMG/wholedisk.raw\", \"image_os_hash_algo\": \"sha256\",
     \"image_os_hash_value\": \"$sum\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null
-  api PUT "/v1/nodes/$NODE/states/provision" '{"target": "active"}' >/dev/null
+  api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
   wait_state "$NODE" "wait call-back" 60
   PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=$PORT ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT" > "$WORK/cmdline"
@@ -60,7 +61,7 @@ deploy() { # LABEL CHECKSUM -> starts the deploy and the agent
 }
 
 # --- 1. a good deploy -------------------------------------------------------------------
-deploy good "$SUM"
+deploy good "$SUM" '{"target": "active", "configdrive": {"meta_data": {"hostname": "node0.rivet.example"}, "user_data": "#cloud-config\n"}}'
 for _ in $(seq 1 100); do
   [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
   sleep 0.1
@@ -87,11 +88,20 @@ want = [("get_deploy_steps", "SUCCEEDED"), ("execute_deploy_step", "SUCCEEDED"),
 it = iter(h)
 assert all(w in it for w in want), h
 PY
-qemu-img compare -f raw -F raw "$STATE/images/wholedisk.raw" "$LOOP" || fail "disk differs from the image"
-sgdisk -p "$LOOP" | grep -q "EF00  EFI" || fail "partition table not read back"
+# The image's partitions are on the disk byte for byte (the GPT itself gained an entry).
+IMG_SIZE=$(stat -c %s "$STATE/images/wholedisk.raw")
+cmp -i 1048576:1048576 -n $((IMG_SIZE - 1048576)) "$STATE/images/wholedisk.raw" "$LOOP" || fail "disk differs from the image"
+sgdisk -p "$LOOP" | tee "$WORK/pt" | grep -q "EF00  EFI" || fail "partition table not read back"
+sgdisk -v "$LOOP" | grep -q "No problems found" || fail "sgdisk -v finds problems"
+cd_start=$(awk '/config-2/ {print $2}' "$WORK/pt")
+[[ -n "$cd_start" ]] || fail "no config-2 partition: $(cat "$WORK/pt")"
+blkid -p -O $((cd_start * 512)) "$LOOP" | grep -q 'LABEL="config-2".*TYPE="iso9660"' || fail "config-2 partition holds no config-2 ISO"
+dd if="$LOOP" of="$WORK/cd.iso" bs=512 skip="$cd_start" count=131072 status=none
+isoinfo -R -i "$WORK/cd.iso" -x /openstack/latest/meta_data.json | grep -q "node0.rivet.example" || fail "meta_data.json not on the config drive"
+echo "ok: config drive in partition at sector $cd_start holds the conductor's meta_data.json"
 sig=$(od -An -tx4 -j440 -N4 "$STATE/images/wholedisk.raw" | tr -d ' ')
 [[ "$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id')")" == "0x$sig" ]] || fail "root_uuid_or_disk_id"
-echo "ok: disk equals the image (qemu-img compare), GPT read back, disk id 0x$sig recorded"
+echo "ok: the image's partitions are on the disk byte for byte, GPT verified, disk id 0x$sig recorded"
 
 # --- 2. a deploy with a wrong checksum --------------------------------------------------
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "deleted"}' >/dev/null

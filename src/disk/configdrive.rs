@@ -1,0 +1,323 @@
+//! Config drives for whole-disk images, as IPA makes them:
+//! * the value is a URL (fetched), or base64 of a gzip-compressed ISO9660 image labelled
+//!   `config-2` (a raw ISO is accepted too); more than 64 MiB uncompressed is an error;
+//! * an existing partition holding a `config-2` file system is reused; otherwise a new GPT
+//!   partition takes the last 64 MiB of the disk (the image's backup GPT is first moved to the
+//!   real end of the disk, which is usually larger than the image);
+//! * the ISO is written as is, except on 4Kn disks, where ISO9660 cannot be read: there the
+//!   partition becomes a vfat file system labelled `CONFIG-2` holding the ISO's files.
+//!
+//! MBR-partitioned images are refused for now.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use base64::Engine;
+
+use crate::fsread::iso9660::Iso;
+use crate::system::blockdev;
+
+pub const MAX: u64 = 64 << 20;
+const LINUX_DATA: [u8; 16] = [
+    0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigDriveError {
+    #[error("config drive: {0}")]
+    Invalid(String),
+    #[error("config drive is {0} bytes, more than the 64 MiB allowed")]
+    TooLarge(u64),
+    #[error("config drive on {dev}: {what}: {source}")]
+    Io {
+        dev: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("config drive on {0}: {1}")]
+    Disk(String, String),
+}
+
+/// Decode an inline config drive: base64, then gunzip when gzip-compressed.
+pub fn decode(value: &[u8]) -> Result<Vec<u8>, ConfigDriveError> {
+    let text: Vec<u8> = value
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&text)
+        .map_err(|e| ConfigDriveError::Invalid(format!("not base64: {e}")))?;
+    let data = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| ConfigDriveError::Invalid(format!("not valid gzip: {e}")))?;
+        out
+    } else {
+        raw
+    };
+    if data.len() as u64 > MAX {
+        return Err(ConfigDriveError::TooLarge(data.len() as u64));
+    }
+    Ok(data)
+}
+
+/// Bytes downloaded from a config-drive URL: base64(+gzip) like inline, else a raw image.
+pub fn decode_downloaded(body: &[u8]) -> Result<Vec<u8>, ConfigDriveError> {
+    match decode(body) {
+        Ok(d) => Ok(d),
+        Err(ConfigDriveError::TooLarge(n)) => Err(ConfigDriveError::TooLarge(n)),
+        Err(_) if body.len() as u64 <= MAX => Ok(body.to_vec()),
+        Err(_) => Err(ConfigDriveError::TooLarge(body.len() as u64)),
+    }
+}
+
+/// The ISO9660 volume label at `offset` of `f`, if there is one.
+fn iso_label_at(f: &File, offset: u64) -> Option<String> {
+    let mut pvd = [0u8; 2048];
+    f.read_exact_at(&mut pvd, offset + 0x8000).ok()?;
+    (&pvd[1..6] == b"CD001").then(|| String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string())
+}
+
+/// A FAT label at `offset`, if any.
+fn fat_label_at(f: &File, offset: u64) -> Option<String> {
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, offset).ok()?;
+    if b[510..512] != [0x55, 0xaa] {
+        return None;
+    }
+    let l = if &b[0x52..0x57] == b"FAT32" {
+        &b[0x47..0x52]
+    } else if &b[0x36..0x39] == b"FAT" {
+        &b[0x2b..0x36]
+    } else {
+        return None;
+    };
+    Some(String::from_utf8_lossy(l).trim_end().to_string())
+}
+
+/// Where the config drive went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub partition: u32,
+    pub start: u64,
+    pub len: u64,
+    pub reused: bool,
+    pub vfat: bool,
+}
+
+/// Write `iso` as the config drive of the whole-disk image on `dev`.
+pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
+    let name = dev.display().to_string();
+    let io = |what: &'static str| {
+        let dev = name.clone();
+        move |source| ConfigDriveError::Io { dev, what, source }
+    };
+    if iso.len() as u64 > MAX {
+        return Err(ConfigDriveError::TooLarge(iso.len() as u64));
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(io("open"))?;
+    let sector = match std::fs::metadata(dev)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+    {
+        Ok(true) => blockdev::logical_sector_size(&f).map_err(io("BLKSSZGET"))? as u64,
+        _ => 512,
+    };
+    let mut gpt = gptman::GPT::find_from(&mut f).map_err(|e| {
+        ConfigDriveError::Disk(
+            name.clone(),
+            format!(
+                "the image has no GPT ({e}); MBR images with a config drive are not supported yet"
+            ),
+        )
+    })?;
+    if gpt.sector_size != sector {
+        return Err(ConfigDriveError::Disk(
+            name.clone(),
+            format!(
+                "GPT made for {}-byte sectors on a {sector}-byte disk",
+                gpt.sector_size
+            ),
+        ));
+    }
+    // Reuse a partition that already holds a config-2 file system.
+    let existing: Vec<(u32, u64, u64)> = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(n, p)| {
+            (
+                n,
+                p.starting_lba * sector,
+                (p.ending_lba - p.starting_lba + 1) * sector,
+            )
+        })
+        .filter(|(_, start, _)| {
+            iso_label_at(&f, *start)
+                .or_else(|| fat_label_at(&f, *start))
+                .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
+        })
+        .collect();
+    if existing.len() > 1 {
+        return Err(ConfigDriveError::Disk(
+            name,
+            "more than one config-2 partition".into(),
+        ));
+    }
+    let (number, start, len, reused) = match existing.first() {
+        Some(&(n, s, l)) => (n, s, l, true),
+        None => {
+            // The image's backup GPT sits at the image's end: move it to the disk's end first.
+            gpt.header
+                .update_from(&mut f, sector)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            let sectors = MAX / sector;
+            let first = gpt.find_last_place(sectors).ok_or_else(|| {
+                ConfigDriveError::Disk(
+                    name.clone(),
+                    "no free 64 MiB at the end of the disk for the config drive".into(),
+                )
+            })?;
+            let slot = gpt
+                .iter()
+                .find(|(_, p)| p.is_unused())
+                .map(|(n, _)| n)
+                .ok_or_else(|| {
+                    ConfigDriveError::Disk(name.clone(), "no free GPT partition entry".into())
+                })?;
+            gpt[slot] = gptman::GPTPartitionEntry {
+                partition_type_guid: LINUX_DATA,
+                unique_partition_guid: rand::random(),
+                starting_lba: first,
+                ending_lba: first + sectors - 1,
+                attribute_bits: 0,
+                partition_name: "config-2".into(),
+            };
+            gpt.write_into(&mut f)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            gptman::GPT::write_protective_mbr_into(&mut f, sector)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            (slot, first * sector, sectors * sector, false)
+        }
+    };
+    if (iso.len() as u64) > len {
+        return Err(ConfigDriveError::Disk(
+            name,
+            format!(
+                "the config drive ({} bytes) does not fit partition {number} ({len} bytes)",
+                iso.len()
+            ),
+        ));
+    }
+    // ISO9660 cannot be read from a disk whose sectors are larger than its 2048-byte blocks.
+    let vfat = sector > 2048;
+    let data = if vfat {
+        iso_to_vfat(iso, len, sector)?
+    } else {
+        iso.to_vec()
+    };
+    f.write_all_at(&data, start).map_err(io("write"))?;
+    f.sync_all().map_err(io("fsync"))?;
+    f.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
+    let _ = blockdev::reread_partitions(&f);
+    tracing::info!(dev = %name, partition = number, reused, vfat, "config drive written");
+    Ok(Placement {
+        partition: number,
+        start,
+        len,
+        reused,
+        vfat,
+    })
+}
+
+/// A vfat file system of `len` bytes (label CONFIG-2, `sector`-byte sectors) holding the ISO's
+/// files, built in memory (at most 64 MiB).
+fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDriveError> {
+    let bad = |e: String| ConfigDriveError::Invalid(e);
+    let size = len.min(MAX) as usize;
+    let mut img = Cursor::new(vec![0u8; size]);
+    fatfs::format_volume(
+        &mut img,
+        fatfs::FormatVolumeOptions::new()
+            .volume_label(*b"CONFIG-2   ")
+            .bytes_per_sector(sector as u16),
+    )
+    .map_err(|e| bad(format!("formatting vfat: {e}")))?;
+    {
+        let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new())
+            .map_err(|e| bad(e.to_string()))?;
+        let mut src =
+            Iso::open(Cursor::new(iso)).map_err(|e| bad(format!("reading the ISO: {e}")))?;
+        let mut stack = vec![String::new()];
+        while let Some(dir) = stack.pop() {
+            let entries = src
+                .list(&dir)
+                .map_err(|e| bad(e.to_string()))?
+                .unwrap_or_default();
+            for e in entries {
+                let path = if dir.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{dir}/{}", e.name)
+                };
+                if e.is_dir {
+                    fs.root_dir()
+                        .create_dir(&path)
+                        .map_err(|er| bad(format!("{path}: {er}")))?;
+                    stack.push(path);
+                } else {
+                    let data = src
+                        .read_file(&e, MAX as u32)
+                        .map_err(|er| bad(er.to_string()))?;
+                    let mut out = fs
+                        .root_dir()
+                        .create_file(&path)
+                        .map_err(|er| bad(format!("{path}: {er}")))?;
+                    out.truncate().map_err(|er| bad(er.to_string()))?;
+                    out.write_all(&data).map_err(|er| bad(er.to_string()))?;
+                }
+            }
+        }
+    }
+    Ok(img.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn decodes_gzip_raw_and_refuses_garbage_and_oversize() {
+        let iso = vec![7u8; 5000];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&iso).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        assert_eq!(decode(b64.as_bytes()).unwrap(), iso);
+        let raw64 = base64::engine::general_purpose::STANDARD.encode(&iso);
+        assert_eq!(decode(raw64.as_bytes()).unwrap(), iso);
+        assert!(matches!(
+            decode(b"%%% not base64"),
+            Err(ConfigDriveError::Invalid(_))
+        ));
+        assert_eq!(
+            decode_downloaded(&iso).unwrap(),
+            iso,
+            "a downloaded raw ISO is accepted"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![0u8; (MAX + 1) as usize]).unwrap();
+        let big = base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap());
+        assert!(matches!(
+            decode(big.as_bytes()),
+            Err(ConfigDriveError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,149 @@
+//! Config drives on real loop devices: a new partition in the last 64 MiB of a GPT disk
+//! holding the ISO (512-byte sectors), a vfat CONFIG-2 copy of its files on a 4Kn disk, reuse
+//! of an existing config-2 partition, and a clear refusal for MBR disks. Read back with blkid,
+//! sgdisk and mtools.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::loopdev::{is_root, Loop};
+use rivet::disk::configdrive;
+
+const META: &str = r#"{"uuid": "1be26c0b", "hostname": "node0.example"}"#;
+
+fn iso(dir: &std::path::Path) -> Vec<u8> {
+    let root = dir.join("cd");
+    std::fs::create_dir_all(root.join("openstack/latest")).unwrap();
+    std::fs::write(root.join("openstack/latest/meta_data.json"), META).unwrap();
+    let out = dir.join("cd.iso");
+    let ok = Command::new("genisoimage")
+        .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
+        .arg(&out)
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::fs::read(out).unwrap()
+}
+
+fn blkid_at(dev: &str, offset: u64) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-O", &offset.to_string(), "-o", "export", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn sgdisk(args: &[&str], dev: &str) {
+    assert!(Command::new("sgdisk")
+        .args(args)
+        .arg(dev)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+fn config_drive_partitions() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root for loop devices");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let iso = iso(d.path());
+
+    // 512-byte sectors; the "image" GPT ends early (as a small image written to a big disk).
+    let img = d.path().join("small.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sgdisk(&["-o", "-n", "1:2048:+16M"], img.to_str().unwrap());
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes.resize(256 << 20, 0);
+    std::fs::write(&img, &bytes).unwrap();
+    let l = Loop::attach(&img, 512);
+    let p = configdrive::write(std::path::Path::new(&l.dev), &iso).unwrap();
+    assert!(!p.reused && !p.vfat);
+    assert_eq!(p.partition, 2);
+    assert!(
+        p.start + p.len <= (256 << 20) - 33 * 512 && p.start >= (256 << 20) - (65 << 20),
+        "{p:?}"
+    );
+    let id = blkid_at(&l.dev, p.start);
+    assert!(
+        id.contains("TYPE=iso9660") && id.contains("LABEL=config-2"),
+        "{id}"
+    );
+    let v = Command::new("sgdisk")
+        .args(["-v"])
+        .arg(&l.dev)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("No problems found"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    let data = std::fs::read(&l.dev).unwrap();
+    let part = &data[p.start as usize..(p.start + p.len) as usize];
+    let mut r = rivet::fsread::iso9660::Iso::open(std::io::Cursor::new(part)).unwrap();
+    let e = r.list("openstack/latest").unwrap().unwrap();
+    let f = e.iter().find(|x| x.name == "meta_data.json").unwrap();
+    assert_eq!(r.read_file(f, 1 << 20).unwrap(), META.as_bytes());
+    // Again: the existing config-2 partition is reused, not duplicated.
+    let again = configdrive::write(std::path::Path::new(&l.dev), &iso).unwrap();
+    assert!(again.reused && again.partition == 2, "{again:?}");
+    drop(l);
+
+    // 4Kn: ISO9660 is unreadable there, so a vfat CONFIG-2 with the same files.
+    let k = Loop::new(d.path(), "4k.img", 256 << 20, 4096);
+    sgdisk(&["-o", "-n", "1:0:+16M"], &k.dev);
+    let p = configdrive::write(std::path::Path::new(&k.dev), &iso).unwrap();
+    assert!(p.vfat, "{p:?}");
+    let id = blkid_at(&k.dev, p.start);
+    assert!(
+        id.contains("TYPE=vfat") && id.contains("LABEL=CONFIG-2"),
+        "{id}"
+    );
+    let out = Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@{}", k.dev, p.start),
+            "::/openstack/latest/meta_data.json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        META,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An MBR disk: refused with a clear message.
+    let m = Loop::new(d.path(), "mbr.img", 64 << 20, 512);
+    {
+        use std::os::unix::fs::FileExt;
+        let mut mbr = [0u8; 512];
+        mbr[446 + 4] = 0x83; // one Linux partition: sectors 2048..34816
+        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+        mbr[446 + 12..446 + 16].copy_from_slice(&32768u32.to_le_bytes());
+        mbr[510] = 0x55;
+        mbr[511] = 0xaa;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&m.dev)
+            .unwrap()
+            .write_all_at(&mbr, 0)
+            .unwrap();
+    }
+    let e = configdrive::write(std::path::Path::new(&m.dev), &iso)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("MBR"), "{e}");
+}
