@@ -292,7 +292,6 @@ fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDrive
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
 
     #[test]
     fn decodes_gzip_raw_and_refuses_garbage_and_oversize() {
