@@ -303,20 +303,6 @@ fn full_api_contract_over_verified_tls() {
     assert_eq!(v["faultstring"], "Agent is busy: executing command sleep");
     let (s, _) = api.post("nosuch.cmd", json!({}), true);
     assert_eq!(s, 409, "busy is checked before the name");
-    let mut lat = Vec::new();
-    for _ in 0..100 {
-        let t = Instant::now();
-        let (s, _) = api.get(&api.url("/v1/commands/", ""));
-        assert_eq!(s, 200);
-        lat.push(t.elapsed());
-    }
-    lat.sort();
-    let p99 = lat[98];
-    eprintln!(
-        "API latency during a running command: p50 {:?} p99 {:?}",
-        lat[50], p99
-    );
-    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
     let id = run["id"].as_str().unwrap();
     let (s, done) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
     assert_eq!(s, 200);

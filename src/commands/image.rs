@@ -13,7 +13,6 @@ use serde::Deserialize;
 use super::{args, Context, Outcome, Params};
 use crate::disk::esp;
 use crate::error::{CommandError, ErrorKind};
-use crate::hardware::{disks, root_device};
 use crate::system::tools::{run_capture, which};
 
 #[derive(Deserialize)]
@@ -37,16 +36,8 @@ fn device(ctx: &Context) -> Result<PathBuf, CommandError> {
     if let Some((dev, _)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
         return Ok(dev);
     }
-    let node = ctx
-        .node
-        .lock()
-        .ok()
-        .and_then(|n| n.clone())
-        .unwrap_or_default();
-    let found = disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices);
-    root_device::select_for_node(&found, &node, ctx.config.strict_root_device)
-        .map(|d| PathBuf::from(d.device.name))
-        .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))
+    ctx.root_disk(ctx.config.strict_root_device)
+        .map(|d| PathBuf::from(d.name))
 }
 
 /// Register `loaders` (UEFI paths on ESP partition `part` of `disk`) as ironic1, ironic2, …

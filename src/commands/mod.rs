@@ -100,6 +100,24 @@ impl Context {
         }
     }
 
+    /// The node as last seen, or `null`.
+    pub fn node_value(&self) -> Value {
+        self.node
+            .lock()
+            .ok()
+            .and_then(|n| n.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// The disk the node's root device hints choose (the decision table is logged).
+    pub fn root_disk(&self, strict: bool) -> Result<crate::hardware::disks::Disk, CommandError> {
+        use crate::hardware::{disks, root_device};
+        let found = disks::discover(&disks::Sources::default(), self.config.allow_loop_devices);
+        root_device::select_for_node(&found, &self.node_value(), strict)
+            .map(|d| d.device)
+            .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))
+    }
+
     pub fn emit(&self, ev: SystemEvent) {
         let _ = self.events.send(ev);
     }

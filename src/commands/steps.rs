@@ -130,17 +130,8 @@ fn erase_devices_metadata(
     _args: &Map<String, Value>,
 ) -> Result<Option<Value>, CommandError> {
     use crate::hardware::{disks, probe, root_device};
-    let node = ctx
-        .node
-        .lock()
-        .ok()
-        .and_then(|n| n.clone())
-        .unwrap_or(Value::Null);
-    let found = disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices);
     let targets: Vec<disks::Disk> = if ctx.config.simulate_power {
-        let d = root_device::select_for_node(&found, &node, false)
-            .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))?
-            .device;
+        let d = ctx.root_disk(false)?;
         if !d.name.rsplit('/').next().unwrap_or("").starts_with("loop") {
             return Err(CommandError::new(
                 ErrorKind::Cleaning,
@@ -149,9 +140,9 @@ fn erase_devices_metadata(
         }
         vec![d]
     } else {
-        let (_, skip) = root_device::node_hints(&node);
+        let (_, skip) = root_device::node_hints(&ctx.node_value());
         let mut out = Vec::new();
-        for d in found {
+        for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
             if d.read_only {
                 continue;
             }

@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use super::{args, Context, Outcome, Params};
 use crate::error::{CommandError, ErrorKind};
-use crate::hardware::{disks, root_device};
 use crate::image::info::ImageInfo;
 use crate::image::pipeline::{self, ImageError};
 use crate::image::progress::Progress;
@@ -98,17 +97,7 @@ pub fn write(
             ));
         }
     }
-    let node = ctx
-        .node
-        .lock()
-        .ok()
-        .and_then(|n| n.clone())
-        .unwrap_or(Value::Null);
-    let found = disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices);
-    let device = root_device::select_for_node(&found, &node, ctx.config.strict_root_device)
-        .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))?
-        .device
-        .name;
+    let device = ctx.root_disk(ctx.config.strict_root_device)?.name;
     let dev = std::path::PathBuf::from(&device);
     guard_test_mode(ctx, &dev)?;
     let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;

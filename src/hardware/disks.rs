@@ -79,12 +79,7 @@ impl Disk {
     }
 }
 
-fn read_trim(p: &Path) -> Option<String> {
-    fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
+use super::read_trim;
 
 fn read_u64(p: &Path) -> Option<u64> {
     read_trim(p).and_then(|s| s.parse().ok())

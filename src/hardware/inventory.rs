@@ -183,12 +183,7 @@ fn memory() -> Memory {
     Memory { total, physical_mb }
 }
 
-fn read_trim(p: &Path) -> Option<String> {
-    fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
+use super::read_trim;
 
 fn system_vendor(dmi: &Path) -> SystemVendor {
     SystemVendor {

@@ -7,3 +7,11 @@ pub mod inventory;
 pub mod net;
 pub mod probe;
 pub mod root_device;
+
+/// A sysfs attribute, trimmed; `None` when absent, unreadable or empty.
+pub(crate) fn read_trim(p: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}

@@ -24,12 +24,7 @@ pub struct Interface {
     pub driver: Option<String>,
 }
 
-fn read_trim(p: &Path) -> Option<String> {
-    fs::read_to_string(p)
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
+use super::read_trim;
 
 fn link_name(p: &Path) -> Option<String> {
     fs::read_link(p)
