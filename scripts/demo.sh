@@ -6,23 +6,14 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-demo-state}
-WORK=$(mktemp -d)
-AGENT_PID=
-LOOP=
-cleanup() {
-  if [[ -n "$AGENT_PID" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
-  scripts/ironic/run-ironic.sh stop || true
-  [[ -n "$LOOP" ]] && losetup -d "$LOOP" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source scripts/ironic/lib.sh
+init_session
 
 scripts/deps.sh
 scripts/build-static.sh
 RIVET=$ROOT/target/x86_64-unknown-linux-gnu/release/rivet
 echo "== starting Ironic (installs its venv on first use)"
 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 scripts/ironic/run-ironic.sh start
-source scripts/ironic/lib.sh
 scripts/ironic/make-test-image.sh "$STATE/images/wholedisk.raw" 48
 SUM=$(sha256sum "$STATE/images/wholedisk.raw" | cut -d' ' -f1)
 truncate -s 160M "$WORK/disk.img"

@@ -51,3 +51,21 @@ enroll() {
   wait_state "$uuid" manageable 60 >&2
   echo "$uuid"
 }
+
+# --- a test or demo session: a work dir, and on exit the agent, Ironic and the loop device go.
+# Call init_session before starting Ironic; set AGENT_PID and LOOP as they come to exist.
+RIVET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+init_session() {
+  WORK=$(mktemp -d)
+  AGENT_PID=
+  LOOP=
+  trap session_cleanup EXIT
+}
+session_cleanup() {
+  if [[ -n "${AGENT_PID:-}" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
+  "$RIVET_ROOT/scripts/ironic/run-ironic.sh" stop || true
+  if [[ -n "${LOOP:-}" ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
+  rm -rf "${WORK:?}"
+}
+fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -30 "$WORK"/rivet*.log >&2 || true; exit 1; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

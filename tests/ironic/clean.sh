@@ -8,22 +8,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RIVET=${RIVET:-$ROOT/target/debug/rivet}
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-ironic-clean}
-WORK=$(mktemp -d)
-AGENT_PID=
-LOOP=
-cleanup() {
-  if [[ -n "$AGENT_PID" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
-  "$ROOT/scripts/ironic/run-ironic.sh" stop || true
-  [[ -n "$LOOP" ]] && losetup -d "$LOOP" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -30 "$WORK/rivet.log" >&2 || true; exit 1; }
+# shellcheck source=../../scripts/ironic/lib.sh
+source "$ROOT/scripts/ironic/lib.sh"
+init_session
 t0=$SECONDS
 [[ -x "$RIVET" ]] || fail "no rivet binary at $RIVET"
 
 AUTOMATED_CLEAN=true ERASE_META_PRIO=99 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
-source "$ROOT/scripts/ironic/lib.sh"
 # A disk with something to erase: a GPT, an ESP with a FAT file system, a data partition.
 "$ROOT/scripts/ironic/make-test-image.sh" "$WORK/disk.img" 64
 LOOP=$(losetup --find --show "$WORK/disk.img")
@@ -35,7 +26,7 @@ api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_dev
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
 wait_state "$NODE" "clean wait" 60
 echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=0 ipa-advertise-host=127.0.0.1" > "$WORK/cmdline"
-PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port)
 sed -i "s/ipa-listen-port=0/ipa-listen-port=$PORT ipa-advertise-port=$PORT/" "$WORK/cmdline"
 ts=$SECONDS
 "$RIVET" --cmdline-file "$WORK/cmdline" --state-dir "$WORK/state" --simulate-power --allow-loop-devices > "$WORK/rivet.log" 2>&1 &

@@ -14,23 +14,13 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RIVET=${RIVET:-$ROOT/target/debug/rivet}
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-ironic-deploy}
-WORK=$(mktemp -d)
-AGENT_PID=
-LOOP=
-cleanup() {
-  if [[ -n "$AGENT_PID" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
-  "$ROOT/scripts/ironic/run-ironic.sh" stop || true
-  [[ -n "$LOOP" ]] && losetup -d "$LOOP" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -30 "$WORK"/rivet*.log >&2 || true; exit 1; }
+# shellcheck source=../../scripts/ironic/lib.sh
+source "$ROOT/scripts/ironic/lib.sh"
+init_session
 t0=$SECONDS
 [[ -x "$RIVET" ]] || fail "no rivet binary at $RIVET (cargo build first)"
 
 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
-# shellcheck source=../../scripts/ironic/lib.sh
-source "$ROOT/scripts/ironic/lib.sh"
 grep -q '^require_tls = true' "$STATE/ironic.conf" || fail "Ironic must run with require_tls = true"
 
 "$ROOT/scripts/ironic/make-test-image.sh" "$STATE/images/wholedisk.raw" 48
@@ -52,7 +42,7 @@ deploy() { # LABEL CHECKSUM [PROVISION_BODY] -> starts the deploy and the agent
     \"image_os_hash_value\": \"$sum\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null
   api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
   wait_state "$NODE" "wait call-back" 60
-  PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=$PORT ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT" > "$WORK/cmdline"
   DSTART=$SECONDS
   "$RIVET" --cmdline-file "$WORK/cmdline" --state-dir "$WORK/state-$label" --simulate-power --allow-loop-devices \
