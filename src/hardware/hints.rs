@@ -225,6 +225,19 @@ pub fn parse(hints: &Value) -> Result<Vec<Hint>, HintError> {
     Ok(out)
 }
 
+/// `x` within a `<range-in>` expression's bounds (each inclusive or not).
+fn in_range(e: &Expr, x: f64) -> bool {
+    match *e {
+        Expr::Range {
+            lo,
+            lo_incl,
+            hi,
+            hi_incl,
+        } => (if lo_incl { x >= lo } else { x > lo }) && (if hi_incl { x <= hi } else { x < hi }),
+        _ => false,
+    }
+}
+
 fn cmp_num(op: &str, a: f64, b: f64) -> bool {
     match op {
         "==" => a == b,
@@ -259,18 +272,7 @@ fn match_str(expr: &Expr, value: &str) -> bool {
         Expr::Cmp(op, operand) => cmp_str(op, &v, &norm(operand)),
         Expr::In(s) => v.contains(&norm(s)),
         Expr::Or(vals) => vals.iter().any(|x| norm(x) == v),
-        Expr::Range {
-            lo,
-            lo_incl,
-            hi,
-            hi_incl,
-        } => match value.trim().parse::<f64>() {
-            Ok(x) => {
-                (if *lo_incl { x >= *lo } else { x > *lo })
-                    && (if *hi_incl { x <= *hi } else { x < *hi })
-            }
-            Err(_) => false,
-        },
+        e @ Expr::Range { .. } => value.trim().parse::<f64>().is_ok_and(|x| in_range(e, x)),
         Expr::Bool(_) => false,
     }
 }
@@ -330,15 +332,7 @@ pub fn check(h: &Hint, d: &HintTarget) -> Result<(), String> {
                 Expr::Or(vals) => vals
                     .iter()
                     .any(|v| v.parse::<f64>().map(|n| gib == n).unwrap_or(false)),
-                Expr::Range {
-                    lo,
-                    lo_incl,
-                    hi,
-                    hi_incl,
-                } => {
-                    (if *lo_incl { gib >= *lo } else { gib > *lo })
-                        && (if *hi_incl { gib <= *hi } else { gib < *hi })
-                }
+                e @ Expr::Range { .. } => in_range(e, gib),
                 _ => false,
             };
             if ok {
