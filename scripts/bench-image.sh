@@ -2,8 +2,9 @@
 # Image pipeline benchmark: prints "NAME VALUE" lines, measured side by side in one run.
 #   raw_vs_curl_dd          rivet install time / (curl | dd oflag=direct bs=4M) time, raw image
 #   zstd_vs_curl_zstd_dd    the same for a zstd image (curl | zstd -d | dd)
-#   qcow2_vs_ipa_path       n/a until qcow2 streaming lands (IPA: curl to tmpfs + qemu-img convert)
-#   peak_rss_mib_raw/zstd   Rivet's peak resident memory
+#   qcow2_vs_ipa_path       rivet install time / (curl -o tmpfs file + qemu-img convert -O raw -t none),
+#                           IPA's way of writing qcow2, for the same qcow2 image
+#   peak_rss_mib_raw/zstd/qcow2   Rivet's peak resident memory
 #   resume_extra_bytes_pct  bytes served beyond the image size, after 3 forced disconnects
 # Everything listens on 127.0.0.1. Needs root (loop device). SIZE_GIB (default 2), RUNS (3).
 set -euo pipefail
@@ -19,7 +20,7 @@ cleanup() {
   [[ -n "$PROXY_PID" ]] && kill "$PROXY_PID" 2>/dev/null || true
   [[ -n "$NGINX_PID" ]] && kill "$NGINX_PID" 2>/dev/null || true
   [[ -n "$LOOP" ]] && losetup -d "$LOOP" 2>/dev/null || true
-  rm -rf "$W"
+  rm -rf "$W" "${SHM:-/nonexistent}"
 }
 trap cleanup EXIT
 
@@ -28,12 +29,17 @@ trap cleanup EXIT
 mkdir -p "$W/www"; chmod 755 "$W" "$W/www"   # nginx workers run unprivileged
 mkfs.ext4 -q -F -d "${BENCH_TREE:-/usr/share}" -L bench "$W/www/disk.raw" "${SIZE_GIB}G"
 zstd -q -3 -T0 "$W/www/disk.raw" -o "$W/www/disk.raw.zst"
+qemu-img convert -f raw -O qcow2 "$W/www/disk.raw" "$W/www/disk.qcow2"
 chmod 644 "$W"/www/*
 RAW_SUM=$(sha256sum "$W/www/disk.raw" | cut -d' ' -f1)
 ZST_SUM=$(sha256sum "$W/www/disk.raw.zst" | cut -d' ' -f1)
+QC_SUM=$(sha256sum "$W/www/disk.qcow2" | cut -d' ' -f1)
+# IPA stages qcow2 in the ramdisk's RAM (tmpfs) before converting it.
+SHM=$(mktemp -d -p /dev/shm)
 SIZE=$(stat -c %s "$W/www/disk.raw")
 echo "image_bytes $SIZE"
 echo "image_zstd_bytes $(stat -c %s "$W/www/disk.raw.zst")"
+echo "image_qcow2_bytes $(stat -c %s "$W/www/disk.qcow2")"
 
 cat > "$W/nginx.conf" <<NGX
 daemon off; worker_processes 1; pid $W/nginx.pid; error_log $W/nginx-error.log;
@@ -48,7 +54,7 @@ LOOP=$(losetup --find --show "$W/target.img")
 
 t() { /usr/bin/time -f "%e %M" -o "$W/time" "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; return 1; }; cat "$W/time"; }
 med() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ratios_raw=(); ratios_zst=(); rss_raw=0; rss_zst=0
+ratios_raw=(); ratios_zst=(); ratios_qc=(); rss_raw=0; rss_zst=0; rss_qc=0
 for _ in $(seq "$RUNS"); do
   read -r a ra < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.raw" --checksum "sha256:$RAW_SUM" --device "$LOOP")
   read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw | dd of=$LOOP bs=4M oflag=direct iflag=fullblock status=none")
@@ -56,12 +62,16 @@ for _ in $(seq "$RUNS"); do
   read -r a rz < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.raw.zst" --checksum "sha256:$ZST_SUM" --device "$LOOP")
   read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw.zst | zstd -dc | dd of=$LOOP bs=4M oflag=direct iflag=fullblock status=none")
   ratios_zst+=("$(awk "BEGIN{print $a/$b}")"); ((rz > rss_zst)) && rss_zst=$rz
+  read -r a rq < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.qcow2" --checksum "sha256:$QC_SUM" --device "$LOOP")
+  read -r b _ < <(t sh -c "curl -sf -o $SHM/disk.qcow2 http://127.0.0.1:$PORT/disk.qcow2 && qemu-img convert -f qcow2 -O raw -t none $SHM/disk.qcow2 $LOOP && rm -f $SHM/disk.qcow2")
+  ratios_qc+=("$(awk "BEGIN{print $a/$b}")"); ((rq > rss_qc)) && rss_qc=$rq
 done
 echo "raw_vs_curl_dd $(printf '%s\n' "${ratios_raw[@]}" | med)"
 echo "zstd_vs_curl_zstd_dd $(printf '%s\n' "${ratios_zst[@]}" | med)"
-echo "qcow2_vs_ipa_path n/a"
+echo "qcow2_vs_ipa_path $(printf '%s\n' "${ratios_qc[@]}" | med)"
 echo "peak_rss_mib_raw $((rss_raw / 1024))"
 echo "peak_rss_mib_zstd $((rss_zst / 1024))"
+echo "peak_rss_mib_qcow2 $((rss_qc / 1024))"
 
 # Resume: a proxy cuts the connection after 1/4, 2/4 and 3/4 of the image, once each.
 cat > "$W/proxy.py" <<'PY'

@@ -19,7 +19,13 @@ fn image_error(e: ImageError) -> CommandError {
         ImageError::Fetch(_) => ErrorKind::ImageDownload,
         ImageError::Verify(_) => ErrorKind::ImageChecksum,
         ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
-        ImageError::Write(_) | ImageError::Internal(_) => ErrorKind::ImageWrite,
+        ImageError::Qcow2(q) => match q {
+            crate::image::qcow2::Qcow2Error::Write(_) => ErrorKind::ImageWrite,
+            _ => ErrorKind::InvalidImage,
+        },
+        ImageError::Write(_) | ImageError::Internal(_) | ImageError::NeedQcow2Map { .. } => {
+            ErrorKind::ImageWrite
+        }
     };
     CommandError::new(kind, e.to_string())
 }

@@ -112,7 +112,7 @@ pub enum FormatError {
     },
     #[error("the image format {0} is not in the conductor's permitted_image_formats {1:?}")]
     NotPermitted(&'static str, Vec<String>),
-    #[error("{0} images cannot be written by this Rivet build (raw, gpt and iso, optionally gzip/zstd/xz compressed, can)")]
+    #[error("{0} images cannot be written by Rivet (qcow2, and raw, gpt or iso optionally gzip/zstd/xz compressed, can)")]
     Unsupported(&'static str),
 }
 
@@ -146,7 +146,7 @@ pub fn check(
             permitted.to_vec(),
         ));
     }
-    if !detected.is_raw_family() {
+    if !detected.is_raw_family() && detected != Format::Qcow2 {
         return Err(FormatError::Unsupported(detected.name()));
     }
     Ok(())
@@ -245,9 +245,10 @@ mod tests {
             check(Format::Iso, None, &["qcow2".to_string()]),
             Err(FormatError::NotPermitted(..))
         ));
+        assert!(check(Format::Qcow2, Some("qcow2"), &perm()).is_ok());
         assert!(matches!(
-            check(Format::Qcow2, Some("qcow2"), &perm()),
-            Err(FormatError::Unsupported("qcow2"))
+            check(Format::Vmdk, Some("vmdk"), &["vmdk".to_string()]),
+            Err(FormatError::Unsupported("vmdk"))
         ));
     }
 }

@@ -201,6 +201,78 @@ fn validator(h: &reqwest::header::HeaderMap) -> Option<HeaderValue> {
     h.get(LAST_MODIFIED).cloned()
 }
 
+/// An answer to a range request: `start` is the offset of its first byte (0 when the server
+/// ignored `Range` and sent the whole object), `total` the object's size when known.
+pub struct RangeBody {
+    pub resp: reqwest::Response,
+    pub start: u64,
+    pub total: Option<u64>,
+}
+
+/// The total size in `Content-Range: bytes a-b/total`.
+fn range_total(v: Option<&HeaderValue>) -> Option<u64> {
+    v?.to_str().ok()?.rsplit('/').next()?.trim().parse().ok()
+}
+
+/// GET bytes `[start, end)` of the first URL that answers, with the usual retries.
+pub async fn open_range(
+    c: &reqwest::Client,
+    urls: &[String],
+    o: &FetchOptions,
+    start: u64,
+    end: u64,
+) -> Result<RangeBody, FetchError> {
+    let mut last = String::from("no image URL");
+    for attempt in 0..=o.retries {
+        if attempt > 0 {
+            tokio::time::sleep(o.retry_interval).await;
+        }
+        let Some(url) = urls.get(attempt as usize % urls.len().max(1)) else {
+            break;
+        };
+        let req = request(c, url, &o.auth)
+            .header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1)));
+        match req.send().await {
+            Ok(r) if r.status().as_u16() == 206 => {
+                let h = r.headers().get(CONTENT_RANGE);
+                let (s, total) = (range_start(h), range_total(h));
+                if s != Some(start) {
+                    return Err(FetchError::Restart(format!(
+                        "{url} answered a range that does not start at byte {start}"
+                    )));
+                }
+                return Ok(RangeBody {
+                    resp: r,
+                    start,
+                    total,
+                });
+            }
+            Ok(r) if r.status().as_u16() == 200 => {
+                let total = r.content_length();
+                return Ok(RangeBody {
+                    resp: r,
+                    start: 0,
+                    total,
+                });
+            }
+            Ok(r) if retryable_status(r.status().as_u16()) => {
+                last = format!("{url}: HTTP {}", r.status().as_u16())
+            }
+            Ok(r) => {
+                return Err(FetchError::Status {
+                    url: url.clone(),
+                    status: r.status().as_u16(),
+                })
+            }
+            Err(e) => last = format!("{url}: {}", error_chain(&e)),
+        }
+    }
+    Err(FetchError::Exhausted {
+        attempts: o.retries + 1,
+        last,
+    })
+}
+
 /// Stream `urls` (first that works) to both senders until the object is complete.
 pub async fn stream(
     c: &reqwest::Client,

@@ -5,5 +5,8 @@ pub mod fetch;
 pub mod info;
 pub mod pipeline;
 pub mod progress;
+pub mod qcow2;
+pub mod qcow2_fetch;
+pub mod ranges;
 pub mod verify;
 pub mod write;

@@ -18,8 +18,19 @@ use tokio::sync::mpsc;
 use super::decode::{self, Compression, Format, FormatError};
 use super::fetch::{self, FetchError, FetchOptions, Msg};
 use super::progress::Progress;
+use super::qcow2::{self, Qcow2Error};
+use super::qcow2_fetch::{self, PrepareError, Prepared};
 use super::verify::{self, Expected, VerifyError};
-use super::write::{self, StreamWriter, Target, WriteError};
+use super::write::{self, DiskWriter, StreamWriter, Target, WriteError};
+
+impl From<PrepareError> for ImageError {
+    fn from(e: PrepareError) -> Self {
+        match e {
+            PrepareError::Fetch(f) => ImageError::Fetch(f),
+            PrepareError::Qcow2(q) => ImageError::Qcow2(q),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -31,6 +42,11 @@ pub enum ImageError {
     Format(#[from] FormatError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    #[error(transparent)]
+    Qcow2(#[from] Qcow2Error),
+    /// A qcow2 image was recognised: its mapping is read before the write pass.
+    #[error("internal: qcow2 mapping needed")]
+    NeedQcow2Map { start: Vec<u8>, size: Option<u64> },
     #[error("the image data is corrupt ({what}): {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("internal error: {0}")]
@@ -132,8 +148,9 @@ pub fn run(
     let started = Instant::now();
     let client = fetch::client(o)?;
     let mut restarts = 0;
+    let mut qcow2: Option<Prepared> = None;
     loop {
-        match attempt(req, o, &client, target, progress) {
+        match attempt(req, o, &client, target, progress, qcow2.as_ref()) {
             Ok(mut r) => {
                 r.restarts = restarts;
                 r.seconds = started.elapsed().as_secs_f64();
@@ -146,6 +163,23 @@ pub fn run(
                 progress.refetched.fetch_add(d, Ordering::Relaxed);
                 progress.written.store(0, Ordering::Relaxed);
                 std::thread::sleep(o.retry_interval);
+            }
+            Err(ImageError::NeedQcow2Map { start, size }) if qcow2.is_none() => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ImageError::Internal(e.to_string()))?;
+                let prepared =
+                    rt.block_on(qcow2_fetch::prepare(&client, &req.urls, o, &start, size));
+                match prepared {
+                    Ok(p) => qcow2 = Some(p),
+                    Err(e) => {
+                        write::abort(target);
+                        return Err(e.into());
+                    }
+                }
+                let d = progress.downloaded.swap(0, Ordering::Relaxed);
+                progress.refetched.fetch_add(d, Ordering::Relaxed);
             }
             Err(e) => {
                 write::abort(target);
@@ -161,6 +195,7 @@ fn attempt(
     client: &reqwest::Client,
     target: &Target,
     progress: &Arc<Progress>,
+    qcow2: Option<&Prepared>,
 ) -> Result<Report, ImageError> {
     let (dtx, drx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let (htx, mut hrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -182,7 +217,7 @@ fn attempt(
         });
         // Decode and write here; the reader (and so the channel) is dropped when this returns,
         // which unblocks the fetcher if we stopped early.
-        let decoded = decode_and_write(req, drx, target, progress);
+        let decoded = decode_and_write(req, drx, target, progress, qcow2);
         let fetched = fetcher
             .join()
             .map_err(|_| ImageError::Internal("fetch thread panicked".into()))?;
@@ -228,7 +263,8 @@ fn decode_and_write<'t>(
     rx: mpsc::Receiver<Msg>,
     target: &'t Target,
     progress: &Arc<Progress>,
-) -> Result<(StreamWriter<'t>, Compression, Format), ImageError> {
+    qcow2: Option<&Prepared>,
+) -> Result<(DiskWriter<'t>, Compression, Format), ImageError> {
     let mut reader = ChannelReader {
         rx,
         cur: Bytes::new(),
@@ -258,6 +294,29 @@ fn decode_and_write<'t>(
         target.check_size(t, true)?;
     }
     tracing::info!(format = format.name(), compression = ?compression.name(), "image recognised");
+    if format == Format::Qcow2 {
+        if compression != Compression::None {
+            return Err(FormatError::Unsupported(
+                "compressed qcow2 (a qcow2 file inside gzip/zstd/xz)",
+            )
+            .into());
+        }
+        let Some(p) = qcow2 else {
+            return Err(ImageError::NeedQcow2Map {
+                start: inner,
+                size: total,
+            });
+        };
+        // Refusals first, then the wipe, then the data.
+        target.check_size(p.map.header.virtual_size, true)?;
+        let mut w = DiskWriter::new(target);
+        w.check_head(&p.head)?;
+        w.start()?;
+        let stream = Cursor::new(inner).chain(dec);
+        let done = |n: u64| progress.written.store(n, Ordering::Relaxed);
+        qcow2::write_pass(&p.map, stream, &mut w, &done)?;
+        return Ok((w, compression, format));
+    }
     let mut w = StreamWriter::new(target);
     w.write(&inner)?;
     let mut buf = vec![0u8; IO_CHUNK];
@@ -271,5 +330,5 @@ fn decode_and_write<'t>(
         w.write(&buf[..n])?;
         progress.written.store(w.offset(), Ordering::Relaxed);
     }
-    Ok((w, compression, format))
+    Ok((w.into_inner(), compression, format))
 }

@@ -11,7 +11,7 @@
 //!   to re-read the partition table at the end.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::system::blockdev;
@@ -82,6 +82,7 @@ pub struct Target {
     pub size: Option<u64>,
     pub sector: u32,
     pub is_block: bool,
+    write_zeroes: bool,
 }
 
 fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> WriteError + 'a {
@@ -144,6 +145,11 @@ impl Target {
         } else {
             (Some(meta.len()).filter(|n| *n > 0), 512)
         };
+        let write_zeroes = if is_block {
+            blockdev::advertises_write_zeroes(meta.rdev())
+        } else {
+            true
+        };
         Ok(Target {
             path: path.to_path_buf(),
             direct,
@@ -151,6 +157,7 @@ impl Target {
             size,
             sector,
             is_block,
+            write_zeroes,
         })
     }
 
@@ -197,6 +204,37 @@ impl Target {
         f.write_all_at(data, offset).map_err(self.err("write"))
     }
 
+    /// Whether zeroing is cheaper than writing zeros: a device that advertises write-zeroes
+    /// (or a file, which can allocate zeros without writing them).
+    pub fn zeroes_cheaply(&self) -> bool {
+        self.write_zeroes
+    }
+
+    /// Make `[off, off+len)` read as zeros: BLKZEROOUT on a device that advertises
+    /// write-zeroes, fallocate on a file, else plain zero writes.
+    pub fn zero_range(&self, off: u64, len: u64) -> Result<(), WriteError> {
+        let sector = u64::from(self.sector.max(512));
+        let aligned = off % sector == 0 && len % sector == 0;
+        if self.write_zeroes && aligned {
+            let done = if self.is_block {
+                blockdev::zeroout(&self.buffered, off, len)
+            } else {
+                blockdev::fallocate_zero(&self.buffered, off, len)
+            };
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "zeroing offload failed; writing zeros"),
+            }
+        }
+        let mut at = off;
+        while at < off + len {
+            let n = (off + len - at).min(CHUNK as u64) as usize;
+            self.pwrite_any(&ZEROS.0[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<(), WriteError> {
         self.buffered.sync_all().map_err(self.err("fsync"))?;
         self.direct.sync_all().map_err(self.err("fsync"))
@@ -222,27 +260,192 @@ pub fn gpt_sector_size(head: &[u8]) -> Option<u32> {
     }
 }
 
-/// Streams image bytes to a [`Target`], first MiB last.
-pub struct StreamWriter<'t> {
+/// Writes image bytes at any offset to a [`Target`], holding the first MiB back until
+/// `commit`. Contiguous writes are gathered into large aligned ones; zero ranges use the
+/// device's write-zeroes when it has one.
+pub struct DiskWriter<'t> {
     t: &'t Target,
-    head: Vec<u8>,
+    head: AlignedBuf,
+    /// End of the image bytes seen so far (the image's size once complete).
+    end: u64,
     started: bool,
-    offset: u64,
     buf: AlignedBuf,
     buf_len: usize,
     buf_start: u64,
 }
 
+#[repr(align(4096))]
+struct Zeros([u8; CHUNK]);
+/// Lives in .bss: costs no binary size and no memory until read.
+static ZEROS: Zeros = Zeros([0; CHUNK]);
+
+impl<'t> DiskWriter<'t> {
+    pub fn new(t: &'t Target) -> DiskWriter<'t> {
+        DiskWriter {
+            t,
+            head: AlignedBuf::new(HEAD),
+            end: 0,
+            started: false,
+            buf: AlignedBuf::new(CHUNK),
+            buf_len: 0,
+            buf_start: 0,
+        }
+    }
+
+    /// Refuse an image whose GPT was made for another sector size, judged on its first bytes.
+    pub fn check_head(&self, head: &[u8]) -> Result<(), WriteError> {
+        match gpt_sector_size(head) {
+            Some(img) if img != self.t.sector => Err(WriteError::SectorMismatch {
+                path: self.t.path.display().to_string(),
+                image_sector: img,
+                disk_sector: self.t.sector,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Wipe both ends of the disk: after every check that can refuse the image, before the
+    /// first byte of it is written.
+    pub fn start(&mut self) -> Result<(), WriteError> {
+        if !self.started {
+            self.t.wipe_ends()?;
+            self.started = true;
+        }
+        Ok(())
+    }
+
+    fn room(&self, end: u64) -> Result<(), WriteError> {
+        match self.t.size {
+            Some(cap) if end > cap => Err(WriteError::TooLarge {
+                path: self.t.path.display().to_string(),
+                image: end,
+                disk: cap,
+                more: " at least",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn write_at(&mut self, mut off: u64, mut data: &[u8]) -> Result<(), WriteError> {
+        let end = off + data.len() as u64;
+        self.room(end)?;
+        self.end = self.end.max(end);
+        if off < HEAD as u64 {
+            let n = (HEAD as u64 - off).min(data.len() as u64) as usize;
+            self.head.get_mut()[off as usize..off as usize + n].copy_from_slice(&data[..n]);
+            off += n as u64;
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.start()?;
+        if self.buf_len > 0 && off != self.buf_start + self.buf_len as u64 {
+            self.flush()?;
+        }
+        if self.buf_len == 0 {
+            self.buf_start = off;
+        }
+        while !data.is_empty() {
+            let n = (CHUNK - self.buf_len).min(data.len());
+            self.buf.get_mut()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
+            self.buf_len += n;
+            data = &data[n..];
+            if self.buf_len == CHUNK {
+                self.flush()?;
+                self.buf_start += CHUNK as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// The image reads as zeros over `[off, off+len)`: old data there must go.
+    pub fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError> {
+        let end = off + len;
+        self.room(end)?;
+        self.end = self.end.max(end);
+        // The held-back head starts as zeros.
+        let off = off.max(HEAD as u64);
+        if off >= end {
+            return Ok(());
+        }
+        self.start()?;
+        self.flush()?;
+        self.t.zero_range(off, end - off)
+    }
+
+    fn flush(&mut self) -> Result<(), WriteError> {
+        if self.buf_len == 0 {
+            return Ok(());
+        }
+        let data = &self.buf.get()[..self.buf_len];
+        if self.buf_len == CHUNK && data == &ZEROS.0[..] && self.t.zeroes_cheaply() {
+            self.t.zero_range(self.buf_start, CHUNK as u64)?;
+        } else {
+            let sector = self.t.sector.max(512) as usize;
+            let whole = self.buf_len / sector * sector;
+            if whole > 0 {
+                self.t.pwrite_any(&data[..whole], self.buf_start)?;
+            }
+            if whole < self.buf_len {
+                // Only the very end of an image can be shorter than a sector.
+                self.t
+                    .buffered
+                    .write_all_at(&data[whole..], self.buf_start + whole as u64)
+                    .map_err(self.t.err("write"))?;
+            }
+        }
+        self.buf_len = 0;
+        Ok(())
+    }
+
+    /// Everything but the head is on the disk and flushed. Call `commit` once the checksum
+    /// is verified, or `abort` otherwise.
+    pub fn finish(&mut self) -> Result<u64, WriteError> {
+        self.check_head(self.head.get())?;
+        self.start()?;
+        self.flush()?;
+        self.t.sync()?;
+        Ok(self.end)
+    }
+
+    /// Write the held-back first MiB, flush, re-read partitions.
+    pub fn commit(self) -> Result<u64, WriteError> {
+        let n = (self.end as usize).min(HEAD);
+        if n == HEAD {
+            self.t.pwrite_any(self.head.get(), 0)?;
+        } else {
+            self.t
+                .buffered
+                .write_all_at(&self.head.get()[..n], 0)
+                .map_err(self.t.err("write"))?;
+        }
+        self.t.sync()?;
+        self.t.reread_partitions();
+        Ok(self.end)
+    }
+}
+
+impl super::qcow2::Sink for DiskWriter<'_> {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> Result<(), WriteError> {
+        DiskWriter::write_at(self, off, data)
+    }
+    fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError> {
+        DiskWriter::zero(self, off, len)
+    }
+}
+
+/// Streams image bytes in order: a [`DiskWriter`] whose checks run once the first MiB is in.
+pub struct StreamWriter<'t> {
+    w: DiskWriter<'t>,
+    offset: u64,
+}
+
 impl<'t> StreamWriter<'t> {
     pub fn new(t: &'t Target) -> StreamWriter<'t> {
         StreamWriter {
-            t,
-            head: Vec::with_capacity(HEAD),
-            started: false,
+            w: DiskWriter::new(t),
             offset: 0,
-            buf: AlignedBuf::new(CHUNK),
-            buf_len: 0,
-            buf_start: HEAD as u64,
         }
     }
 
@@ -251,106 +454,31 @@ impl<'t> StreamWriter<'t> {
         self.offset
     }
 
-    /// Checks that need the image's first MiB, then the wipe: nothing is written before both.
-    fn start(&mut self) -> Result<(), WriteError> {
-        if let Some(img) = gpt_sector_size(&self.head) {
-            if img != self.t.sector {
-                return Err(WriteError::SectorMismatch {
-                    path: self.t.path.display().to_string(),
-                    image_sector: img,
-                    disk_sector: self.t.sector,
-                });
-            }
+    pub fn write(&mut self, data: &[u8]) -> Result<(), WriteError> {
+        let (off, end) = (self.offset, self.offset + data.len() as u64);
+        if !self.w.started && end >= HEAD as u64 {
+            // The head is complete with this write: check it before anything reaches the disk.
+            let n = (HEAD as u64 - off.min(HEAD as u64)) as usize;
+            let mut head = self.w.head.get()[..off.min(HEAD as u64) as usize].to_vec();
+            head.extend_from_slice(&data[..n.min(data.len())]);
+            self.w.room(end)?;
+            self.w.check_head(&head)?;
         }
-        self.t.wipe_ends()?;
-        self.started = true;
+        self.w.write_at(off, data)?;
+        self.offset = end;
         Ok(())
     }
 
-    pub fn write(&mut self, mut data: &[u8]) -> Result<(), WriteError> {
-        if let Some(cap) = self.t.size {
-            if self.offset + data.len() as u64 > cap {
-                return Err(WriteError::TooLarge {
-                    path: self.t.path.display().to_string(),
-                    image: self.offset + data.len() as u64,
-                    disk: cap,
-                    more: " at least",
-                });
-            }
-        }
-        if self.head.len() < HEAD {
-            let n = (HEAD - self.head.len()).min(data.len());
-            self.head.extend_from_slice(&data[..n]);
-            self.offset += n as u64;
-            data = &data[n..];
-            if self.head.len() == HEAD {
-                self.start()?;
-            }
-        }
-        while !data.is_empty() {
-            let n = (CHUNK - self.buf_len).min(data.len());
-            self.buf.get_mut()[self.buf_len..self.buf_len + n].copy_from_slice(&data[..n]);
-            self.buf_len += n;
-            self.offset += n as u64;
-            data = &data[n..];
-            if self.buf_len == CHUNK {
-                self.flush()?;
-            }
-        }
-        Ok(())
+    pub fn into_inner(self) -> DiskWriter<'t> {
+        self.w
     }
 
-    fn flush(&mut self) -> Result<(), WriteError> {
-        if self.buf_len == 0 {
-            return Ok(());
-        }
-        let sector = self.t.sector.max(512) as usize;
-        let whole = self.buf_len / sector * sector;
-        if whole > 0 {
-            self.t
-                .pwrite_any(&self.buf.get()[..whole], self.buf_start)?;
-        }
-        if whole < self.buf_len {
-            // Only the very end of an image can be shorter than a sector.
-            self.t
-                .buffered
-                .write_all_at(
-                    &self.buf.get()[whole..self.buf_len],
-                    self.buf_start + whole as u64,
-                )
-                .map_err(self.t.err("write"))?;
-        }
-        self.buf_start += self.buf_len as u64;
-        self.buf_len = 0;
-        Ok(())
-    }
-
-    /// Everything but the head is on the disk and flushed. Call `commit` once the checksum
-    /// is verified, or `abort` otherwise.
     pub fn finish(&mut self) -> Result<u64, WriteError> {
-        if !self.started {
-            self.start()?;
-        }
-        self.flush()?;
-        self.t.sync()?;
-        Ok(self.offset)
+        self.w.finish()
     }
 
-    /// Write the held-back first MiB, flush, re-read partitions.
     pub fn commit(self) -> Result<u64, WriteError> {
-        let mut head = AlignedBuf::new(HEAD);
-        head.get_mut()[..self.head.len()].copy_from_slice(&self.head);
-        if self.head.len() == HEAD {
-            self.t.pwrite_any(head.get(), 0)?;
-        } else {
-            self.t
-                .buffered
-                .write_all_at(&self.head, 0)
-                .map_err(self.t.err("write"))?;
-        }
-        self.t.sync()?;
-        self.t.reread_partitions();
-        Ok(self.offset)
+        self.w.commit()
     }
 }
 

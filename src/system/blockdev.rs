@@ -8,6 +8,7 @@ use std::path::Path;
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
 nix::ioctl_none!(blkrrpart, 0x12, 95);
+nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
 
 /// Size in bytes of an open block device.
 pub fn size(f: &File) -> std::io::Result<u64> {
@@ -33,6 +34,45 @@ pub fn reread_partitions(f: &File) -> std::io::Result<()> {
     unsafe { blkrrpart(f.as_raw_fd()) }
         .map(|_| ())
         .map_err(std::io::Error::from)
+}
+
+/// Zero `[off, off+len)` of a block device in the device itself (write-zeroes), without
+/// sending zero pages over the bus. Offsets must be multiples of the logical sector size.
+pub fn zeroout(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    let range = [off, len];
+    // SAFETY: BLKZEROOUT reads two u64 from the pointer, which points at `range`, alive for
+    // the call; the fd is valid.
+    unsafe { blkzeroout(f.as_raw_fd(), &range) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
+/// Zero a range of a regular file by allocation, not by writing.
+pub fn fallocate_zero(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    let (o, l) = (
+        i64::try_from(off).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        i64::try_from(len).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+    );
+    nix::fcntl::fallocate(
+        f.as_raw_fd(),
+        nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE,
+        o,
+        l,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Whether the device with this `st_rdev` advertises write-zeroes (queue limit above 0).
+pub fn advertises_write_zeroes(rdev: u64) -> bool {
+    let p = format!(
+        "/sys/dev/block/{}:{}/queue/write_zeroes_max_bytes",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// `maj:min` of the disk and all its partitions, from sysfs.

@@ -30,6 +30,9 @@ pub struct Faults {
     pub change_etag_after: Option<usize>,
     /// Omit Content-Length (chunked transfer).
     pub chunked: bool,
+    /// Answer bounded range requests (`bytes=a-b`) with this byte of the object flipped: a
+    /// server that lies about metadata read out of band.
+    pub tamper_ranges_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,7 @@ pub struct ImageServer {
 struct FaultBody {
     data: Arc<Vec<u8>>,
     pos: usize,
+    end: usize,
     cut_at: Option<usize>,
     stall: Option<(usize, Duration)>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -92,10 +96,10 @@ impl Body for FaultBody {
                 "injected cut",
             ))));
         }
-        if self.pos >= self.data.len() {
+        if self.pos >= self.end {
             return Poll::Ready(None);
         }
-        let mut end = (self.pos + 64 * 1024).min(self.data.len());
+        let mut end = (self.pos + 64 * 1024).min(self.end);
         if let Some(c) = self.cut_at {
             end = end.min(c);
         }
@@ -213,17 +217,27 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
         return simple(404);
     };
     let mut start = 0usize;
+    let mut end = data.len();
     let mut status = 200;
+    let mut data = data;
     if let (Some(r), false) = (&range, s.faults.no_range) {
         let validator_ok = if_range.as_deref().is_none_or(|v| v == etag);
         if validator_ok {
-            if let Some(from) = r
-                .strip_prefix("bytes=")
-                .and_then(|x| x.strip_suffix('-'))
-                .and_then(|x| x.parse::<usize>().ok())
-            {
-                start = from.min(data.len());
-                status = 206;
+            if let Some((from, to)) = r.strip_prefix("bytes=").and_then(|x| x.split_once('-')) {
+                if let Ok(from) = from.parse::<usize>() {
+                    start = from.min(data.len());
+                    status = 206;
+                    if let Ok(to) = to.parse::<usize>() {
+                        end = (to + 1).clamp(start, data.len());
+                        if let Some(t) = s.faults.tamper_ranges_at {
+                            let mut v = data.to_vec();
+                            if let Some(b) = v.get_mut(t as usize) {
+                                *b ^= 0x01;
+                            }
+                            data = Arc::new(v);
+                        }
+                    }
+                }
             }
         }
     }
@@ -232,7 +246,7 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
         .drop_at
         .front()
         .copied()
-        .filter(|c| *c as usize >= start)
+        .filter(|c| *c as usize >= start && (*c as usize) < end)
         .map(|c| c as usize);
     if cut_at.is_some() {
         s.faults.drop_at.pop_front();
@@ -247,21 +261,18 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
         .header("Last-Modified", "Mon, 23 Nov 2026 10:00:00 GMT")
         .header("Accept-Ranges", "bytes");
     if !chunked {
-        b = b.header("Content-Length", (data.len() - start).to_string());
+        b = b.header("Content-Length", (end - start).to_string());
     }
     if status == 206 {
         b = b.header(
             "Content-Range",
-            format!(
-                "bytes {start}-{}/{}",
-                data.len().saturating_sub(1),
-                data.len()
-            ),
+            format!("bytes {start}-{}/{}", end.saturating_sub(1), data.len()),
         );
     }
     b.body(Either::Left(FaultBody {
         data,
         pos: start,
+        end,
         cut_at,
         stall,
         sleep: None,

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod imgserver;
+pub mod install_util;
 pub mod loopdev;
 
 use std::collections::VecDeque;
