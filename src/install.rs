@@ -55,6 +55,22 @@ pub struct InstallArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Config drive to add after the image: an ISO9660 file (raw, or base64 of gzip as Ironic
+    /// sends it) or a URL to one. Reuses a `config-2` partition, else creates one at the end.
+    #[arg(long, value_name = "FILE|URL")]
+    pub configdrive: Option<String>,
+    /// Give up on the download after this long (ipa-image-download-max-duration).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_duration: Option<f64>,
+    /// Proxy for http:// URLs (default: $http_proxy).
+    #[arg(long, value_name = "URL", env = "http_proxy")]
+    pub http_proxy: Option<String>,
+    /// Proxy for https:// URLs (default: $https_proxy).
+    #[arg(long, value_name = "URL", env = "https_proxy")]
+    pub https_proxy: Option<String>,
+    /// Hosts reached without the proxy (default: $no_proxy).
+    #[arg(long, value_name = "LIST", env = "no_proxy")]
+    pub no_proxy: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +85,8 @@ pub enum InstallError {
     RootDevice(#[from] root_device::RootDeviceError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("config drive: {0}")]
+    ConfigDrive(String),
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, InstallError> {
@@ -94,11 +112,14 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         read_timeout: secs(a.timeout, "--timeout")?,
         retries: a.retries,
         retry_interval: secs(a.retry_interval, "--retry-interval")?,
-        max_duration: None,
+        max_duration: a
+            .max_duration
+            .map(|m| secs(m, "--max-duration"))
+            .transpose()?,
         auth,
-        http_proxy: std::env::var("http_proxy").ok(),
-        https_proxy: std::env::var("https_proxy").ok(),
-        no_proxy: std::env::var("no_proxy").ok(),
+        http_proxy: a.http_proxy.clone().filter(|s| !s.is_empty()),
+        https_proxy: a.https_proxy.clone().filter(|s| !s.is_empty()),
+        no_proxy: a.no_proxy.clone().filter(|s| !s.is_empty()),
         insecure: a.insecure,
         ca_file: a.ca_file.clone(),
         tls_min: TlsVersion::V1_2,
@@ -130,6 +151,12 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         }
         (None, None) => return Err(InstallError::NoTarget),
     };
+    // Fetched and decoded before the disk is touched: a bad config drive refuses the install.
+    let configdrive = a
+        .configdrive
+        .as_deref()
+        .map(|c| configdrive_bytes(c, &opts))
+        .transpose()?;
     let target = Target::open(&device).map_err(|e| InstallError::Image(e.into()))?;
     let req = ImageRequest {
         urls: a.image_urls.clone(),
@@ -157,5 +184,42 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
     if let Some(t) = ticker {
         let _ = t.join();
     }
-    Ok(result?)
+    let report = result?;
+    drop(target);
+    if let Some(iso) = configdrive {
+        let p = crate::disk::configdrive::write(&device, &iso)
+            .map_err(|e| InstallError::ConfigDrive(e.to_string()))?;
+        if !a.quiet {
+            eprintln!(
+                "rivet: config drive in partition {} ({} bytes{})",
+                p.partition,
+                iso.len(),
+                if p.vfat { ", vfat copy" } else { "" }
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// A config drive named on the command line, as ISO bytes.
+fn configdrive_bytes(spec: &str, o: &FetchOptions) -> Result<Vec<u8>, InstallError> {
+    use crate::disk::configdrive;
+    let err = |e: String| InstallError::ConfigDrive(e);
+    let body = if crate::image::verify::is_url(spec) {
+        let client = crate::image::fetch::client(o).map_err(|e| err(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        rt.block_on(crate::image::fetch::fetch_bytes(
+            &client,
+            spec,
+            o,
+            (configdrive::MAX * 2) as usize,
+        ))
+        .map_err(|e| err(e.to_string()))?
+    } else {
+        std::fs::read(spec).map_err(|e| err(format!("{spec}: {e}")))?
+    };
+    configdrive::decode_downloaded(&body).map_err(|e| err(e.to_string()))
 }

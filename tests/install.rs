@@ -287,3 +287,136 @@ fn a_disk_with_a_mounted_filesystem_is_refused() {
         "the mounted file system is untouched"
     );
 }
+
+#[test]
+fn proxies_no_proxy_and_the_download_time_limit() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = gpt_image(d.path(), "disk.raw", 8, 512);
+    let sum = sha256(&img);
+    // The proxy: the image server answers absolute-form requests for any host. The image's
+    // own host does not exist, so only the proxy can have served it.
+    let proxy = ImageServer::start();
+    proxy.add("disk.raw", img.clone());
+    let t = Loop::new(d.path(), "t1.img", 16 * MIB, 512);
+    let o = install(
+        "http://image-host.invalid:81/disk.raw",
+        &sum,
+        &t.dev,
+        &["--http-proxy", &proxy.url, "--no-proxy", ""],
+    );
+    ok(&o);
+    assert_same(&d.path().join("disk.raw"), &t.dev);
+    assert!(proxy.seen().iter().any(|s| s.path == "/disk.raw"));
+
+    // no_proxy: a listed host is reached directly even with a (dead) proxy configured.
+    let direct = ImageServer::start();
+    let url = direct.add("disk.raw", img.clone());
+    let t2 = Loop::new(d.path(), "t2.img", 16 * MIB, 512);
+    let o = install(
+        &url,
+        &sum,
+        &t2.dev,
+        &[
+            "--http-proxy",
+            "http://127.0.0.1:9",
+            "--no-proxy",
+            "127.0.0.1,localhost",
+        ],
+    );
+    ok(&o);
+    assert_same(&d.path().join("disk.raw"), &t2.dev);
+
+    // A server that stalls: the download gives up at --max-duration, leaving a blank disk.
+    let slow = ImageServer::start();
+    let url = slow.add("disk.raw", img.clone());
+    slow.faults(|f| f.stall = Some((2 * MIB, Duration::from_secs(30))));
+    let t3 = Loop::new(d.path(), "t3.img", 16 * MIB, 512);
+    let started = std::time::Instant::now();
+    let e = err(&install(&url, &sum, &t3.dev, &["--max-duration", "1.5"]));
+    assert!(e.contains("time limit"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_blank(&t3.dev);
+}
+
+#[test]
+fn install_with_a_config_drive() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = gpt_image(d.path(), "disk.raw", 24, 512);
+    let sum = sha256(&img);
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    let root = d.path().join("cd/openstack/latest");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("meta_data.json"), r#"{"uuid": "abc"}"#).unwrap();
+    let iso = d.path().join("cd.iso");
+    assert!(Command::new("genisoimage")
+        .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
+        .arg(&iso)
+        .arg(d.path().join("cd"))
+        .status()
+        .unwrap()
+        .success());
+    let t = Loop::new(d.path(), "t.img", 128 * MIB, 512);
+    let o = install(
+        &url,
+        &sum,
+        &t.dev,
+        &["--configdrive", iso.to_str().unwrap()],
+    );
+    ok(&o);
+    // The image's two partitions, then the config drive as the third, in the last 64 MiB.
+    let info = Command::new("sgdisk")
+        .args(["-i", "3", &t.dev])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    let first: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no partition 3: {info}"));
+    assert!(first * 512 >= 60 * MIB, "{info}");
+    let id = Command::new("blkid")
+        .args([
+            "-p",
+            "-O",
+            &(first * 512).to_string(),
+            "-o",
+            "export",
+            &t.dev,
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&id.stdout).to_string();
+    assert!(
+        id.contains("TYPE=iso9660") && id.contains("LABEL=config-2"),
+        "{id}"
+    );
+    // The image itself is intact before the config drive.
+    let disk = std::fs::read(&t.dev).unwrap();
+    assert_eq!(
+        &disk[MIB as usize..20 * MIB as usize],
+        &img[MIB as usize..20 * MIB as usize]
+    );
+
+    // A config drive that cannot be read refuses the install before the disk is touched.
+    let t2 = Loop::new(d.path(), "t2.img", 64 * MIB, 512);
+    let e = err(&install(
+        &url,
+        &sum,
+        &t2.dev,
+        &["--configdrive", "/nonexistent/cd.iso"],
+    ));
+    assert!(e.contains("config drive"), "{e}");
+}

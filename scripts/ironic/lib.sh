@@ -69,3 +69,27 @@ session_cleanup() {
 }
 fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -30 "$WORK"/rivet*.log >&2 || true; exit 1; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_deploy LABEL INSTANCE_INFO_JSON [PROVISION_BODY]: set instance_info, ask for "active",
+# and start Rivet (static or debug build in $RIVET) for $NODE/$MAC once the node waits for
+# it. Sets PORT, DSTART and AGENT_PID; Rivet's log is $WORK/rivet-LABEL.log.
+start_deploy() {
+  local label=$1 info=$2 body=${3:-'{"target": "active"}'}
+  api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": $info}]" >/dev/null
+  api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
+  wait_state "$NODE" "wait call-back" 60
+  PORT=$(free_port)
+  echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=$PORT ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT" > "$WORK/cmdline"
+  DSTART=$SECONDS
+  "$RIVET" --cmdline-file "$WORK/cmdline" --state-dir "$WORK/state-$label" --simulate-power --allow-loop-devices \
+    > "$WORK/rivet-$label.log" 2>&1 &
+  AGENT_PID=$!
+}
+
+# agent_done: the simulated power-off ended Rivet cleanly.
+agent_done() {
+  for _ in $(seq 1 20); do kill -0 "$AGENT_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$AGENT_PID" 2>/dev/null && fail "rivet still running after power_off (simulated)"
+  wait "$AGENT_PID" || fail "rivet exited non-zero after the simulated power off"
+  AGENT_PID=
+}

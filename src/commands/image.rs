@@ -125,6 +125,145 @@ fn uefi(disk: &Path) -> Result<String, String> {
     }
 }
 
+/// The GPT partition holding the file system (or PARTUUID) `uuid`: (start, len).
+fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<(u64, u64), String> {
+    let mut f = std::fs::File::open(disk).map_err(|e| e.to_string())?;
+    let gpt = gptman::GPT::find_from(&mut f).map_err(|e| format!("reading the GPT: {e}"))?;
+    for (_, p) in gpt.iter().filter(|(_, p)| p.is_used()) {
+        let (start, len) = (
+            p.starting_lba * gpt.sector_size,
+            (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
+        );
+        if let Ok(pr) = crate::hardware::probe::probe_at(disk, start, len) {
+            if pr
+                .uuid
+                .as_deref()
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+            {
+                return Ok((start, len));
+            }
+        }
+        let part_uuid = uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string();
+        if part_uuid.eq_ignore_ascii_case(uuid) {
+            return Ok((start, len));
+        }
+    }
+    Err(format!(
+        "no partition of {} holds root_uuid {uuid}",
+        disk.display()
+    ))
+}
+
+/// A partition image brings its EFI boot files inside the root file system
+/// (`/boot/efi/EFI/...`, where the distribution installed them); the new ESP is empty. Copy
+/// them over, mounting the root file system read-only.
+fn populate_esp(disk: &Path, e: &esp::Esp, root_uuid: &str) -> Result<usize, String> {
+    let (start, len) = partition_with_uuid(disk, root_uuid)?;
+    let dir = tempfile_dir()?;
+    let t = Duration::from_secs(60);
+    let (ok, out) = run_capture(
+        "mount",
+        &[
+            "-o",
+            &format!("ro,loop,offset={start},sizelimit={len}"),
+            &disk.display().to_string(),
+            &dir.display().to_string(),
+        ],
+        t,
+        1 << 16,
+    )
+    .map_err(|e| e.to_string())?;
+    if !ok {
+        let _ = std::fs::remove_dir(&dir);
+        return Err(format!(
+            "mounting the root file system: {}",
+            String::from_utf8_lossy(&out).trim()
+        ));
+    }
+    let copied = copy_efi_tree(&dir.join("boot/efi/EFI"), disk, e);
+    let _ = run_capture("umount", &["-d", &dir.display().to_string()], t, 1 << 16);
+    let _ = std::fs::remove_dir(&dir);
+    copied
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let d = std::env::temp_dir().join(format!("rivet-root-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+    Ok(d)
+}
+
+fn copy_efi_tree(src: &Path, disk: &Path, e: &esp::Esp) -> Result<usize, String> {
+    if !src.is_dir() {
+        return Err(
+            "the EFI system partition is empty and the image has no /boot/efi/EFI files to put there              (grub-install inside the image is not supported by this Rivet build)"
+                .into(),
+        );
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .map_err(|e| e.to_string())?;
+    let fs = fatfs::FileSystem::new(
+        crate::disk::partitions::Slice::new(f, e.start, e.len),
+        fatfs::FsOptions::new(),
+    )
+    .map_err(|e| format!("opening the ESP: {e}"))?;
+    let n = copy_into(&fs, src)?;
+    fs.unmount().map_err(|e| format!("ESP: {e}"))?;
+    Ok(n)
+}
+
+fn copy_into<T: fatfs::ReadWriteSeek>(
+    fs: &fatfs::FileSystem<T>,
+    src: &Path,
+) -> Result<usize, String> {
+    let efi = fs
+        .root_dir()
+        .create_dir("EFI")
+        .map_err(|e| format!("ESP: creating EFI: {e}"))?;
+    let mut n = 0;
+    let mut stack = vec![(src.to_path_buf(), efi)];
+    while let Some((from, to)) = stack.pop() {
+        let entries = std::fs::read_dir(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        for ent in entries.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let path = ent.path();
+            if path.is_dir() {
+                let sub = to
+                    .create_dir(&name)
+                    .map_err(|e| format!("ESP: {name}: {e}"))?;
+                stack.push((path, sub));
+            } else if path.is_file() {
+                let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let mut out = to
+                    .create_file(&name)
+                    .map_err(|e| format!("ESP: {name}: {e}"))?;
+                out.truncate().map_err(|e| e.to_string())?;
+                std::io::Write::write_all(&mut out, &data)
+                    .map_err(|e| format!("ESP: {name}: {e}"))?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// UEFI for a partition image: fill the new ESP from the image, then as for whole disks.
+fn uefi_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
+    let e = esp::find(disk)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
+    if esp::loaders(disk, &e)
+        .map_err(|e| e.to_string())?
+        .is_empty()
+    {
+        let n = populate_esp(disk, &e, root_uuid)?;
+        tracing::info!(files = n, "EFI files copied from the image to the ESP");
+    }
+    uefi(disk)
+}
+
 pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     let a: Args = args(params)?;
     let _ = (&a.efi_system_part_uuid, &a.prep_boot_part_uuid);
@@ -143,7 +282,15 @@ pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, Comm
         ("uefi", true) => uefi(&disk),
         // A whole-disk image in BIOS mode carries its own boot code in the first MiB.
         (_, true) => Ok("whole-disk image: its own boot loader is used".into()),
-        (_, false) => Err("boot loader installation for partition images is not supported by this Rivet build yet".into()),
+        ("uefi", false) => uefi_partition(&disk, a.root_uuid.as_deref().unwrap_or_default()),
+        (_, false) if !ctx.config.enable_bios_bootloader_install => Err(
+            "BIOS boot loader installation for partition images is disabled \
+             (enable_bios_bootloader_install is off, as in Ironic's default)"
+                .into(),
+        ),
+        (_, false) => Err(
+            "grub-install for BIOS partition images is not supported by this Rivet build".into(),
+        ),
     };
     match outcome {
         Ok(msg) => {

@@ -5,6 +5,7 @@
 
 pub mod image;
 pub mod log;
+pub mod partition_image;
 pub mod poll;
 pub mod standby;
 pub mod steps;

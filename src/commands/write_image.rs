@@ -15,7 +15,13 @@ use crate::image::progress::Progress;
 use crate::image::write::Target;
 
 fn image_error(e: ImageError) -> CommandError {
-    let kind = match &e {
+    let msg = e.to_string();
+    image_error_kind(&e, msg)
+}
+
+/// The IPA error type for an image failure, with `msg` as its details.
+pub fn image_error_kind(e: &ImageError, msg: String) -> CommandError {
+    let kind = match e {
         ImageError::Fetch(_) => ErrorKind::ImageDownload,
         ImageError::Verify(_) => ErrorKind::ImageChecksum,
         ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
@@ -27,7 +33,7 @@ fn image_error(e: ImageError) -> CommandError {
             ErrorKind::ImageWrite
         }
     };
-    CommandError::new(kind, e.to_string())
+    CommandError::new(kind, msg)
 }
 
 /// The MBR disk signature (bytes 440..444), IPA's whole-disk "root uuid": `0x%08x`.
@@ -81,12 +87,6 @@ pub fn write(
     let id = info.safe_id();
     let span = tracing::info_span!("write_image", image = %id);
     let _e = span.enter();
-    if info.is_partition_image() {
-        return Err(CommandError::new(
-            ErrorKind::Deployment,
-            "partition images are not supported by this Rivet build yet; use a whole-disk image",
-        ));
-    }
     // The step argument wins; older conductors only put it in image_info.
     let configdrive = configdrive.filter(|v| has_configdrive(Some(v))).or(info
         .configdrive
@@ -106,6 +106,9 @@ pub fn write(
     let device = ctx.root_disk(ctx.config.strict_root_device)?.name;
     let dev = std::path::PathBuf::from(&device);
     guard_test_mode(ctx, &dev)?;
+    if info.is_partition_image() {
+        return write_partition(ctx, &info, &dev, configdrive, id);
+    }
     let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
     let fetch = info
         .fetch_options(&ctx.config)
@@ -139,6 +142,39 @@ pub fn write(
     Ok(format!(
         "image ({id}) written to device {device} root_uuid={uuid}"
     ))
+}
+
+fn write_partition(
+    ctx: &Context,
+    info: &ImageInfo,
+    dev: &Path,
+    configdrive: Option<&Value>,
+    id: String,
+) -> Result<String, CommandError> {
+    let fetch = info
+        .fetch_options(&ctx.config)
+        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
+    // The config drive first: its size is part of the layout.
+    let iso = configdrive
+        .map(|cd| fetch_configdrive(cd, &fetch))
+        .transpose()?;
+    let progress = Arc::new(Progress::default());
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = Some(progress.clone());
+    }
+    let result = super::partition_image::write(info, dev, &req, &fetch, iso, &progress);
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = None;
+    }
+    let w = result?;
+    if let Ok(mut p) = ctx.partition_uuids.lock() {
+        *p = w.uuids;
+    }
+    if let Ok(mut d) = ctx.deployed.lock() {
+        *d = Some((dev.to_path_buf(), id));
+    }
+    Ok(w.message)
 }
 
 /// The config drive as bytes of an ISO image: inline (base64, gzip) or from a URL.

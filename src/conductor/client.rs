@@ -94,6 +94,8 @@ impl ApiClient {
             .timeout(cfg.http_request_timeout)
             .connect_timeout(cfg.http_request_timeout.min(Duration::from_secs(30)))
             .pool_max_idle_per_host(2)
+            // In-process resolver: see image::fetch::client.
+            .hickory_dns(true)
             .no_proxy()
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;

@@ -1,5 +1,7 @@
-//! Partition tables and what lives in partitions (read side for now: the EFI system partition).
+//! Partition tables and what lives in partitions: the EFI system partition, config drives,
+//! partition-image layouts, wiping.
 
 pub mod configdrive;
 pub mod esp;
+pub mod partitions;
 pub mod wipe;

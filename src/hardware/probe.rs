@@ -78,7 +78,36 @@ pub fn probe(path: &Path) -> Result<Probe, ProbeError> {
     if raw.is_null() {
         return Err(ProbeError::Open(shown));
     }
+    finish(Handle(raw), shown)
+}
+
+/// Probe the byte range `[offset, offset+size)` of a disk: a partition's file system, read
+/// through the whole disk (no partition device node needed).
+pub fn probe_at(path: &Path, offset: u64, size: u64) -> Result<Probe, ProbeError> {
+    use std::os::unix::io::AsRawFd;
+    let shown = format!("{}@{offset}", path.display());
+    let f = std::fs::File::open(path).map_err(|_| ProbeError::Open(shown.clone()))?;
+    let (off, len) = (
+        i64::try_from(offset).map_err(|_| ProbeError::Open(shown.clone()))?,
+        i64::try_from(size).map_err(|_| ProbeError::Open(shown.clone()))?,
+    );
+    // SAFETY: blkid_new_probe takes no argument and returns an owned handle or null.
+    let raw = unsafe { blkid_sys::blkid_new_probe() };
+    if raw.is_null() {
+        return Err(ProbeError::Open(shown));
+    }
     let h = Handle(raw);
+    // SAFETY: valid probe handle; the fd stays open (held by `f`) until `finish` returned,
+    // as libblkid does not take ownership of it.
+    if unsafe { blkid_sys::blkid_probe_set_device(h.0, f.as_raw_fd(), off, len) } != 0 {
+        return Err(ProbeError::Open(shown));
+    }
+    let r = finish(h, shown);
+    drop(f);
+    r
+}
+
+fn finish(h: Handle, shown: String) -> Result<Probe, ProbeError> {
     // SAFETY: `h.0` is a valid probe; these calls only set flags on it.
     let rc = unsafe {
         blkid_sys::blkid_probe_enable_superblocks(h.0, 1);

@@ -101,7 +101,10 @@ pub fn client(o: &FetchOptions) -> Result<reqwest::Client, FetchError> {
         .use_preconfigured_tls(tls)
         .connect_timeout(o.connect_timeout)
         .read_timeout(o.read_timeout)
-        .redirect(reqwest::redirect::Policy::limited(10));
+        .redirect(reqwest::redirect::Policy::limited(10))
+        // Names resolve in-process (hickory: /etc/hosts, then the servers in
+        // /etc/resolv.conf): a static binary cannot load glibc's NSS modules in a ramdisk.
+        .hickory_dns(true);
     let no_proxy = o
         .no_proxy
         .as_deref()

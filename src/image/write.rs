@@ -83,6 +83,8 @@ pub struct Target {
     pub sector: u32,
     pub is_block: bool,
     write_zeroes: bool,
+    /// Offset of the target within `path`: a partition written through its disk.
+    base: u64,
 }
 
 fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> WriteError + 'a {
@@ -158,7 +160,25 @@ impl Target {
             sector,
             is_block,
             write_zeroes,
+            base: 0,
         })
+    }
+
+    /// The byte range `[start, start+len)` of `path` as the target (a partition, written
+    /// through the whole disk: no partition device node needed).
+    pub fn open_window(path: &Path, start: u64, len: u64) -> Result<Target, WriteError> {
+        let mut t = Target::open(path)?;
+        if t.size.is_some_and(|s| start + len > s) {
+            return Err(WriteError::TooLarge {
+                path: path.display().to_string(),
+                image: start + len,
+                disk: t.size.unwrap_or(0),
+                more: "",
+            });
+        }
+        t.base = start;
+        t.size = Some(len);
+        Ok(t)
     }
 
     fn err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
@@ -201,7 +221,15 @@ impl Target {
         } else {
             &self.buffered
         };
-        f.write_all_at(data, offset).map_err(self.err("write"))
+        f.write_all_at(data, self.base + offset)
+            .map_err(self.err("write"))
+    }
+
+    /// Write at `offset` without O_DIRECT (unaligned heads and tails).
+    fn pwrite_buffered(&self, data: &[u8], offset: u64) -> Result<(), WriteError> {
+        self.buffered
+            .write_all_at(data, self.base + offset)
+            .map_err(self.err("write"))
     }
 
     /// Whether zeroing is cheaper than writing zeros: a device that advertises write-zeroes
@@ -217,9 +245,9 @@ impl Target {
         let aligned = off % sector == 0 && len % sector == 0;
         if self.write_zeroes && aligned {
             let done = if self.is_block {
-                blockdev::zeroout(&self.buffered, off, len)
+                blockdev::zeroout(&self.buffered, self.base + off, len)
             } else {
-                blockdev::fallocate_zero(&self.buffered, off, len)
+                blockdev::fallocate_zero(&self.buffered, self.base + off, len)
             };
             match done {
                 Ok(()) => return Ok(()),
@@ -229,7 +257,7 @@ impl Target {
         let mut at = off;
         while at < off + len {
             let n = (off + len - at).min(CHUNK as u64) as usize;
-            self.pwrite_any(&ZEROS.0[..n], at)?;
+            self.pwrite_any(&zeros()[..n], at)?;
             at += n as u64;
         }
         Ok(())
@@ -241,7 +269,7 @@ impl Target {
     }
 
     pub fn reread_partitions(&self) {
-        if self.is_block {
+        if self.is_block && self.base == 0 {
             if let Err(e) = blockdev::reread_partitions(&self.buffered) {
                 tracing::debug!(path = %self.path.display(), error = %e, "BLKRRPART");
             }
@@ -274,10 +302,12 @@ pub struct DiskWriter<'t> {
     buf_start: u64,
 }
 
-#[repr(align(4096))]
-struct Zeros([u8; CHUNK]);
-/// Lives in .bss: costs no binary size and no memory until read.
-static ZEROS: Zeros = Zeros([0; CHUNK]);
+/// One aligned chunk of zeros, allocated on first use (an immutable static array would sit in
+/// the binary's read-only data: 4 MiB of file).
+fn zeros() -> &'static [u8] {
+    static Z: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
+    Z.get_or_init(|| AlignedBuf::new(CHUNK)).get()
+}
 
 impl<'t> DiskWriter<'t> {
     pub fn new(t: &'t Target) -> DiskWriter<'t> {
@@ -379,7 +409,7 @@ impl<'t> DiskWriter<'t> {
             return Ok(());
         }
         let data = &self.buf.get()[..self.buf_len];
-        if self.buf_len == CHUNK && data == &ZEROS.0[..] && self.t.zeroes_cheaply() {
+        if self.buf_len == CHUNK && data == zeros() && self.t.zeroes_cheaply() {
             self.t.zero_range(self.buf_start, CHUNK as u64)?;
         } else {
             let sector = self.t.sector.max(512) as usize;
@@ -390,9 +420,7 @@ impl<'t> DiskWriter<'t> {
             if whole < self.buf_len {
                 // Only the very end of an image can be shorter than a sector.
                 self.t
-                    .buffered
-                    .write_all_at(&data[whole..], self.buf_start + whole as u64)
-                    .map_err(self.t.err("write"))?;
+                    .pwrite_buffered(&data[whole..], self.buf_start + whole as u64)?;
             }
         }
         self.buf_len = 0;
@@ -415,10 +443,7 @@ impl<'t> DiskWriter<'t> {
         if n == HEAD {
             self.t.pwrite_any(self.head.get(), 0)?;
         } else {
-            self.t
-                .buffered
-                .write_all_at(&self.head.get()[..n], 0)
-                .map_err(self.t.err("write"))?;
+            self.t.pwrite_buffered(&self.head.get()[..n], 0)?;
         }
         self.t.sync()?;
         self.t.reread_partitions();

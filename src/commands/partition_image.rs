@@ -1,0 +1,223 @@
+//! Partition images (`image_type: partition`): lay out the disk as IPA does, make the small
+//! file systems, stream the image into the root partition through the image pipeline, and
+//! answer get_partition_uuids in IPA's shape.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::disk::partitions::{self, Label, Part, Request, Role};
+use crate::error::{CommandError, ErrorKind};
+use crate::image::fetch::FetchOptions;
+use crate::image::info::ImageInfo;
+use crate::image::pipeline::{self, ImageError, ImageRequest};
+use crate::image::progress::Progress;
+use crate::image::write::Target;
+use crate::system::tools::{run_capture, which};
+
+const MIB: u64 = 1 << 20;
+
+fn num(other: &Map<String, Value>, key: &str) -> Result<u64, CommandError> {
+    match other.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n.as_u64().ok_or(()),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+    .map_err(|_| {
+        CommandError::new(
+            ErrorKind::InvalidParams,
+            format!("image_info {key} must be a whole number of MiB"),
+        )
+    })
+}
+
+fn text<'a>(other: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    other
+        .get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn deploy_err(e: impl std::fmt::Display) -> CommandError {
+    CommandError::new(ErrorKind::Deployment, e.to_string())
+}
+
+/// The ephemeral file system: `mkfs -t FMT -L ephemeral0` on the partition node, or, where the
+/// kernel made no node (as in test sandboxes), through the disk with an offset (ext2/3/4).
+fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
+    let node = partitions::node(dev, p.number);
+    let t = std::time::Duration::from_secs(600);
+    let tool = format!("mkfs.{fmt}");
+    if which(&tool).is_none() {
+        return Err(deploy_err(format!(
+            "cannot make the ephemeral file system: {tool} is not in this ramdisk"
+        )));
+    }
+    let (ok, out) = if Path::new(&node).exists() {
+        let force = if fmt.starts_with("ext") { "-F" } else { "-f" };
+        run_capture(&tool, &[force, "-L", "ephemeral0", &node], t, 1 << 16)
+    } else if fmt.starts_with("ext") {
+        let kib = format!("{}k", p.len / 1024);
+        run_capture(
+            &tool,
+            &[
+                "-q",
+                "-F",
+                "-L",
+                "ephemeral0",
+                "-E",
+                &format!("offset={}", p.start),
+                &dev.display().to_string(),
+                &kib,
+            ],
+            t,
+            1 << 16,
+        )
+    } else {
+        return Err(deploy_err(format!(
+            "no device node {node} for the ephemeral partition"
+        )));
+    }
+    .map_err(deploy_err)?;
+    if !ok {
+        return Err(deploy_err(format!(
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out)
+        )));
+    }
+    Ok(())
+}
+
+pub struct Written {
+    pub message: String,
+    pub uuids: Value,
+}
+
+/// Lay out `dev` and write the partition image `req` into its root partition.
+pub fn write(
+    info: &ImageInfo,
+    dev: &Path,
+    req: &ImageRequest,
+    fetch: &FetchOptions,
+    configdrive: Option<Vec<u8>>,
+    progress: &Arc<Progress>,
+) -> Result<Written, CommandError> {
+    let o = &info.other;
+    let uefi = text(o, "deploy_boot_mode").unwrap_or("uefi") == "uefi";
+    let label = match (uefi, text(o, "disk_label")) {
+        (true, _) | (false, Some("gpt")) => Label::Gpt,
+        (false, None | Some("msdos")) => Label::Msdos,
+        (false, Some(other)) => {
+            return Err(CommandError::new(
+                ErrorKind::InvalidParams,
+                format!("unknown disk_label {other:?} (gpt or msdos)"),
+            ))
+        }
+    };
+    if o.get("preserve_ephemeral").and_then(Value::as_bool) == Some(true) {
+        return Err(deploy_err(
+            "preserve_ephemeral is not supported by this Rivet build; redeploy without it",
+        ));
+    }
+    let r = Request {
+        uefi,
+        label,
+        ephemeral_mb: num(o, "ephemeral_mb")?,
+        swap_mb: num(o, "swap_mb")?,
+        configdrive_bytes: configdrive.as_ref().map(|c| c.len() as u64),
+        root_mb: num(o, "root_mb")?,
+    };
+    let name = dev.display().to_string();
+    // Opening checks the disk is not in use; the wipe clears old tables at both ends.
+    let whole = Target::open(dev).map_err(|e| deploy_err(ImageError::from(e)))?;
+    let size = whole.size.unwrap_or(0);
+    let sector = u64::from(whole.sector);
+    let layout = partitions::plan(&r, &name, size).map_err(deploy_err)?;
+    whole
+        .wipe_ends()
+        .map_err(|e| deploy_err(ImageError::from(e)))?;
+    drop(whole);
+    let parts = partitions::write_table(dev, sector, label, &layout).map_err(deploy_err)?;
+    tracing::info!(device = %name, partitions = parts.len(), ?label, "partition table written");
+    let fail = |e: CommandError| {
+        // A failed deploy leaves no partition table behind.
+        if let Ok(t) = Target::open(dev) {
+            crate::image::write::abort(&t);
+        }
+        e
+    };
+    let mut esp_uuid = None;
+    for p in &parts {
+        match p.role {
+            Role::Esp => {
+                esp_uuid =
+                    Some(partitions::make_esp(dev, p, sector).map_err(|e| fail(deploy_err(e)))?)
+            }
+            Role::Swap => {
+                partitions::make_swap(dev, p).map_err(|e| fail(deploy_err(e)))?;
+            }
+            Role::Ephemeral => {
+                let fmt = text(o, "ephemeral_format").unwrap_or("ext4");
+                make_ephemeral(dev, p, fmt).map_err(fail)?;
+            }
+            Role::ConfigDrive => {
+                if let Some(iso) = &configdrive {
+                    use std::os::unix::fs::FileExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(dev)
+                        .and_then(|f| {
+                            f.write_all_at(iso, p.start)?;
+                            f.sync_data()
+                        })
+                        .map_err(|e| fail(deploy_err(format!("writing the config drive: {e}"))))?;
+                }
+            }
+            Role::BiosBoot | Role::Root => {}
+        }
+    }
+    let root = parts
+        .iter()
+        .find(|p| p.role == Role::Root)
+        .ok_or_else(|| deploy_err("no root partition in the layout"))?;
+    let target = Target::open_window(dev, root.start, root.len)
+        .map_err(|e| fail(deploy_err(ImageError::from(e))))?;
+    let report = pipeline::run(req, fetch, &target, progress).map_err(|e| {
+        let msg = match &e {
+            ImageError::Write(crate::image::write::WriteError::TooLarge { .. }) => format!(
+                "{e} (the partition image does not fit the root partition of root_mb={} MiB)",
+                r.root_mb
+            ),
+            _ => e.to_string(),
+        };
+        fail(super::write_image::image_error_kind(&e, msg))
+    })?;
+    drop(target);
+    // The root file system's UUID, falling back to the partition's.
+    let root_fs = crate::hardware::probe::probe_at(dev, root.start, root.len)
+        .ok()
+        .and_then(|p| p.uuid);
+    let root_uuid = root_fs.unwrap_or_else(|| root.part_uuid.clone());
+    let mut names = Map::new();
+    for p in &parts {
+        names.insert(p.role.key().into(), json!(partitions::node(dev, p.number)));
+    }
+    let uuids = json!({
+        "partitions": names,
+        "root uuid": root_uuid,
+        "efi system partition uuid": esp_uuid,
+    });
+    tracing::info!(device = %name, root_uuid = %root_uuid, bytes = report.bytes_written,
+        root_mb = root.len / MIB, "partition image written");
+    Ok(Written {
+        message: format!(
+            "image ({}) written to partition {} of device {name} root_uuid={root_uuid}",
+            info.safe_id(),
+            partitions::node(dev, root.number)
+        ),
+        uuids,
+    })
+}

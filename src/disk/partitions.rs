@@ -1,0 +1,403 @@
+//! The partition layout for partition images, as IPA builds it: back to back from 1 MiB, in
+//! the order ESP (UEFI, 550 MiB) or BIOS boot (BIOS on GPT, 1 MiB), ephemeral, swap, config
+//! drive, and root last (so growroot can extend it). GPT through gptman, msdos through mbrman.
+//! The small file systems (vfat ESP, swap signature) are made here, in user space, on byte
+//! ranges of the disk: no partition device nodes are needed.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+const ESP_MB: u64 = 550;
+
+pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const TYPE_BIOS: &str = "21686148-6449-6E6F-744E-656564454649";
+const TYPE_LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+const TYPE_SWAP: &str = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("the partition layout needs {need} MiB but {disk} has only {have} MiB")]
+    TooSmall { disk: String, need: u64, have: u64 },
+    #[error("invalid partition layout request: {0}")]
+    Invalid(String),
+    #[error("writing the partition table of {0}: {1}")]
+    Table(String, String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    Gpt,
+    Msdos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Esp,
+    BiosBoot,
+    Ephemeral,
+    Swap,
+    ConfigDrive,
+    Root,
+}
+
+impl Role {
+    /// The key IPA uses in `partitions` of get_partition_uuids.
+    pub fn key(self) -> &'static str {
+        match self {
+            Role::Esp => "efi system partition",
+            Role::BiosBoot => "BIOS Boot partition",
+            Role::Ephemeral => "ephemeral",
+            Role::Swap => "swap",
+            Role::ConfigDrive => "configdrive",
+            Role::Root => "root",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub role: Role,
+    /// 1-based partition number.
+    pub number: u32,
+    pub start: u64,
+    pub len: u64,
+    /// PARTUUID: the GPT entry's GUID, or `<mbr signature>-<nn>`.
+    pub part_uuid: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub uefi: bool,
+    pub label: Label,
+    pub ephemeral_mb: u64,
+    pub swap_mb: u64,
+    pub configdrive_bytes: Option<u64>,
+    pub root_mb: u64,
+}
+
+/// Where each partition goes on a disk of `disk_size` bytes.
+pub fn plan(r: &Request, disk: &str, disk_size: u64) -> Result<Vec<(Role, u64, u64)>, LayoutError> {
+    if r.uefi && r.label != Label::Gpt {
+        return Err(LayoutError::Invalid("UEFI needs a GPT label".into()));
+    }
+    if r.root_mb == 0 {
+        return Err(LayoutError::Invalid("root_mb must be above 0".into()));
+    }
+    let mut sizes: Vec<(Role, u64)> = Vec::new();
+    if r.uefi {
+        sizes.push((Role::Esp, ESP_MB));
+    } else if r.label == Label::Gpt {
+        sizes.push((Role::BiosBoot, 1));
+    }
+    if r.ephemeral_mb > 0 {
+        sizes.push((Role::Ephemeral, r.ephemeral_mb));
+    }
+    if r.swap_mb > 0 {
+        sizes.push((Role::Swap, r.swap_mb));
+    }
+    if let Some(b) = r.configdrive_bytes {
+        sizes.push((Role::ConfigDrive, b.div_ceil(MIB).max(1)));
+    }
+    sizes.push((Role::Root, r.root_mb));
+    if r.label == Label::Msdos && sizes.len() > 4 {
+        return Err(LayoutError::Invalid(
+            "more than 4 partitions on an msdos label".into(),
+        ));
+    }
+    let need = 1 + sizes.iter().map(|(_, s)| s).sum::<u64>();
+    // The GPT backup needs the disk's last 33 sectors: keep the last MiB free.
+    let have = disk_size / MIB - u64::from(r.label == Label::Gpt);
+    if need > have {
+        return Err(LayoutError::TooSmall {
+            disk: disk.into(),
+            need,
+            have,
+        });
+    }
+    let mut at = MIB;
+    Ok(sizes
+        .into_iter()
+        .map(|(role, mb)| {
+            let p = (role, at, mb * MIB);
+            at += mb * MIB;
+            p
+        })
+        .collect())
+}
+
+fn guid_bytes(s: &str) -> [u8; 16] {
+    // GPT stores the first three fields little-endian.
+    let u = uuid::Uuid::parse_str(s).unwrap_or_default();
+    u.to_bytes_le()
+}
+
+/// Write a fresh partition table for `layout` onto `dev`; returns the partitions.
+pub fn write_table(
+    dev: &Path,
+    sector: u64,
+    label: Label,
+    layout: &[(Role, u64, u64)],
+) -> Result<Vec<Part>, LayoutError> {
+    let name = dev.display().to_string();
+    let io = |e: std::io::Error| LayoutError::Io(name.clone(), e);
+    let table = |e: String| LayoutError::Table(name.clone(), e);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(io)?;
+    let mut parts = Vec::new();
+    match label {
+        Label::Gpt => {
+            let disk_guid: [u8; 16] = uuid::Uuid::new_v4().to_bytes_le();
+            let mut gpt = gptman::GPT::new_from(&mut f, sector, disk_guid)
+                .map_err(|e| table(e.to_string()))?;
+            for (i, (role, start, len)) in layout.iter().enumerate() {
+                let n = i as u32 + 1;
+                let uuid = uuid::Uuid::new_v4();
+                let ty = match role {
+                    Role::Esp => TYPE_ESP,
+                    Role::BiosBoot => TYPE_BIOS,
+                    Role::Swap => TYPE_SWAP,
+                    _ => TYPE_LINUX,
+                };
+                let pname = match role {
+                    Role::Esp => "efi-part",
+                    Role::BiosBoot => "bios-boot",
+                    Role::Ephemeral => "ephemeral0",
+                    Role::Swap => "swap1",
+                    Role::ConfigDrive => "config-2",
+                    Role::Root => "root",
+                };
+                gpt[n] = gptman::GPTPartitionEntry {
+                    partition_type_guid: guid_bytes(ty),
+                    unique_partition_guid: uuid.to_bytes_le(),
+                    starting_lba: start / sector,
+                    ending_lba: (start + len) / sector - 1,
+                    attribute_bits: 0,
+                    partition_name: pname.into(),
+                };
+                parts.push(Part {
+                    role: *role,
+                    number: n,
+                    start: *start,
+                    len: *len,
+                    part_uuid: uuid.to_string(),
+                });
+            }
+            gpt.write_into(&mut f).map_err(|e| table(e.to_string()))?;
+            gptman::GPT::write_protective_mbr_into(&mut f, sector)
+                .map_err(|e| table(e.to_string()))?;
+        }
+        Label::Msdos => {
+            let sig: [u8; 4] = rand::random();
+            let mut mbr = mbrman::MBR::new_from(&mut f, sector as u32, sig)
+                .map_err(|e| table(e.to_string()))?;
+            for (i, (role, start, len)) in layout.iter().enumerate() {
+                let n = i + 1;
+                let lba = |b: u64| {
+                    u32::try_from(b / sector)
+                        .map_err(|_| table("an msdos label cannot address past 2 TiB".into()))
+                };
+                mbr[n] = mbrman::MBRPartitionEntry {
+                    boot: if *role == Role::Root {
+                        mbrman::BOOT_ACTIVE
+                    } else {
+                        mbrman::BOOT_INACTIVE
+                    },
+                    first_chs: mbrman::CHS::empty(),
+                    sys: if *role == Role::Swap { 0x82 } else { 0x83 },
+                    last_chs: mbrman::CHS::empty(),
+                    starting_lba: lba(*start)?,
+                    sectors: lba(*len)?,
+                };
+                parts.push(Part {
+                    role: *role,
+                    number: n as u32,
+                    start: *start,
+                    len: *len,
+                    part_uuid: format!("{:08x}-{n:02x}", u32::from_le_bytes(sig)),
+                });
+            }
+            mbr.write_into(&mut f).map_err(|e| table(e.to_string()))?;
+        }
+    }
+    f.sync_all().map_err(io)?;
+    crate::system::blockdev::reread_partitions(&f).ok();
+    Ok(parts)
+}
+
+/// A byte range of a disk as a file of its own (for fatfs).
+pub struct Slice {
+    f: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Slice {
+    pub fn new(f: File, start: u64, len: u64) -> Slice {
+        Slice {
+            f,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Slice {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.f.read_at(&mut buf[..n], self.start + self.pos)?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Write for Slice {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "end of the partition",
+            ));
+        }
+        let put = self.f.write_at(&buf[..n], self.start + self.pos)?;
+        self.pos += put as u64;
+        Ok(put)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.f.sync_data()
+    }
+}
+
+impl Seek for Slice {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(n) => i128::from(n),
+            SeekFrom::End(d) => i128::from(self.len) + i128::from(d),
+            SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+        };
+        self.pos = u64::try_from(new).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek out of range")
+        })?;
+        Ok(self.pos)
+    }
+}
+
+/// Format an ESP (vfat, label `efi-part`); returns its UUID as blkid shows it (`XXXX-XXXX`).
+pub fn make_esp(dev: &Path, p: &Part, sector: u64) -> Result<String, LayoutError> {
+    let name = dev.display().to_string();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    // Zero the start so no old signature confuses the FAT detection.
+    f.write_all_at(&vec![0u8; MIB.min(p.len) as usize], p.start)
+        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    let id: u32 = rand::random();
+    let mut s = Slice::new(f, p.start, p.len);
+    fatfs::format_volume(
+        &mut s,
+        fatfs::FormatVolumeOptions::new()
+            .volume_label(*b"efi-part   ")
+            .volume_id(id)
+            .fat_type(fatfs::FatType::Fat32)
+            .bytes_per_sector(sector as u16),
+    )
+    .map_err(|e| LayoutError::Table(name, format!("formatting the ESP: {e}")))?;
+    Ok(format!("{:04X}-{:04X}", id >> 16, id & 0xffff))
+}
+
+/// Write a Linux swap signature (version 1, label `swap1`); returns its UUID.
+pub fn make_swap(dev: &Path, p: &Part) -> Result<String, LayoutError> {
+    const PAGE: u64 = 4096;
+    let name = dev.display().to_string();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    let uuid = uuid::Uuid::new_v4();
+    let mut h = vec![0u8; PAGE as usize];
+    h[1024..1028].copy_from_slice(&1u32.to_le_bytes());
+    let last_page = u32::try_from(p.len / PAGE - 1).unwrap_or(u32::MAX);
+    h[1028..1032].copy_from_slice(&last_page.to_le_bytes());
+    h[1036..1052].copy_from_slice(uuid.as_bytes());
+    h[1052..1057].copy_from_slice(b"swap1");
+    h[4086..4096].copy_from_slice(b"SWAPSPACE2");
+    f.write_all_at(&h, p.start)
+        .and_then(|_| f.sync_data())
+        .map_err(|e| LayoutError::Io(name, e))?;
+    Ok(uuid.to_string())
+}
+
+/// The partition's device node name, IPA style (`p` before the number when the disk's name
+/// ends in a digit).
+pub fn node(dev: &Path, n: u32) -> String {
+    let d = dev.display().to_string();
+    if d.ends_with(|c: char| c.is_ascii_digit()) {
+        format!("{d}p{n}")
+    } else {
+        format!("{d}{n}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_order_sizes_and_limits() {
+        let r = Request {
+            uefi: true,
+            label: Label::Gpt,
+            ephemeral_mb: 10,
+            swap_mb: 8,
+            configdrive_bytes: Some(MIB + 1),
+            root_mb: 100,
+        };
+        let l = plan(&r, "d", 1024 * MIB).unwrap();
+        let roles: Vec<Role> = l.iter().map(|p| p.0).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::Esp,
+                Role::Ephemeral,
+                Role::Swap,
+                Role::ConfigDrive,
+                Role::Root
+            ]
+        );
+        assert_eq!(l[0], (Role::Esp, MIB, 550 * MIB));
+        assert_eq!(l[3].2, 2 * MIB, "config drive rounded up");
+        assert_eq!(l[4].1, (1 + 550 + 10 + 8 + 2) * MIB);
+        assert!(matches!(
+            plan(&r, "d", 600 * MIB),
+            Err(LayoutError::TooSmall { .. })
+        ));
+        let bios = Request {
+            uefi: false,
+            ..r.clone()
+        };
+        assert_eq!(plan(&bios, "d", 1024 * MIB).unwrap()[0].0, Role::BiosBoot);
+        let msdos = Request {
+            uefi: false,
+            label: Label::Msdos,
+            ..r
+        };
+        assert_eq!(plan(&msdos, "d", 1024 * MIB).unwrap().len(), 4);
+        assert_eq!(node(Path::new("/dev/nvme0n1"), 2), "/dev/nvme0n1p2");
+        assert_eq!(node(Path::new("/dev/sda"), 2), "/dev/sda2");
+    }
+}
