@@ -318,6 +318,17 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
 }
 
 async fn act(cfg: &Config, ev: SystemEvent) {
+    if ev == SystemEvent::Rescue {
+        // The owner logs in to this ramdisk now; the agent has nothing more to do. Staying
+        // alive keeps a supervisor from restarting it into a new lookup.
+        tracing::info!("rescue mode: the agent is idle");
+        if cfg.simulate_power {
+            return;
+        }
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+    }
     let real = power::decide(cfg) == power::Action::Machine;
     tracing::info!(?ev, real, "system event");
     if !real {
@@ -328,6 +339,7 @@ async fn act(cfg: &Config, ev: SystemEvent) {
             let err = power::machine(ev == SystemEvent::Reboot);
             tracing::error!(error = %err, "power action failed");
         }
+        SystemEvent::Rescue => {}
         SystemEvent::Lockdown => {
             // Take the NICs down so nothing can reach this machine, then idle for good.
             for i in net::interfaces(std::path::Path::new("/sys/class/net")) {

@@ -33,6 +33,8 @@ pub enum ErrorKind {
     ImageChecksum,
     ImageWrite,
     InvalidImage,
+    /// erase_devices could not erase (and verify) a disk (IPA `BlockDeviceEraseError`).
+    BlockDeviceErase,
 }
 
 impl ErrorKind {
@@ -51,6 +53,7 @@ impl ErrorKind {
             ErrorKind::ImageChecksum => "ImageChecksumError",
             ErrorKind::ImageWrite => "ImageWriteError",
             ErrorKind::InvalidImage => "InvalidImage",
+            ErrorKind::BlockDeviceErase => "BlockDeviceEraseError",
         }
     }
 
@@ -81,6 +84,7 @@ impl ErrorKind {
             ErrorKind::ImageChecksum => "Error verifying image checksum",
             ErrorKind::ImageWrite => "Error writing image to device",
             ErrorKind::InvalidImage => "Invalid image",
+            ErrorKind::BlockDeviceErase => "Error erasing block device",
         }
     }
 }

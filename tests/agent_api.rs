@@ -9,32 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-struct Api {
-    client: reqwest::blocking::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    fn url(&self, path: &str, query: &str) -> String {
-        let sep = if query.is_empty() { "" } else { "&" };
-        format!("{}{path}?agent_token={}{sep}{query}", self.base, self.token)
-    }
-    fn post(&self, name: &str, params: Value, wait: bool) -> (u16, Value) {
-        let r = self
-            .client
-            .post(self.url("/v1/commands/", &format!("wait={wait}")))
-            .json(&json!({"name": name, "params": params}))
-            .send()
-            .unwrap();
-        (r.status().as_u16(), r.json().unwrap())
-    }
-    fn get(&self, url: &str) -> (u16, Value) {
-        let r = self.client.get(url).send().unwrap();
-        (r.status().as_u16(), r.json().unwrap())
-    }
-}
-
 fn assert_result_shape(v: &Value) {
     let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     let mut k = keys.clone();

@@ -1,6 +1,7 @@
 //! Config drives on real loop devices: a new partition in the last 64 MiB of a GPT disk
 //! holding the ISO (512-byte sectors), a vfat CONFIG-2 copy of its files on a 4Kn disk, reuse
-//! of an existing config-2 partition, and a clear refusal for MBR disks. Read back with blkid,
+//! of an existing config-2 partition, msdos labels (a new primary partition, reused, and the
+//! four-primaries limit). Read back with blkid,
 //! sgdisk and mtools.
 #![allow(clippy::unwrap_used)]
 
@@ -125,14 +126,17 @@ fn config_drive_partitions() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // An MBR disk: refused with a clear message.
-    let m = Loop::new(d.path(), "mbr.img", 64 << 20, 512);
-    {
+    // An msdos label: a new primary partition in the last 64 MiB, then reused.
+    let m = Loop::new(d.path(), "mbr.img", 128 << 20, 512);
+    let put_mbr = |entries: &[(u32, u32)]| {
         use std::os::unix::fs::FileExt;
         let mut mbr = [0u8; 512];
-        mbr[446 + 4] = 0x83; // one Linux partition: sectors 2048..34816
-        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
-        mbr[446 + 12..446 + 16].copy_from_slice(&32768u32.to_le_bytes());
+        for (i, (start, len)) in entries.iter().enumerate() {
+            let e = 446 + i * 16;
+            mbr[e + 4] = 0x83;
+            mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+            mbr[e + 12..e + 16].copy_from_slice(&len.to_le_bytes());
+        }
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         std::fs::OpenOptions::new()
@@ -141,9 +145,35 @@ fn config_drive_partitions() {
             .unwrap()
             .write_all_at(&mbr, 0)
             .unwrap();
-    }
+    };
+    put_mbr(&[(2048, 32768)]);
+    let p = configdrive::write(std::path::Path::new(&m.dev), &iso).unwrap();
+    assert_eq!(
+        (p.partition, p.start, p.len),
+        (2, 64 << 20, 64 << 20),
+        "{p:?}"
+    );
+    let id = blkid_at(&m.dev, p.start);
+    assert!(
+        id.contains("TYPE=iso9660") && id.contains("LABEL=config-2"),
+        "{id}"
+    );
+    let dump = Command::new("sfdisk")
+        .args(["-d", &m.dev])
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(
+        dump.contains("start=      131072, size=      131072, type=83"),
+        "{dump}"
+    );
+    let again = configdrive::write(std::path::Path::new(&m.dev), &iso).unwrap();
+    assert!(again.reused && again.partition == 2, "{again:?}");
+
+    // Four primaries already: no room, said clearly.
+    put_mbr(&[(2048, 2048), (4096, 2048), (6144, 2048), (8192, 2048)]);
     let e = configdrive::write(std::path::Path::new(&m.dev), &iso)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("MBR"), "{e}");
+    assert!(e.contains("4 primary partitions"), "{e}");
 }

@@ -7,6 +7,7 @@ pub mod image;
 pub mod log;
 pub mod partition_image;
 pub mod poll;
+pub mod rescue;
 pub mod standby;
 pub mod steps;
 pub mod system;
@@ -55,6 +56,8 @@ pub enum SystemEvent {
     PowerOff,
     Reboot,
     Lockdown,
+    /// Rescue is set up: stop heartbeating and serving, stay up.
+    Rescue,
 }
 
 /// State shared by all commands of this agent process.
@@ -202,6 +205,7 @@ static IMAGE: &[(&str, Spec)] = &[("install_bootloader", sync(image::install_boo
 static POLL: &[(&str, Spec)] = &[("get_hardware_info", sync(poll::get_hardware_info))];
 static LOG: &[(&str, Spec)] = &[("collect_system_logs", sync(log::collect_system_logs))];
 static SYSTEM: &[(&str, Spec)] = &[("lockdown", sync(system::lockdown))];
+static RESCUE: &[(&str, Spec)] = &[("finalize_rescue", sync(rescue::finalize_rescue))];
 static TESTING: &[(&str, Spec)] = &[
     ("sleep", asynchronous(testing::sleep)),
     ("fail", asynchronous(testing::fail)),
@@ -219,6 +223,7 @@ static EXTENSIONS: &[(&str, &[(&str, Spec)])] = &[
     ("poll", POLL),
     ("log", LOG),
     ("system", SYSTEM),
+    ("rescue", RESCUE),
 ];
 
 /// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).

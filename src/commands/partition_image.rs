@@ -185,7 +185,10 @@ pub fn write(
         .ok_or_else(|| deploy_err("no root partition in the layout"))?;
     let target = Target::open_window(dev, root.start, root.len)
         .map_err(|e| fail(deploy_err(ImageError::from(e))))?;
-    let report = pipeline::run(req, fetch, &target, progress).map_err(|e| {
+    let result = pipeline::run(req, fetch, &target, progress);
+    // Closed first: the disk is opened exclusively, and a failure must be able to wipe it.
+    drop(target);
+    let report = result.map_err(|e| {
         let msg = match &e {
             ImageError::Write(crate::image::write::WriteError::TooLarge { .. }) => format!(
                 "{e} (the partition image does not fit the root partition of root_mb={} MiB)",
@@ -195,7 +198,6 @@ pub fn write(
         };
         fail(super::write_image::image_error_kind(&e, msg))
     })?;
-    drop(target);
     // The root file system's UUID, falling back to the partition's.
     let root_fs = crate::hardware::probe::probe_at(dev, root.start, root.len)
         .ok()

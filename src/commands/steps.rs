@@ -110,8 +110,35 @@ static ERASE_METADATA_DEPLOY: StepDef = StepDef {
     run: erase_devices_metadata,
 };
 
+const fn ten(_: &Context) -> i64 {
+    10
+}
+
+static ERASE_DEVICES: StepDef = StepDef {
+    name: "erase_devices",
+    interface: "deploy",
+    priority: ten,
+    abortable: true,
+    argsinfo: None,
+    run: erase_devices,
+};
+
+static ERASE_DEVICES_EXPRESS: StepDef = StepDef {
+    name: "erase_devices_express",
+    interface: "deploy",
+    priority: zero,
+    abortable: true,
+    argsinfo: None,
+    run: erase_devices_express,
+};
+
 static DEPLOY_STEPS: &[&StepDef] = &[&ERASE_METADATA_DEPLOY, &WRITE_IMAGE];
-static CLEAN_STEPS: &[&StepDef] = &[&ERASE_METADATA_CLEAN, &ERASE_PSTORE];
+static CLEAN_STEPS: &[&StepDef] = &[
+    &ERASE_DEVICES,
+    &ERASE_METADATA_CLEAN,
+    &ERASE_DEVICES_EXPRESS,
+    &ERASE_PSTORE,
+];
 static SERVICE_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
 
 fn table(kind: Kind) -> &'static [&'static StepDef] {
@@ -122,15 +149,12 @@ fn table(kind: Kind) -> &'static [&'static StepDef] {
     }
 }
 
-/// Erase partition tables and file-system/RAID signatures on every disk (IPA's list: writable
-/// disks not in skip_block_devices and not the virtual-media device). With --simulate-power
-/// (tests) only the node's root device is touched, and it must be a loop device.
-fn erase_devices_metadata(
-    ctx: &Context,
-    _args: &Map<String, Value>,
-) -> Result<Option<Value>, CommandError> {
+/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices and not the
+/// virtual-media device). With --simulate-power (tests) only the node's root device, and it
+/// must be a loop device.
+fn erase_targets(ctx: &Context) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
     use crate::hardware::{disks, probe, root_device};
-    let targets: Vec<disks::Disk> = if ctx.config.simulate_power {
+    Ok(if ctx.config.simulate_power {
         let d = ctx.root_disk(false)?;
         if !d.name.rsplit('/').next().unwrap_or("").starts_with("loop") {
             return Err(CommandError::new(
@@ -158,7 +182,15 @@ fn erase_devices_metadata(
             }
         }
         out
-    };
+    })
+}
+
+/// Erase partition tables and file-system/RAID signatures on every disk cleaning erases.
+fn erase_devices_metadata(
+    ctx: &Context,
+    _args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    let targets = erase_targets(ctx)?;
     let mut report = serde_json::Map::new();
     let mut errors = Vec::new();
     for d in &targets {
@@ -177,6 +209,67 @@ fn erase_devices_metadata(
         ));
     }
     Ok(Some(Value::Object(report)))
+}
+
+/// The erase policy the conductor set for this node (driver_internal_info, IPA's keys).
+fn erase_policy(ctx: &Context, express: bool) -> crate::disk::erase::Policy {
+    let node = ctx.node_value();
+    let info = &node["driver_internal_info"];
+    let d = crate::disk::erase::Policy::default();
+    let flag = |k: &str, def: bool| info.get(k).and_then(Value::as_bool).unwrap_or(def);
+    crate::disk::erase::Policy {
+        random_passes: info
+            .get("agent_erase_devices_iterations")
+            .and_then(Value::as_u64)
+            .map_or(d.random_passes, |n| n.min(100) as u32),
+        final_zeros: flag("agent_erase_devices_zeroize", d.final_zeros),
+        nvme_secure_erase: flag("agent_enable_nvme_secure_erase", d.nvme_secure_erase),
+        ata_secure_erase: flag("agent_enable_ata_secure_erase", d.ata_secure_erase),
+        express,
+    }
+}
+
+fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError> {
+    let targets = erase_targets(ctx)?;
+    let policy = erase_policy(ctx, express);
+    // Disks are erased one after another: an overwrite is bound by each disk's bandwidth,
+    // and the errors stay readable.
+    let mut report = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for d in &targets {
+        let span = tracing::info_span!("erase", disk = %d.name);
+        let _e = span.enter();
+        match crate::disk::erase::erase(std::path::Path::new(&d.name), &policy) {
+            Ok(done) => {
+                tracing::info!(
+                    method = done.method,
+                    bytes = done.bytes,
+                    samples = done.samples_checked,
+                    "disk erased and verified"
+                );
+                report.insert(d.name.clone(), json!(done));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(CommandError::new(
+            ErrorKind::BlockDeviceErase,
+            format!("Error erasing block devices: {}", errors.join("; ")),
+        ));
+    }
+    Ok(Some(Value::Object(report)))
+}
+
+fn erase_devices(ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Value>, CommandError> {
+    erase_all(ctx, false)
+}
+
+fn erase_devices_express(
+    ctx: &Context,
+    _args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    erase_all(ctx, true)
 }
 
 /// Remove the kernel's saved crash records (pstore), which may hold a previous tenant's data.

@@ -184,6 +184,8 @@ pub struct Config {
     pub strict_root_device: bool,
     pub ntp_server: Option<String>,
     pub state_dir: PathBuf,
+    /// The ramdisk's /etc (rescue users, virtual-media config); tests point it elsewhere.
+    pub etc_dir: PathBuf,
     pub simulate_power: bool,
     pub allow_loop_devices: bool,
     /// True when the parameters came from this machine's real /proc/cmdline; real power actions
@@ -351,6 +353,7 @@ impl Config {
             strict_root_device: boolean("ipa-strict-root-device", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
             state_dir: args.state_dir.clone(),
+            etc_dir: args.etc_dir.clone(),
             simulate_power: args.simulate_power,
             allow_loop_devices: args.allow_loop_devices,
             from_proc_cmdline: false,

@@ -6,8 +6,7 @@
 //!   real end of the disk, which is usually larger than the image);
 //! * the ISO is written as is, except on 4Kn disks, where ISO9660 cannot be read: there the
 //!   partition becomes a vfat file system labelled `CONFIG-2` holding the ISO's files.
-//!
-//! MBR-partitioned images are refused for now.
+//! * on an msdos label, the same with a primary partition (below 2 TiB, at most four).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
@@ -131,81 +130,17 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
         Ok(true) => blockdev::logical_sector_size(&f).map_err(io("BLKSSZGET"))? as u64,
         _ => 512,
     };
-    let mut gpt = gptman::GPT::find_from(&mut f).map_err(|e| {
-        ConfigDriveError::Disk(
-            name.clone(),
-            format!(
-                "the image has no GPT ({e}); MBR images with a config drive are not supported yet"
-            ),
-        )
-    })?;
-    if gpt.sector_size != sector {
-        return Err(ConfigDriveError::Disk(
-            name.clone(),
-            format!(
-                "GPT made for {}-byte sectors on a {sector}-byte disk",
-                gpt.sector_size
-            ),
-        ));
-    }
-    // Reuse a partition that already holds a config-2 file system.
-    let existing: Vec<(u32, u64, u64)> = gpt
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(n, p)| {
-            (
-                n,
-                p.starting_lba * sector,
-                (p.ending_lba - p.starting_lba + 1) * sector,
-            )
-        })
-        .filter(|(_, start, _)| {
-            iso_label_at(&f, *start)
-                .or_else(|| fat_label_at(&f, *start))
-                .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
-        })
-        .collect();
-    if existing.len() > 1 {
-        return Err(ConfigDriveError::Disk(
-            name,
-            "more than one config-2 partition".into(),
-        ));
-    }
-    let (number, start, len, reused) = match existing.first() {
-        Some(&(n, s, l)) => (n, s, l, true),
-        None => {
-            // The image's backup GPT sits at the image's end: move it to the disk's end first.
-            gpt.header
-                .update_from(&mut f, sector)
-                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
-            let sectors = MAX / sector;
-            let first = gpt.find_last_place(sectors).ok_or_else(|| {
-                ConfigDriveError::Disk(
-                    name.clone(),
-                    "no free 64 MiB at the end of the disk for the config drive".into(),
-                )
-            })?;
-            let slot = gpt
-                .iter()
-                .find(|(_, p)| p.is_unused())
-                .map(|(n, _)| n)
-                .ok_or_else(|| {
-                    ConfigDriveError::Disk(name.clone(), "no free GPT partition entry".into())
-                })?;
-            gpt[slot] = gptman::GPTPartitionEntry {
-                partition_type_guid: LINUX_DATA,
-                unique_partition_guid: rand::random(),
-                starting_lba: first,
-                ending_lba: first + sectors - 1,
-                attribute_bits: 0,
-                partition_name: "config-2".into(),
-            };
-            gpt.write_into(&mut f)
-                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
-            gptman::GPT::write_protective_mbr_into(&mut f, sector)
-                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
-            (slot, first * sector, sectors * sector, false)
-        }
+    let (number, start, len, reused) = match gptman::GPT::find_from(&mut f) {
+        Ok(gpt) => place_gpt(&mut f, gpt, sector, &name)?,
+        Err(gpt_err) => match mbrman::MBR::read_from(&mut f, sector as u32) {
+            Ok(mbr) => place_mbr(&mut f, mbr, sector, &name)?,
+            Err(_) => {
+                return Err(ConfigDriveError::Disk(
+                    name,
+                    format!("the image has no partition table (GPT: {gpt_err}; no MBR either)"),
+                ))
+            }
+        },
     };
     if (iso.len() as u64) > len {
         return Err(ConfigDriveError::Disk(
@@ -235,6 +170,153 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
         reused,
         vfat,
     })
+}
+
+/// Where the config drive goes on a GPT disk: an existing config-2 partition, else a new one in
+/// the last 64 MiB. Returns (number, start, len, reused).
+fn place_gpt(
+    f: &mut File,
+    mut gpt: gptman::GPT,
+    sector: u64,
+    name: &str,
+) -> Result<(u32, u64, u64, bool), ConfigDriveError> {
+    let name = name.to_string();
+    if gpt.sector_size != sector {
+        return Err(ConfigDriveError::Disk(
+            name.clone(),
+            format!(
+                "GPT made for {}-byte sectors on a {sector}-byte disk",
+                gpt.sector_size
+            ),
+        ));
+    }
+    // Reuse a partition that already holds a config-2 file system.
+    let existing: Vec<(u32, u64, u64)> = gpt
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(n, p)| {
+            (
+                n,
+                p.starting_lba * sector,
+                (p.ending_lba - p.starting_lba + 1) * sector,
+            )
+        })
+        .filter(|(_, start, _)| {
+            iso_label_at(f, *start)
+                .or_else(|| fat_label_at(f, *start))
+                .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
+        })
+        .collect();
+    if existing.len() > 1 {
+        return Err(ConfigDriveError::Disk(
+            name,
+            "more than one config-2 partition".into(),
+        ));
+    }
+    Ok(match existing.first() {
+        Some(&(n, s, l)) => (n, s, l, true),
+        None => {
+            // The image's backup GPT sits at the image's end: move it to the disk's end first.
+            gpt.header
+                .update_from(f, sector)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            let sectors = MAX / sector;
+            let first = gpt.find_last_place(sectors).ok_or_else(|| {
+                ConfigDriveError::Disk(
+                    name.clone(),
+                    "no free 64 MiB at the end of the disk for the config drive".into(),
+                )
+            })?;
+            let slot = gpt
+                .iter()
+                .find(|(_, p)| p.is_unused())
+                .map(|(n, _)| n)
+                .ok_or_else(|| {
+                    ConfigDriveError::Disk(name.clone(), "no free GPT partition entry".into())
+                })?;
+            gpt[slot] = gptman::GPTPartitionEntry {
+                partition_type_guid: LINUX_DATA,
+                unique_partition_guid: rand::random(),
+                starting_lba: first,
+                ending_lba: first + sectors - 1,
+                attribute_bits: 0,
+                partition_name: "config-2".into(),
+            };
+            gpt.write_into(f)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            gptman::GPT::write_protective_mbr_into(f, sector)
+                .map_err(|e| ConfigDriveError::Disk(name.clone(), e.to_string()))?;
+            (slot, first * sector, sectors * sector, false)
+        }
+    })
+}
+
+/// The same on an msdos label: reuse a config-2 partition, else a new primary partition in
+/// the last 64 MiB (just below 2 TiB on larger disks, which MBR cannot address); at most
+/// three primaries may exist already.
+fn place_mbr(
+    f: &mut File,
+    mut mbr: mbrman::MBR,
+    sector: u64,
+    name: &str,
+) -> Result<(u32, u64, u64, bool), ConfigDriveError> {
+    let disk_err = |m: String| ConfigDriveError::Disk(name.to_string(), m);
+    let used: Vec<(usize, u64, u64)> = mbr
+        .iter()
+        .filter(|(_, p)| p.is_used())
+        .map(|(n, p)| {
+            (
+                n,
+                u64::from(p.starting_lba) * sector,
+                u64::from(p.sectors) * sector,
+            )
+        })
+        .collect();
+    let existing: Vec<&(usize, u64, u64)> = used
+        .iter()
+        .filter(|(_, start, _)| {
+            iso_label_at(f, *start)
+                .or_else(|| fat_label_at(f, *start))
+                .is_some_and(|l| l.eq_ignore_ascii_case("config-2"))
+        })
+        .collect();
+    match existing.as_slice() {
+        [] => {}
+        [&(n, s, l)] => return Ok((n as u32, s, l, true)),
+        _ => return Err(disk_err("more than one config-2 partition".into())),
+    }
+    if used.len() > 3 {
+        return Err(disk_err(
+            "the msdos label already has 4 primary partitions: no room for a config drive".into(),
+        ));
+    }
+    let disk = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| disk_err(format!("size: {e}")))?;
+    let limit = (u64::from(u32::MAX) * sector).min(disk);
+    const MIB: u64 = 1 << 20;
+    let start = (limit - MAX) / MIB * MIB;
+    let taken = used.iter().map(|(_, s, l)| s + l).max().unwrap_or(MIB);
+    if start < taken {
+        return Err(disk_err(
+            "no free 64 MiB at the end of the disk for the config drive".into(),
+        ));
+    }
+    let slot = (1..=4usize)
+        .find(|n| !mbr[*n].is_used())
+        .ok_or_else(|| disk_err("no free primary partition entry".into()))?;
+    let lba =
+        |b: u64| u32::try_from(b / sector).map_err(|_| disk_err("past the msdos limit".into()));
+    mbr[slot] = mbrman::MBRPartitionEntry {
+        boot: mbrman::BOOT_INACTIVE,
+        first_chs: mbrman::CHS::empty(),
+        sys: 0x83,
+        last_chs: mbrman::CHS::empty(),
+        starting_lba: lba(start)?,
+        sectors: lba(MAX)?,
+    };
+    mbr.write_into(f).map_err(|e| disk_err(e.to_string()))?;
+    Ok((slot as u32, start, MAX, false))
 }
 
 /// A vfat file system of `len` bytes (label CONFIG-2, `sector`-byte sectors) holding the ISO's

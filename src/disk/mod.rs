@@ -2,6 +2,7 @@
 //! partition-image layouts, wiping.
 
 pub mod configdrive;
+pub mod erase;
 pub mod esp;
 pub mod partitions;
 pub mod wipe;

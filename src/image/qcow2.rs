@@ -565,7 +565,7 @@ impl<R: Read> Window<R> {
             self.head += (off - self.start) as usize;
             self.start = off;
         }
-        if self.head > (4 << 20) {
+        if self.head > (1 << 20) {
             self.buf.drain(..self.head);
             self.head = 0;
         }
@@ -683,7 +683,7 @@ pub fn write_pass<R: Read>(
             }
             Item::Ext(e) => match e.kind {
                 Kind::Data => {
-                    const STEP: u64 = 4 << 20;
+                    const STEP: u64 = 1 << 20;
                     let mut k = 0;
                     while k < e.len {
                         let n = STEP.min(e.len - k);

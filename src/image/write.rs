@@ -263,6 +263,37 @@ impl Target {
         Ok(())
     }
 
+    /// A second handle on the same target, for the writer thread.
+    fn try_clone(&self) -> Result<Target, WriteError> {
+        Ok(Target {
+            path: self.path.clone(),
+            direct: self.direct.try_clone().map_err(self.err("dup"))?,
+            buffered: self.buffered.try_clone().map_err(self.err("dup"))?,
+            size: self.size,
+            sector: self.sector,
+            is_block: self.is_block,
+            write_zeroes: self.write_zeroes,
+            base: self.base,
+        })
+    }
+
+    /// Write one gathered chunk: a whole chunk of zeros becomes write-zeroes when that is
+    /// cheap; a tail shorter than a sector (only at the image's end) goes buffered.
+    fn write_chunk(&self, data: &[u8], off: u64) -> Result<(), WriteError> {
+        if data.len() == CHUNK && data == zeros() && self.zeroes_cheaply() {
+            return self.zero_range(off, CHUNK as u64);
+        }
+        let sector = self.sector.max(512) as usize;
+        let whole = data.len() / sector * sector;
+        if whole > 0 {
+            self.pwrite_any(&data[..whole], off)?;
+        }
+        if whole < data.len() {
+            self.pwrite_buffered(&data[whole..], off + whole as u64)?;
+        }
+        Ok(())
+    }
+
     pub fn sync(&self) -> Result<(), WriteError> {
         self.buffered.sync_all().map_err(self.err("fsync"))?;
         self.direct.sync_all().map_err(self.err("fsync"))
@@ -300,6 +331,112 @@ pub struct DiskWriter<'t> {
     buf: AlignedBuf,
     buf_len: usize,
     buf_start: u64,
+    pipe: Option<Pipe>,
+}
+
+/// Work for the writer thread, in order.
+enum Job {
+    Write(AlignedBuf, usize, u64),
+    Zero(u64, u64),
+}
+
+/// The writer thread: the disk writes while the next chunk is fetched, hashed and decoded,
+/// so a deploy takes the slowest of these, not their sum. Buffers go round a small pool
+/// (at most `POOL` chunks exist), which bounds memory.
+struct Pipe {
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    free: std::sync::mpsc::Receiver<AlignedBuf>,
+    made: usize,
+    handle: Option<std::thread::JoinHandle<Result<(), WriteError>>>,
+}
+
+const POOL: usize = 3;
+
+impl Pipe {
+    fn start(t: &Target) -> Result<Pipe, WriteError> {
+        let t = t.try_clone()?;
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let (free_tx, free) = std::sync::mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("disk-writer".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Write(buf, len, off) => {
+                            t.write_chunk(&buf.get()[..len], off)?;
+                            let _ = free_tx.send(buf);
+                        }
+                        Job::Zero(off, len) => t.zero_range(off, len)?,
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e| WriteError::Io {
+                path: String::new(),
+                what: "starting the writer thread",
+                source: e,
+            })?;
+        Ok(Pipe {
+            jobs: Some(jobs),
+            free,
+            made: 1,
+            handle: Some(handle),
+        })
+    }
+
+    /// Wait for the thread; its first error, if any.
+    fn join(&mut self) -> Result<(), WriteError> {
+        self.jobs = None;
+        match self.handle.take().map(|h| h.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(WriteError::Io {
+                path: String::new(),
+                what: "writer thread",
+                source: std::io::Error::other("panicked"),
+            }),
+        }
+    }
+
+    fn send(&mut self, job: Job) -> Result<(), WriteError> {
+        let sent = self.jobs.as_ref().map(|j| j.send(job));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: it failed, and says why.
+            _ => self.join().and(Err(WriteError::Io {
+                path: String::new(),
+                what: "writer thread",
+                source: std::io::Error::other("stopped"),
+            })),
+        }
+    }
+
+    fn next_buf(&mut self) -> Result<AlignedBuf, WriteError> {
+        if let Ok(b) = self.free.try_recv() {
+            return Ok(b);
+        }
+        if self.made < POOL {
+            self.made += 1;
+            return Ok(AlignedBuf::new(CHUNK));
+        }
+        match self.free.recv() {
+            Ok(b) => Ok(b),
+            Err(_) => self.join().and(Err(WriteError::Io {
+                path: String::new(),
+                what: "writer thread",
+                source: std::io::Error::other("stopped"),
+            })),
+        }
+    }
+}
+
+impl Drop for DiskWriter<'_> {
+    fn drop(&mut self) {
+        // Never leave a write in flight behind a caller that goes on to wipe the disk.
+        if let Some(p) = self.pipe.as_mut() {
+            let _ = p.join();
+        }
+    }
 }
 
 /// One aligned chunk of zeros, allocated on first use (an immutable static array would sit in
@@ -319,6 +456,7 @@ impl<'t> DiskWriter<'t> {
             buf: AlignedBuf::new(CHUNK),
             buf_len: 0,
             buf_start: 0,
+            pipe: None,
         }
     }
 
@@ -339,6 +477,7 @@ impl<'t> DiskWriter<'t> {
     pub fn start(&mut self) -> Result<(), WriteError> {
         if !self.started {
             self.t.wipe_ends()?;
+            self.pipe = Some(Pipe::start(self.t)?);
             self.started = true;
         }
         Ok(())
@@ -401,27 +540,25 @@ impl<'t> DiskWriter<'t> {
         }
         self.start()?;
         self.flush()?;
-        self.t.zero_range(off, end - off)
+        match self.pipe.as_mut() {
+            Some(p) => p.send(Job::Zero(off, end - off)),
+            None => self.t.zero_range(off, end - off),
+        }
     }
 
     fn flush(&mut self) -> Result<(), WriteError> {
         if self.buf_len == 0 {
             return Ok(());
         }
-        let data = &self.buf.get()[..self.buf_len];
-        if self.buf_len == CHUNK && data == zeros() && self.t.zeroes_cheaply() {
-            self.t.zero_range(self.buf_start, CHUNK as u64)?;
-        } else {
-            let sector = self.t.sector.max(512) as usize;
-            let whole = self.buf_len / sector * sector;
-            if whole > 0 {
-                self.t.pwrite_any(&data[..whole], self.buf_start)?;
+        match self.pipe.as_mut() {
+            Some(p) => {
+                let next = p.next_buf()?;
+                let full = std::mem::replace(&mut self.buf, next);
+                p.send(Job::Write(full, self.buf_len, self.buf_start))?;
             }
-            if whole < self.buf_len {
-                // Only the very end of an image can be shorter than a sector.
-                self.t
-                    .pwrite_buffered(&data[whole..], self.buf_start + whole as u64)?;
-            }
+            None => self
+                .t
+                .write_chunk(&self.buf.get()[..self.buf_len], self.buf_start)?,
         }
         self.buf_len = 0;
         Ok(())
@@ -433,12 +570,18 @@ impl<'t> DiskWriter<'t> {
         self.check_head(self.head.get())?;
         self.start()?;
         self.flush()?;
+        if let Some(p) = self.pipe.as_mut() {
+            p.join()?;
+        }
         self.t.sync()?;
         Ok(self.end)
     }
 
     /// Write the held-back first MiB, flush, re-read partitions.
-    pub fn commit(self) -> Result<u64, WriteError> {
+    pub fn commit(mut self) -> Result<u64, WriteError> {
+        if let Some(p) = self.pipe.as_mut() {
+            p.join()?;
+        }
         let n = (self.end as usize).min(HEAD);
         if n == HEAD {
             self.t.pwrite_any(self.head.get(), 0)?;

@@ -9,6 +9,8 @@ nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read_bad!(blksszget, 0x1268, libc::c_int);
 nix::ioctl_none!(blkrrpart, 0x12, 95);
 nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
+nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
+nix::ioctl_write_ptr_bad!(blksecdiscard, 0x127d, [u64; 2]);
 
 /// Size in bytes of an open block device.
 pub fn size(f: &File) -> std::io::Result<u64> {
@@ -43,6 +45,24 @@ pub fn zeroout(f: &File, off: u64, len: u64) -> std::io::Result<()> {
     // SAFETY: BLKZEROOUT reads two u64 from the pointer, which points at `range`, alive for
     // the call; the fd is valid.
     unsafe { blkzeroout(f.as_raw_fd(), &range) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
+/// Discard (TRIM/UNMAP) `[off, off+len)`.
+pub fn discard(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    let range = [off, len];
+    // SAFETY: as for BLKZEROOUT: two u64 read from a live array, valid fd.
+    unsafe { blkdiscard(f.as_raw_fd(), &range) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
+
+/// Secure discard: the device must also drop every copy of the data (refused by most).
+pub fn secure_discard(f: &File, off: u64, len: u64) -> std::io::Result<()> {
+    let range = [off, len];
+    // SAFETY: as above.
+    unsafe { blksecdiscard(f.as_raw_fd(), &range) }
         .map(|_| ())
         .map_err(std::io::Error::from)
 }

@@ -385,3 +385,30 @@ pub fn agent_client(ca_pem: Option<&str>) -> reqwest::blocking::Client {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+/// The agent's command API as the conductor calls it.
+pub struct Api {
+    pub client: reqwest::blocking::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn url(&self, path: &str, query: &str) -> String {
+        let sep = if query.is_empty() { "" } else { "&" };
+        format!("{}{path}?agent_token={}{sep}{query}", self.base, self.token)
+    }
+    pub fn post(&self, name: &str, params: Value, wait: bool) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url("/v1/commands/", &format!("wait={wait}")))
+            .json(&json!({"name": name, "params": params}))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    }
+    pub fn get(&self, url: &str) -> (u16, Value) {
+        let r = self.client.get(url).send().unwrap();
+        (r.status().as_u16(), r.json().unwrap())
+    }
+}

@@ -2,7 +2,9 @@
 # Automated cleaning by the real Ironic 39 conductor with Rivet as the agent: the node goes
 # manageable → cleaning → clean wait → available, running erase_devices_metadata on the disk
 # its root device hint names (a loop device carrying a GPT and file systems); afterwards
-# blkid -p finds nothing on it.
+# blkid -p finds nothing on it. Then manual cleaning (manageable → clean with explicit steps)
+# with erase_devices (overwrite, verified) and erase_devices_express (discard, verified): the
+# disk, filled with random data first, reads back as zeros end to end.
 # usage: tests/ironic/clean.sh   (RIVET=path/to/rivet to test another build)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,4 +39,28 @@ grep -q '"command_name":"execute_clean_step","command_status":"SUCCEEDED"' "$WOR
 grep -q "erase_devices_metadata" "$WORK/state/commands.json" || fail "erase_devices_metadata did not run"
 if blkid -p "$LOOP" >/dev/null 2>&1; then fail "blkid still finds: $(blkid -p "$LOOP")"; fi
 echo "ok: blkid -p finds nothing on $LOOP"
+# The conductor powers the node off through its (fake) power interface: the agent would
+# heartbeat on; a real machine would be off.
+kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
+
+api PUT "/v1/nodes/$NODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$NODE" manageable 60
+manual_clean() { # STEP
+  local step=$1
+  dd if=/dev/urandom of="$LOOP" bs=1M count=64 status=none
+  api PUT "/v1/nodes/$NODE/states/provision" "{\"target\": \"clean\", \"clean_steps\": [{\"interface\": \"deploy\", \"step\": \"$step\"}]}" >/dev/null
+  wait_state "$NODE" "clean wait" 60
+  ts=$SECONDS
+  "$RIVET" --cmdline-file "$WORK/cmdline" --state-dir "$WORK/state-$step" --simulate-power --allow-loop-devices > "$WORK/rivet-$step.log" 2>&1 &
+  AGENT_PID=$!
+  wait_state "$NODE" manageable 180 || fail "$step: manual cleaning did not finish"
+  local took=$((SECONDS - ts))
+  grep -q "\"step\":\"$step\"" "$WORK/state-$step/commands.json" || fail "$step did not run"
+  cmp -n $((64 << 20)) "$LOOP" /dev/zero || fail "$step: the disk does not read back as zeros"
+  local method; method=$(grep -o '"method":"[a-z ]*"' "$WORK/state-$step/commands.json" | head -1)
+  echo "ok: $step: disk zero end to end, $method, node manageable ${took} s after the agent started"
+  kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
+}
+manual_clean erase_devices
+manual_clean erase_devices_express
 echo "PASS clean ($((SECONDS - t0)) s)"

@@ -1,0 +1,362 @@
+//! Every conductor flow against the mock conductor, quickly (the real conductor runs the same
+//! flows in tests/ironic/): the agent looks up a node whose root device hint names a loop
+//! device, and the test drives it as Ironic does, over verified TLS with the token:
+//! whole-disk deploy (qcow2, with a config drive), partition deploy (UEFI, install_bootloader),
+//! cleaning (erase_devices_metadata, erase_devices) and rescue (finalize_rescue). The disks are
+//! read back with real tools.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::imgserver::ImageServer;
+use common::install_util::{gpt_image, sha256, skip, MIB};
+use common::loopdev::Loop;
+use common::*;
+use serde_json::{json, Value};
+
+/// The node as the conductor sends it with every step: its root device hint included.
+fn node(dev: &str, extra: Value) -> Value {
+    let mut n = json!({"uuid": NODE, "properties": {"root_device": {"name": dev}},
+                       "driver_internal_info": {}});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            n[k] = v;
+        }
+    }
+    n
+}
+
+/// Start an agent for a node whose root device is `dev`; returns it with its API.
+fn agent_for(dev: &str, etc: &Path, state: &Path) -> (MockIronic, Agent, Api) {
+    let (code, mut lookup) = lookup_ok(&token(), 300);
+    lookup["node"]["properties"]["root_device"] = json!({ "name": dev });
+    let ironic = MockIronic::start(vec![], (code, lookup));
+    let agent = Agent::spawn(
+        &format!("ipa-api-url={}", ironic.url),
+        state,
+        &["--allow-loop-devices", "--etc-dir", etc.to_str().unwrap()],
+    );
+    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
+    let api = Api {
+        client: agent_client(Some(&ca)),
+        base: format!("https://127.0.0.1:{}", agent.port),
+        token: token(),
+    };
+    (ironic, agent, api)
+}
+
+/// Run an async command and wait for its end, as the conductor polls.
+fn run(api: &Api, name: &str, params: Value) -> Value {
+    let (s, v) = api.post(name, params, false);
+    assert_eq!(s, 200, "{name}: {v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (s, done) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
+    assert_eq!(s, 200);
+    done
+}
+
+fn succeeded(v: &Value) {
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+}
+
+fn blkid_at(dev: &str, offset: u64) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-O", &offset.to_string(), "-o", "export", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = gpt_image(d.path(), "disk.raw", 24, 512);
+    let qcow2 = d.path().join("disk.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(d.path().join("disk.raw"))
+        .arg(&qcow2)
+        .status()
+        .unwrap()
+        .success());
+    let q = std::fs::read(&qcow2).unwrap();
+    let srv = ImageServer::start();
+    let url = srv.add("disk.qcow2", q.clone());
+    let disk = Loop::new(d.path(), "t.img", 128 * MIB, 512);
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+
+    let cd = {
+        let root = d.path().join("cd/openstack/latest");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("meta_data.json"), r#"{"uuid": "n1"}"#).unwrap();
+        let iso = d.path().join("cd.iso");
+        assert!(Command::new("genisoimage")
+            .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
+            .arg(&iso)
+            .arg(d.path().join("cd"))
+            .status()
+            .unwrap()
+            .success());
+        iso
+    };
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&std::fs::read(&cd).unwrap()).unwrap();
+        e.finish().unwrap()
+    };
+    let configdrive = base64_encode(&gz);
+    let info = json!({
+        "id": "../../img-1", "urls": [url], "disk_format": "qcow2", "container_format": "bare",
+        "os_hash_algo": "sha256", "os_hash_value": sha256(&q), "stream_raw_images": true,
+    });
+    let done = run(
+        &api,
+        "deploy.execute_deploy_step",
+        json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
+                        "args": {"image_info": info, "configdrive": configdrive}},
+               "node": node(&disk.dev, json!({})), "ports": [],
+               "clean_version": {"generic_hardware_manager": "1.2"}}),
+    );
+    succeeded(&done);
+    assert_eq!(done["command_result"]["deploy_step"]["step"], "write_image");
+    // The disk holds the image past its first MiB (the GPT gained the config-2 entry).
+    let disk_bytes = std::fs::read(&disk.dev).unwrap();
+    assert_eq!(&disk_bytes[MIB as usize..img.len()], &img[MIB as usize..]);
+    let (s, uuids) = api.post("standby.get_partition_uuids", json!({}), true);
+    assert_eq!(s, 200);
+    let sig = u32::from_le_bytes(img[440..444].try_into().unwrap());
+    assert_eq!(uuids["command_result"]["root uuid"], format!("0x{sig:08x}"));
+    let pt = Command::new("sgdisk")
+        .arg("-p")
+        .arg(&disk.dev)
+        .output()
+        .unwrap();
+    let pt = String::from_utf8_lossy(&pt.stdout).to_string();
+    let cd_start: u64 = pt
+        .lines()
+        .find(|l| l.contains("config-2"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no config-2 partition: {pt}"));
+    assert!(blkid_at(&disk.dev, cd_start * 512).contains("LABEL=config-2"));
+    let (s, bl) = api.post(
+        "image.install_bootloader",
+        json!({"root_uuid": format!("0x{sig:08x}"), "efi_system_part_uuid": null,
+               "prep_boot_part_uuid": null, "target_boot_mode": "uefi"}),
+        true,
+    );
+    assert_eq!(s, 200);
+    // The test image's ESP holds no file system: a UEFI machine could not boot it.
+    assert_eq!(bl["command_status"], "FAILED");
+    assert!(
+        bl["command_error"]["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not a readable FAT"),
+        "{bl}"
+    );
+
+    // Cleaning: metadata, then a verified overwrite.
+    let done = run(
+        &api,
+        "clean.execute_clean_step",
+        json!({"step": {"step": "erase_devices_metadata", "interface": "deploy", "priority": 99},
+               "node": node(&disk.dev, json!({})), "ports": [],
+               "clean_version": {"generic_hardware_manager": "1.2"}}),
+    );
+    succeeded(&done);
+    let out = Command::new("blkid")
+        .args(["-p", &disk.dev])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "blkid still finds something");
+    let done = run(
+        &api,
+        "clean.execute_clean_step",
+        json!({"step": {"step": "erase_devices", "interface": "deploy", "priority": 10},
+               "node": node(&disk.dev, json!({"driver_internal_info": {"agent_erase_devices_iterations": 1}})),
+               "ports": [], "clean_version": {"generic_hardware_manager": "1.2"}}),
+    );
+    succeeded(&done);
+    assert_eq!(
+        done["command_result"]["clean_result"][&disk.dev]["method"], "overwrite",
+        "{done}"
+    );
+    assert!(std::fs::read(&disk.dev).unwrap().iter().all(|b| *b == 0));
+}
+
+#[test]
+fn partition_image_uefi_deploy_and_bootloader() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("root");
+    std::fs::create_dir_all(tree.join("boot/efi/EFI/BOOT")).unwrap();
+    std::fs::write(tree.join("boot/efi/EFI/BOOT/BOOTX64.EFI"), "MZ loader").unwrap();
+    std::fs::write(tree.join("hello"), "partition image").unwrap();
+    let part = d.path().join("part.raw");
+    let uuid = "1e2d3c4b-0000-4000-8000-00000000beef";
+    assert!(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", uuid, "-d"])
+        .arg(&tree)
+        .arg(&part)
+        .arg("16M")
+        .status()
+        .unwrap()
+        .success());
+    let data = std::fs::read(&part).unwrap();
+    let srv = ImageServer::start();
+    let url = srv.add("part.raw", data.clone());
+    // ESP 550 + swap 8 + root 32 MiB, plus margins.
+    let disk = Loop::new(d.path(), "t.img", 600 * MIB, 512);
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+    let info = json!({
+        "id": "part", "urls": [url], "disk_format": "raw", "os_hash_algo": "sha256",
+        "os_hash_value": sha256(&data), "image_type": "partition", "root_mb": 32,
+        "swap_mb": 8, "ephemeral_mb": 0, "ephemeral_format": null, "preserve_ephemeral": false,
+        "deploy_boot_mode": "uefi", "boot_option": "local", "disk_label": "gpt",
+    });
+    let done = run(
+        &api,
+        "deploy.execute_deploy_step",
+        json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
+                        "args": {"image_info": info}},
+               "node": node(&disk.dev, json!({})), "ports": [],
+               "clean_version": {"generic_hardware_manager": "1.2"}}),
+    );
+    succeeded(&done);
+    let (_, uuids) = api.post("standby.get_partition_uuids", json!({}), true);
+    let r = &uuids["command_result"];
+    assert_eq!(r["root uuid"], uuid, "{r}");
+    let esp_uuid = r["efi system partition uuid"].as_str().unwrap().to_string();
+    let parts = &r["partitions"];
+    assert_eq!(parts["efi system partition"], format!("{}p1", disk.dev));
+    assert_eq!(parts["swap"], format!("{}p2", disk.dev));
+    assert_eq!(parts["root"], format!("{}p3", disk.dev));
+    // Read back: ESP, swap, root at the right places with the right labels.
+    assert!(blkid_at(&disk.dev, MIB).contains(&format!("UUID={esp_uuid}")));
+    assert!(blkid_at(&disk.dev, 551 * MIB).contains("TYPE=swap"));
+    assert!(blkid_at(&disk.dev, 559 * MIB).contains(&format!("UUID={uuid}")));
+    let bytes = std::fs::read(&disk.dev).unwrap();
+    assert_eq!(
+        &bytes[559 * MIB as usize..559 * MIB as usize + data.len()],
+        &data[..]
+    );
+
+    let (s, bl) = api.post(
+        "image.install_bootloader",
+        json!({"root_uuid": uuid, "efi_system_part_uuid": esp_uuid,
+               "prep_boot_part_uuid": null, "target_boot_mode": "uefi"}),
+        true,
+    );
+    assert_eq!(s, 200);
+    succeeded(&bl);
+    let out = Command::new("mtype")
+        .args([
+            "-i",
+            &format!("{}@@{}", disk.dev, MIB),
+            "::/EFI/BOOT/BOOTX64.EFI",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "MZ loader");
+
+    // Too large for root_mb: refused, and the disk is left without a partition table.
+    let big = json!({
+        "id": "part2", "urls": [url], "disk_format": "raw", "os_hash_algo": "sha256",
+        "os_hash_value": sha256(&data), "image_type": "partition", "root_mb": 8,
+        "deploy_boot_mode": "uefi",
+    });
+    let done = run(
+        &api,
+        "deploy.execute_deploy_step",
+        json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
+                        "args": {"image_info": big}},
+               "node": node(&disk.dev, json!({})), "ports": [],
+               "clean_version": {"generic_hardware_manager": "1.2"}}),
+    );
+    assert_eq!(done["command_status"], "FAILED");
+    let msg = done["command_error"]["details"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(msg.contains("root_mb=8"), "{msg}");
+    let out = Command::new("blkid")
+        .args(["-p", &disk.dev])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn rescue_sets_the_password_and_stops_serving() {
+    let d = tempfile::tempdir().unwrap();
+    let etc = d.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    let (ironic, mut agent, api) = agent_for("/dev/nonexistent", &etc, &d.path().join("state"));
+    let (s, v) = api.post(
+        "rescue.finalize_rescue",
+        json!({"rescue_password": "$6$rounds=5000$salt$abc", "hashed": true}),
+        true,
+    );
+    assert_eq!(s, 200);
+    succeeded(&v);
+    let shadow = std::fs::read_to_string(etc.join("shadow")).unwrap();
+    assert!(
+        shadow.contains("rescue:$6$rounds=5000$salt$abc:"),
+        "{shadow}"
+    );
+    // The agent stops serving (and, under --simulate-power, exits) and heartbeats no more.
+    let st = agent.wait_exit(Duration::from_secs(10));
+    assert!(st.success());
+    let n = ironic.heartbeats().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ironic.heartbeats().len(), n);
+    assert!(api
+        .client
+        .get(format!("{}/v1/status", api.base))
+        .send()
+        .is_err());
+
+    // A plain password is hashed with SHA-512 crypt; a bad hash is refused.
+    let (_i2, _a2, api2) = agent_for("/dev/nonexistent", &etc, &d.path().join("state2"));
+    let (s, v) = api2.post(
+        "rescue.finalize_rescue",
+        json!({"rescue_password": "not-a-hash", "hashed": true}),
+        true,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["command_error"]["type"], "InvalidCommandParamsError",
+        "{v}"
+    );
+    let (_, v) = api2.post(
+        "rescue.finalize_rescue",
+        json!({"rescue_password": "s3cret"}),
+        true,
+    );
+    succeeded(&v);
+    let shadow = std::fs::read_to_string(etc.join("shadow")).unwrap();
+    assert!(shadow.contains("rescue:$6$"), "{shadow}");
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
