@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: the real Ironic 39 (standalone on 127.0.0.1)
 # deploys a node whose "disk" is a loop device, with the static Rivet binary as its agent.
-# Shows the conductor and Rivet working together and the disk's partition table at the end.
+# Shows the conductor and Rivet working together and the disk's partition table; then the
+# same deploy of a QEMU VM booted from Rivet's ramdisk, ending with the deployed VM's boot marker.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -50,3 +51,9 @@ sgdisk -p "$LOOP" | sed -n '/^Number/,$p'
 qemu-img compare -f raw -F raw "$STATE/images/wholedisk.raw" "$LOOP"
 echo "== Rivet log (excerpt)"
 grep -E "lookup succeeded|agent API serving|root device chosen|image written|UEFI|fallback|system event" "$WORK/rivet.log" | cut -c1-200
+
+echo
+echo "== the product as operators meet it: a QEMU VM (TCG, UEFI) boots Rivet's ramdisk and the"
+echo "   real Ironic deploys it; the VM then boots from its disk (tests/vm/deploy.sh, ~2-3 min)"
+scripts/ironic/run-ironic.sh stop >/dev/null 2>&1 || true
+RIVET="$RIVET" tests/vm/deploy.sh

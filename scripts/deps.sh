@@ -2,11 +2,16 @@
 # Install the Debian packages Rivet's build, tests and demo use, when any is missing.
 set -euo pipefail
 pkgs=(libblkid-dev libclang-dev file curl python3-venv gdisk dosfstools mtools e2fsprogs genisoimage util-linux
-      qemu-utils zstd xz-utils gzip fdisk)
-need=()
-for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if ((${#need[@]})); then
+      qemu-utils zstd xz-utils gzip fdisk
+      qemu-system-x86 ovmf busybox-static cpio kmod grub-efi-amd64-bin)
+# Twice at most: installing Debian's qemu-system-x86 removes a newer qemu-utils from
+# backports, which the second pass puts back at the matching version.
+updated=
+for _ in 1 2; do
+  need=()
+  for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+  ((${#need[@]})) || break
   echo "installing: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+  [[ -n "$updated" ]] || { apt-get update -qq; updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+done

@@ -27,6 +27,7 @@ RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
 step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$RIVET_STATIC" tests/ironic/deploy.sh
 step "real Ironic: automated cleaning" env RIVET="$RIVET_STATIC" tests/ironic/clean.sh
 step "real Ironic: qcow2, zstd and partition-image deploys" env RIVET="$RIVET_STATIC" tests/ironic/formats.sh
+step "VM: real Ironic deploys a QEMU VM booted from the Rivet ramdisk" env RIVET="$RIVET_STATIC" tests/vm/deploy.sh
 
 echo "suites: $passed passed, $failed failed"
 ((failed == 0))

@@ -61,6 +61,13 @@ if [[ ! -x "$VENV/bin/ironic" ]]; then
 fi
 
 stop
+# Another Ironic (or anything) on our ports would answer in its place: fail clearly instead.
+for port in "$API_PORT" "$IMG_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port on 127.0.0.1 is already in use (a stale Ironic from another STATE dir?)" >&2
+    exit 1
+  fi
+done
 rm -rf "$STATE"
 mkdir -p "$STATE/httproot" "$STATE/locks" "$STATE/images" "$STATE/certificates"
 sed -e "s#@STATE@#$STATE#g" -e "s#@API_PORT@#$API_PORT#g" \

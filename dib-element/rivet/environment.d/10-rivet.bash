@@ -1,0 +1,1 @@
+export DIB_RIVET_COMPRESS=${DIB_RIVET_COMPRESS:-gzip -6}

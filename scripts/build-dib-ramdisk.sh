@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The distribution ramdisk: diskimage-builder (from PyPI, in a venv) with debian-minimal
+# (bookworm) and our element dib-element/rivet → OUT_DIR/rivet.kernel + rivet.initramfs.
+# usage: scripts/build-dib-ramdisk.sh [OUT_DIR]     (default target/dib; root, network to
+#        deb.debian.org and PyPI). COMPRESS overrides the initramfs compressor ("gzip -6").
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(mkdir -p "${1:-$ROOT/target/dib}" && cd "${1:-$ROOT/target/dib}" && pwd)
+VENV=${DIB_VENV:-$HOME/.cache/rivet-dib/venv}
+need=()
+for p in debootstrap squashfs-tools kpartx qemu-utils cpio gdisk dosfstools e2fsprogs util-linux \
+         parted sudo git curl xz-utils lsb-release python3-venv; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [[ ! -x "$VENV/bin/disk-image-create" ]]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q diskimage-builder
+fi
+BIN=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
+[[ -x "$BIN" ]] || "$ROOT/scripts/build-static.sh" >/dev/null
+export PATH="$VENV/bin:$PATH"
+export ELEMENTS_PATH="$ROOT/dib-element"
+export DIB_RIVET_BINARY="$BIN" DIB_RIVET_UNIT="$ROOT/systemd/rivet.service"
+export DIB_RIVET_COMPRESS=${COMPRESS:-gzip -6}
+# debian-minimal follows "stable" unless pinned; security.debian.org is not reachable from
+# every build network, deb.debian.org serves the same archive.
+export DIB_RELEASE=bookworm DIB_DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security
+export DIB_DEBOOTSTRAP_CACHE=1
+t0=$SECONDS
+disk-image-create -n -o "$OUT/rivet" debian-minimal rivet
+echo "dib ramdisk: $OUT/rivet.kernel ($(stat -c %s "$OUT/rivet.kernel") bytes), $OUT/rivet.initramfs ($(stat -c %s "$OUT/rivet.initramfs") bytes), built in $((SECONDS - t0)) s"

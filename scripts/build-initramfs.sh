@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The fast deploy ramdisk, no distribution inside: Debian's kernel, the modules a deploy needs
+# (virtio, NVMe, AHCI/SCSI, USB storage, common NICs, vfat/ext4/iso9660, loop), busybox-static
+# for the shell tools, the static rivet binary, and a small /init (scripts/ramdisk/init.sh) that mounts
+# the pseudo file systems, loads the modules, runs DHCP on every NIC and keeps the agent running.
+#
+# usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk)
+#   -> OUT_DIR/rivet.kernel (bzImage), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
+# env: RIVET (binary, default the static release build), KVER (kernel ABI, default Debian's),
+#      EXTRA_MODULES, CACHE (downloaded .debs, default ~/.cache/rivet-ramdisk)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$(mkdir -p "${1:-$ROOT/target/ramdisk}" && cd "${1:-$ROOT/target/ramdisk}" && pwd)
+RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
+CACHE=${CACHE:-$HOME/.cache/rivet-ramdisk}
+COMPRESS=${COMPRESS:-gzip}
+t0=$(date +%s.%N)
+need=()
+for p in busybox-static cpio kmod; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+[[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh" >/dev/null
+if [[ -z "${KVER:-}" ]]; then
+  KVER=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-", "", $2); print $2; exit}')
+fi
+mkdir -p "$CACHE"
+cd "$CACHE"
+ls "linux-image-${KVER}_"*.deb >/dev/null 2>&1 || apt-get download -qq "linux-image-$KVER"
+if [[ ! -f "kernel-$KVER/lib/modules/$KVER/modules.dep" ]]; then
+  rm -rf "kernel-$KVER"
+  dpkg -x "linux-image-${KVER}_"*.deb "kernel-$KVER"
+  # The package's postinst would make modules.dep; dpkg -x does not run it.
+  depmod -b "kernel-$KVER" "$KVER"
+fi
+KDIR=$CACHE/kernel-$KVER
+
+R=$(mktemp -d)
+trap 'rm -rf "$R"' EXIT
+mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,usr/bin,usr/sbin,var/log,lib/modules/"$KVER"}
+cp /bin/busybox "$R/bin/busybox"
+install -m 0755 "$RIVET" "$R/usr/bin/rivet"
+install -m 0755 "$ROOT/scripts/ramdisk/init.sh" "$R/init"
+install -m 0755 "$ROOT/scripts/ramdisk/udhcpc.sh" "$R/etc/udhcpc.sh"
+printf 'root:x:0:0:root:/:/bin/sh\n' > "$R/etc/passwd"
+printf 'root:x:0:\n' > "$R/etc/group"
+printf 'root:*:19000:0:99999:7:::\n' > "$R/etc/shadow"
+chmod 600 "$R/etc/shadow"
+printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
+
+# Modules, with their dependencies resolved here and loaded in order by /init. A module
+# missing from this kernel (built in, or renamed) is skipped.
+MODULES=(virtio_pci virtio_blk virtio_net virtio_scsi nvme ahci ata_piix sd_mod sr_mod
+         usb_storage uas xhci_pci ehci_pci e1000 e1000e igb ixgbe i40e bnxt_en tg3
+         vfat nls_cp437 nls_iso8859_1 ext4 iso9660 loop efivarfs ${EXTRA_MODULES:-})
+: > "$R/etc/modules.order"
+for m in "${MODULES[@]}"; do
+  modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true
+done | awk '!seen[$0]++' | while read -r ko; do
+  rel=${ko#*/lib/modules/$KVER/}
+  install -D -m 0644 "$ko" "$R/lib/modules/$KVER/$rel"
+  echo "/lib/modules/$KVER/$rel" >> "$R/etc/modules.order"
+done
+
+# modules.dep and modules.alias for busybox modprobe: /init loads what the machine's devices
+# ask for (their modalias), not the whole list.
+cp "$KDIR/lib/modules/$KVER/modules.builtin" "$KDIR/lib/modules/$KVER/modules.order" "$R/lib/modules/$KVER/" 2>/dev/null || true
+depmod -b "$R" "$KVER"
+cd "$R"
+case "$COMPRESS" in
+  none) C=(cat) ;;
+  gzip) C=(gzip -6) ;;
+  zstd) C=(zstd -q -10 -T0) ;;
+  *) echo "COMPRESS must be gzip, zstd or none" >&2; exit 2 ;;
+esac
+find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | "${C[@]}" > "$OUT/rivet.initramfs"
+cp "$KDIR/boot/vmlinuz-$KVER" "$OUT/rivet.kernel"
+t1=$(date +%s.%N)
+echo "ramdisk: $OUT/rivet.kernel ($(stat -c %s "$OUT/rivet.kernel") bytes), $OUT/rivet.initramfs ($(stat -c %s "$OUT/rivet.initramfs") bytes, $COMPRESS, $(wc -l < "$R/etc/modules.order") modules), built in $(awk "BEGIN{printf \"%.1f\", $t1 - $t0}") s"
