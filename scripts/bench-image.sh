@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Image pipeline benchmark: prints "NAME VALUE" lines, measured side by side in one run.
-#   raw_vs_curl_dd          rivet install time / (curl | dd oflag=direct bs=4M) time, raw image
+#   raw_vs_curl_dd          rivet install time / (curl | dd oflag=direct bs=4M conv=fsync) time, raw image
 #   zstd_vs_curl_zstd_dd    the same for a zstd image (curl | zstd -d | dd)
 #   qcow2_vs_ipa_path       rivet install time / (curl -o tmpfs file + qemu-img convert -O raw -t none),
 #                           IPA's way of writing qcow2, for the same qcow2 image
@@ -52,15 +52,19 @@ for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/disk.raw.zs
 truncate -s $((SIZE + (64 << 20))) "$W/target.img"
 LOOP=$(losetup --find --show "$W/target.img")
 
-t() { /usr/bin/time -f "%e %M" -o "$W/time" "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; return 1; }; cat "$W/time"; }
+# Each timed command starts with nothing dirty in the page cache and ends with its data
+# flushed: the target is a loop device over a file, where O_DIRECT still lands in the backing
+# file's cache, so without this whichever command ran next would pay for the previous one's
+# writeback. Rivet fsyncs; dd gets conv=fsync; qemu-img convert flushes at its end.
+t() { sync; /usr/bin/time -f "%e %M" -o "$W/time" "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; return 1; }; cat "$W/time"; }
 med() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratios_raw=(); ratios_zst=(); ratios_qc=(); rss_raw=0; rss_zst=0; rss_qc=0
 for _ in $(seq "$RUNS"); do
   read -r a ra < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.raw" --checksum "sha256:$RAW_SUM" --device "$LOOP")
-  read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw | dd of=$LOOP bs=4M oflag=direct iflag=fullblock status=none")
+  read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw | dd of=$LOOP bs=4M oflag=direct iflag=fullblock conv=fsync status=none")
   ratios_raw+=("$(awk "BEGIN{print $a/$b}")"); ((ra > rss_raw)) && rss_raw=$ra
   read -r a rz < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.raw.zst" --checksum "sha256:$ZST_SUM" --device "$LOOP")
-  read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw.zst | zstd -dc | dd of=$LOOP bs=4M oflag=direct iflag=fullblock status=none")
+  read -r b _ < <(t sh -c "curl -sf http://127.0.0.1:$PORT/disk.raw.zst | zstd -dc | dd of=$LOOP bs=4M oflag=direct iflag=fullblock conv=fsync status=none")
   ratios_zst+=("$(awk "BEGIN{print $a/$b}")"); ((rz > rss_zst)) && rss_zst=$rz
   read -r a rq < <(t "$RIVET" install --quiet --image-url "http://127.0.0.1:$PORT/disk.qcow2" --checksum "sha256:$QC_SUM" --device "$LOOP")
   read -r b _ < <(t sh -c "curl -sf -o $SHM/disk.qcow2 http://127.0.0.1:$PORT/disk.qcow2 && qemu-img convert -f qcow2 -O raw -t none $SHM/disk.qcow2 $LOOP && rm -f $SHM/disk.qcow2")

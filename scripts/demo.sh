@@ -20,10 +20,7 @@ SUM=$(sha256sum "$STATE/images/wholedisk.raw" | cut -d' ' -f1)
 truncate -s 160M "$WORK/disk.img"
 LOOP=$(losetup --find --show "$WORK/disk.img")
 MAC=52:54:00:12:34:56
-NODE=$(enroll node0 "$MAC")
-api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
-api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
-wait_state "$NODE" available 60
+NODE=$(enroll_available node0 "$MAC" "{\"name\": \"$LOOP\"}")
 api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {
   \"image_source\": \"$IMG/wholedisk.raw\", \"image_os_hash_algo\": \"sha256\",
   \"image_os_hash_value\": \"$SUM\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null

@@ -9,33 +9,14 @@ mod common;
 
 use std::process::{Command, Stdio};
 
+use common::install_util::{blkid_at, config_drive_iso};
 use common::loopdev::{is_root, Loop};
 use rivet::disk::configdrive;
 
 const META: &str = r#"{"uuid": "1be26c0b", "hostname": "node0.example"}"#;
 
 fn iso(dir: &std::path::Path) -> Vec<u8> {
-    let root = dir.join("cd");
-    std::fs::create_dir_all(root.join("openstack/latest")).unwrap();
-    std::fs::write(root.join("openstack/latest/meta_data.json"), META).unwrap();
-    let out = dir.join("cd.iso");
-    let ok = Command::new("genisoimage")
-        .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
-        .arg(&out)
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    std::fs::read(out).unwrap()
-}
-
-fn blkid_at(dev: &str, offset: u64) -> String {
-    let out = Command::new("blkid")
-        .args(["-p", "-O", &offset.to_string(), "-o", "export", dev])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
+    std::fs::read(config_drive_iso(dir, META)).unwrap()
 }
 
 fn sgdisk(args: &[&str], dev: &str) {

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::imgserver::ImageServer;
-use common::install_util::{gpt_image, sha256, skip, MIB};
+use common::install_util::{blkid_at, config_drive_iso, gpt_image, sha256, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
@@ -64,14 +64,6 @@ fn succeeded(v: &Value) {
     assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
 }
 
-fn blkid_at(dev: &str, offset: u64) -> String {
-    let out = Command::new("blkid")
-        .args(["-p", "-O", &offset.to_string(), "-o", "export", dev])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[test]
 fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
     if skip() {
@@ -93,20 +85,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
     let disk = Loop::new(d.path(), "t.img", 128 * MIB, 512);
     let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
 
-    let cd = {
-        let root = d.path().join("cd/openstack/latest");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(root.join("meta_data.json"), r#"{"uuid": "n1"}"#).unwrap();
-        let iso = d.path().join("cd.iso");
-        assert!(Command::new("genisoimage")
-            .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
-            .arg(&iso)
-            .arg(d.path().join("cd"))
-            .status()
-            .unwrap()
-            .success());
-        iso
-    };
+    let cd = config_drive_iso(d.path(), r#"{"uuid": "n1"}"#);
     let gz = {
         use std::io::Write;
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -122,7 +101,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         &api,
         "deploy.execute_deploy_step",
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
-                        "args": {"image_info": info, "configdrive": configdrive}},
+                        "args": {"image_info": info.clone(), "configdrive": configdrive}},
                "node": node(&disk.dev, json!({})), "ports": [],
                "clean_version": {"generic_hardware_manager": "1.2"}}),
     );
@@ -131,6 +110,15 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
     // The disk holds the image past its first MiB (the GPT gained the config-2 entry).
     let disk_bytes = std::fs::read(&disk.dev).unwrap();
     assert_eq!(&disk_bytes[MIB as usize..img.len()], &img[MIB as usize..]);
+    // standby.cache_image of the same image id: already on the disk, not written again.
+    let cached = run(&api, "standby.cache_image", json!({ "image_info": info }));
+    succeeded(&cached);
+    assert!(
+        cached["command_result"]
+            .to_string()
+            .contains("already present"),
+        "{cached}"
+    );
     let (s, uuids) = api.post("standby.get_partition_uuids", json!({}), true);
     assert_eq!(s, 200);
     let sig = u32::from_le_bytes(img[440..444].try_into().unwrap());

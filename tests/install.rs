@@ -355,17 +355,7 @@ fn install_with_a_config_drive() {
     let sum = sha256(&img);
     let srv = ImageServer::start();
     let url = srv.add("disk.raw", img.clone());
-    let root = d.path().join("cd/openstack/latest");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("meta_data.json"), r#"{"uuid": "abc"}"#).unwrap();
-    let iso = d.path().join("cd.iso");
-    assert!(Command::new("genisoimage")
-        .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
-        .arg(&iso)
-        .arg(d.path().join("cd"))
-        .status()
-        .unwrap()
-        .success());
+    let iso = config_drive_iso(d.path(), r#"{"uuid": "abc"}"#);
     let t = Loop::new(d.path(), "t.img", 128 * MIB, 512);
     let o = install(
         &url,

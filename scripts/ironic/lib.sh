@@ -52,6 +52,17 @@ enroll() {
   echo "$uuid"
 }
 
+# enroll_available NAME MAC ROOT_DEVICE_HINT_JSON -> prints the node UUID; the node ends
+# 'available' (without automated cleaning).
+enroll_available() {
+  local uuid
+  uuid=$(enroll "$1" "$2")
+  api PATCH "/v1/nodes/$uuid" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": $3}]" >/dev/null
+  api PUT "/v1/nodes/$uuid/states/provision" '{"target": "provide"}' >/dev/null
+  wait_state "$uuid" available 60 >&2
+  echo "$uuid"
+}
+
 # --- a test or demo session: a work dir, and on exit the agent, Ironic and the loop device go.
 # Call init_session before starting Ironic; set AGENT_PID and LOOP as they come to exist.
 RIVET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"

@@ -172,6 +172,14 @@ static STANDBY: &[(&str, Spec)] = &[
             validate: Some(write_image::validate),
         },
     ),
+    (
+        "cache_image",
+        Spec {
+            mode: Mode::Async,
+            handler: write_image::cache_image,
+            validate: Some(write_image::validate),
+        },
+    ),
     ("get_partition_uuids", sync(standby::get_partition_uuids)),
     ("sync", sync(standby::sync)),
     ("power_off", asynchronous(standby::power_off)),

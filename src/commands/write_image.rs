@@ -218,6 +218,25 @@ pub fn prepare_image(ctx: &Context, params: Params) -> Result<Outcome, CommandEr
     write(ctx, &a.image_info, a.configdrive.as_ref()).map(Outcome::Text)
 }
 
+#[derive(serde::Deserialize)]
+struct CacheArgs {
+    image_info: Value,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `standby.cache_image` (older conductors, fast-track): write the image now, without a
+/// config drive; `force` writes it again even when this image id is already on the disk.
+pub fn cache_image(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    let a: CacheArgs = args(params)?;
+    if a.force {
+        if let Ok(mut d) = ctx.deployed.lock() {
+            *d = None;
+        }
+    }
+    write(ctx, &a.image_info, None).map(Outcome::Text)
+}
+
 /// The `write_image` deploy step: `{image_info, configdrive}`.
 pub fn write_image_step(
     ctx: &Context,

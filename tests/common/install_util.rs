@@ -150,3 +150,30 @@ pub fn skip() -> bool {
     }
     false
 }
+
+/// A config-drive ISO (label config-2) holding `openstack/latest/meta_data.json` = `meta`,
+/// made with genisoimage in `dir`; returns its path.
+pub fn config_drive_iso(dir: &Path, meta: &str) -> std::path::PathBuf {
+    let root = dir.join("cd");
+    std::fs::create_dir_all(root.join("openstack/latest")).unwrap();
+    std::fs::write(root.join("openstack/latest/meta_data.json"), meta).unwrap();
+    let out = dir.join("cd.iso");
+    let ok = Command::new("genisoimage")
+        .args(["-quiet", "-R", "-J", "-V", "config-2", "-o"])
+        .arg(&out)
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "genisoimage");
+    out
+}
+
+/// What `blkid -p` finds at byte `offset` of `dev` (export format).
+pub fn blkid_at(dev: &str, offset: u64) -> String {
+    let out = Command::new("blkid")
+        .args(["-p", "-O", &offset.to_string(), "-o", "export", dev])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

@@ -30,10 +30,7 @@ LOOP=$(losetup --find --show "$WORK/disk.img")
 echo "target disk: $LOOP"
 
 MAC=52:54:00:12:34:56
-NODE=$(enroll node0 "$MAC")
-api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
-api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
-wait_state "$NODE" available 60
+NODE=$(enroll_available node0 "$MAC" "{\"name\": \"$LOOP\"}")
 
 deploy() { # LABEL CHECKSUM [PROVISION_BODY]
   start_deploy "$1" "{\"image_source\": \"$IMG/wholedisk.raw\", \"image_os_hash_algo\": \"sha256\",

@@ -46,10 +46,7 @@ truncate -s 2G "$WORK/disk.img"
 LOOP=$(losetup --find --show "$WORK/disk.img")
 echo "target disk: $LOOP"
 MAC=52:54:00:12:34:57
-NODE=$(enroll node1 "$MAC")
-api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
-api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
-wait_state "$NODE" available 60
+NODE=$(enroll_available node1 "$MAC" "{\"name\": \"$LOOP\"}")
 CD='{"target": "active", "configdrive": {"meta_data": {"hostname": "node1.rivet.example"}}}'
 
 check_config_drive() {

@@ -38,10 +38,7 @@ qemu-img create -q -f qcow2 "$WORK/vm-disk.qcow2" 1G
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
 
 MAC=52:54:00:12:34:60
-NODE=$(enroll vm0 "$MAC")
-api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/properties/root_device", "value": {"serial": "deploytarget"}}]' >/dev/null
-api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
-wait_state "$NODE" available 60
+NODE=$(enroll_available vm0 "$MAC" '{"serial": "deploytarget"}')
 api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {
   \"image_source\": \"$IMG/boot.qcow2\", \"image_os_hash_algo\": \"sha256\",
   \"image_os_hash_value\": \"$(sha256sum "$I/boot.qcow2" | cut -d' ' -f1)\",
