@@ -34,7 +34,9 @@ REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
 I=$STATE/images
 "$ROOT/tests/vm/make-boot-image.sh" "$I/boot.raw" "$RAMDISK/rivet.kernel"
 qemu-img convert -f raw -O qcow2 -c "$I/boot.raw" "$I/boot.qcow2"
-qemu-img create -q -f qcow2 "$WORK/vm-disk.qcow2" 1G
+# 8 GiB (sparse): without root device hints before lookup, the agent waits for a disk of
+# at least 4 GiB, as IPA does.
+qemu-img create -q -f qcow2 "$WORK/vm-disk.qcow2" 8G
 cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
 
 MAC=52:54:00:12:34:60
