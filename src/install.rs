@@ -206,18 +206,8 @@ fn configdrive_bytes(spec: &str, o: &FetchOptions) -> Result<Vec<u8>, InstallErr
     use crate::disk::configdrive;
     let err = |e: String| InstallError::ConfigDrive(e);
     let body = if crate::image::verify::is_url(spec) {
-        let client = crate::image::fetch::client(o).map_err(|e| err(e.to_string()))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        rt.block_on(crate::image::fetch::fetch_bytes(
-            &client,
-            spec,
-            o,
-            (configdrive::MAX * 2) as usize,
-        ))
-        .map_err(|e| err(e.to_string()))?
+        crate::image::fetch::fetch_small(spec, o, (configdrive::MAX * 2) as usize)
+            .map_err(|e| err(e.to_string()))?
     } else {
         std::fs::read(spec).map_err(|e| err(format!("{spec}: {e}")))?
     };

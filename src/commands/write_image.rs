@@ -95,7 +95,14 @@ pub fn write(
     // IPA's cache rule: the same image id again is already on the disk.
     if let Some((dev, done)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
         if done == id {
-            let uuid = disk_identifier(&dev).unwrap_or_default();
+            // What get_partition_uuids answers (a partition image's root file system), else
+            // the whole disk's identifier.
+            let known = ctx
+                .partition_uuids
+                .lock()
+                .ok()
+                .and_then(|p| p["root uuid"].as_str().map(str::to_string));
+            let uuid = known.unwrap_or_else(|| disk_identifier(&dev).unwrap_or_default());
             tracing::info!(device = %dev.display(), "image already written, skipping");
             return Ok(format!(
                 "image ({id}) already present on device {} root_uuid={uuid}",
@@ -106,23 +113,16 @@ pub fn write(
     let device = ctx.root_disk(ctx.config.strict_root_device)?.name;
     let dev = std::path::PathBuf::from(&device);
     guard_test_mode(ctx, &dev)?;
-    if info.is_partition_image() {
-        return write_partition(ctx, &info, &dev, configdrive, id);
-    }
-    let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
     let fetch = info
         .fetch_options(&ctx.config)
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
     let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
-    let progress = Arc::new(Progress::default());
-    if let Ok(mut p) = ctx.progress.lock() {
-        *p = Some(progress.clone());
+    if info.is_partition_image() {
+        return write_partition(ctx, &info, &dev, configdrive, id, &req, &fetch);
     }
-    let result = pipeline::run(&req, &fetch, &target, &progress);
-    if let Ok(mut p) = ctx.progress.lock() {
-        *p = None;
-    }
-    let report = result.map_err(image_error)?;
+    let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
+    let report =
+        with_progress(ctx, |p| pipeline::run(&req, &fetch, &target, p)).map_err(image_error)?;
     drop(target);
     if let Some(cd) = configdrive {
         let iso = fetch_configdrive(cd, &fetch)?;
@@ -144,30 +144,36 @@ pub fn write(
     ))
 }
 
+/// Run `f` with a fresh transfer progress that the running command's result and the
+/// heartbeats read meanwhile.
+fn with_progress<T>(ctx: &Context, f: impl FnOnce(&Arc<Progress>) -> T) -> T {
+    let progress = Arc::new(Progress::default());
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = Some(progress.clone());
+    }
+    let out = f(&progress);
+    if let Ok(mut p) = ctx.progress.lock() {
+        *p = None;
+    }
+    out
+}
+
 fn write_partition(
     ctx: &Context,
     info: &ImageInfo,
     dev: &Path,
     configdrive: Option<&Value>,
     id: String,
+    req: &pipeline::ImageRequest,
+    fetch: &crate::image::fetch::FetchOptions,
 ) -> Result<String, CommandError> {
-    let fetch = info
-        .fetch_options(&ctx.config)
-        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
-    let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
     // The config drive first: its size is part of the layout.
     let iso = configdrive
-        .map(|cd| fetch_configdrive(cd, &fetch))
+        .map(|cd| fetch_configdrive(cd, fetch))
         .transpose()?;
-    let progress = Arc::new(Progress::default());
-    if let Ok(mut p) = ctx.progress.lock() {
-        *p = Some(progress.clone());
-    }
-    let result = super::partition_image::write(info, dev, &req, &fetch, iso, &progress);
-    if let Ok(mut p) = ctx.progress.lock() {
-        *p = None;
-    }
-    let w = result?;
+    let w = with_progress(ctx, |p| {
+        super::partition_image::write(info, dev, req, fetch, iso, p)
+    })?;
     if let Ok(mut p) = ctx.partition_uuids.lock() {
         *p = w.uuids;
     }
@@ -186,10 +192,7 @@ fn fetch_configdrive(
     let err = |e: String| CommandError::new(ErrorKind::Deployment, e);
     match v {
         Value::String(s) if crate::image::verify::is_url(s) => {
-            let client = crate::image::fetch::client(o).map_err(|e| err(e.to_string()))?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
-            let body = rt
-                .block_on(crate::image::fetch::fetch_bytes(&client, s, o, (configdrive::MAX * 2) as usize))
+            let body = crate::image::fetch::fetch_small(s, o, (configdrive::MAX * 2) as usize)
                 .map_err(|e| err(format!("config drive: {e}")))?;
             configdrive::decode_downloaded(&body).map_err(|e| err(e.to_string()))
         }

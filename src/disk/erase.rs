@@ -133,9 +133,8 @@ impl Disk {
         {
             return Ok(());
         }
-        let mut raw = vec![0u8; CHUNK + 4096];
-        let off = raw.as_ptr().align_offset(4096).min(4096);
-        let buf = &mut raw[off..off + CHUNK];
+        let mut aligned = crate::image::write::AlignedBuf::new(CHUNK);
+        let buf = aligned.get_mut();
         let mut at = 0u64;
         while at < self.size {
             let n = (self.size - at).min(CHUNK as u64) as usize;

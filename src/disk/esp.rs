@@ -2,7 +2,6 @@
 //! (fatfs over the partition's byte range), so no mount and no vfat kernel driver are needed.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// EFI System Partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored on disk
@@ -63,69 +62,12 @@ pub fn find(disk: &Path) -> Result<Option<Esp>, EspError> {
     Ok(esp)
 }
 
-/// A byte range of a file, read-only, as fatfs's storage.
-struct Slice {
-    f: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Slice {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.f.seek(SeekFrom::Start(self.start + self.pos))?;
-        let got = self.f.read(&mut buf[..n])?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for Slice {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => n as i64,
-            SeekFrom::End(d) => self.len as i64 + d,
-            SeekFrom::Current(d) => self.pos as i64 + d,
-        };
-        if new < 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seek before start",
-            ));
-        }
-        self.pos = new as u64;
-        Ok(self.pos)
-    }
-}
-
-impl std::io::Write for Slice {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "read only",
-        ))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Every boot loader file on the ESP, as UEFI paths (`\EFI\BOOT\BOOTX64.EFI`).
 pub fn loaders(disk: &Path, esp: &Esp) -> Result<Vec<String>, EspError> {
     let name = disk.display().to_string();
     let f = File::open(disk).map_err(|e| EspError::Io(name.clone(), e))?;
     let fs = fatfs::FileSystem::new(
-        Slice {
-            f,
-            start: esp.start,
-            len: esp.len,
-            pos: 0,
-        },
+        super::partitions::Slice::new(f, esp.start, esp.len),
         fatfs::FsOptions::new().update_accessed_date(false),
     )
     .map_err(|e| EspError::NotFat(name.clone(), e.to_string()))?;

@@ -136,19 +136,19 @@ fn request(c: &reqwest::Client, url: &str, auth: &Auth) -> reqwest::RequestBuild
     }
 }
 
-/// A small text document (a checksum file), with the same client, auth and retries.
-pub async fn fetch_text(
-    c: &reqwest::Client,
-    url: &str,
-    o: &FetchOptions,
-) -> Result<String, FetchError> {
-    fetch_bytes(c, url, o, 1 << 20)
-        .await
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+/// A small document (checksum file, config drive) of at most `max` bytes, for callers outside
+/// any async runtime: its own client, same auth, proxies and retries as the image.
+pub fn fetch_small(url: &str, o: &FetchOptions, max: usize) -> Result<Vec<u8>, FetchError> {
+    let c = client(o)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FetchError::Client(e.to_string()))?
+        .block_on(fetch_bytes(&c, url, o, max))
 }
 
 /// A small document of at most `max` bytes (checksum file, config drive).
-pub async fn fetch_bytes(
+async fn fetch_bytes(
     c: &reqwest::Client,
     url: &str,
     o: &FetchOptions,

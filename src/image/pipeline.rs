@@ -115,12 +115,8 @@ pub fn resolve_checksum(
     o: &FetchOptions,
 ) -> Result<Expected, ImageError> {
     let value = if verify::is_url(value) {
-        let client = fetch::client(o)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| ImageError::Internal(e.to_string()))?;
-        let text = rt.block_on(fetch::fetch_text(&client, value.trim(), o))?;
+        let body = fetch::fetch_small(value.trim(), o, 1 << 20)?;
+        let text = String::from_utf8_lossy(&body);
         let name = image_url
             .split(['?', '#'])
             .next()

@@ -53,22 +53,22 @@ pub enum WriteError {
 
 /// A buffer whose start is aligned for O_DIRECT, without unsafe allocation: over-allocate and
 /// start at the aligned offset (a Vec never moves while we hold it).
-struct AlignedBuf {
+pub struct AlignedBuf {
     raw: Vec<u8>,
     off: usize,
     len: usize,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
         let raw = vec![0u8; len + ALIGN];
         let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
         AlignedBuf { raw, off, len }
     }
-    fn get(&self) -> &[u8] {
+    pub fn get(&self) -> &[u8] {
         &self.raw[self.off..self.off + self.len]
     }
-    fn get_mut(&mut self) -> &mut [u8] {
+    pub fn get_mut(&mut self) -> &mut [u8] {
         &mut self.raw[self.off..self.off + self.len]
     }
 }

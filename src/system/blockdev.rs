@@ -38,33 +38,44 @@ pub fn reread_partitions(f: &File) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// The range ioctls: each takes `[offset, length]` in bytes, sector-aligned.
+#[derive(Debug, Clone, Copy)]
+enum RangeOp {
+    ZeroOut,
+    Discard,
+    SecureDiscard,
+}
+
+fn range_ioctl(f: &File, op: RangeOp, off: u64, len: u64) -> std::io::Result<()> {
+    let range = [off, len];
+    let fd = f.as_raw_fd();
+    // SAFETY: each of these ioctls reads two u64 from the pointer, which points at `range`,
+    // alive for the call; the fd is open (held by `f`).
+    unsafe {
+        match op {
+            RangeOp::ZeroOut => blkzeroout(fd, &range),
+            RangeOp::Discard => blkdiscard(fd, &range),
+            RangeOp::SecureDiscard => blksecdiscard(fd, &range),
+        }
+    }
+    .map(|_| ())
+    .map_err(std::io::Error::from)
+}
+
 /// Zero `[off, off+len)` of a block device in the device itself (write-zeroes), without
 /// sending zero pages over the bus. Offsets must be multiples of the logical sector size.
 pub fn zeroout(f: &File, off: u64, len: u64) -> std::io::Result<()> {
-    let range = [off, len];
-    // SAFETY: BLKZEROOUT reads two u64 from the pointer, which points at `range`, alive for
-    // the call; the fd is valid.
-    unsafe { blkzeroout(f.as_raw_fd(), &range) }
-        .map(|_| ())
-        .map_err(std::io::Error::from)
+    range_ioctl(f, RangeOp::ZeroOut, off, len)
 }
 
 /// Discard (TRIM/UNMAP) `[off, off+len)`.
 pub fn discard(f: &File, off: u64, len: u64) -> std::io::Result<()> {
-    let range = [off, len];
-    // SAFETY: as for BLKZEROOUT: two u64 read from a live array, valid fd.
-    unsafe { blkdiscard(f.as_raw_fd(), &range) }
-        .map(|_| ())
-        .map_err(std::io::Error::from)
+    range_ioctl(f, RangeOp::Discard, off, len)
 }
 
 /// Secure discard: the device must also drop every copy of the data (refused by most).
 pub fn secure_discard(f: &File, off: u64, len: u64) -> std::io::Result<()> {
-    let range = [off, len];
-    // SAFETY: as above.
-    unsafe { blksecdiscard(f.as_raw_fd(), &range) }
-        .map(|_| ())
-        .map_err(std::io::Error::from)
+    range_ioctl(f, RangeOp::SecureDiscard, off, len)
 }
 
 /// Zero a range of a regular file by allocation, not by writing.
