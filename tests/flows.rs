@@ -348,3 +348,240 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// A read-only loop mount of a byte range of a disk, undone on drop (also when a test fails).
+struct RangeMount {
+    dir: tempfile::TempDir,
+}
+
+impl RangeMount {
+    fn new(dev: &str, start: u64, len: u64) -> RangeMount {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-o",
+                &format!("ro,loop,offset={start},sizelimit={len}"),
+                dev,
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount {dev} at {start}");
+        RangeMount { dir }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+impl Drop for RangeMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-d")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn deploy_step(api: &Api, dev: &str, step: &str, args: Value, node_extra: Value) -> Value {
+    run(
+        api,
+        "deploy.execute_deploy_step",
+        json!({"step": {"step": step, "interface": "deploy", "priority": 80, "args": args},
+               "node": node(dev, node_extra), "ports": [{"address": "52:54:00:12:34:56"}],
+               "deploy_version": {"generic_hardware_manager": "1.2"}}),
+    )
+}
+
+fn error_details(v: &Value) -> String {
+    assert_eq!(v["command_status"], "FAILED", "{v}");
+    v["command_error"]["details"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn inject_files_and_preserve_ephemeral_on_partition_images() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mkroot = |name: &str, uuid: &str, marker: &str| {
+        let tree = d.path().join(format!("{name}-tree"));
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        std::fs::write(tree.join("marker"), marker).unwrap();
+        // As in real images: an absolute link that, followed from the ramdisk, would leave it.
+        std::os::unix::fs::symlink(
+            format!("/run/rivet-test-{uuid}/resolv.conf"),
+            tree.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        let img = d.path().join(format!("{name}.raw"));
+        assert!(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-U", uuid, "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("16M")
+            .status()
+            .unwrap()
+            .success());
+        std::fs::read(&img).unwrap()
+    };
+    let uuid1 = "1e2d3c4b-0000-4000-8000-00000000c001";
+    let uuid2 = "1e2d3c4b-0000-4000-8000-00000000c002";
+    let first = mkroot("first", uuid1, "first image");
+    let second = mkroot("second", uuid2, "second image");
+    let srv = ImageServer::start();
+    let url1 = srv.add("first.raw", first.clone());
+    let url2 = srv.add("second.raw", second.clone());
+    let per_node = srv.add(&format!("motd-{NODE}"), b"served for this node\n".to_vec());
+    let template = per_node.replace(NODE, "{node[uuid]}");
+    // ESP 550 + ephemeral 16 + root 32 MiB, plus margins.
+    let disk = Loop::new(d.path(), "t.img", 620 * MIB, 512);
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+    let info = |id: &str, url: &str, data: &[u8], eph: u64, preserve: bool| {
+        json!({"id": id, "urls": [url], "disk_format": "raw", "os_hash_algo": "sha256",
+               "os_hash_value": sha256(data), "image_type": "partition", "root_mb": 32,
+               "swap_mb": 0, "ephemeral_mb": eph, "ephemeral_format": "ext4",
+               "preserve_ephemeral": preserve, "deploy_boot_mode": "uefi", "disk_label": "gpt"})
+    };
+    let (eph_at, root_at) = (551 * MIB, 567 * MIB);
+    succeeded(&deploy_step(
+        &api,
+        &disk.dev,
+        "write_image",
+        json!({"image_info": info("first", &url1, &first, 16, false)}),
+        json!({}),
+    ));
+    assert!(blkid_at(&disk.dev, eph_at).contains("LABEL=ephemeral0"));
+
+    // The deploy step list offers inject_files with its arguments.
+    let (_, steps) = api.post(
+        "deploy.get_deploy_steps",
+        json!({"node": node(&disk.dev, json!({})), "ports": []}),
+        true,
+    );
+    let listed = steps["command_result"]["deploy_steps"]["GenericHardwareManager"].to_string();
+    assert!(
+        listed.contains("\"inject_files\"") && listed.contains("verify_ca"),
+        "{listed}"
+    );
+
+    let b64 = base64_encode;
+    let props = json!({"properties": {"root_device": {"name": disk.dev},
+        "inject_files": [{"path": "/etc/motd", "content": template}]}});
+    let files = json!([
+        {"path": "/etc/rivet/agent.conf", "content": b64(b"secret=1\n"), "mode": 0o600,
+         "dirmode": 0o700, "owner": 1000, "group": 1001},
+        {"path": "/etc/hosts", "deleted": true},
+        {"path": "/etc/resolv.conf", "content": b64(b"nameserver 192.0.2.53\n")},
+        {"path": "/data.txt", "partition": "LABEL=ephemeral0", "content": b64(b"keep me")},
+        {"path": "/by-number", "partition": 3, "content": b64(b"3")},
+    ]);
+    let done = deploy_step(
+        &api,
+        &disk.dev,
+        "inject_files",
+        json!({"files": files}),
+        props,
+    );
+    succeeded(&done);
+    assert_eq!(
+        done["command_result"]["deploy_step"]["step"],
+        "inject_files"
+    );
+    {
+        let root = RangeMount::new(&disk.dev, root_at, 32 * MIB);
+        let conf = root.path("etc/rivet/agent.conf");
+        assert_eq!(std::fs::read(&conf).unwrap(), b"secret=1\n");
+        let md = std::fs::metadata(&conf).unwrap();
+        assert_eq!(
+            (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
+            (0o600, 1000, 1001)
+        );
+        let dir_mode = std::fs::metadata(root.path("etc/rivet"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o7777, 0o700);
+        assert_eq!(
+            std::fs::read(root.path("etc/motd")).unwrap(),
+            b"served for this node\n"
+        );
+        assert!(!root.path("etc/hosts").exists());
+        assert_eq!(std::fs::read(root.path("by-number")).unwrap(), b"3");
+        // The dangling absolute link was replaced inside the image, never followed on the
+        // machine running us.
+        let resolv = root.path("etc/resolv.conf");
+        assert!(!std::fs::symlink_metadata(&resolv).unwrap().is_symlink());
+        assert_eq!(std::fs::read(resolv).unwrap(), b"nameserver 192.0.2.53\n");
+        assert!(!Path::new(&format!("/run/rivet-test-{uuid1}")).exists());
+        let eph = RangeMount::new(&disk.dev, eph_at, 16 * MIB);
+        assert_eq!(std::fs::read(eph.path("data.txt")).unwrap(), b"keep me");
+    }
+    // Bad file lists fail the step with the reason, before touching the disk.
+    for (files, why) in [
+        (json!([{"path": "/etc/../../x", "content": ""}]), "'..'"),
+        (
+            json!([{"path": "/etc/x", "content": "not base64!"}]),
+            "not base64",
+        ),
+        (
+            json!([{"path": "/x", "content": ""}]),
+            "in the root directory",
+        ),
+        (
+            json!([{"path": "/etc/x", "partition": 9, "content": ""}]),
+            "no partition",
+        ),
+        (
+            json!([{"path": "/nosuchdir/x", "content": ""}]),
+            "has a /nosuchdir",
+        ),
+    ] {
+        let done = deploy_step(
+            &api,
+            &disk.dev,
+            "inject_files",
+            json!({"files": files}),
+            json!({}),
+        );
+        let msg = error_details(&done);
+        assert!(msg.contains(why), "{why}: {msg}");
+    }
+
+    // Redeploy with preserve_ephemeral: the root is replaced, the ephemeral data stays.
+    succeeded(&deploy_step(
+        &api,
+        &disk.dev,
+        "write_image",
+        json!({"image_info": info("second", &url2, &second, 16, true)}),
+        json!({}),
+    ));
+    let bytes = std::fs::read(&disk.dev).unwrap();
+    let r = root_at as usize;
+    assert_eq!(&bytes[r..r + second.len()], &second[..]);
+    {
+        let eph = RangeMount::new(&disk.dev, eph_at, 16 * MIB);
+        assert_eq!(std::fs::read(eph.path("data.txt")).unwrap(), b"keep me");
+    }
+    // A layout that differs cannot preserve: refused, and the data is still there.
+    let done = deploy_step(
+        &api,
+        &disk.dev,
+        "write_image",
+        json!({"image_info": info("third", &url1, &first, 24, true)}),
+        json!({}),
+    );
+    let msg = error_details(&done);
+    assert!(
+        msg.contains("cannot preserve the ephemeral partition"),
+        "{msg}"
+    );
+    let eph = RangeMount::new(&disk.dev, eph_at, 16 * MIB);
+    assert_eq!(std::fs::read(eph.path("data.txt")).unwrap(), b"keep me");
+}

@@ -5,14 +5,17 @@
 //! fallback loader (`\EFI\BOOT\BOOTX64.EFI`) must be there, or the deploy would not boot: that
 //! is then an error, unless `ignore_bootloader_failure`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::grub;
 use super::{args, Context, Outcome, Params};
 use crate::disk::esp;
+use crate::disk::partitions::Listed;
 use crate::error::{CommandError, ErrorKind};
+use crate::system::mount::Mounted;
 use crate::system::tools::{run_capture, which};
 
 #[derive(Deserialize)]
@@ -31,14 +34,6 @@ struct Args {
 }
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
-
-fn device(ctx: &Context) -> Result<PathBuf, CommandError> {
-    if let Some((dev, _)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
-        return Ok(dev);
-    }
-    ctx.root_disk(ctx.config.strict_root_device)
-        .map(|d| PathBuf::from(d.name))
-}
 
 /// Register `loaders` (UEFI paths on ESP partition `part` of `disk`) as ironic1, ironic2, …
 fn register(disk: &Path, part: u32, loaders: &[String]) -> Result<(), String> {
@@ -125,77 +120,19 @@ fn uefi(disk: &Path) -> Result<String, String> {
     }
 }
 
-/// The GPT partition holding the file system (or PARTUUID) `uuid`: (start, len).
-fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<(u64, u64), String> {
-    let mut f = std::fs::File::open(disk).map_err(|e| e.to_string())?;
-    let gpt = gptman::GPT::find_from(&mut f).map_err(|e| format!("reading the GPT: {e}"))?;
-    for (_, p) in gpt.iter().filter(|(_, p)| p.is_used()) {
-        let (start, len) = (
-            p.starting_lba * gpt.sector_size,
-            (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
-        );
-        if let Ok(pr) = crate::hardware::probe::probe_at(disk, start, len) {
-            if pr
-                .uuid
-                .as_deref()
-                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
-            {
-                return Ok((start, len));
-            }
-        }
-        let part_uuid = uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string();
-        if part_uuid.eq_ignore_ascii_case(uuid) {
-            return Ok((start, len));
-        }
-    }
-    Err(format!(
-        "no partition of {} holds root_uuid {uuid}",
-        disk.display()
-    ))
-}
-
-/// A partition image brings its EFI boot files inside the root file system
-/// (`/boot/efi/EFI/...`, where the distribution installed them); the new ESP is empty. Copy
-/// them over, mounting the root file system read-only.
-fn populate_esp(disk: &Path, e: &esp::Esp, root_uuid: &str) -> Result<usize, String> {
-    let (start, len) = partition_with_uuid(disk, root_uuid)?;
-    let dir = tempfile_dir()?;
-    let t = Duration::from_secs(60);
-    let (ok, out) = run_capture(
-        "mount",
-        &[
-            "-o",
-            &format!("ro,loop,offset={start},sizelimit={len}"),
-            &disk.display().to_string(),
-            &dir.display().to_string(),
-        ],
-        t,
-        1 << 16,
-    )
-    .map_err(|e| e.to_string())?;
-    if !ok {
-        let _ = std::fs::remove_dir(&dir);
-        return Err(format!(
-            "mounting the root file system: {}",
-            String::from_utf8_lossy(&out).trim()
-        ));
-    }
-    let copied = copy_efi_tree(&dir.join("boot/efi/EFI"), disk, e);
-    let _ = run_capture("umount", &["-d", &dir.display().to_string()], t, 1 << 16);
-    let _ = std::fs::remove_dir(&dir);
-    copied
-}
-
-fn tempfile_dir() -> Result<PathBuf, String> {
-    let d = std::env::temp_dir().join(format!("rivet-root-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-    Ok(d)
+/// A partition image may bring its EFI boot files inside the root file system
+/// (`/boot/efi/EFI/...`, where the distribution installed them) but no grub-install to put
+/// them on the new, empty ESP: copy them over, mounting the root file system read-only.
+fn populate_esp(disk: &Path, e: &esp::Esp, root: &Listed) -> Result<usize, String> {
+    let m = Mounted::partition(&grub::as_mountable(disk, root), true).map_err(|e| e.to_string())?;
+    copy_efi_tree(&m.path().join("boot/efi/EFI"), disk, e)
 }
 
 fn copy_efi_tree(src: &Path, disk: &Path, e: &esp::Esp) -> Result<usize, String> {
     if !src.is_dir() {
         return Err(
-            "the EFI system partition is empty and the image has no /boot/efi/EFI files to put there              (grub-install inside the image is not supported by this Rivet build)"
+            "the EFI system partition is empty, and the image has neither grub-install nor \
+             /boot/efi/EFI files to put there"
                 .into(),
         );
     }
@@ -249,26 +186,44 @@ fn copy_into<T: fatfs::ReadWriteSeek>(
     Ok(n)
 }
 
-/// UEFI for a partition image: fill the new ESP from the image, then as for whole disks.
+/// UEFI for a partition image: GRUB from the image onto the new ESP (or, for an image
+/// without grub-install, its prebuilt EFI files), then registered as for whole disks.
 fn uefi_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
     let e = esp::find(disk)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
-    if esp::loaders(disk, &e)
-        .map_err(|e| e.to_string())?
-        .is_empty()
-    {
-        let n = populate_esp(disk, &e, root_uuid)?;
-        tracing::info!(files = n, "EFI files copied from the image to the ESP");
+    let root = grub::partition_with_uuid(disk, root_uuid)?;
+    let installed = match grub::install(disk, &root, Some(&e), grub::Firmware::Uefi)? {
+        grub::Installed::Grub(msg) => msg,
+        grub::Installed::NoGrub => {
+            if esp::loaders(disk, &e)
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                let n = populate_esp(disk, &e, &root)?;
+                tracing::info!(files = n, "EFI files copied from the image to the ESP");
+            }
+            "the image has no grub-install; its EFI files were copied".into()
+        }
+    };
+    Ok(format!("{installed}; {}", uefi(disk)?))
+}
+
+fn bios_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
+    let root = grub::partition_with_uuid(disk, root_uuid)?;
+    match grub::install(disk, &root, None, grub::Firmware::Bios)? {
+        grub::Installed::Grub(msg) => Ok(msg),
+        grub::Installed::NoGrub => {
+            Err("the image has no grub-install (or grub2-install) to boot it in BIOS mode".into())
+        }
     }
-    uefi(disk)
 }
 
 pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     let a: Args = args(params)?;
     let _ = (&a.efi_system_part_uuid, &a.prep_boot_part_uuid);
     let ignore = a.ignore_bootloader_failure.unwrap_or(false);
-    let disk = device(ctx)?;
+    let disk = ctx.target_disk()?;
     let whole_disk = a.root_uuid.as_deref().is_none_or(|u| u.starts_with("0x"));
     let mode =
         a.target_boot_mode
@@ -288,9 +243,7 @@ pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, Comm
              (enable_bios_bootloader_install is off, as in Ironic's default)"
                 .into(),
         ),
-        (_, false) => Err(
-            "grub-install for BIOS partition images is not supported by this Rivet build".into(),
-        ),
+        (_, false) => bios_partition(&disk, a.root_uuid.as_deref().unwrap_or_default()),
     };
     match outcome {
         Ok(msg) => {

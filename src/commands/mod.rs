@@ -3,7 +3,9 @@
 //! the request's `params`; they parse those into their own typed structs and return an
 //! [`Outcome`] or a [`CommandError`]. They never see HTTP or the command table.
 
+pub mod grub;
 pub mod image;
+pub mod inject_files;
 pub mod log;
 pub mod partition_image;
 pub mod poll;
@@ -65,6 +67,8 @@ pub struct Context {
     pub config: Config,
     /// The node as last seen (lookup, then every step command's `node` param).
     pub node: Mutex<Option<Value>>,
+    /// The node's ports as last sent with a step command (`inject_files` URL templates).
+    pub ports: Mutex<Value>,
     /// What `standby.get_partition_uuids` answers; `{}` until an image is written.
     pub partition_uuids: Mutex<Value>,
     pub events: mpsc::UnboundedSender<SystemEvent>,
@@ -86,6 +90,7 @@ impl Context {
             Context {
                 config,
                 node: Mutex::new(None),
+                ports: Mutex::new(Value::Array(Vec::new())),
                 partition_uuids: Mutex::new(Value::Object(Map::new())),
                 events: tx,
                 started_at,
@@ -102,6 +107,30 @@ impl Context {
                 *n = Some(node.clone());
             }
         }
+    }
+
+    pub fn set_ports(&self, ports: &Value) {
+        if ports.is_array() {
+            if let Ok(mut p) = self.ports.lock() {
+                *p = ports.clone();
+            }
+        }
+    }
+
+    pub fn ports_value(&self) -> Value {
+        self.ports
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or(Value::Array(Vec::new()))
+    }
+
+    /// The disk the last image went to, else the one the root device hints choose.
+    pub fn target_disk(&self) -> Result<std::path::PathBuf, CommandError> {
+        if let Some((dev, _)) = self.deployed.lock().ok().and_then(|d| d.clone()) {
+            return Ok(dev);
+        }
+        self.root_disk(self.config.strict_root_device)
+            .map(|d| std::path::PathBuf::from(d.name))
     }
 
     /// The node as last seen, or `null`.

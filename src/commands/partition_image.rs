@@ -91,6 +91,63 @@ fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// With `preserve_ephemeral`, the disk's table must already be the one this deploy would
+/// write (same label, same partitions at the same places, as the previous deploy with the same
+/// flavor made it): it is kept as it is, and its partitions are reused.
+fn existing_layout(
+    dev: &Path,
+    label: Label,
+    layout: &[(Role, u64, u64)],
+) -> Result<Vec<Part>, CommandError> {
+    let listed = std::fs::File::open(dev)
+        .map(|mut f| partitions::read_table(&mut f))
+        .map_err(|e| deploy_err(format!("{}: {e}", dev.display())))?;
+    let mismatch = |why: String| {
+        deploy_err(format!(
+            "cannot preserve the ephemeral partition of {}: {why}; redeploy without \
+             preserve_ephemeral (its data will be lost) or with the flavor it was deployed with",
+            dev.display()
+        ))
+    };
+    if listed.is_empty() {
+        return Err(mismatch("the disk has no partition table".into()));
+    }
+    let mut parts = Vec::new();
+    for (i, (role, start, len)) in layout.iter().enumerate() {
+        let n = i as u32 + 1;
+        let found = listed
+            .iter()
+            .find(|l| l.number == n)
+            .ok_or_else(|| mismatch(format!("partition {n} ({}) does not exist", role.key())))?;
+        if found.label != label || found.start != *start || found.len != *len {
+            return Err(mismatch(format!(
+                "partition {n} ({}) is at {} MiB, {} MiB long on a {:?} table; this deploy needs \
+                 {} MiB, {} MiB long on a {label:?} table",
+                role.key(),
+                found.start / MIB,
+                found.len / MIB,
+                found.label,
+                start / MIB,
+                len / MIB
+            )));
+        }
+        parts.push(Part {
+            role: *role,
+            number: n,
+            start: *start,
+            len: *len,
+            part_uuid: found.part_uuid.clone(),
+        });
+    }
+    if let Some(extra) = listed.iter().find(|l| l.number as usize > layout.len()) {
+        return Err(mismatch(format!(
+            "the disk has a partition {} this layout does not have",
+            extra.number
+        )));
+    }
+    Ok(parts)
+}
+
 pub struct Written {
     pub message: String,
     pub uuids: Value,
@@ -117,11 +174,17 @@ pub fn write(
             ))
         }
     };
-    if o.get("preserve_ephemeral").and_then(Value::as_bool) == Some(true) {
-        return Err(deploy_err(
-            "preserve_ephemeral is not supported by this Rivet build; redeploy without it",
-        ));
-    }
+    let preserve = match o.get("preserve_ephemeral") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        Some(other) => {
+            return Err(CommandError::new(
+                ErrorKind::InvalidParams,
+                format!("preserve_ephemeral must be true or false, got {other}"),
+            ))
+        }
+    };
     let r = Request {
         uefi,
         label,
@@ -136,15 +199,36 @@ pub fn write(
     let size = whole.size.unwrap_or(0);
     let sector = u64::from(whole.sector);
     let layout = partitions::plan(&r, &name, size).map_err(deploy_err)?;
-    whole
-        .wipe_ends()
-        .map_err(|e| deploy_err(ImageError::from(e)))?;
-    drop(whole);
-    let parts = partitions::write_table(dev, sector, label, &layout).map_err(deploy_err)?;
-    tracing::info!(device = %name, partitions = parts.len(), ?label, "partition table written");
+    let parts = if preserve && r.ephemeral_mb > 0 {
+        drop(whole);
+        let parts = existing_layout(dev, label, &layout)?;
+        tracing::info!(device = %name, "partition table kept to preserve the ephemeral partition");
+        parts
+    } else {
+        whole
+            .wipe_ends()
+            .map_err(|e| deploy_err(ImageError::from(e)))?;
+        drop(whole);
+        let parts = partitions::write_table(dev, sector, label, &layout).map_err(deploy_err)?;
+        tracing::info!(device = %name, partitions = parts.len(), ?label, "partition table written");
+        parts
+    };
+    let preserving = preserve && r.ephemeral_mb > 0;
+    let root_range = parts
+        .iter()
+        .find(|p| p.role == Role::Root)
+        .map(|p| (p.start, p.len));
     let fail = |e: CommandError| {
-        // A failed deploy leaves no partition table behind.
-        if let Ok(t) = Target::open(dev) {
+        if preserving {
+            // The ephemeral data must survive a failed deploy: keep the table, and only make
+            // the half-written root file system unrecognisable.
+            if let Some((start, len)) = root_range {
+                if let Ok(t) = Target::open_window(dev, start, len) {
+                    crate::image::write::abort(&t);
+                }
+            }
+        } else if let Ok(t) = Target::open(dev) {
+            // A failed deploy leaves no partition table behind.
             crate::image::write::abort(&t);
         }
         e
@@ -158,6 +242,9 @@ pub fn write(
             }
             Role::Swap => {
                 partitions::make_swap(dev, p).map_err(|e| fail(deploy_err(e)))?;
+            }
+            Role::Ephemeral if preserving => {
+                tracing::info!(partition = p.number, "ephemeral partition preserved");
             }
             Role::Ephemeral => {
                 let fmt = text(o, "ephemeral_format").unwrap_or("ext4");

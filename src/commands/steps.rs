@@ -132,7 +132,36 @@ static ERASE_DEVICES_EXPRESS: StepDef = StepDef {
     run: erase_devices_express,
 };
 
-static DEPLOY_STEPS: &[&StepDef] = &[&ERASE_METADATA_DEPLOY, &WRITE_IMAGE];
+fn inject_files_priority(ctx: &Context) -> i64 {
+    ctx.config.inject_files_priority
+}
+
+fn inject_files_argsinfo() -> Value {
+    json!({
+        "files": {
+            "description": "Files to put into the deployed disk's file systems: a list of \
+                {path, partition, content (base64 or URL), deleted, mode, dirmode, owner, group}; \
+                merged after node.properties[inject_files].",
+            "required": false,
+        },
+        "verify_ca": {
+            "description": "Verify TLS when content is a URL (false, or a CA bundle path); \
+                the agent's settings by default.",
+            "required": false,
+        },
+    })
+}
+
+static INJECT_FILES: StepDef = StepDef {
+    name: "inject_files",
+    interface: "deploy",
+    priority: inject_files_priority,
+    abortable: false,
+    argsinfo: Some(inject_files_argsinfo),
+    run: super::inject_files::inject_files_step,
+};
+
+static DEPLOY_STEPS: &[&StepDef] = &[&ERASE_METADATA_DEPLOY, &WRITE_IMAGE, &INJECT_FILES];
 static CLEAN_STEPS: &[&StepDef] = &[
     &ERASE_DEVICES,
     &ERASE_METADATA_CLEAN,
@@ -337,7 +366,9 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
     if let Some(node) = params.remove("node") {
         ctx.set_node(&node);
     }
-    params.remove("ports");
+    if let Some(ports) = params.remove("ports") {
+        ctx.set_ports(&ports);
+    }
     let version = params.remove(&format!("{}_version", kind.word()));
     if let Some(v) = version.filter(|v| !v.is_null()) {
         if v != manager_version() {

@@ -232,6 +232,64 @@ pub fn write_table(
     Ok(parts)
 }
 
+/// A partition as the disk's table lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// 1-based partition number.
+    pub number: u32,
+    pub start: u64,
+    pub len: u64,
+    /// PARTUUID: the GPT entry's GUID, or `<mbr signature>-<nn>`.
+    pub part_uuid: String,
+    /// GPT type GUID (upper case) or the MBR type byte as two hex digits.
+    pub type_id: String,
+    pub label: Label,
+}
+
+/// The partitions of the table on `f` (GPT first, else the MBR's primary entries; logical
+/// partitions live inside the extended one's range anyway). Empty when there is no table.
+pub fn read_table(f: &mut File) -> Vec<Listed> {
+    if let Ok(gpt) = gptman::GPT::find_from(f) {
+        return gpt
+            .iter()
+            .filter(|(_, p)| p.is_used())
+            .map(|(n, p)| Listed {
+                number: n,
+                start: p.starting_lba * gpt.sector_size,
+                len: (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
+                part_uuid: uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string(),
+                type_id: uuid::Uuid::from_bytes_le(p.partition_type_guid)
+                    .to_string()
+                    .to_uppercase(),
+                label: Label::Gpt,
+            })
+            .collect();
+    }
+    let mut mbr = [0u8; 512];
+    if f.seek(SeekFrom::Start(0)).is_err()
+        || f.read_exact(&mut mbr).is_err()
+        || mbr[510..512] != [0x55, 0xaa]
+    {
+        return Vec::new();
+    }
+    let sig = u32::from_le_bytes([mbr[440], mbr[441], mbr[442], mbr[443]]);
+    (0..4)
+        .filter_map(|i| {
+            let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
+            let start = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]])) * 512;
+            let len = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]])) * 512;
+            (e[4] != 0 && len > 0).then(|| Listed {
+                number: i as u32 + 1,
+                start,
+                len,
+                part_uuid: format!("{sig:08x}-{:02x}", i + 1),
+                type_id: format!("{:02X}", e[4]),
+                label: Label::Msdos,
+            })
+        })
+        .collect()
+}
+
 /// A byte range of a disk as a file of its own (for fatfs).
 pub struct Slice {
     f: File,

@@ -7,7 +7,6 @@
 //! libblkid: a signature still found is an error, never a silent success.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -28,33 +27,9 @@ pub enum WipeError {
 
 /// Byte ranges (start, length) of the partitions the disk's table lists.
 pub fn partitions(f: &mut File) -> Vec<(u64, u64)> {
-    if let Ok(gpt) = gptman::GPT::find_from(f) {
-        return gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .map(|(_, p)| {
-                (
-                    p.starting_lba * gpt.sector_size,
-                    (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
-                )
-            })
-            .collect();
-    }
-    // MBR primary entries (logical partitions live inside the extended one's range anyway).
-    let mut mbr = [0u8; 512];
-    if f.seek(SeekFrom::Start(0)).is_err()
-        || f.read_exact(&mut mbr).is_err()
-        || mbr[510..512] != [0x55, 0xaa]
-    {
-        return Vec::new();
-    }
-    (0..4)
-        .filter_map(|i| {
-            let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
-            let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64 * 512;
-            let len = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64 * 512;
-            (e[4] != 0 && len > 0).then_some((start, len))
-        })
+    super::partitions::read_table(f)
+        .into_iter()
+        .map(|p| (p.start, p.len))
         .collect()
 }
 

@@ -124,6 +124,42 @@ PY
 echo "ok: partition: node active ${took} s after the agent started; layout, labels, sizes, root fs, ESP and root uuid verified"
 echo "time partition ${took}s"
 
+# --- inject_files: a deploy step asked for in the provision request, plus the node's ------
+# --- properties.inject_files; the partition image again, files read back with debugfs ------
+undeploy
+api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/inject_files\",
+  \"value\": [{\"path\": \"/etc/motd\", \"content\": \"$(printf 'from the node\n' | base64 -w0)\"}]}]" >/dev/null
+INJECT="{\"target\": \"active\", \"deploy_steps\": [{\"interface\": \"deploy\", \"step\": \"inject_files\",
+  \"priority\": 55, \"args\": {\"files\": [
+    {\"path\": \"/etc/rivet/agent.conf\", \"content\": \"$(printf 'secret=1\n' | base64 -w0)\", \"mode\": 384},
+    {\"path\": \"/etc/hostname\", \"deleted\": true}]}}]}"
+start_deploy inject "{\"image_source\": \"$IMG/part.raw\", \"image_os_hash_algo\": \"sha256\",
+  \"image_os_hash_value\": \"$(sum "$I/part.raw")\", \"image_disk_format\": \"raw\",
+  \"image_type\": \"partition\", \"kernel\": \"$IMG/vmlinuz\", \"ramdisk\": \"$IMG/initrd\",
+  \"root_gb\": \"1\", \"deploy_boot_mode\": \"uefi\"}" "$INJECT"
+wait_state "$NODE" active 180 || fail "inject: node did not become active"
+took=$((SECONDS - DSTART))
+agent_done
+sgdisk -p "$LOOP" > "$WORK/pt"
+read -r root_s _ _ < <(row 2)
+dd if="$LOOP" of="$WORK/root.img" bs=1M skip=$((root_s / 2048)) count=64 status=none
+dbg() { debugfs -R "$1" "$WORK/root.img" 2>/dev/null; }
+[[ "$(dbg 'cat /etc/rivet/agent.conf')" == "secret=1" ]] || fail "inject: /etc/rivet/agent.conf not injected"
+dbg 'stat /etc/rivet/agent.conf' | grep -q "Mode:  0600" || fail "inject: agent.conf mode is not 0600"
+[[ "$(dbg 'cat /etc/motd')" == "from the node" ]] || fail "inject: the node's inject_files were not applied"
+dbg 'ls /etc' | grep -qw hostname && fail "inject: /etc/hostname was not deleted"
+e2fsck -fn "$WORK/root.img" >/dev/null 2>&1 || fail "inject: root file system is not clean"
+"$PY" - "$WORK/state-inject/commands.json" <<'PY' || fail "inject: the step did not run after write_image"
+import json, sys
+h = [(c["command_name"], c["command_status"], (c.get("command_result") or {}).get("deploy_step", {}).get("step"))
+     for c in json.load(open(sys.argv[1]))]
+steps = [s for n, st, s in h if n == "execute_deploy_step" and st == "SUCCEEDED"]
+assert steps == ["write_image", "inject_files"], h
+PY
+api PATCH "/v1/nodes/$NODE" '[{"op": "remove", "path": "/properties/inject_files"}]' >/dev/null
+echo "ok: inject: node active ${took} s after the agent started; files written, mode set, file deleted, node property applied"
+echo "time inject ${took}s"
+
 # --- 4Kn --------------------------------------------------------------------------------
 undeploy
 truncate -s 48M "$I/wd4k.raw"

@@ -1,0 +1,200 @@
+//! GRUB for partition images, as IPA installs it: the image's own `grub-install` run in a
+//! chroot of the freshly written root file system (ramdisk /dev, /proc, /sys bound in), for
+//! UEFI with the new ESP mounted at `/boot/efi` (installed twice: under the distribution's
+//! name and at the firmware's removable-media path, so the disk boots even where no NVRAM
+//! entry can be written), for BIOS onto the disk's boot sector. Then the image's
+//! `grub-mkconfig` regenerates its menu for the new disk; an image without one keeps the
+//! menu it ships.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::disk::partitions::{self, Listed};
+use crate::system::mount::{Mounted, Partition};
+use crate::system::tools::run_capture;
+
+const GRUB_TIME: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    Uefi,
+    Bios,
+}
+
+/// The partition of `disk` whose file system UUID (or PARTUUID) is `uuid`.
+pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, String> {
+    let mut f = std::fs::File::open(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let parts = partitions::read_table(&mut f);
+    parts
+        .iter()
+        .find(|p| {
+            crate::hardware::probe::probe_at(disk, p.start, p.len)
+                .ok()
+                .and_then(|pr| pr.uuid)
+                .is_some_and(|u| u.eq_ignore_ascii_case(uuid))
+        })
+        .or_else(|| {
+            parts
+                .iter()
+                .find(|p| p.part_uuid.eq_ignore_ascii_case(uuid))
+        })
+        .cloned()
+        .ok_or_else(|| format!("no partition of {} holds root_uuid {uuid}", disk.display()))
+}
+
+pub fn as_mountable<'a>(disk: &'a Path, p: &Listed) -> Partition<'a> {
+    Partition {
+        disk,
+        number: p.number,
+        start: p.start,
+        len: p.len,
+    }
+}
+
+/// The first of `names` that the image has in one of the usual directories (checked without
+/// following the image's symlinks out of it: a relative link is fine, an absolute one is
+/// looked up again under the mount).
+fn image_tool(root: &Path, names: &[&str]) -> Option<String> {
+    for dir in ["usr/sbin", "usr/bin", "sbin", "bin"] {
+        for n in names {
+            let p = root.join(dir).join(n);
+            let found = match std::fs::read_link(&p) {
+                Ok(t) if t.is_absolute() => root.join(t.strip_prefix("/").unwrap_or(&t)).is_file(),
+                _ => p.is_file(),
+            };
+            if found {
+                return Some(format!("/{dir}/{n}"));
+            }
+        }
+    }
+    None
+}
+
+fn chroot(root: &Path, args: &[&str]) -> Result<(), String> {
+    let mut all = vec![root.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    let (ok, out) = run_capture("chroot", &all, GRUB_TIME, 1 << 16).map_err(|e| e.to_string())?;
+    if ok {
+        Ok(())
+    } else {
+        let out = String::from_utf8_lossy(&out);
+        let tail: Vec<&str> = out.lines().rev().take(6).collect();
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ))
+    }
+}
+
+/// The name the distribution gives its EFI directory (`/etc/os-release` ID).
+fn bootloader_id(root: &Path) -> String {
+    std::fs::read_to_string(root.join("etc/os-release"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("ID="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .filter(|v| {
+            !v.is_empty()
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .unwrap_or_else(|| "linux".into())
+}
+
+pub enum Installed {
+    /// grub-install ran; the message says what was done.
+    Grub(String),
+    /// The image has no grub-install.
+    NoGrub,
+}
+
+/// Install GRUB from the image whose root file system is `root` on `disk`.
+pub fn install(
+    disk: &Path,
+    root: &Listed,
+    esp: Option<&crate::disk::esp::Esp>,
+    fw: Firmware,
+) -> Result<Installed, String> {
+    // Looked at read-only first: an image without GRUB is left byte for byte as written.
+    let ro = Mounted::partition(&as_mountable(disk, root), true).map_err(|e| e.to_string())?;
+    if image_tool(ro.path(), &["grub-install", "grub2-install"]).is_none() {
+        return Ok(Installed::NoGrub);
+    }
+    drop(ro);
+    let mut m = Mounted::partition(&as_mountable(disk, root), false).map_err(|e| e.to_string())?;
+    let Some(grub_install) = image_tool(m.path(), &["grub-install", "grub2-install"]) else {
+        return Ok(Installed::NoGrub);
+    };
+    let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
+    let grub2 = grub_install.ends_with("grub2-install");
+    let id = bootloader_id(m.path());
+    if fw == Firmware::Uefi {
+        let esp = esp.ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
+        m.mount_inside(
+            "boot/efi",
+            &Partition {
+                disk,
+                number: esp.number,
+                start: esp.start,
+                len: esp.len,
+            },
+        )
+        .map_err(|e| format!("mounting the ESP in the image: {e}"))?;
+    }
+    m.bind_system().map_err(|e| e.to_string())?;
+    let disk_s = disk.display().to_string();
+    let target = if cfg!(target_arch = "aarch64") {
+        "--target=arm64-efi"
+    } else {
+        "--target=x86_64-efi"
+    };
+    let mut done = Vec::new();
+    match fw {
+        Firmware::Uefi => {
+            let base = [
+                grub_install.as_str(),
+                target,
+                "--efi-directory=/boot/efi",
+                "--no-nvram",
+            ];
+            let named = format!("--bootloader-id={id}");
+            chroot(m.path(), &[&base[..], &[named.as_str()]].concat())?;
+            chroot(m.path(), &[&base[..], &["--removable"]].concat())?;
+            done.push(format!(
+                "{grub_install} for UEFI (EFI/{id} and the removable path)"
+            ));
+        }
+        Firmware::Bios => {
+            chroot(
+                m.path(),
+                &[grub_install.as_str(), "--target=i386-pc", &disk_s],
+            )?;
+            done.push(format!("{grub_install} for BIOS on {disk_s}"));
+        }
+    }
+    let cfg = if grub2 {
+        "/boot/grub2/grub.cfg"
+    } else {
+        "/boot/grub/grub.cfg"
+    };
+    match mkconfig {
+        Some(tool) => {
+            chroot(m.path(), &[tool.as_str(), "-o", cfg])?;
+            done.push(format!("{tool} -o {cfg}"));
+        }
+        None if m.path().join(cfg.trim_start_matches('/')).is_file() => {
+            tracing::warn!(%cfg, "the image has no grub-mkconfig; its own menu is kept");
+            done.push(format!("kept the image's {cfg}"));
+        }
+        None => {
+            return Err(format!(
+                "the image has no grub-mkconfig and no {cfg}: GRUB would have no menu"
+            ))
+        }
+    }
+    drop(m);
+    Ok(Installed::Grub(done.join("; ")))
+}
