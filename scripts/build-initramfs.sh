@@ -53,7 +53,7 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
 # missing from this kernel (built in, or renamed) is skipped.
 MODULES=(virtio_pci virtio_blk virtio_net virtio_scsi nvme ahci ata_piix sd_mod sr_mod
          usb_storage uas xhci_pci ehci_pci e1000 e1000e igb ixgbe i40e bnxt_en tg3
-         vfat nls_cp437 nls_iso8859_1 ext4 iso9660 loop efivarfs ${EXTRA_MODULES:-})
+         vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs ${EXTRA_MODULES:-})
 : > "$R/etc/modules.order"
 for m in "${MODULES[@]}"; do
   modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true

@@ -15,7 +15,7 @@ echo "[rivet-init] kernel up at $(up) s"
 # Drivers for the devices present (PCI, USB, virtio, … by modalias), then what the agent
 # itself may need whatever the hardware.
 for a in $(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u); do modprobe -q "$a" 2>/dev/null; done
-for m in sd_mod sr_mod vfat nls_cp437 nls_iso8859_1 ext4 iso9660 loop efivarfs; do modprobe -q "$m" 2>/dev/null; done
+for m in sd_mod sr_mod vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs; do modprobe -q "$m" 2>/dev/null; done
 # Disks behind controllers probed just now (virtio, NVMe) appear as their modules load;
 # devices found later by the kernel get theirs here too.
 for a in $(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u); do modprobe -q "$a" 2>/dev/null; done

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# The product end to end: the real Ironic 39 conductor (standalone, require_tls) deploys a QEMU
-# VM (TCG, UEFI/OVMF, virtio disk and NIC) booted from Rivet's minimal ramdisk with
-# ipa-api-url on its kernel command line. Whole-disk qcow2 image with a config drive → node
-# active; the agent powers the VM off for real; the harness boots the VM again from its disk
-# and waits for the test image's RIVET-BOOT-MARKER on the serial console.
+# The product end to end: the real Ironic 39 conductor (standalone, require_tls) deploys QEMU
+# VMs (TCG, UEFI/OVMF) booted from Rivet's minimal ramdisk with ipa-api-url on the kernel
+# command line. Each VM has two blank disks, an NVMe one (512-byte sectors) and a virtio one
+# with 4096-byte sectors (4Kn); the node's root device hint names one of them by serial. Flows:
+#  1. whole-disk qcow2 + config drive onto the NVMe disk;
+#  2. partition image (qcow2) onto the 4Kn disk, GRUB installed by the agent from the image
+#     (grub-install in a chroot): the image carries no boot loader of its own.
+# Each ends with the node active, the agent powering the VM off for real, the other disk
+# untouched, and the VM booting its deployed disk to the test image's RIVET-BOOT-MARKER.
 #
 # Networking: QEMU user mode with restrict=on. hostfwd 127.0.0.1:PORT → the agent's :9999
 # (the agent advertises 127.0.0.1:PORT, so the conductor reaches it and its auto-TLS
 # certificate is for that address); guestfwd 10.0.2.100:{6385,8089} → the host's 127.0.0.1,
 # and the ramdisk's rivet.forward= makes those ports answer on the guest's own 127.0.0.1, so
 # the node's URLs (API, image) are the same inside and outside.
-# usage: tests/vm/deploy.sh    (RAMDISK=dir with rivet.kernel/rivet.initramfs; RIVET for its build)
+# usage: tests/vm/deploy.sh    (RAMDISK=dir with rivet.kernel/rivet.initramfs; RIVET for its build;
+#                               FLOWS="wholedisk partition" to choose flows)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-vm-deploy}
@@ -34,80 +39,143 @@ REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
 I=$STATE/images
 "$ROOT/tests/vm/make-boot-image.sh" "$I/boot.raw" "$RAMDISK/rivet.kernel"
 qemu-img convert -f raw -O qcow2 -c "$I/boot.raw" "$I/boot.qcow2"
-# 8 GiB (sparse): without root device hints before lookup, the agent waits for a disk of
-# at least 4 GiB, as IPA does.
-qemu-img create -q -f qcow2 "$WORK/vm-disk.qcow2" 8G
-cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
+PART_UUID=4d6f6e21-0000-4000-8000-0000000000b2
+"$ROOT/tests/vm/make-partition-image.sh" "$I/part.raw" "$RAMDISK/rivet.kernel" "$PART_UUID"
+qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
+FLOWS=${FLOWS:-wholedisk partition}
+want() { [[ " $FLOWS " == *" $1 "* ]]; }
 MAC=52:54:00:12:34:60
-NODE=$(enroll_available vm0 "$MAC" '{"serial": "deploytarget"}')
-api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {
-  \"image_source\": \"$IMG/boot.qcow2\", \"image_os_hash_algo\": \"sha256\",
-  \"image_os_hash_value\": \"$(sha256sum "$I/boot.qcow2" | cut -d' ' -f1)\",
-  \"image_disk_format\": \"qcow2\", \"root_gb\": \"1\"}}]" >/dev/null
-api PUT "/v1/nodes/$NODE/states/provision" \
-  '{"target": "active", "configdrive": {"meta_data": {"hostname": "vm0.rivet.example"}}}' >/dev/null
-wait_state "$NODE" "wait call-back" 60
-
-PORT=$(free_port)
+NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
 BB=$(command -v busybox)
-ovmf=(-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd
-      -drive "if=pflash,format=raw,file=$WORK/vars.fd")
-boot_start=$SECONDS
-qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot "${ovmf[@]}" \
-  -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
-  -append "console=ttyS0 quiet ipa-api-url=http://127.0.0.1:6385 BOOTIF=$MAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
-  -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
-  -device "virtio-net-pci,netdev=n0,mac=$MAC" \
-  -drive "file=$WORK/vm-disk.qcow2,if=none,id=d0,format=qcow2" -device virtio-blk-pci,drive=d0,serial=deploytarget \
-  -serial "file:$WORK/serial-deploy.log" -monitor none -display none &
-QEMU_PID=$!
-# First heartbeat: the conductor records the agent's URL.
-for _ in $(seq 1 600); do
-  [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
-  kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited: $(tail -20 "$WORK/serial-deploy.log")"
-  sleep 0.5
-done
-hb=$((SECONDS - boot_start))
-[[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == "https://127.0.0.1:$PORT" ]] \
-  || fail "no heartbeat from the VM: $(tail -30 "$WORK/serial-deploy.log")"
-echo "ok: VM booted the ramdisk and heartbeat over HTTPS ${hb} s after QEMU started"
-echo "time vm_boot_to_heartbeat ${hb}s"
-dstart=$SECONDS
-wait_state "$NODE" active 600 || fail "node did not become active: $(tail -30 "$WORK/serial-deploy.log")"
-echo "ok: node active $((SECONDS - dstart)) s after the first heartbeat"
-echo "time vm_deploy $((SECONDS - dstart))s"
-# The agent powered the VM off (a real power-off inside the VM: QEMU exits).
-for _ in $(seq 1 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
-kill -0 "$QEMU_PID" 2>/dev/null && fail "the VM did not power off after the deploy"
-wait "$QEMU_PID" || true
-QEMU_PID=
-grep -q "rivet starting" "$WORK/serial-deploy.log" || fail "no agent output on the serial console"
+ovmf() { # VARS_FILE
+  echo "-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive if=pflash,format=raw,file=$1"
+}
+disks() {
+  echo "-drive file=$WORK/nvme.qcow2,if=none,id=d0,format=qcow2 -device nvme,drive=d0,serial=nvmetarget"
+  echo "-drive file=$WORK/v4k.qcow2,if=none,id=d1,format=qcow2"
+  echo "-device virtio-blk-pci,drive=d1,serial=v4ktarget,logical_block_size=4096,physical_block_size=4096"
+}
 
+# deploy_vm LABEL HINT_SERIAL INSTANCE_INFO PROVISION_BODY: fresh blank disks, a VM booted
+# from the ramdisk, the node deployed and the VM powered off by the agent.
+deploy_vm() {
+  local label=$1 hint=$2 info=$3 body=$4
+  # 8 GiB each (sparse): without root device hints before lookup, the agent waits for a disk
+  # of at least 4 GiB, as IPA does.
+  qemu-img create -q -f qcow2 "$WORK/nvme.qcow2" 8G
+  qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
+  api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"$hint\"}},
+    {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": $info}]" >/dev/null
+  api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
+  wait_state "$NODE" "wait call-back" 60
+  PORT=$(free_port)
+  local boot_start=$SECONDS
+  # shellcheck disable=SC2046
+  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
+    $(ovmf "$WORK/vars.fd") \
+    -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
+    -append "console=ttyS0 quiet ipa-api-url=http://127.0.0.1:6385 BOOTIF=$MAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
+    -device "virtio-net-pci,netdev=n0,mac=$MAC" $(disks) \
+    -serial "file:$WORK/serial-$label.log" -monitor none -display none &
+  QEMU_PID=$!
+  # First heartbeat: the conductor records the agent's URL.
+  for _ in $(seq 1 600); do
+    [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
+    kill -0 "$QEMU_PID" 2>/dev/null || fail "$label: QEMU exited: $(tail -20 "$WORK/serial-$label.log")"
+    sleep 0.5
+  done
+  local hb=$((SECONDS - boot_start))
+  [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == "https://127.0.0.1:$PORT" ]] \
+    || fail "$label: no heartbeat from the VM: $(tail -30 "$WORK/serial-$label.log")"
+  echo "ok: $label: VM booted the ramdisk and heartbeat over HTTPS ${hb} s after QEMU started"
+  echo "time ${label}_boot_to_heartbeat ${hb}s"
+  local dstart=$SECONDS
+  wait_state "$NODE" active 600 || fail "$label: node did not become active: $(tail -30 "$WORK/serial-$label.log")"
+  echo "ok: $label: node active $((SECONDS - dstart)) s after the first heartbeat"
+  echo "time ${label}_deploy $((SECONDS - dstart))s"
+  # The agent powered the VM off (a real power-off inside the VM: QEMU exits).
+  for _ in $(seq 1 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$QEMU_PID" 2>/dev/null && fail "$label: the VM did not power off after the deploy"
+  wait "$QEMU_PID" || true
+  QEMU_PID=
+  grep -q "rivet starting" "$WORK/serial-$label.log" || fail "$label: no agent output on the serial console"
+  grep -a "root device chosen" -A3 "$WORK/serial-$label.log" | tr -d '\r' | head -4 || true
+}
+
+# blank FILE: nothing was ever written to the disk the hint did not name (the qcow2 file
+# has no cluster allocated; a write of zeros would allocate one too).
+blank() {
+  local n
+  n=$(qemu-img check --output=json "$1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("allocated-clusters", 0))')
+  [[ "$n" == 0 ]]
+}
+
+# boot_disk LABEL EXPECT: boot the VM from its disks; the marker line must contain EXPECT.
+boot_disk() {
+  local label=$1 expect=$2
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars2.fd"
+  local b2=$SECONDS
+  # shellcheck disable=SC2046
+  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 512 -nodefaults -no-reboot \
+    $(ovmf "$WORK/vars2.fd") $(disks) \
+    -serial "file:$WORK/serial-$label-boot.log" -monitor none -display none &
+  QEMU_PID=$!
+  for _ in $(seq 1 360); do
+    grep -q "RIVET-BOOT-MARKER" "$WORK/serial-$label-boot.log" 2>/dev/null && break
+    kill -0 "$QEMU_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  grep -q "RIVET-BOOT-MARKER" "$WORK/serial-$label-boot.log" \
+    || fail "$label: the deployed disk did not boot: $(tail -c 2000 "$WORK/serial-$label-boot.log")"
+  local line; line=$(grep -a -o "RIVET-BOOT-MARKER.*" "$WORK/serial-$label-boot.log" | tr -d '\r' | head -1)
+  [[ "$line" == *"$expect"* ]] || fail "$label: booted, but not through the expected path ($expect): $line"
+  echo "ok: $label: the VM booted from its deployed disk ($((SECONDS - b2)) s):"
+  echo "$line"
+  echo "time ${label}_boot_deployed $((SECONDS - b2))s"
+  for _ in $(seq 1 60); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+  kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
+  QEMU_PID=
+}
+
+undeploy() {
+  api PUT "/v1/nodes/$NODE/states/provision" '{"target": "deleted"}' >/dev/null
+  wait_state "$NODE" available 120 || fail "node did not return to available"
+}
+
+# --- 1. whole-disk qcow2 + config drive onto the NVMe disk --------------------------------
+if want wholedisk; then
+deploy_vm wholedisk nvmetarget "{\"image_source\": \"$IMG/boot.qcow2\", \"image_os_hash_algo\": \"sha256\",
+  \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\", \"root_gb\": \"1\"}" \
+  '{"target": "active", "configdrive": {"meta_data": {"hostname": "vm0.rivet.example"}}}'
 # The disk holds the image (past the GPT's first MiB, which gained the config-2 entry).
-qemu-img convert -f qcow2 -O raw "$WORK/vm-disk.qcow2" "$WORK/vm-disk.raw"
+qemu-img convert -f qcow2 -O raw "$WORK/nvme.qcow2" "$WORK/vm-disk.raw"
 size=$(stat -c %s "$I/boot.raw")
-cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$WORK/vm-disk.raw" || fail "the VM's disk differs from the image"
-sgdisk -p "$WORK/vm-disk.raw" | grep -q "config-2" || fail "no config-2 partition on the VM's disk"
-echo "ok: the VM's disk holds the image and a config drive:"
-sgdisk -p "$WORK/vm-disk.raw" | sed -n '/^Number/,$p'
+cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$WORK/vm-disk.raw" || fail "the NVMe disk differs from the image"
+sgdisk -p "$WORK/vm-disk.raw" | grep -q "config-2" || fail "no config-2 partition on the NVMe disk"
+rm -f "$WORK/vm-disk.raw"
+blank "$WORK/v4k.qcow2" || fail "wholedisk: the 4Kn disk the hint did not name was written"
+echo "ok: wholedisk: the NVMe disk holds the image and a config drive; the 4Kn disk is untouched"
+boot_disk wholedisk "console=ttyS0"
+undeploy
+fi
 
-
-# Boot the deployed disk.
-cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars2.fd"
-ovmf[3]="if=pflash,format=raw,file=$WORK/vars2.fd"
-b2=$SECONDS
-qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 512 -nodefaults -no-reboot "${ovmf[@]}" \
-  -drive "file=$WORK/vm-disk.qcow2,if=none,id=d0,format=qcow2" -device virtio-blk-pci,drive=d0 \
-  -serial "file:$WORK/serial-boot.log" -monitor none -display none &
-QEMU_PID=$!
-for _ in $(seq 1 360); do
-  grep -q "RIVET-BOOT-MARKER" "$WORK/serial-boot.log" 2>/dev/null && break
-  kill -0 "$QEMU_PID" 2>/dev/null || break
-  sleep 0.5
-done
-grep -q "RIVET-BOOT-MARKER" "$WORK/serial-boot.log" || fail "the deployed disk did not boot: $(tail -c 2000 "$WORK/serial-boot.log")"
-echo "ok: the VM booted from its deployed disk ($((SECONDS - b2)) s):"
-grep -a -o "RIVET-BOOT-MARKER.*" "$WORK/serial-boot.log" | tr -d '\r' | head -1
-echo "time vm_boot_deployed $((SECONDS - b2))s"
+# --- 2. partition image onto the 4Kn disk, GRUB from the image ----------------------------
+if want partition; then
+deploy_vm partition v4ktarget "{\"image_source\": \"$IMG/part.qcow2\", \"image_os_hash_algo\": \"sha256\",
+  \"image_os_hash_value\": \"$(sum "$I/part.qcow2")\", \"image_disk_format\": \"qcow2\",
+  \"image_type\": \"partition\", \"kernel\": \"$IMG/vmlinuz\", \"ramdisk\": \"$IMG/initrd\",
+  \"root_gb\": \"1\", \"deploy_boot_mode\": \"uefi\"}" '{"target": "active"}'
+grep -a "grub-install" "$WORK/serial-partition.log" | tr -d '\r' | tail -2 || true
+stored=$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id')")
+[[ "$stored" == "$PART_UUID" ]] || fail "partition: Ironic stored root uuid '$stored', expected $PART_UUID"
+blank "$WORK/nvme.qcow2" || fail "partition: the NVMe disk the hint did not name was written"
+echo "ok: partition: root uuid stored by Ironic matches the image; the NVMe disk is untouched"
+boot_disk partition "rivet.flow=partition-grub"
+undeploy
+fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"

@@ -8,19 +8,7 @@ set -euo pipefail
 out=$1 kernel=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# The marker "OS": busybox and an /init.
-mkdir -p "$tmp/rd/bin" "$tmp/rd/dev" "$tmp/rd/proc"
-cp /bin/busybox "$tmp/rd/bin/busybox"
-cat > "$tmp/rd/init" <<'INIT'
-#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-/bin/busybox mount -t proc proc /proc
-echo "RIVET-BOOT-MARKER: booted from the deployed disk ($(/bin/busybox cat /proc/cmdline))" > /dev/ttyS0
-/bin/busybox sync
-/bin/busybox poweroff -f
-INIT
-chmod 755 "$tmp/rd/init"
-(cd "$tmp/rd" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -6) > "$tmp/marker.img"
+"$(dirname "$0")/make-marker-initrd.sh" "$tmp/marker.img"
 # GRUB with its configuration built in: find the ESP by a file on it, boot the kernel.
 cat > "$tmp/grub.cfg" <<'CFG'
 set timeout=0

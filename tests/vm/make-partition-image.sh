@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A tiny partition image (a root file system, no partition table) that only boots if the agent
+# installs GRUB from it: it carries grub-install (with its libraries and x86_64-efi modules),
+# a kernel, the marker initramfs and a GRUB menu, but no boot loader anywhere. Ext4 with 4 KiB
+# blocks, so it also mounts on 4Kn disks.
+# usage: make-partition-image.sh OUT.raw KERNEL UUID   (needs grub2-common, grub-efi-amd64-bin)
+set -euo pipefail
+out=$1 kernel=$2 uuid=$3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+r=$tmp/root
+mkdir -p "$r"/{boot/grub,boot/efi,dev,proc,sys,tmp,etc,usr/sbin,usr/lib/grub,bin}
+cp /usr/sbin/grub-install "$r/usr/sbin/"
+# Its shared libraries and loader, at the same paths.
+for lib in $(ldd /usr/sbin/grub-install | grep -o '/[^ ]*'); do
+  mkdir -p "$r$(dirname "$lib")"
+  cp -L "$lib" "$r$lib"
+done
+cp -a /usr/lib/grub/x86_64-efi "$r/usr/lib/grub/"
+cp "$kernel" "$r/boot/vmlinuz"
+"$(dirname "$0")/make-marker-initrd.sh" "$r/boot/initrd.img"
+printf 'ID=rivettest\nNAME="Rivet test image"\n' > "$r/etc/os-release"
+cat > "$r/boot/grub/grub.cfg" <<'CFG'
+set timeout=0
+serial --unit=0 --speed=115200
+terminal_output serial console
+echo "RIVET-GRUB: the partition image's own menu"
+linux /boot/vmlinuz console=ttyS0 quiet panic=-1 rivet.flow=partition-grub
+initrd /boot/initrd.img
+boot
+CFG
+size=$(( $(du -sm "$r" | cut -f1) + 24 ))
+rm -f "$out"
+mkfs.ext4 -q -F -b 4096 -U "$uuid" -L root -d "$r" "$out" "${size}M"
