@@ -45,12 +45,15 @@ qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
-FLOWS=${FLOWS:-wholedisk partition}
+FLOWS=${FLOWS:-wholedisk partition bios}
 want() { [[ " $FLOWS " == *" $1 "* ]]; }
 MAC=52:54:00:12:34:60
 NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
 BB=$(command -v busybox)
-ovmf() { # VARS_FILE
+FW=uefi
+firmware() { # VARS_FILE: OVMF for UEFI flows; QEMU's SeaBIOS otherwise
+  [[ "$FW" == uefi ]] || return 0
+  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$1"
   echo "-drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd -drive if=pflash,format=raw,file=$1"
 }
 disks() {
@@ -67,8 +70,8 @@ deploy_vm() {
   # of at least 4 GiB, as IPA does.
   qemu-img create -q -f qcow2 "$WORK/nvme.qcow2" 8G
   qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
-  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars.fd"
   api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"$hint\"}},
+    {\"op\": \"add\", \"path\": \"/properties/capabilities\", \"value\": \"boot_mode:$FW\"},
     {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": $info}]" >/dev/null
   api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
   wait_state "$NODE" "wait call-back" 60
@@ -76,7 +79,7 @@ deploy_vm() {
   local boot_start=$SECONDS
   # shellcheck disable=SC2046
   qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
-    $(ovmf "$WORK/vars.fd") \
+    $(firmware "$WORK/vars.fd") \
     -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
     -append "console=ttyS0 quiet ipa-api-url=http://127.0.0.1:6385 BOOTIF=$MAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
     -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
@@ -118,11 +121,10 @@ blank() {
 # boot_disk LABEL EXPECT: boot the VM from its disks; the marker line must contain EXPECT.
 boot_disk() {
   local label=$1 expect=$2
-  cp /usr/share/OVMF/OVMF_VARS_4M.fd "$WORK/vars2.fd"
   local b2=$SECONDS
   # shellcheck disable=SC2046
   qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 512 -nodefaults -no-reboot \
-    $(ovmf "$WORK/vars2.fd") $(disks) \
+    $(firmware "$WORK/vars2.fd") $(disks) \
     -serial "file:$WORK/serial-$label-boot.log" -monitor none -display none &
   QEMU_PID=$!
   for _ in $(seq 1 360); do
@@ -160,7 +162,7 @@ sgdisk -p "$WORK/vm-disk.raw" | grep -q "config-2" || fail "no config-2 partitio
 rm -f "$WORK/vm-disk.raw"
 blank "$WORK/v4k.qcow2" || fail "wholedisk: the 4Kn disk the hint did not name was written"
 echo "ok: wholedisk: the NVMe disk holds the image and a config drive; the 4Kn disk is untouched"
-boot_disk wholedisk "console=ttyS0"
+boot_disk wholedisk "rivet.flow=uefi"
 undeploy
 fi
 
@@ -176,6 +178,24 @@ stored=$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id'
 blank "$WORK/nvme.qcow2" || fail "partition: the NVMe disk the hint did not name was written"
 echo "ok: partition: root uuid stored by Ironic matches the image; the NVMe disk is untouched"
 boot_disk partition "rivet.flow=partition-grub"
+undeploy
+fi
+# --- 3. BIOS: the ramdisk boots under SeaBIOS; whole-disk raw image (GRUB in the MBR and the
+# --- BIOS boot partition) onto the NVMe disk ------------------------------------------------
+if want bios; then
+FW=bios
+# Fake management offers only PXE as a boot device; in BIOS mode the conductor sets "disk",
+# which the noop management interface accepts.
+api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/management_interface", "value": "noop"}]' >/dev/null
+deploy_vm bios nvmetarget "{\"image_source\": \"$IMG/boot.raw\", \"image_os_hash_algo\": \"sha256\",
+  \"image_os_hash_value\": \"$(sum "$I/boot.raw")\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}" \
+  '{"target": "active"}'
+qemu-img convert -f qcow2 -O raw "$WORK/nvme.qcow2" "$WORK/vm-disk.raw"
+cmp -n "$(stat -c %s "$I/boot.raw")" "$I/boot.raw" "$WORK/vm-disk.raw" || fail "bios: the NVMe disk differs from the image"
+rm -f "$WORK/vm-disk.raw"
+blank "$WORK/v4k.qcow2" || fail "bios: the 4Kn disk the hint did not name was written"
+echo "ok: bios: the NVMe disk holds the image byte for byte; the 4Kn disk is untouched"
+boot_disk bios "rivet.flow=bios"
 undeploy
 fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"
