@@ -2,13 +2,14 @@
 # The distribution ramdisk: diskimage-builder (from PyPI, in a venv) with debian-minimal
 # (bookworm) and our element dib-element/rivet → OUT_DIR/rivet.kernel + rivet.initramfs.
 # usage: scripts/build-dib-ramdisk.sh [OUT_DIR]     (default target/dib; root, network to
-#        deb.debian.org and PyPI). COMPRESS overrides the initramfs compressor ("gzip -6").
+#        deb.debian.org and PyPI). COMPRESS overrides the initramfs compressor ("zstd -19 -T0";
+#        Debian's kernel unpacks zstd initramfs images, and smaller than gzip, faster too).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/target/dib}" && cd "${1:-$ROOT/target/dib}" && pwd)
 VENV=${DIB_VENV:-$HOME/.cache/rivet-dib/venv}
 need=()
-for p in debootstrap squashfs-tools kpartx qemu-utils cpio gdisk dosfstools e2fsprogs util-linux \
+for p in zstd debootstrap squashfs-tools kpartx qemu-utils cpio gdisk dosfstools e2fsprogs util-linux \
          parted sudo git curl xz-utils lsb-release python3-venv; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
@@ -25,7 +26,7 @@ BIN=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 export PATH="$VENV/bin:$PATH"
 export ELEMENTS_PATH="$ROOT/dib-element"
 export DIB_RIVET_BINARY="$BIN" DIB_RIVET_UNIT="$ROOT/systemd/rivet.service"
-export DIB_RIVET_COMPRESS=${COMPRESS:-gzip -6}
+export DIB_RIVET_COMPRESS=${COMPRESS:-zstd -19 -T0 -q}
 # debian-minimal follows "stable" unless pinned; security.debian.org is not reachable from
 # every build network, deb.debian.org serves the same archive.
 export DIB_RELEASE=bookworm DIB_DEBIAN_SECURITY_MIRROR=http://deb.debian.org/debian-security

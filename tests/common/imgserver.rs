@@ -33,6 +33,13 @@ pub struct Faults {
     /// Answer bounded range requests (`bytes=a-b`) with this byte of the object flipped: a
     /// server that lies about metadata read out of band.
     pub tamper_ranges_at: Option<u64>,
+    /// At this request number, the object is rebuilt: new content and a new ETag.
+    pub swap_after: Option<(usize, Arc<Vec<u8>>)>,
+    /// End the body cleanly at this object offset (a truncated object: with Content-Length
+    /// the connection then breaks short of it; chunked, the transfer just ends).
+    pub end_early_at: Option<u64>,
+    /// Declare this many bytes more (or fewer) than the body has.
+    pub content_length_delta: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +200,16 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
     if s.faults.change_etag_after == Some(n_req) {
         s.etag_gen += 1;
     }
+    if s.faults
+        .swap_after
+        .as_ref()
+        .is_some_and(|(n, _)| *n == n_req)
+    {
+        if let Some((_, new)) = s.faults.swap_after.take() {
+            s.files.insert(path.clone(), new);
+            s.etag_gen += 1;
+        }
+    }
     let etag = format!("\"v{}\"", s.etag_gen);
     let simple = |code: u16| {
         Response::builder()
@@ -254,6 +271,11 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
     let stall = s.faults.stall.take().map(|(at, d)| (at as usize, d));
     record(status, &mut s);
     let chunked = s.faults.chunked;
+    let body_end = s
+        .faults
+        .end_early_at
+        .map_or(end, |e| (e as usize).clamp(start, end));
+    let delta = s.faults.content_length_delta;
     drop(s);
     let mut b = Response::builder()
         .status(status)
@@ -261,7 +283,8 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
         .header("Last-Modified", "Mon, 23 Nov 2026 10:00:00 GMT")
         .header("Accept-Ranges", "bytes");
     if !chunked {
-        b = b.header("Content-Length", (end - start).to_string());
+        let declared = ((end - start) as i64 + delta).max(0);
+        b = b.header("Content-Length", declared.to_string());
     }
     if status == 206 {
         b = b.header(
@@ -272,7 +295,7 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
     b.body(Either::Left(FaultBody {
         data,
         pos: start,
-        end,
+        end: body_end,
         cut_at,
         stall,
         sleep: None,

@@ -5,8 +5,11 @@
 # with 4096-byte sectors (4Kn); the node's root device hint names one of them by serial. Flows:
 #  1. whole-disk qcow2 + config drive onto the NVMe disk;
 #  2. partition image (qcow2) onto the 4Kn disk, GRUB installed by the agent from the image
-#     (grub-install in a chroot): the image carries no boot loader of its own.
-# Each ends with the node active, the agent powering the VM off for real, the other disk
+#     (grub-install in a chroot): the image carries no boot loader of its own;
+#  3. BIOS (SeaBIOS): whole-disk raw image whose GRUB sits in the MBR and BIOS boot partition;
+#  4. the diskimage-builder ramdisk (systemd, rivet.service) boots, heartbeats and runs a
+#     manual cleaning (erase_devices_metadata) for the real conductor.
+# Flows 1-3 end with the node active, the agent powering the VM off for real, the other disk
 # untouched, and the VM booting its deployed disk to the test image's RIVET-BOOT-MARKER.
 #
 # Networking: QEMU user mode with restrict=on. hostfwd 127.0.0.1:PORT → the agent's :9999
@@ -15,7 +18,8 @@
 # and the ramdisk's rivet.forward= makes those ports answer on the guest's own 127.0.0.1, so
 # the node's URLs (API, image) are the same inside and outside.
 # usage: tests/vm/deploy.sh    (RAMDISK=dir with rivet.kernel/rivet.initramfs; RIVET for its build;
-#                               FLOWS="wholedisk partition" to choose flows)
+#                               FLOWS="wholedisk partition bios dib" to choose flows;
+#                               DIB_RAMDISK=dir with a prebuilt DIB rivet.kernel/rivet.initramfs)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-vm-deploy}
@@ -45,7 +49,7 @@ qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
-FLOWS=${FLOWS:-wholedisk partition bios}
+FLOWS=${FLOWS:-wholedisk partition bios dib}
 want() { [[ " $FLOWS " == *" $1 "* ]]; }
 MAC=52:54:00:12:34:60
 NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
@@ -197,5 +201,58 @@ blank "$WORK/v4k.qcow2" || fail "bios: the 4Kn disk the hint did not name was wr
 echo "ok: bios: the NVMe disk holds the image byte for byte; the 4Kn disk is untouched"
 boot_disk bios "rivet.flow=bios"
 undeploy
+api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/management_interface", "value": "fake"}]' >/dev/null
+fi
+# --- 4. the diskimage-builder ramdisk: boot, heartbeat, manual cleaning ------------------
+# No forwarder runs in the DIB ramdisk (that is test plumbing of the minimal one): the agent
+# reaches the conductor at the guestfwd address directly, and cleaning needs no image URL.
+if want dib; then
+FW=uefi
+DIB=${DIB_RAMDISK:-$WORK/dib}
+if [[ ! -f "$DIB/rivet.initramfs" ]]; then
+  bstart=$SECONDS
+  "$ROOT/scripts/build-dib-ramdisk.sh" "$DIB" | tail -1
+  echo "time dib_build $((SECONDS - bstart))s"
+fi
+echo "dib ramdisk: initramfs $(($(stat -c %s "$DIB/rivet.initramfs") >> 20)) MiB, kernel $(($(stat -c %s "$DIB/rivet.kernel") >> 20)) MiB"
+qemu-img create -q -f qcow2 "$WORK/nvme.qcow2" 8G
+qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
+api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/management_interface", "value": "fake"},
+  {"op": "add", "path": "/properties/capabilities", "value": "boot_mode:uefi"}]' >/dev/null
+api PUT "/v1/nodes/$NODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$NODE" manageable 60 || fail "dib: node did not become manageable"
+api PUT "/v1/nodes/$NODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
+wait_state "$NODE" "clean wait" 60 || fail "dib: node did not wait for the agent"
+PORT=$(free_port)
+boot_start=$SECONDS
+# shellcheck disable=SC2046
+qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 -nodefaults -no-reboot \
+  $(firmware "$WORK/vars.fd") \
+  -kernel "$DIB/rivet.kernel" -initrd "$DIB/rivet.initramfs" \
+  -append "console=ttyS0 ipa-api-url=http://10.0.2.100:6385 BOOTIF=$MAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT" \
+  -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385" \
+  -device "virtio-net-pci,netdev=n0,mac=$MAC" $(disks) \
+  -serial "file:$WORK/serial-dib.log" -monitor none -display none &
+QEMU_PID=$!
+for _ in $(seq 1 1200); do
+  [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
+  kill -0 "$QEMU_PID" 2>/dev/null || fail "dib: QEMU exited: $(tail -20 "$WORK/serial-dib.log")"
+  sleep 0.5
+done
+[[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == "https://127.0.0.1:$PORT" ]] \
+  || fail "dib: no heartbeat from the VM: $(tail -c 3000 "$WORK/serial-dib.log")"
+hb=$((SECONDS - boot_start))
+echo "ok: dib: the DIB ramdisk booted (systemd, rivet.service) and heartbeat over HTTPS ${hb} s after QEMU started"
+echo "time dib_boot_to_heartbeat ${hb}s"
+cstart=$SECONDS
+wait_state "$NODE" manageable 600 || fail "dib: cleaning did not finish: $(tail -c 3000 "$WORK/serial-dib.log")"
+echo "ok: dib: manual cleaning (erase_devices_metadata) done $((SECONDS - cstart)) s after the first heartbeat"
+echo "time dib_clean $((SECONDS - cstart))s"
+kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+grep -a -q "metadata erased" "$WORK/serial-dib.log" || fail "dib: the agent's console output does not show the erase"
+api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
+wait_state "$NODE" available 120 || fail "dib: node did not return to available"
 fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"
