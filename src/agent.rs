@@ -257,6 +257,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         exec: exec.clone(),
         token: token.clone(),
         scheme: if identity.is_some() { "https" } else { "http" },
+        client_timeout: cfg.api_client_timeout,
     });
     let listen = match cfg.listen_host {
         Some(h) => SocketAddr::new(h, cfg.listen_port),

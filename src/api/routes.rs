@@ -24,6 +24,8 @@ pub struct ApiState {
     /// `None` only if the agent has no token at all, in which case every command is refused.
     pub token: Option<String>,
     pub scheme: &'static str,
+    /// Limit for a client's TLS handshake, headers and body.
+    pub client_timeout: std::time::Duration,
 }
 
 impl ApiState {
@@ -164,9 +166,31 @@ async fn run_command(
     st: &ApiState,
     wait: bool,
 ) -> Result<crate::executor::CommandResult, ApiError> {
-    let body = Limited::new(req.into_body(), BODY_LIMIT)
-        .collect()
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(ApiError::new(
+            413,
+            format!("413 Request Entity Too Large: the body exceeds {BODY_LIMIT} bytes"),
+        ));
+    }
+    let collect = Limited::new(req.into_body(), BODY_LIMIT).collect();
+    // A body trickled in byte by byte (slow-loris) must not hold the connection forever.
+    let body = tokio::time::timeout(st.client_timeout, collect)
         .await
+        .map_err(|_| {
+            ApiError::new(
+                408,
+                format!(
+                    "408 Request Timeout: the body did not arrive within {:?}",
+                    st.client_timeout
+                ),
+            )
+        })?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

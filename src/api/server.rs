@@ -1,5 +1,5 @@
-//! Listener, TLS and HTTP/1.1 connections. Header reads are time-limited (slow clients cannot
-//! pin connections), and shutting down closes every open connection, which is how
+//! Listener, TLS and HTTP/1.1 connections. TLS handshakes, header reads and (in routes) body
+//! reads are time-limited (slow clients cannot pin connections), and shutting down closes every open connection, which is how
 //! `system.lockdown` makes the agent unreachable, as the conductor expects.
 
 use std::net::SocketAddr;
@@ -14,9 +14,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::routes::{handle, ApiState};
-
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Server {
     pub local_addr: SocketAddr,
@@ -60,9 +57,10 @@ pub async fn start(
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
                     let acceptor = acceptor.clone();
+                    let limit = state.client_timeout;
                     conns.spawn(async move {
                         match acceptor {
-                            Some(acc) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await {
+                            Some(acc) => match tokio::time::timeout(limit, acc.accept(stream)).await {
                                 Ok(Ok(tls)) => serve(TokioIo::new(tls), state).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -99,13 +97,14 @@ async fn serve<I>(io: TokioIo<I>, state: Arc<ApiState>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let limit = state.client_timeout;
     let svc = service_fn(move |req| {
         let st = state.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(req, st).await) }
     });
     if let Err(e) = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limit)
         .keep_alive(true)
         .serve_connection(io, svc)
         .await

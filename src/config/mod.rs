@@ -140,6 +140,11 @@ pub struct AgentArgs {
     /// in a ramdisk.
     #[arg(long, hide = true)]
     pub test_extension: bool,
+    /// How long a client of the agent API may take for its TLS handshake, its request
+    /// headers and its body before the connection is dropped (slow clients cannot pin
+    /// connections). Tests shorten it.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, hide = true)]
+    pub api_client_timeout: f64,
     /// Where virtual-media agent config is copied to (IPA copies into /etc).
     #[arg(long, value_name = "DIR", default_value = "/etc")]
     pub etc_dir: PathBuf,
@@ -191,6 +196,7 @@ pub struct Config {
     /// True when the parameters came from this machine's real /proc/cmdline; real power actions
     /// are only allowed then (see `system::power`).
     pub from_proc_cmdline: bool,
+    pub api_client_timeout: Duration,
     pub test_extension: bool,
     // Settings the conductor sends in the lookup answer (they override local ones, as in IPA).
     pub heartbeat_timeout: Duration,
@@ -358,6 +364,7 @@ impl Config {
             allow_loop_devices: args.allow_loop_devices,
             from_proc_cmdline: false,
             test_extension: args.test_extension,
+            api_client_timeout: Duration::from_secs_f64(args.api_client_timeout.clamp(0.1, 3600.0)),
             heartbeat_timeout: Duration::from_secs(300),
             md5_enabled: false,
             permitted_image_formats: vec!["raw".into(), "gpt".into(), "qcow2".into()],

@@ -196,8 +196,11 @@ fn attempt(
     let (dtx, drx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let (htx, mut hrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let algo = req.expected.algo;
+    // Below the agent API's threads: see system::priority.
+    let _nice = crate::system::priority::lower_current_thread();
     std::thread::scope(|s| {
         let fetcher = s.spawn(move || -> Result<u64, FetchError> {
+            let _nice = crate::system::priority::lower_current_thread();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -205,6 +208,7 @@ fn attempt(
             rt.block_on(fetch::stream(client, &req.urls, o, dtx, htx, progress))
         });
         let hasher = s.spawn(move || {
+            let _nice = crate::system::priority::lower_current_thread();
             let mut h = algo.hasher();
             while let Some(b) = hrx.blocking_recv() {
                 h.update(&b);

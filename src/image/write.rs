@@ -360,6 +360,7 @@ impl Pipe {
         let handle = std::thread::Builder::new()
             .name("disk-writer".into())
             .spawn(move || {
+                let _nice = crate::system::priority::lower_current_thread();
                 for job in rx {
                     match job {
                         Job::Write(buf, len, off) => {

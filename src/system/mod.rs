@@ -4,5 +4,6 @@ pub mod blockdev;
 pub mod inroot;
 pub mod mount;
 pub mod power;
+pub mod priority;
 pub mod pstore;
 pub mod tools;

@@ -1,0 +1,145 @@
+//! The bodies of the fuzz targets, shared by cargo-fuzz (fuzz_targets/*.rs, libFuzzer with
+//! coverage) and the test command's bounded smoke run (tests/fuzz_smoke.rs, stable Rust):
+//! each takes any bytes and must return without panicking; the asserts are invariants.
+#![allow(dead_code)]
+
+use rivet::commands::inject_files;
+use rivet::config::{cmdline, AgentArgs, Config};
+use rivet::hardware::hints;
+use rivet::image::info::ImageInfo;
+use rivet::image::qcow2::{self, decompress, ClusterCompression, MapBuilder, Sink};
+use rivet::image::verify::{parse_checksum_file, Expected};
+use rivet::image::write::WriteError;
+use serde_json::Value;
+
+struct Bounded {
+    size: u64,
+}
+
+impl Sink for Bounded {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> Result<(), WriteError> {
+        assert!(
+            off.checked_add(data.len() as u64)
+                .is_some_and(|e| e <= self.size),
+            "write past the virtual size"
+        );
+        Ok(())
+    }
+    fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError> {
+        assert!(
+            off.checked_add(len).is_some_and(|e| e <= self.size),
+            "zeroing past the virtual size"
+        );
+        Ok(())
+    }
+}
+
+fn slice(data: &[u8], off: u64, len: u64) -> &[u8] {
+    let s = (off as usize).min(data.len());
+    let e = (off.saturating_add(len) as usize).min(data.len());
+    &data[s..e]
+}
+
+/// The whole qcow2 path on one in-memory file: header, L1 and L2 tables, then the write pass
+/// that checks the metadata against the stream and scatters clusters. Invariant: nothing is
+/// ever written outside the virtual disk, and errors are errors, never panics.
+pub fn qcow2(data: &[u8]) {
+    let Ok(h) = qcow2::parse_header(data, Some(data.len() as u64)) else {
+        return;
+    };
+    let size = h.virtual_size;
+    let cs = h.cluster_size();
+    let mut b = MapBuilder::new(h, data);
+    let (l1_off, l1_len) = b.l1_region();
+    let Ok(l2s) = b.add_l1(slice(data, l1_off, l1_len)) else {
+        return;
+    };
+    for (host, index) in l2s {
+        if b.add_l2(host, index, slice(data, host, cs)).is_err() {
+            return;
+        }
+    }
+    let Ok(map) = b.finish() else {
+        return;
+    };
+    let mut sink = Bounded { size };
+    let _ = qcow2::write_pass(&map, data, &mut sink, &|_| {});
+}
+
+/// The compressed-cluster decoder: any input, deflate or zstd, into one cluster.
+pub fn qcow2_cluster(data: &[u8]) {
+    let Some((&sel, input)) = data.split_first() else {
+        return;
+    };
+    let kind = if sel & 1 == 0 {
+        ClusterCompression::Deflate
+    } else {
+        ClusterCompression::Zstd
+    };
+    // Cluster sizes from 512 B to 2 MiB, as qcow2 allows.
+    let mut out = vec![0u8; 512usize << ((sel >> 1) % 13)];
+    let _ = decompress(kind, input, &mut out);
+}
+
+/// Checksum files (GNU, BSD, bare hash) as servers publish them, and the expected-hash rules.
+pub fn checksum_file(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (name, body) = text.split_once('\n').unwrap_or(("image.qcow2", &text));
+    if let Ok(hex) = parse_checksum_file(body, name) {
+        let _ = Expected::infer(&hex, true);
+    }
+    let _ = Expected::infer(&text, false);
+}
+
+/// The kernel command line, all the way to the agent's configuration.
+pub fn cmdline(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let params = cmdline::parse_params(&text);
+    let _ = Config::from_params(&params, &AgentArgs::default());
+}
+
+/// Command bodies and the JSON inside them: image_info, inject_files lists, root device hints.
+pub fn command_json(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    if let Ok(info) = ImageInfo::parse(&v) {
+        // The id is used in paths: whatever it was, the safe form must be a plain name.
+        let id = info.safe_id();
+        assert!(
+            !id.contains('/') && id != "." && id != "..",
+            "unsafe id {id:?}"
+        );
+    }
+    let _ = inject_files::validate(&v, v.get("files").unwrap_or(&Value::Null));
+    let _ = hints::parse(&v);
+}
+
+/// Root device hints: parsing any JSON object, then matching against a disk.
+pub fn root_hints(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    // Hints arrive as a JSON object of strings, numbers and booleans.
+    let doc = format!("{{{text}}}");
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&doc) else {
+        return;
+    };
+    if let Ok(hs) = hints::parse(&v) {
+        let target = hints::HintTarget {
+            name: "/dev/sda".into(),
+            size: 480 << 30,
+            model: Some("Samsung SSD 860".into()),
+            vendor: Some("ATA".into()),
+            serial: vec!["S3Z9NB0K123456".into()],
+            wwn: vec!["0x5002538e40a1b2c3".into()],
+            wwn_with_extension: None,
+            wwn_vendor_extension: None,
+            rotational: false,
+            hctl: Some("0:0:0:0".into()),
+            by_path: Some("/dev/disk/by-path/pci-0000:00:17.0-ata-1".into()),
+            tran: Some("sata".into()),
+        };
+        for h in &hs {
+            let _ = hints::check(h, &target);
+        }
+    }
+}
