@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use common::imgserver::ImageServer;
 use common::install_util::{compress, gpt_image, sha256, skip, MIB};
+use common::loopdev::Loop;
+use common::*;
+use serde_json::json;
 
 struct Rng(u64);
 
@@ -282,10 +285,16 @@ fn run_one(fx: &Fx, c: &Case, t: &mut Tally) {
         t.panics.push(format!("{}: {err}", c.name));
         return;
     }
-    if status.success() {
+    judge(c, &fx.target, status.success(), &err, t);
+}
+
+/// Judge a finished run: success ⇒ the disk equals the reference; failure ⇒ a message that
+/// names the cause and no partition table left behind.
+fn judge(c: &Case, target: &Path, ok: bool, err: &str, t: &mut Tally) {
+    if ok {
         t.ok += 1;
         match &c.reference {
-            Some(r) if equals(r, &fx.target) => {}
+            Some(r) if equals(r, target) => {}
             _ => t.silent_corruptions.push(c.name.clone()),
         }
         if matches!(c.expect, Expect::Fail(_)) {
@@ -293,7 +302,7 @@ fn run_one(fx: &Fx, c: &Case, t: &mut Tally) {
         }
     } else {
         t.failed += 1;
-        if !no_table(&fx.target) {
+        if !no_table(target) {
             t.half_written.push(c.name.clone());
         }
         let lower = err.to_lowercase();
@@ -338,197 +347,8 @@ const CLASSES: &[&str] = &[
     "compressed_damage",
 ];
 
-#[test]
-fn seeded_faults_never_corrupt_panic_or_hang() {
-    if skip() {
-        return;
-    }
-    let seed: u64 = std::env::var("RIVET_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026);
-    let runs: usize = std::env::var("RIVET_FAULT_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(216);
-    let fx = fixture();
-    let srv = ImageServer::start();
-    let mut rng = Rng(seed | 1);
-    let mut t = Tally::default();
-    let sum = |d: &[u8]| format!("sha256:{}", sha256(d));
-    let len = fx.raw.len() as u64;
-    let big = vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize];
-    let compressed = [
-        ("gzip", compress("gzip", &fx.raw)),
-        ("zstd", compress("zstd", &fx.raw)),
-        ("xz", compress("xz", &fx.raw)),
-    ];
-    let t0 = Instant::now();
-    for i in 0..runs {
-        let class = CLASSES[i % CLASSES.len()];
-        let name = format!("{i:03}-{class}");
-        srv.faults(|f| *f = Default::default());
-        let mut data = fx.raw.clone();
-        let mut reference = Some(fx.raw_path.clone());
-        let mut checksum = None;
-        let mut extra = Vec::new();
-        let off = |rng: &mut Rng| 1 + rng.below(len - 2);
-        let expect = match class {
-            "clean" => Expect::Ok,
-            "cuts" => {
-                let n = 1 + rng.below(3);
-                let mut cuts: Vec<u64> = (0..n).map(|_| off(&mut rng)).collect();
-                cuts.sort();
-                srv.faults(|f| f.drop_at = cuts.into());
-                Expect::Ok
-            }
-            "cut_no_range" => {
-                let c = off(&mut rng);
-                srv.faults(|f| {
-                    f.no_range = true;
-                    f.drop_at = vec![c].into();
-                });
-                Expect::Ok
-            }
-            "stall" => {
-                let c = off(&mut rng);
-                srv.faults(|f| f.stall = Some((c, Duration::from_millis(1600))));
-                Expect::Ok
-            }
-            "burst_5xx" => {
-                let codes = [500u16, 502, 503, 504];
-                let n = 1 + rng.below(3);
-                let s: Vec<u16> = (0..n).map(|_| codes[rng.below(4) as usize]).collect();
-                srv.faults(|f| f.statuses = s.into());
-                Expect::Ok
-            }
-            "too_many_5xx" => {
-                srv.faults(|f| f.statuses = vec![503; 8].into());
-                Expect::Fail(&["503", "attempts"])
-            }
-            "status_4xx" => {
-                let code = [401u16, 403, 404, 410][rng.below(4) as usize];
-                srv.faults(|f| f.statuses = vec![code].into());
-                reference = None;
-                Expect::Fail(&["http 4"])
-            }
-            "truncated_for_good" => {
-                // The object ends short of its Content-Length on every request.
-                let c = off(&mut rng);
-                srv.faults(|f| f.end_early_at = Some(c));
-                Expect::Fail(&["attempts", "download", "incomplete", "short", "end"])
-            }
-            "truncated_chunked" => {
-                // Without Content-Length a short body looks complete: the hash must catch it.
-                let c = off(&mut rng);
-                srv.faults(|f| {
-                    f.chunked = true;
-                    f.end_early_at = Some(c);
-                });
-                Expect::Fail(&["checksum", "hash", "end"])
-            }
-            "content_length_more" => {
-                let d = 1 + rng.below(65536) as i64;
-                srv.faults(|f| f.content_length_delta = d);
-                Expect::Either
-            }
-            "content_length_less" => {
-                let d = -(1 + rng.below(65536) as i64);
-                srv.faults(|f| f.content_length_delta = d);
-                Expect::Either
-            }
-            "rebuilt_object" => {
-                // Cut, then the object is rebuilt (new ETag, other content) before the resume:
-                // the agent must start over on the new object, never splice the two. The
-                // checksum is the new object's, so only a clean restart succeeds.
-                let c = off(&mut rng);
-                let other = Arc::new(fx.other.clone());
-                let next = srv.seen().len() + 1;
-                srv.faults(|f| {
-                    f.drop_at = vec![c].into();
-                    f.swap_after = Some((next, other));
-                });
-                checksum = Some(sum(&fx.other));
-                reference = Some(fx.other_path.clone());
-                Expect::Ok
-            }
-            "wrong_checksum" => {
-                let mut h = sha256(&data).into_bytes();
-                let k = rng.below(h.len() as u64) as usize;
-                h[k] = if h[k] == b'0' { b'1' } else { b'0' };
-                checksum = Some(format!("sha256:{}", String::from_utf8(h).unwrap()));
-                reference = None;
-                Expect::Fail(&["checksum"])
-            }
-            "too_large" => {
-                data = big.clone();
-                reference = None;
-                Expect::Fail(&["larger than"])
-            }
-            "qcow2_cuts" => {
-                data = fx.qcow2.clone();
-                let n = 1 + rng.below(2);
-                let ql = data.len() as u64;
-                let mut cuts: Vec<u64> = (0..n).map(|_| 1 + rng.below(ql - 2)).collect();
-                cuts.sort();
-                srv.faults(|f| f.drop_at = cuts.into());
-                Expect::Ok
-            }
-            "qcow2_malicious" => {
-                let (d, needles, kind) = malicious_qcow2(&fx.qcow2, &fx.qcow2_plain, &mut rng);
-                extra.push(format!("# {kind}"));
-                data = d;
-                reference = None;
-                Expect::Fail(needles)
-            }
-            "qcow2_flips" => {
-                // Random damage in the metadata (header, L1, refcounts, L2); the checksum is
-                // the damaged file's, so only the decoder stands between it and the disk.
-                let mut d = fx.qcow2.clone();
-                let meta_end =
-                    (l2_entries(&d).iter().map(|(a, _)| *a).max().unwrap_or(4096) + 8).min(d.len());
-                for _ in 0..1 + rng.below(4) {
-                    let at = rng.below(meta_end as u64) as usize;
-                    d[at] ^= 1 << rng.below(8);
-                }
-                let p = fx.dir.join("flipped.qcow2");
-                std::fs::write(&p, &d).unwrap();
-                reference = qemu_reading(&p, &fx.dir.join("flipped.raw"));
-                data = d;
-                Expect::Either
-            }
-            "compressed_damage" => {
-                let (kind, c) = &compressed[rng.below(3) as usize];
-                let mut d = c.clone();
-                if rng.below(2) == 0 {
-                    d.truncate(1 + rng.below(d.len() as u64 - 1) as usize);
-                } else {
-                    let at = 64 + rng.below(d.len() as u64 - 128) as usize;
-                    d[at] ^= 0x5a;
-                }
-                extra.push(format!("# {kind}"));
-                data = d;
-                Expect::Either
-            }
-            _ => unreachable!(),
-        };
-        let name = match extra.iter().find(|e| e.starts_with('#')) {
-            Some(k) => format!("{name}({})", &k[2..]),
-            None => name,
-        };
-        extra.retain(|e| !e.starts_with('#'));
-        let checksum = checksum.unwrap_or_else(|| sum(&data));
-        let url = srv.add(&format!("img-{i}"), data);
-        let case = Case {
-            name,
-            url,
-            checksum,
-            reference,
-            expect,
-            extra,
-        };
-        run_one(&fx, &case, &mut t);
-    }
+/// Print the figures and fail on any finding.
+fn report(t: &Tally, seed: u64, runs: usize, t0: Instant) {
     let rss = t.peak_rss_mib;
     println!("faults_run {}", t.runs);
     println!("succeeded {} failed_cleanly {}", t.ok, t.failed);
@@ -550,7 +370,7 @@ fn seeded_faults_never_corrupt_panic_or_hang() {
             println!("{what}: {x}");
         }
     }
-    assert!(t.runs >= 200 || runs < 200, "too few runs");
+    assert!(t.runs == runs, "not every run was judged");
     assert!(
         t.silent_corruptions.is_empty()
             && t.half_written.is_empty()
@@ -560,6 +380,212 @@ fn seeded_faults_never_corrupt_panic_or_hang() {
         "faults found (seed {seed}); see above"
     );
     assert!(rss > 0 && rss < 256, "peak RSS {rss} MiB");
+}
+
+/// Run `i` of the suite: the fault class `i` picks, its parameters drawn from `rng`.
+fn make_case(
+    i: usize,
+    fx: &Fx,
+    srv: &ImageServer,
+    rng: &mut Rng,
+    compressed: &[(&str, Vec<u8>)],
+    big: &[u8],
+) -> Case {
+    let sum = |d: &[u8]| format!("sha256:{}", sha256(d));
+    let len = fx.raw.len() as u64;
+    let class = CLASSES[i % CLASSES.len()];
+    let name = format!("{i:03}-{class}");
+    srv.faults(|f| *f = Default::default());
+    let mut data = fx.raw.clone();
+    let mut reference = Some(fx.raw_path.clone());
+    let mut checksum = None;
+    let mut extra = Vec::new();
+    let off = |rng: &mut Rng| 1 + rng.below(len - 2);
+    let expect = match class {
+        "clean" => Expect::Ok,
+        "cuts" => {
+            let n = 1 + rng.below(3);
+            let mut cuts: Vec<u64> = (0..n).map(|_| off(rng)).collect();
+            cuts.sort();
+            srv.faults(|f| f.drop_at = cuts.into());
+            Expect::Ok
+        }
+        "cut_no_range" => {
+            let c = off(rng);
+            srv.faults(|f| {
+                f.no_range = true;
+                f.drop_at = vec![c].into();
+            });
+            Expect::Ok
+        }
+        "stall" => {
+            let c = off(rng);
+            srv.faults(|f| f.stall = Some((c, Duration::from_millis(1600))));
+            Expect::Ok
+        }
+        "burst_5xx" => {
+            let codes = [500u16, 502, 503, 504];
+            let n = 1 + rng.below(3);
+            let s: Vec<u16> = (0..n).map(|_| codes[rng.below(4) as usize]).collect();
+            srv.faults(|f| f.statuses = s.into());
+            Expect::Ok
+        }
+        "too_many_5xx" => {
+            srv.faults(|f| f.statuses = vec![503; 8].into());
+            Expect::Fail(&["503", "attempts"])
+        }
+        "status_4xx" => {
+            let code = [401u16, 403, 404, 410][rng.below(4) as usize];
+            srv.faults(|f| f.statuses = vec![code].into());
+            reference = None;
+            Expect::Fail(&["http 4"])
+        }
+        "truncated_for_good" => {
+            // The object ends short of its Content-Length on every request.
+            let c = off(rng);
+            srv.faults(|f| f.end_early_at = Some(c));
+            Expect::Fail(&["attempts", "download", "incomplete", "short", "end"])
+        }
+        "truncated_chunked" => {
+            // Without Content-Length a short body looks complete: the hash must catch it.
+            let c = off(rng);
+            srv.faults(|f| {
+                f.chunked = true;
+                f.end_early_at = Some(c);
+            });
+            Expect::Fail(&["checksum", "hash", "end"])
+        }
+        "content_length_more" => {
+            let d = 1 + rng.below(65536) as i64;
+            srv.faults(|f| f.content_length_delta = d);
+            Expect::Either
+        }
+        "content_length_less" => {
+            let d = -(1 + rng.below(65536) as i64);
+            srv.faults(|f| f.content_length_delta = d);
+            Expect::Either
+        }
+        "rebuilt_object" => {
+            // Cut, then the object is rebuilt (new ETag, other content) before the resume:
+            // the agent must start over on the new object, never splice the two. The
+            // checksum is the new object's, so only a clean restart succeeds.
+            let c = off(rng);
+            let other = Arc::new(fx.other.clone());
+            let next = srv.seen().len() + 1;
+            srv.faults(|f| {
+                f.drop_at = vec![c].into();
+                f.swap_after = Some((next, other));
+            });
+            checksum = Some(sum(&fx.other));
+            reference = Some(fx.other_path.clone());
+            Expect::Ok
+        }
+        "wrong_checksum" => {
+            let mut h = sha256(&data).into_bytes();
+            let k = rng.below(h.len() as u64) as usize;
+            h[k] = if h[k] == b'0' { b'1' } else { b'0' };
+            checksum = Some(format!("sha256:{}", String::from_utf8(h).unwrap()));
+            reference = None;
+            Expect::Fail(&["checksum"])
+        }
+        "too_large" => {
+            data = big.to_vec();
+            reference = None;
+            Expect::Fail(&["larger than"])
+        }
+        "qcow2_cuts" => {
+            data = fx.qcow2.clone();
+            let n = 1 + rng.below(2);
+            let ql = data.len() as u64;
+            let mut cuts: Vec<u64> = (0..n).map(|_| 1 + rng.below(ql - 2)).collect();
+            cuts.sort();
+            srv.faults(|f| f.drop_at = cuts.into());
+            Expect::Ok
+        }
+        "qcow2_malicious" => {
+            let (d, needles, kind) = malicious_qcow2(&fx.qcow2, &fx.qcow2_plain, rng);
+            extra.push(format!("# {kind}"));
+            data = d;
+            reference = None;
+            Expect::Fail(needles)
+        }
+        "qcow2_flips" => {
+            // Random damage in the metadata (header, L1, refcounts, L2); the checksum is
+            // the damaged file's, so only the decoder stands between it and the disk.
+            let mut d = fx.qcow2.clone();
+            let meta_end =
+                (l2_entries(&d).iter().map(|(a, _)| *a).max().unwrap_or(4096) + 8).min(d.len());
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(meta_end as u64) as usize;
+                d[at] ^= 1 << rng.below(8);
+            }
+            let p = fx.dir.join("flipped.qcow2");
+            std::fs::write(&p, &d).unwrap();
+            reference = qemu_reading(&p, &fx.dir.join("flipped.raw"));
+            data = d;
+            Expect::Either
+        }
+        "compressed_damage" => {
+            let (kind, c) = &compressed[rng.below(3) as usize];
+            let mut d = c.clone();
+            if rng.below(2) == 0 {
+                d.truncate(1 + rng.below(d.len() as u64 - 1) as usize);
+            } else {
+                let at = 64 + rng.below(d.len() as u64 - 128) as usize;
+                d[at] ^= 0x5a;
+            }
+            extra.push(format!("# {kind}"));
+            data = d;
+            Expect::Either
+        }
+        _ => unreachable!(),
+    };
+    let name = match extra.iter().find(|e| e.starts_with('#')) {
+        Some(k) => format!("{name}({})", &k[2..]),
+        None => name,
+    };
+    extra.retain(|e| !e.starts_with('#'));
+    let checksum = checksum.unwrap_or_else(|| sum(&data));
+    let url = srv.add(&format!("img-{i}"), data);
+    Case {
+        name,
+        url,
+        checksum,
+        reference,
+        expect,
+        extra,
+    }
+}
+
+#[test]
+fn seeded_faults_never_corrupt_panic_or_hang() {
+    if skip() {
+        return;
+    }
+    let seed: u64 = std::env::var("RIVET_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    let runs: usize = std::env::var("RIVET_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(216);
+    let fx = fixture();
+    let srv = ImageServer::start();
+    let mut rng = Rng(seed | 1);
+    let mut t = Tally::default();
+    let big = vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize];
+    let compressed = [
+        ("gzip", compress("gzip", &fx.raw)),
+        ("zstd", compress("zstd", &fx.raw)),
+        ("xz", compress("xz", &fx.raw)),
+    ];
+    let t0 = Instant::now();
+    for i in 0..runs {
+        let case = make_case(i, &fx, &srv, &mut rng, &compressed, &big);
+        run_one(&fx, &case, &mut t);
+    }
+    report(&t, seed, runs, t0);
 }
 
 /// A qcow2 crafted to attack the parser (from a compressed and a plain one), and words its
@@ -659,4 +685,115 @@ fn malicious_qcow2(
             (d, &["metadata", "twice", "overlap", "mapped"], "l1_as_l2")
         }
     }
+}
+
+/// The same faults through the agent API path, as the conductor drives it
+/// (`standby.prepare_image` on a loop device named by the node's root device hint).
+#[test]
+fn seeded_faults_through_the_agent_api() {
+    if skip() {
+        return;
+    }
+    let seed: u64 = std::env::var("RIVET_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0a9e_2026);
+    let runs: usize = std::env::var("RIVET_FAULT_AGENT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2 * CLASSES.len());
+    let fx = fixture();
+    let srv = ImageServer::start();
+    let disk = Loop::new(&fx.dir, "agent-disk.img", TARGET_MIB * MIB, 512);
+    let (code, mut lookup) = lookup_ok(&token(), 300);
+    lookup["node"]["properties"]["root_device"] = json!({ "name": disk.dev });
+    let ironic = MockIronic::start(vec![], (code, lookup));
+    let agent = Agent::spawn(
+        &format!(
+            "ipa-api-url={} ipa-image-download-connection-timeout=1 \
+             ipa-image-download-connection-retries=4 \
+             ipa-image-download-connection-retry-interval=0.05 \
+             ipa-image-download-max-duration=30",
+            ironic.url
+        ),
+        &fx.dir.join("state"),
+        &["--allow-loop-devices"],
+    );
+    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
+    let api = Api {
+        client: agent_client(Some(&ca)),
+        base: format!("https://127.0.0.1:{}", agent.port),
+        token: token(),
+    };
+    let mut rng = Rng(seed | 1);
+    let mut t = Tally::default();
+    let big = vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize];
+    let compressed = [
+        ("gzip", compress("gzip", &fx.raw)),
+        ("zstd", compress("zstd", &fx.raw)),
+        ("xz", compress("xz", &fx.raw)),
+    ];
+    let target = Path::new(&disk.dev).to_path_buf();
+    let t0 = Instant::now();
+    for i in 0..runs {
+        let c = make_case(i, &fx, &srv, &mut rng, &compressed, &big);
+        std::fs::write(&target, &fx.old_disk).unwrap();
+        let hex = c.checksum.trim_start_matches("sha256:");
+        let (s, v) = api.post(
+            "standby.prepare_image",
+            json!({"image_info": {"id": format!("f{i}"), "urls": [c.url],
+                                  "os_hash_algo": "sha256", "os_hash_value": hex}}),
+            false,
+        );
+        assert_eq!(s, 200, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        let done = loop {
+            let (_, v) = api.get(&api.url(&format!("/v1/commands/{id}"), ""));
+            if v["command_status"] != "RUNNING" {
+                break Some(v);
+            }
+            if start.elapsed() > RUN_LIMIT {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        t.runs += 1;
+        let Some(done) = done else {
+            t.hangs.push(c.name.clone());
+            break; // the agent is stuck on it: no later run can start
+        };
+        let err = done["command_error"]["details"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if err.contains("panic") {
+            t.panics.push(format!("{}: {err}", c.name));
+            continue;
+        }
+        judge(
+            &c,
+            &target,
+            done["command_status"] == "SUCCEEDED",
+            &err,
+            &mut t,
+        );
+    }
+    // The agent's peak RSS over the whole suite.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
+        .unwrap_or_default();
+    t.peak_rss_mib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024;
+    t.peak_rss_case = "the agent, over all runs".into();
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    if log.contains("panicked") {
+        t.panics.push("the agent's log shows a panic".into());
+    }
+    println!("agent API path:");
+    report(&t, seed, runs, t0);
 }
