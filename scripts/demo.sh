@@ -50,7 +50,9 @@ echo "== Rivet log (excerpt)"
 grep -E "lookup succeeded|agent API serving|root device chosen|image written|UEFI|fallback|system event" "$WORK/rivet.log" | cut -c1-200
 
 echo
-echo "== the product as operators meet it: a QEMU VM (TCG, UEFI) boots Rivet's ramdisk and the"
-echo "   real Ironic deploys it; the VM then boots from its disk (tests/vm/deploy.sh, ~2-3 min)"
+echo "== the product as operators meet it: QEMU VMs (TCG) boot Rivet's ramdisk and the real Ironic"
+echo "   deploys them: a whole-disk image onto the NVMe disk (UEFI), a partition image onto the 4Kn"
+echo "   disk with GRUB installed by the agent; each VM then boots from its disk and prints its"
+echo "   marker (tests/vm/deploy.sh, ~3 min; FLOWS=\"wholedisk partition bios dib\" for all flows)"
 scripts/ironic/run-ironic.sh stop >/dev/null 2>&1 || true
-RIVET="$RIVET" tests/vm/deploy.sh
+RIVET="$RIVET" FLOWS="${FLOWS:-wholedisk partition}" tests/vm/deploy.sh
