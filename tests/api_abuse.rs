@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::imgserver::ImageServer;
-use common::install_util::{gpt_image, sha256, skip, MIB};
+use common::install_util::{assert_blank, gpt_image, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
@@ -170,23 +170,6 @@ fn slow_clients_idle_floods_and_bad_bodies() {
     assert_eq!(r.status().as_u16(), 401);
 }
 
-fn lookup_with_disk(dev: &str, token_value: &str) -> (u16, Value) {
-    let (code, mut lookup) = lookup_ok(token_value, 300);
-    lookup["node"]["properties"]["root_device"] = json!({ "name": dev });
-    (code, lookup)
-}
-
-fn write_params(url: &str, data: &[u8], id: &str) -> Value {
-    json!({"image_info": {"id": id, "urls": [url], "disk_format": "raw",
-                          "os_hash_algo": "sha256", "os_hash_value": sha256(data)}})
-}
-
-fn wait_done(api: &Api, id: &str) -> Value {
-    let (s, v) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
-    assert_eq!(s, 200);
-    v
-}
-
 #[test]
 fn killed_mid_write_then_restarted() {
     if skip() {
@@ -220,7 +203,7 @@ fn killed_mid_write_then_restarted() {
     srv.faults(|f| f.stall = Some((40 * MIB, Duration::from_secs(30))));
     let (_, run) = api.post(
         "standby.prepare_image",
-        write_params(&url, &data, "first"),
+        raw_image_params(&url, &data, "first"),
         false,
     );
     assert_eq!(run["command_status"], "RUNNING");
@@ -231,16 +214,7 @@ fn killed_mid_write_then_restarted() {
     std::thread::sleep(Duration::from_millis(300));
     agent.kill();
     // Half-written, but never bootable: the ends were wiped first and the first MiB comes last.
-    let out = std::process::Command::new("blkid")
-        .args(["-p", &disk.dev])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_blank(&disk.dev);
 
     srv.faults(|f| *f = Default::default());
     let agent2 = Agent::spawn(
@@ -274,7 +248,7 @@ fn killed_mid_write_then_restarted() {
     assert_eq!(old["command_status"], "FAILED", "{old}");
     let (_, v) = api.post(
         "standby.prepare_image",
-        write_params(&url, &data, "second"),
+        raw_image_params(&url, &data, "second"),
         false,
     );
     let done = wait_done(&api, v["id"].as_str().unwrap());

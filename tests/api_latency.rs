@@ -10,27 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::imgserver::ImageServer;
-use common::install_util::{gpt_image, sha256, skip, MIB};
+use common::install_util::{gpt_image, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
-
-fn lookup_with_disk(dev: &str, token_value: &str) -> (u16, Value) {
-    let (code, mut lookup) = lookup_ok(token_value, 300);
-    lookup["node"]["properties"]["root_device"] = json!({ "name": dev });
-    (code, lookup)
-}
-
-fn write_params(url: &str, data: &[u8], id: &str) -> Value {
-    json!({"image_info": {"id": id, "urls": [url], "disk_format": "raw",
-                          "os_hash_algo": "sha256", "os_hash_value": sha256(data)}})
-}
-
-fn wait_done(api: &Api, id: &str) -> Value {
-    let (s, v) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
-    assert_eq!(s, 200);
-    v
-}
 
 #[test]
 fn api_latency_while_a_command_runs() {
@@ -76,24 +59,21 @@ fn api_stays_fast_under_load_while_writing() {
     let srv = ImageServer::start();
     let url = srv.add("img.raw", data.clone());
     let disk = Loop::new(d.path(), "t.img", 300 * MIB, 512);
-    let ironic = MockIronic::start(vec![], lookup_with_disk(&disk.dev, &token()));
-    let agent = Agent::spawn(
-        &format!("ipa-api-url={}", ironic.url),
+    let (ironic, _agent, api) = agent_with_disk(
+        &disk.dev,
         &d.path().join("state"),
+        "",
         &["--allow-loop-devices"],
     );
-    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
-    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
+    let ca = ironic.wait_heartbeats(1, Duration::from_secs(1))[0].body["agent_verify_ca"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let write = |n: usize| -> Duration {
         let t = Instant::now();
         let (s, v) = api.post(
             "standby.prepare_image",
-            write_params(&url, &data, &format!("w{n}")),
+            raw_image_params(&url, &data, &format!("w{n}")),
             false,
         );
         assert_eq!(s, 200, "{v}");

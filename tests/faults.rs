@@ -347,6 +347,25 @@ const CLASSES: &[&str] = &[
     "compressed_damage",
 ];
 
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The image too large for the disk, and the image compressed three ways.
+fn inputs(fx: &Fx) -> (Vec<u8>, [(&'static str, Vec<u8>); 3]) {
+    (
+        vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize],
+        [
+            ("gzip", compress("gzip", &fx.raw)),
+            ("zstd", compress("zstd", &fx.raw)),
+            ("xz", compress("xz", &fx.raw)),
+        ],
+    )
+}
+
 /// Print the figures and fail on any finding.
 fn report(t: &Tally, seed: u64, runs: usize, t0: Instant) {
     let rss = t.peak_rss_mib;
@@ -562,24 +581,13 @@ fn seeded_faults_never_corrupt_panic_or_hang() {
     if skip() {
         return;
     }
-    let seed: u64 = std::env::var("RIVET_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026);
-    let runs: usize = std::env::var("RIVET_FAULT_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(216);
+    let seed = env_or("RIVET_FAULT_SEED", 0x5eed_2026);
+    let runs = env_or("RIVET_FAULT_RUNS", 216) as usize;
     let fx = fixture();
     let srv = ImageServer::start();
     let mut rng = Rng(seed | 1);
     let mut t = Tally::default();
-    let big = vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize];
-    let compressed = [
-        ("gzip", compress("gzip", &fx.raw)),
-        ("zstd", compress("zstd", &fx.raw)),
-        ("xz", compress("xz", &fx.raw)),
-    ];
+    let (big, compressed) = inputs(&fx);
     let t0 = Instant::now();
     for i in 0..runs {
         let case = make_case(i, &fx, &srv, &mut rng, &compressed, &big);
@@ -694,46 +702,21 @@ fn seeded_faults_through_the_agent_api() {
     if skip() {
         return;
     }
-    let seed: u64 = std::env::var("RIVET_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x0a9e_2026);
-    let runs: usize = std::env::var("RIVET_FAULT_AGENT_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2 * CLASSES.len());
+    let seed = env_or("RIVET_FAULT_SEED", 0x0a9e_2026);
+    let runs = env_or("RIVET_FAULT_AGENT_RUNS", 2 * CLASSES.len() as u64) as usize;
     let fx = fixture();
     let srv = ImageServer::start();
     let disk = Loop::new(&fx.dir, "agent-disk.img", TARGET_MIB * MIB, 512);
-    let (code, mut lookup) = lookup_ok(&token(), 300);
-    lookup["node"]["properties"]["root_device"] = json!({ "name": disk.dev });
-    let ironic = MockIronic::start(vec![], (code, lookup));
-    let agent = Agent::spawn(
-        &format!(
-            "ipa-api-url={} ipa-image-download-connection-timeout=1 \
-             ipa-image-download-connection-retries=4 \
-             ipa-image-download-connection-retry-interval=0.05 \
-             ipa-image-download-max-duration=30",
-            ironic.url
-        ),
+    let (_ironic, agent, api) = agent_with_disk(
+        &disk.dev,
         &fx.dir.join("state"),
+        "ipa-image-download-connection-timeout=1 ipa-image-download-connection-retries=4 \
+         ipa-image-download-connection-retry-interval=0.05 ipa-image-download-max-duration=30",
         &["--allow-loop-devices"],
     );
-    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
-    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
     let mut rng = Rng(seed | 1);
     let mut t = Tally::default();
-    let big = vec![0x42u8; (TARGET_MIB + 8) as usize * MIB as usize];
-    let compressed = [
-        ("gzip", compress("gzip", &fx.raw)),
-        ("zstd", compress("zstd", &fx.raw)),
-        ("xz", compress("xz", &fx.raw)),
-    ];
+    let (big, compressed) = inputs(&fx);
     let target = Path::new(&disk.dev).to_path_buf();
     let t0 = Instant::now();
     for i in 0..runs {
@@ -781,8 +764,8 @@ fn seeded_faults_through_the_agent_api() {
         );
     }
     // The agent's peak RSS over the whole suite.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
-        .unwrap_or_default();
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap_or_default();
     t.peak_rss_mib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::imgserver::ImageServer;
-use common::install_util::{blkid_at, config_drive_iso, gpt_image, sha256, skip, MIB};
+use common::install_util::{
+    assert_blank, blkid_at, config_drive_iso, gpt_image, sha256, skip, MIB,
+};
 use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
@@ -32,32 +34,19 @@ fn node(dev: &str, extra: Value) -> Value {
 
 /// Start an agent for a node whose root device is `dev`; returns it with its API.
 fn agent_for(dev: &str, etc: &Path, state: &Path) -> (MockIronic, Agent, Api) {
-    let (code, mut lookup) = lookup_ok(&token(), 300);
-    lookup["node"]["properties"]["root_device"] = json!({ "name": dev });
-    let ironic = MockIronic::start(vec![], (code, lookup));
-    let agent = Agent::spawn(
-        &format!("ipa-api-url={}", ironic.url),
+    agent_with_disk(
+        dev,
         state,
+        "",
         &["--allow-loop-devices", "--etc-dir", etc.to_str().unwrap()],
-    );
-    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
-    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
-    (ironic, agent, api)
+    )
 }
 
 /// Run an async command and wait for its end, as the conductor polls.
 fn run(api: &Api, name: &str, params: Value) -> Value {
     let (s, v) = api.post(name, params, false);
     assert_eq!(s, 200, "{name}: {v}");
-    let id = v["id"].as_str().unwrap().to_string();
-    let (s, done) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
-    assert_eq!(s, 200);
-    done
+    wait_done(api, v["id"].as_str().unwrap())
 }
 
 fn succeeded(v: &Value) {
@@ -279,16 +268,7 @@ fn partition_image_uefi_deploy_and_bootloader() {
         .unwrap_or("")
         .to_string();
     assert!(msg.contains("root_mb=8"), "{msg}");
-    let out = Command::new("blkid")
-        .args(["-p", &disk.dev])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_blank(&disk.dev);
 }
 
 #[test]

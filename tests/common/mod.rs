@@ -412,3 +412,48 @@ impl Api {
         (r.status().as_u16(), r.json().unwrap())
     }
 }
+
+/// A lookup answer whose node's root device hint names `dev`.
+pub fn lookup_with_disk(dev: &str, token_value: &str) -> (u16, Value) {
+    let (code, mut lookup) = lookup_ok(token_value, 300);
+    lookup["node"]["properties"]["root_device"] = json!({ "name": dev });
+    (code, lookup)
+}
+
+/// An agent (extra kernel parameters and flags as given) for a node whose root device hint
+/// names `dev`, its first heartbeat seen, and a client for its API over verified TLS.
+pub fn agent_with_disk(
+    dev: &str,
+    state: &Path,
+    cmdline_extra: &str,
+    args: &[&str],
+) -> (MockIronic, Agent, Api) {
+    let ironic = MockIronic::start(vec![], lookup_with_disk(dev, &token()));
+    let agent = Agent::spawn(
+        &format!("ipa-api-url={} {cmdline_extra}", ironic.url),
+        state,
+        args,
+    );
+    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
+    let api = Api {
+        client: agent_client(Some(&ca)),
+        base: format!("https://127.0.0.1:{}", agent.port),
+        token: token(),
+    };
+    (ironic, agent, api)
+}
+
+/// `image_info` for a raw image served at `url`.
+pub fn raw_image_params(url: &str, data: &[u8], id: &str) -> Value {
+    let sha = rivet::image::verify::digest_hex(rivet::image::verify::Algo::Sha256, data);
+    json!({"image_info": {"id": id, "urls": [url], "disk_format": "raw",
+                          "os_hash_algo": "sha256", "os_hash_value": sha}})
+}
+
+/// Wait for an async command's end, as the conductor polls.
+pub fn wait_done(api: &Api, id: &str) -> Value {
+    let (s, v) = api.get(&api.url(&format!("/v1/commands/{id}"), "wait=true"));
+    assert_eq!(s, 200, "{v}");
+    v
+}
