@@ -70,11 +70,7 @@ fn full_api_contract_over_verified_tls() {
         .to_string();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
 
-    let api = Api {
-        client: common::agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent, &ca);
     // An HTTP client that does not trust the advertised CA must fail the handshake.
     let untrusting = reqwest::blocking::Client::builder()
         .use_preconfigured_tls(
@@ -446,11 +442,7 @@ fn restart_keeps_token_cert_and_history() {
     let mut agent = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: common::agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent, &ca);
     let (_, run) = api.post("test.sleep", json!({"seconds": 60}), false);
     assert_eq!(run["command_status"], "RUNNING");
     agent.kill();
@@ -463,11 +455,7 @@ fn restart_keeps_token_cert_and_history() {
         "saved token reused after ******"
     );
     assert_eq!(hb[1].body["agent_verify_ca"], ca, "same certificate");
-    let api = Api {
-        client: common::agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent2.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent2, &ca);
     let (_, v) = api.get(&api.url("/v1/commands/", ""));
     let last = &v["commands"][0];
     assert_eq!(last["id"], run["id"]);

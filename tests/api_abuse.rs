@@ -194,11 +194,7 @@ fn killed_mid_write_then_restarted() {
     );
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent, &ca);
     // The server stalls half-way: the write is surely in progress when the agent dies.
     srv.faults(|f| f.stall = Some((40 * MIB, Duration::from_secs(30))));
     let (_, run) = api.post(
@@ -232,11 +228,7 @@ fn killed_mid_write_then_restarted() {
         hb[1].body["agent_verify_ca"], ca,
         "certificate kept across the restart"
     );
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent2.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent2, &ca);
     let (_, v) = api.get(&api.url("/v1/commands/", ""));
     let old = v["commands"]
         .as_array()

@@ -104,30 +104,24 @@ fn bootloader_id(root: &Path) -> String {
         .unwrap_or_else(|| "linux".into())
 }
 
-pub enum Installed {
-    /// grub-install ran; the message says what was done.
-    Grub(String),
-    /// The image has no grub-install.
-    NoGrub,
+const GRUB_INSTALL: &[&str] = &["grub-install", "grub2-install"];
+
+/// Whether the image mounted at `root` carries grub-install (callers look on a read-only
+/// mount, so that an image without GRUB is left byte for byte as written).
+pub fn has_grub_install(root: &Path) -> bool {
+    image_tool(root, GRUB_INSTALL).is_some()
 }
 
-/// Install GRUB from the image whose root file system is `root` on `disk`.
+/// Install GRUB from the image whose root file system is `root` on `disk`; says what was done.
 pub fn install(
     disk: &Path,
     root: &Listed,
     esp: Option<&crate::disk::esp::Esp>,
     fw: Firmware,
-) -> Result<Installed, String> {
-    // Looked at read-only first: an image without GRUB is left byte for byte as written.
-    let ro = Mounted::partition(&as_mountable(disk, root), true).map_err(|e| e.to_string())?;
-    if image_tool(ro.path(), &["grub-install", "grub2-install"]).is_none() {
-        return Ok(Installed::NoGrub);
-    }
-    drop(ro);
+) -> Result<String, String> {
     let mut m = Mounted::partition(&as_mountable(disk, root), false).map_err(|e| e.to_string())?;
-    let Some(grub_install) = image_tool(m.path(), &["grub-install", "grub2-install"]) else {
-        return Ok(Installed::NoGrub);
-    };
+    let grub_install = image_tool(m.path(), GRUB_INSTALL)
+        .ok_or("the image has no grub-install (or grub2-install)")?;
     let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
     let grub2 = grub_install.ends_with("grub2-install");
     let id = bootloader_id(m.path());
@@ -196,5 +190,5 @@ pub fn install(
         }
     }
     drop(m);
-    Ok(Installed::Grub(done.join("; ")))
+    Ok(done.join("; "))
 }

@@ -120,14 +120,6 @@ fn uefi(disk: &Path) -> Result<String, String> {
     }
 }
 
-/// A partition image may bring its EFI boot files inside the root file system
-/// (`/boot/efi/EFI/...`, where the distribution installed them) but no grub-install to put
-/// them on the new, empty ESP: copy them over, mounting the root file system read-only.
-fn populate_esp(disk: &Path, e: &esp::Esp, root: &Listed) -> Result<usize, String> {
-    let m = Mounted::partition(&grub::as_mountable(disk, root), true).map_err(|e| e.to_string())?;
-    copy_efi_tree(&m.path().join("boot/efi/EFI"), disk, e)
-}
-
 fn copy_efi_tree(src: &Path, disk: &Path, e: &esp::Esp) -> Result<usize, String> {
     if !src.is_dir() {
         return Err(
@@ -186,37 +178,48 @@ fn copy_into<T: fatfs::ReadWriteSeek>(
     Ok(n)
 }
 
-/// UEFI for a partition image: GRUB from the image onto the new ESP (or, for an image
-/// without grub-install, its prebuilt EFI files), then registered as for whole disks.
+/// The root file system of a partition image, mounted read-only to look at it: an image
+/// without GRUB is then left byte for byte as written.
+fn image_root(disk: &Path, root_uuid: &str) -> Result<(Listed, Mounted), String> {
+    let root = grub::partition_with_uuid(disk, root_uuid)?;
+    let m =
+        Mounted::partition(&grub::as_mountable(disk, &root), true).map_err(|e| e.to_string())?;
+    Ok((root, m))
+}
+
+/// UEFI for a partition image: GRUB from the image onto the new ESP; for an image without
+/// grub-install, the EFI files it brings in `/boot/efi/EFI` (where the distribution installed
+/// them). Then registered as for whole disks.
 fn uefi_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
     let e = esp::find(disk)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
-    let root = grub::partition_with_uuid(disk, root_uuid)?;
-    let installed = match grub::install(disk, &root, Some(&e), grub::Firmware::Uefi)? {
-        grub::Installed::Grub(msg) => msg,
-        grub::Installed::NoGrub => {
-            if esp::loaders(disk, &e)
-                .map_err(|e| e.to_string())?
-                .is_empty()
-            {
-                let n = populate_esp(disk, &e, &root)?;
-                tracing::info!(files = n, "EFI files copied from the image to the ESP");
-            }
-            "the image has no grub-install; its EFI files were copied".into()
+    let (root, ro) = image_root(disk, root_uuid)?;
+    let installed = if grub::has_grub_install(ro.path()) {
+        drop(ro);
+        grub::install(disk, &root, Some(&e), grub::Firmware::Uefi)?
+    } else {
+        if esp::loaders(disk, &e)
+            .map_err(|e| e.to_string())?
+            .is_empty()
+        {
+            let n = copy_efi_tree(&ro.path().join("boot/efi/EFI"), disk, &e)?;
+            tracing::info!(files = n, "EFI files copied from the image to the ESP");
         }
+        "the image has no grub-install; its EFI files were copied".into()
     };
     Ok(format!("{installed}; {}", uefi(disk)?))
 }
 
 fn bios_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
-    let root = grub::partition_with_uuid(disk, root_uuid)?;
-    match grub::install(disk, &root, None, grub::Firmware::Bios)? {
-        grub::Installed::Grub(msg) => Ok(msg),
-        grub::Installed::NoGrub => {
-            Err("the image has no grub-install (or grub2-install) to boot it in BIOS mode".into())
-        }
+    let (root, ro) = image_root(disk, root_uuid)?;
+    if !grub::has_grub_install(ro.path()) {
+        return Err(
+            "the image has no grub-install (or grub2-install) to boot it in BIOS mode".into(),
+        );
     }
+    drop(ro);
+    grub::install(disk, &root, None, grub::Firmware::Bios)
 }
 
 pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {

@@ -139,7 +139,6 @@ impl Mounted {
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        nix::unistd::sync();
         while let Some((at, looped)) = self.stack.pop() {
             let at_s = at.display().to_string();
             // `umount -d` also frees the loop device; binds need no tool.

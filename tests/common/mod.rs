@@ -394,6 +394,15 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API of `agent` over verified TLS (its advertised certificate `ca`), with the token.
+    pub fn over_tls(agent: &Agent, ca: &str) -> Api {
+        Api {
+            client: agent_client(Some(ca)),
+            base: format!("https://127.0.0.1:{}", agent.port),
+            token: token(),
+        }
+    }
+
     pub fn url(&self, path: &str, query: &str) -> String {
         let sep = if query.is_empty() { "" } else { "&" };
         format!("{}{path}?agent_token={}{sep}{query}", self.base, self.token)
@@ -436,11 +445,7 @@ pub fn agent_with_disk(
     );
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
     let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
-    let api = Api {
-        client: agent_client(Some(&ca)),
-        base: format!("https://127.0.0.1:{}", agent.port),
-        token: token(),
-    };
+    let api = Api::over_tls(&agent, &ca);
     (ironic, agent, api)
 }
 
