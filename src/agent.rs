@@ -165,7 +165,7 @@ fn callback_url(https: bool, ip: IpAddr, port: u16) -> String {
 /// What the heartbeat reports as agent_status / agent_status_message.
 fn status_fn(exec: Arc<Executor>) -> StatusFn {
     Arc::new(move || {
-        let last = exec.list().pop()?;
+        let last = exec.last()?;
         Some(match last.command_status {
             Status::Running => match exec.context().progress.lock().ok().and_then(|p| p.clone()) {
                 Some(p) => (

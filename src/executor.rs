@@ -47,8 +47,33 @@ pub struct CommandResult {
 
 const HISTORY_FILE: &str = "commands.json";
 
+/// A row of the table. A finished result never changes again, so its JSON is kept: the
+/// conductor (and any monitoring) polls the whole list, which grows with the boot, and
+/// re-encoding every row on every poll would take CPU from a running image write.
+struct Row {
+    result: CommandResult,
+    /// The result's JSON once it is final; `None` while it runs.
+    json: Option<Box<[u8]>>,
+}
+
+impl Row {
+    fn new(result: CommandResult) -> Row {
+        let mut row = Row { result, json: None };
+        row.seal();
+        row
+    }
+
+    /// Keep the JSON of a final result.
+    fn seal(&mut self) {
+        self.json = (self.result.command_status != Status::Running)
+            .then(|| serde_json::to_vec(&self.result).ok())
+            .flatten()
+            .map(Vec::into_boxed_slice);
+    }
+}
+
 pub struct Executor {
-    table: Mutex<Vec<CommandResult>>,
+    table: Mutex<Vec<Row>>,
     /// Serialises dispatch (the busy check, sync commands and async start) like IPA's lock.
     dispatch: tokio::sync::Mutex<()>,
     /// Bumped whenever a command finishes; waiters re-check their command.
@@ -82,7 +107,7 @@ impl Executor {
             );
         }
         let ex = Arc::new(Executor {
-            table: Mutex::new(history),
+            table: Mutex::new(history.into_iter().map(Row::new).collect()),
             dispatch: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
             finished: watch::channel(0).0,
@@ -102,12 +127,47 @@ impl Executor {
         self.finished.subscribe()
     }
 
-    pub fn list(&self) -> Vec<CommandResult> {
-        let mut l = self.table.lock().map(|t| t.clone()).unwrap_or_default();
-        if let Some(last) = l.last_mut() {
-            self.with_progress(last);
+    /// The last command, with its progress if it runs.
+    pub fn last(&self) -> Option<CommandResult> {
+        let mut r = self
+            .table
+            .lock()
+            .ok()
+            .and_then(|t| t.last().map(|row| row.result.clone()))?;
+        self.with_progress(&mut r);
+        Some(r)
+    }
+
+    /// The history as `GET /v1/commands/` answers it: `{"commands": [...]}`, encoded.
+    pub fn list_json(&self) -> Vec<u8> {
+        let mut out = b"{\"commands\":[".to_vec();
+        let mut running = None;
+        if let Ok(t) = self.table.lock() {
+            out.reserve(
+                t.iter()
+                    .map(|r| r.json.as_ref().map_or(256, |j| j.len() + 1))
+                    .sum(),
+            );
+            for (i, row) in t.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                match &row.json {
+                    Some(j) => out.extend_from_slice(j),
+                    // Only the last row can run (one command at a time); it is encoded below,
+                    // outside the table's lock, with its progress.
+                    None => running = Some(row.result.clone()),
+                }
+            }
         }
-        l
+        if let Some(mut r) = running {
+            self.with_progress(&mut r);
+            if serde_json::to_writer(&mut out, &r).is_err() {
+                out.extend_from_slice(b"null");
+            }
+        }
+        out.extend_from_slice(b"]}");
+        out
     }
 
     /// A running image transfer shows its progress in the command's result.
@@ -120,11 +180,11 @@ impl Executor {
     }
 
     fn find(&self, id: &str) -> Option<CommandResult> {
-        let mut r = self
-            .table
-            .lock()
-            .ok()
-            .and_then(|t| t.iter().find(|r| r.id == id).cloned())?;
+        let mut r = self.table.lock().ok().and_then(|t| {
+            t.iter()
+                .find(|r| r.result.id == id)
+                .map(|r| r.result.clone())
+        })?;
         self.with_progress(&mut r);
         Some(r)
     }
@@ -151,7 +211,10 @@ impl Executor {
     fn persist(&self) {
         let Some(state) = &self.state else { return };
         let data = match self.table.lock() {
-            Ok(t) => serde_json::to_vec(&*t).unwrap_or_default(),
+            Ok(t) => {
+                let rows: Vec<&CommandResult> = t.iter().map(|r| &r.result).collect();
+                serde_json::to_vec(&rows).unwrap_or_default()
+            }
             Err(_) => return,
         };
         if let Err(e) = state.write(HISTORY_FILE, &data, false) {
@@ -161,17 +224,18 @@ impl Executor {
 
     fn push(&self, r: CommandResult) {
         if let Ok(mut t) = self.table.lock() {
-            t.push(r);
+            t.push(Row::new(r));
         }
         self.persist();
     }
 
     fn finish(&self, id: &str, status: Status, result: Option<Value>, error: Option<Value>) {
         if let Ok(mut t) = self.table.lock() {
-            if let Some(r) = t.iter_mut().find(|r| r.id == id) {
-                r.command_status = status;
-                r.command_result = result;
-                r.command_error = error;
+            if let Some(row) = t.iter_mut().find(|r| r.result.id == id) {
+                row.result.command_status = status;
+                row.result.command_result = result;
+                row.result.command_error = error;
+                row.seal();
             }
         }
         self.persist();
@@ -192,10 +256,13 @@ impl Executor {
                 "Invalid command: Command name must be of the form <extension>.<name>",
             )
         })?;
-        if let Some(last) = self.table.lock().ok().and_then(|t| t.last().cloned()) {
-            if last.command_status == Status::Running {
-                return Err(ApiError::busy(&last.command_name));
-            }
+        let busy = self.table.lock().ok().and_then(|t| {
+            t.last()
+                .filter(|r| r.result.command_status == Status::Running)
+                .map(|r| r.result.command_name.clone())
+        });
+        if let Some(name) = busy {
+            return Err(ApiError::busy(&name));
         }
         let spec = commands::lookup(ext, cmd, self.ctx.config.test_extension)?;
         if let Some(validate) = spec.validate {

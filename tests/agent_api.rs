@@ -539,3 +539,32 @@ fn malformed_cmdline_is_a_startup_error() {
         "{log}"
     );
 }
+
+/// The list answers from encoded rows once a command is final: a running command shows as
+/// RUNNING, and the same row shows its final state once it ends (never a stale copy).
+#[test]
+fn command_list_follows_a_command_to_its_end() {
+    let ironic = MockIronic::start(vec![], lookup_ok(&token(), 300));
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
+    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
+    let api = Api::over_tls(&agent, &ca);
+    let (_, first) = api.post("standby.sync", json!({}), true);
+    let (_, run) = api.post("test.sleep", json!({"seconds": 1}), false);
+    assert_eq!(run["command_status"], "RUNNING");
+    let (s, v) = api.get(&api.url("/v1/commands/", ""));
+    assert_eq!(s, 200);
+    let rows = v["commands"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0], first);
+    assert_eq!(rows[1]["id"], run["id"]);
+    assert_eq!(rows[1]["command_status"], "RUNNING");
+    let done = wait_done(&api, run["id"].as_str().unwrap());
+    assert_eq!(done["command_status"], "SUCCEEDED");
+    let (_, v) = api.get(&api.url("/v1/commands/", ""));
+    assert_eq!(v["commands"], json!([first, done]));
+    for c in v["commands"].as_array().unwrap() {
+        assert_result_shape(c);
+    }
+}

@@ -43,7 +43,14 @@ impl ApiState {
 type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: u16, body: &Value) -> Resp {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes_response(
+        status,
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+    )
+}
+
+/// An answer whose JSON is already encoded.
+fn bytes_response(status: u16, bytes: Vec<u8>) -> Resp {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header("Content-Type", "application/json")
@@ -140,9 +147,7 @@ async fn dispatch(req: Request<Incoming>, st: &ApiState) -> Resp {
             tracing::warn!(%path, "refused a command request with a missing or wrong agent token");
             error_response(&ApiError::unauthorized())
         }
-        Route::Commands if method == Method::GET => {
-            json_response(200, &json!({ "commands": st.exec.list() }))
-        }
+        Route::Commands if method == Method::GET => bytes_response(200, st.exec.list_json()),
         Route::Commands if method == Method::POST => {
             match run_command(req, st, wait_flag(&q)).await {
                 Ok(r) => json_response(200, &serde_json::to_value(r).unwrap_or(Value::Null)),
