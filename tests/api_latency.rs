@@ -1,10 +1,12 @@
 //! The agent API stays fast while a long command runs: p99 under 10 ms over verified TLS, also
-//! with 32 clients polling while a real image write runs (whose slowdown is measured).
-//! A test binary of its own, so no other test's agents compete for the CPU meanwhile.
+//! with 32 clients polling while a real image write runs, which must not slow by more than 5 %.
+//! A test binary of its own, so no other test's agents compete for the CPU meanwhile; its two
+//! tests take turns for the same reason.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,10 +15,16 @@ use common::imgserver::ImageServer;
 use common::install_util::{gpt_image, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
+
+/// The tests of this file run one at a time: each measures time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 #[test]
 fn api_latency_while_a_command_runs() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ironic = MockIronic::start(vec![], lookup_ok(&token(), 300));
     let state = tempfile::tempdir().unwrap();
     let agent = Agent::spawn(&format!("ipa-api-url={}", ironic.url), state.path(), &[]);
@@ -45,8 +53,30 @@ fn api_latency_while_a_command_runs() {
     }
     lat.sort();
     let (p50, p99) = (lat[100], lat[198]);
-    eprintln!("API latency during a running command: p50 {p50:?} p99 {p99:?}");
+    crate::figure!("API latency during a running command: p50 {p50:?} p99 {p99:?}");
     assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+}
+
+/// Pin the calling thread to one CPU; threads and processes it starts from then on inherit it.
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).unwrap();
+    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
+
+/// CPU time (user + system, all threads, also ended ones) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux architecture we build for.
+    Duration::from_millis(ticks * 10)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 #[test]
@@ -54,22 +84,50 @@ fn api_stays_fast_under_load_while_writing() {
     if skip() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let data = gpt_image(d.path(), "img.raw", 256, 512);
-    let srv = ImageServer::start();
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // What is measured is what the API costs the agent's write. On a small shared machine the
+    // test's own work (serving the image, 32 TLS clients) and the backing file's writeback
+    // would be measured too, so: the agent gets CPU 0 to itself, and everything on the
+    // conductor's side of the wire (image server, clients) runs on CPU 1, as it would on
+    // another machine, the server at a lower priority than the clients whose answer times are
+    // measured; the loop device's backing file lives in memory (/dev/shm).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cpus >= 2;
+    if pinned {
+        pin_to(1);
+    }
+    let shm = Path::new("/dev/shm");
+    let d = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let data = gpt_image(d.path(), "img.raw", 384, 512);
+    let srv = ImageServer::start_low_priority();
     let url = srv.add("img.raw", data.clone());
-    let disk = Loop::new(d.path(), "t.img", 300 * MIB, 512);
-    let (ironic, _agent, api) = agent_with_disk(
-        &disk.dev,
+    let disk = Loop::new(d.path(), "t.img", 400 * MIB, 512);
+    if pinned {
+        pin_to(0);
+    }
+    let ironic = MockIronic::start(vec![], lookup_with_disk(&disk.dev, &token()));
+    let agent = Agent::spawn_logging(
+        &format!("ipa-api-url={}", ironic.url),
         &d.path().join("state"),
-        "",
         &["--allow-loop-devices"],
+        "info",
     );
-    let ca = ironic.wait_heartbeats(1, Duration::from_secs(1))[0].body["agent_verify_ca"]
+    if pinned {
+        pin_to(1);
+    }
+    let ca = ironic.wait_heartbeats(1, Duration::from_secs(20))[0].body["agent_verify_ca"]
         .as_str()
         .unwrap()
         .to_string();
-    let write = |n: usize| -> Duration {
+    let api = Api::over_tls(&agent, &ca);
+    let pid = agent.child.id();
+    // One write: its wall time and the agent's CPU time meanwhile.
+    let write = |n: usize| -> (Duration, Duration) {
+        let cpu = cpu_time(pid);
         let t = Instant::now();
         let (s, v) = api.post(
             "standby.prepare_image",
@@ -79,13 +137,20 @@ fn api_stays_fast_under_load_while_writing() {
         assert_eq!(s, 200, "{v}");
         let done = wait_done(&api, v["id"].as_str().unwrap());
         assert_eq!(done["command_status"], "SUCCEEDED", "{done}");
-        t.elapsed()
+        (t.elapsed(), cpu_time(pid) - cpu)
     };
-    // Pollers: 32 keep-alive TLS connections, each polling the command list every 250 ms (a
-    // conductor polls once every few seconds). Each connection is set up (TLS handshake)
-    // before the write starts: what is measured is the answer time of open connections.
+    // Pollers: 32 keep-alive TLS connections, each polling the command list every 500 ms
+    // (RIVET_API_POLL_MS): 64 requests a second, where a conductor polls an agent once every
+    // few seconds. Each connection is set up (TLS handshake) before the write starts: what is
+    // measured is the answer time of open connections. On this kind of VM an answer costs the
+    // agent ~0.35 ms of CPU, about half of it the loopback waking the test's own client thread
+    // on the other CPU (an inter-processor interrupt), which a remote conductor does not cost.
+    let period: u64 = std::env::var("RIVET_API_POLL_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let loaded = |n: usize| -> Duration {
+    let loaded = |n: usize| -> (Duration, Duration) {
         let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(std::sync::Barrier::new(33));
         let mut hs = Vec::new();
@@ -97,13 +162,13 @@ fn api_stays_fast_under_load_while_writing() {
                 assert_eq!(c.get(&u).send().unwrap().status().as_u16(), 200);
                 ready.wait();
                 // Spread over the period, as independent clients are (not all at once).
-                std::thread::sleep(Duration::from_millis(i * 250 / 32));
+                std::thread::sleep(Duration::from_millis(i * period / 32));
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     let st = c.get(&u).send().map(|r| r.status().as_u16()).unwrap_or(0);
                     assert_eq!(st, 200);
                     lat.lock().unwrap().push(t.elapsed());
-                    std::thread::sleep(Duration::from_millis(250));
+                    std::thread::sleep(Duration::from_millis(period));
                 }
             }));
         }
@@ -115,47 +180,50 @@ fn api_stays_fast_under_load_while_writing() {
         }
         took
     };
-    write(0); // warm the page cache of the image server's side and the disk
-              // The machine is shared and noisy (and this test process feeds the image and runs the 32
-              // clients on the same 2 cores): a round is 3 quiet and 3 loaded writes, side by side, and
-              // the best of up to three rounds counts. Every round is printed.
-    let mut best: Option<(Duration, f64)> = None;
+    write(0); // warm the caches
+              // A round is five pairs of a quiet and a loaded write, side by side (which goes first
+              // alternates, so a drift of the machine's speed does not favour either); the slowdown of a
+              // round is the median of the pairs' ratios. The machine is shared: the best of up to three
+              // rounds counts, and every round is printed.
+    let mut rounds = Vec::new();
     for round in 0..3 {
         lat.lock().unwrap().clear();
-        let mut quiet = Vec::new();
-        let mut busy = Vec::new();
-        for n in 0..3 {
-            quiet.push(write(100 * round + 10 + n));
-            busy.push(loaded(100 * round + 20 + n));
+        let (mut ratios, mut quiet_s, mut cpu_extra) = (Vec::new(), Vec::new(), Vec::new());
+        for n in 0..5 {
+            let id = 100 * round + 10 * n;
+            let (q, b) = if n % 2 == 0 {
+                let q = write(id);
+                (q, loaded(id + 1))
+            } else {
+                let b = loaded(id + 1);
+                (write(id), b)
+            };
+            ratios.push(b.0.as_secs_f64() / q.0.as_secs_f64());
+            quiet_s.push(q.0.as_secs_f64());
+            // The agent CPU time the API took, as a share of a quiet write's duration.
+            cpu_extra.push((b.1.as_secs_f64() - q.1.as_secs_f64()) / q.0.as_secs_f64());
         }
-        quiet.sort();
-        busy.sort();
         let mut l = lat.lock().unwrap().clone();
         l.sort();
         let p99 = l[l.len() * 99 / 100];
-        let slowdown = busy[1].as_secs_f64() / quiet[1].as_secs_f64() - 1.0;
-        println!(
-            "api_under_load round {round} requests {} p50_ms {:.2} p99_ms {:.2} write_quiet_s {:.2} write_loaded_s {:.2} slowdown_pct {:.1}",
+        let slowdown = median(ratios) - 1.0;
+        crate::figure!(
+            "api_under_load round {round} pinned {pinned} poll_ms {period} requests {} p50_ms {:.2} p99_ms {:.2} \
+             write_quiet_s {:.2} slowdown_pct {:.1} api_cpu_pct_of_write {:.1}",
             l.len(),
             l[l.len() / 2].as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
-            quiet[1].as_secs_f64(),
-            busy[1].as_secs_f64(),
-            slowdown * 100.0
+            median(quiet_s),
+            slowdown * 100.0,
+            median(cpu_extra) * 100.0,
         );
-        if best.is_none_or(|(b, _)| p99 < b) {
-            best = Some((p99, slowdown));
-        }
-        if p99 < Duration::from_millis(10) && slowdown < 0.25 {
-            break;
+        rounds.push((p99, slowdown));
+        if p99 < Duration::from_millis(10) && slowdown <= 0.05 {
+            return;
         }
     }
-    let (p99, slowdown) = best.unwrap();
-    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
-    // The slowdown is printed; the bound here leaves room for the noise of a shared machine.
-    assert!(
-        slowdown < 0.25,
-        "the write slowed by {:.0} %",
-        slowdown * 100.0
+    panic!(
+        "no round kept the API's p99 under 10 ms and the write's slowdown within 5 %: \
+         (p99, slowdown) per round {rounds:?}"
     );
 }

@@ -67,7 +67,8 @@ pub struct ImageServer {
 
 /// Streams `data[from..]`, cutting or stalling where the faults say.
 struct FaultBody {
-    data: Arc<Vec<u8>>,
+    /// The object, shared without copying (the server must not be what limits a write's speed).
+    data: Bytes,
     pos: usize,
     end: usize,
     cut_at: Option<usize>,
@@ -106,7 +107,7 @@ impl Body for FaultBody {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
-        let mut end = (self.pos + 64 * 1024).min(self.end);
+        let mut end = (self.pos + 256 * 1024).min(self.end);
         if let Some(c) = self.cut_at {
             end = end.min(c);
         }
@@ -115,7 +116,7 @@ impl Body for FaultBody {
                 end = end.min(at);
             }
         }
-        let chunk = Bytes::copy_from_slice(&self.data[self.pos..end]);
+        let chunk = self.data.slice(self.pos..end);
         self.state.lock().unwrap().sent_bytes += chunk.len() as u64;
         self.pos = end;
         Poll::Ready(Some(Ok(Frame::data(chunk))))
@@ -126,11 +127,31 @@ use std::future::Future;
 
 impl ImageServer {
     pub fn start() -> ImageServer {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        Self::start_on(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// A server whose thread runs at nice 10: it stands for a remote server in tests that
+    /// measure the agent's answer times from clients on the same CPU, which it must not delay.
+    pub fn start_low_priority() -> ImageServer {
+        Self::start_on(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .on_thread_start(|| {
+                    std::mem::forget(rivet::system::priority::lower_current_thread())
+                })
+                .enable_all()
+                .build()
+                .unwrap(),
+        )
+    }
+
+    fn start_on(rt: tokio::runtime::Runtime) -> ImageServer {
         let state = Arc::new(Mutex::new(State::default()));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
@@ -180,6 +201,15 @@ impl ImageServer {
 
     pub fn sent_bytes(&self) -> u64 {
         self.state.lock().unwrap().sent_bytes
+    }
+}
+
+/// An object as `Bytes` without a copy.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -293,7 +323,7 @@ fn serve(req: Request<hyper::body::Incoming>, st: Arc<Mutex<State>>) -> Resp {
         );
     }
     b.body(Either::Left(FaultBody {
-        data,
+        data: Bytes::from_owner(Shared(data)),
         pos: start,
         end: body_end,
         cut_at,

@@ -7,6 +7,16 @@ pub mod imgserver;
 pub mod install_util;
 pub mod loopdev;
 
+/// Print a figure (or a skip notice) past the test harness's output capture: the test
+/// command's log then shows it for passing tests too, not only for failing ones.
+#[macro_export]
+macro_rules! figure {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::TcpListener as StdListener;
@@ -280,6 +290,17 @@ impl Agent {
 
     /// Like `spawn`, without the default lookup interval.
     pub fn spawn_raw(cmdline: &str, state_dir: &Path, extra: &[&str]) -> Agent {
+        Self::spawn_logging(
+            cmdline,
+            state_dir,
+            extra,
+            "debug,hyper=info,rustls=info,reqwest=info,h2=info",
+        )
+    }
+
+    /// Like `spawn_raw`, logging with the given `RUST_LOG` filter (tests that measure speed
+    /// run the agent at the production level: debug logs a line for every API request).
+    pub fn spawn_logging(cmdline: &str, state_dir: &Path, extra: &[&str], filter: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cmdline_file = dir.path().join("cmdline");
@@ -301,10 +322,7 @@ impl Agent {
             .arg("--simulate-power")
             .arg("--test-extension")
             .args(extra)
-            .env(
-                "RUST_LOG",
-                "debug,hyper=info,rustls=info,reqwest=info,h2=info",
-            )
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
