@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rivet's whole test suite, from a fresh machine: installs what it needs (Debian packages, the
-# Ironic venv), checks formatting and lints, runs the unit and integration tests, builds the
-# static release binary and runs it against the real Ironic conductor.
+# Ironic venv), checks formatting and lints, runs the unit and integration tests, fuzzes the
+# parsers with libFuzzer, builds the static release binary and runs it against the real Ironic
+# conductor and in QEMU VMs booted from our ramdisk.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -22,6 +23,8 @@ scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 step "cargo test" cargo test --locked
+# libFuzzer over the six parser targets, bounded (about 6 min to build, 15 s a target).
+step "libFuzzer: every fuzz target" scripts/fuzz.sh 15
 step "static release build" scripts/build-static.sh
 RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
 step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$RIVET_STATIC" tests/ironic/deploy.sh

@@ -70,7 +70,7 @@ fn slow_clients_idle_floods_and_bad_bodies() {
         closed.is_some() && took < Duration::from_secs(4),
         "slow headers kept for {took:?}"
     );
-    println!("slow_headers_closed_after_ms {}", took.as_millis());
+    crate::figure!("slow_headers_closed_after_ms {}", took.as_millis());
 
     // Complete headers, then a body that never comes: 408 after about a second.
     let mut s = TcpStream::connect(&addr).unwrap();
@@ -80,7 +80,7 @@ fn slow_clients_idle_floods_and_bad_bodies() {
     let (resp, _) = until_closed(&mut s, Duration::from_secs(5));
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("faultstring"), "{resp}");
-    println!("slow_body_408_after_ms {}", start.elapsed().as_millis());
+    crate::figure!("slow_body_408_after_ms {}", start.elapsed().as_millis());
 
     // Hundreds of idle connections: a real request is still answered at once.
     let idle: Vec<TcpStream> = (0..300)

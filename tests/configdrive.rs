@@ -32,7 +32,7 @@ fn sgdisk(args: &[&str], dev: &str) {
 #[test]
 fn config_drive_partitions() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root for loop devices");
+        crate::figure!("SKIPPED: needs root for loop devices");
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -369,15 +369,15 @@ fn inputs(fx: &Fx) -> (Vec<u8>, [(&'static str, Vec<u8>); 3]) {
 /// Print the figures and fail on any finding.
 fn report(t: &Tally, seed: u64, runs: usize, t0: Instant) {
     let rss = t.peak_rss_mib;
-    println!("faults_run {}", t.runs);
-    println!("succeeded {} failed_cleanly {}", t.ok, t.failed);
-    println!("silent_corruptions {}", t.silent_corruptions.len());
-    println!("half_written_failures {}", t.half_written.len());
-    println!("panics {}", t.panics.len());
-    println!("hangs {}", t.hangs.len());
-    println!("unexpected {}", t.unexpected.len());
-    println!("peak_rss_mib {rss} ({})", t.peak_rss_case);
-    println!("seed {seed} wall_s {}", t0.elapsed().as_secs());
+    crate::figure!("faults_run {}", t.runs);
+    crate::figure!("succeeded {} failed_cleanly {}", t.ok, t.failed);
+    crate::figure!("silent_corruptions {}", t.silent_corruptions.len());
+    crate::figure!("half_written_failures {}", t.half_written.len());
+    crate::figure!("panics {}", t.panics.len());
+    crate::figure!("hangs {}", t.hangs.len());
+    crate::figure!("unexpected {}", t.unexpected.len());
+    crate::figure!("peak_rss_mib {rss} ({})", t.peak_rss_case);
+    crate::figure!("seed {seed} wall_s {}", t0.elapsed().as_secs());
     for (what, v) in [
         ("silent corruption", &t.silent_corruptions),
         ("half-written failure", &t.half_written),
@@ -386,7 +386,7 @@ fn report(t: &Tally, seed: u64, runs: usize, t0: Instant) {
         ("unexpected", &t.unexpected),
     ] {
         for x in v {
-            println!("{what}: {x}");
+            crate::figure!("{what}: {x}");
         }
     }
     assert!(t.runs == runs, "not every run was judged");
@@ -777,6 +777,6 @@ fn seeded_faults_through_the_agent_api() {
     if log.contains("panicked") {
         t.panics.push("the agent's log shows a panic".into());
     }
-    println!("agent API path:");
+    crate::figure!("agent API path:");
     report(&t, seed, runs, t0);
 }

@@ -40,7 +40,7 @@ fn choose(hints: &str, dev_disk: &Path) -> (bool, Value, String) {
 #[test]
 fn root_device_on_loop_devices() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root for loop devices");
+        crate::figure!("SKIPPED: needs root for loop devices");
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ fn run(cmd: &mut Command) {
 #[test]
 fn vmedia_parameters_and_config_copy() {
     if !is_root() {
-        eprintln!("SKIPPED: needs root for loop devices");
+        crate::figure!("SKIPPED: needs root for loop devices");
         return;
     }
     let ironic = MockIronic::start(vec![], lookup_ok("******", 300));

@@ -145,7 +145,7 @@ pub fn assert_blank(device: &str) {
 
 pub fn skip() -> bool {
     if !is_root() {
-        eprintln!("SKIPPED: needs root for loop devices");
+        crate::figure!("SKIPPED: needs root for loop devices");
         return true;
     }
     false
