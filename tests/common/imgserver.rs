@@ -127,31 +127,24 @@ use std::future::Future;
 
 impl ImageServer {
     pub fn start() -> ImageServer {
-        Self::start_on(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap(),
-        )
+        Self::start_with(false)
     }
 
     /// A server whose thread runs at nice 10: it stands for a remote server in tests that
     /// measure the agent's answer times from clients on the same CPU, which it must not delay.
     pub fn start_low_priority() -> ImageServer {
-        Self::start_on(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .on_thread_start(|| {
-                    std::mem::forget(rivet::system::priority::lower_current_thread())
-                })
-                .enable_all()
-                .build()
-                .unwrap(),
-        )
+        Self::start_with(true)
     }
 
-    fn start_on(rt: tokio::runtime::Runtime) -> ImageServer {
+    fn start_with(low_priority: bool) -> ImageServer {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(1).enable_all();
+        if low_priority {
+            rt.on_thread_start(
+                || std::mem::forget(rivet::system::priority::lower_current_thread()),
+            );
+        }
+        let rt = rt.build().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.set_nonblocking(true).unwrap();
