@@ -1,24 +1,34 @@
-//! The agent's life: configuration → lookup → (auto-)TLS → API server → heartbeats, until a
-//! power action, a lockdown or a signal ends it. This is the top of the layering: it wires the
-//! protocol (conductor client, API server) to the executor and acts on system events.
+//! The agent's life: configuration → inspection (when asked for) → lookup → (auto-)TLS → API
+//! server → heartbeats, until a power action, a lockdown or a signal ends it. This is the top
+//! of the layering: it wires the protocol (conductor client, API server) to the executor and
+//! acts on system events.
+//!
+//! Inspection runs before lookup, as in IPA: the conductor only knows the node by the MACs
+//! and BMC addresses the inspection data carries. With fast-track the same process then looks
+//! the node up (by the UUID inspection returned) and heartbeats through inspection, cleaning
+//! and deployment; when the conductor wipes the token between flows, a heartbeat refused for
+//! it makes the agent look the node up again for a new one.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::api::routes::ApiState;
 use crate::api::server;
 use crate::commands::{Context, SystemEvent};
 use crate::conductor::client::{ApiClient, ApiVersion, ClientError};
 use crate::conductor::heartbeat::{self, Heartbeat, StatusFn};
+use crate::conductor::inspection::{self, Accepted};
 use crate::conductor::lookup::{self, LookupError};
 use crate::config::{Config, ConfigError};
 use crate::executor::{Executor, Status};
+use crate::hardware::lldp::RawTlv;
 use crate::hardware::{disks, net, root_device};
-use crate::state::{Session, StateDir, StateError};
+use crate::inspect;
+use crate::state::{AgentToken, Session, StateDir, StateError};
 use crate::system::power;
 use crate::tls::{self, TlsError};
 
@@ -53,7 +63,10 @@ async fn lookup_macs(cfg: &Config) -> Vec<String> {
     for _ in 0..60 {
         let macs = net::lookup_macs(
             cfg.bootif.as_deref(),
-            &net::interfaces(std::path::Path::new("/sys/class/net")),
+            &net::interfaces(
+                std::path::Path::new("/sys/class/net"),
+                cfg.allow_virtual_nics,
+            ),
         );
         if !macs.is_empty() {
             return macs;
@@ -210,16 +223,39 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     }
     let client = Arc::new(ApiClient::new(&cfg)?);
     let macs = lookup_macs(&cfg).await;
-    tracing::info!(?macs, urls = ?client.urls(), "looking up the node");
+    let (inspected, heard) = if cfg.inspection.enabled() {
+        inspect_once(&cfg, &client, &state).await
+    } else {
+        (None, None)
+    };
+    if cfg.api_urls.is_empty() {
+        // IPA's inspection-only mode (no fast-track): the conductor powers the node off once
+        // it has processed the data. There is no token, so no command could be accepted:
+        // nothing is served.
+        tracing::info!("no ipa-api-url: no lookup and no heartbeats; waiting to be powered off");
+        shutdown_signal().await;
+        return Ok(());
+    }
     let pinned = cfg.ironic_api_version.map(|(a, b)| ApiVersion(a, b));
-    let lk = lookup::run(
-        &client,
-        pinned,
-        &macs,
-        cfg.lookup_interval,
-        cfg.lookup_timeout,
-    )
-    .await?;
+    let lk = match inspected {
+        Some(Accepted::Node(lk)) => {
+            tracing::info!(node = %lk.node_uuid, "the inspection answer carries the node and its token: no lookup needed");
+            *lk
+        }
+        other => {
+            let uuid = other.as_ref().map(|a| a.node_uuid().to_string());
+            tracing::info!(?macs, node = ?uuid, urls = ?client.urls(), "looking up the node");
+            lookup::run(
+                &client,
+                pinned,
+                &macs,
+                uuid.as_deref(),
+                cfg.lookup_interval,
+                cfg.lookup_timeout,
+            )
+            .await?
+        }
+    };
     cfg.apply_lookup(&lk.config)?;
     let token = choose_token(&cfg, &lk, state.load_session())?;
     if token.is_none() && lk.version >= ApiVersion::AGENT_TOKEN {
@@ -229,6 +265,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         node_uuid: lk.node_uuid.clone(),
         token: token.clone(),
     })?;
+    let token = Arc::new(AgentToken::new(token));
 
     let ip = advertise_ip(&cfg, &client).await?;
     let identity = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
@@ -250,7 +287,8 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     let https = identity.is_some() || cfg.advertise_https;
     let callback = callback_url(https, ip, cfg.advertise_port);
 
-    let (ctx, mut events) = Context::new(cfg.clone());
+    let (mut ctx, mut events) = Context::new(cfg.clone());
+    ctx.lldp = heard;
     ctx.set_node(&lk.node);
     let exec = Executor::new(Arc::new(ctx), Some(state.clone()));
     let api_state = Arc::new(ApiState {
@@ -284,7 +322,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
 
     let hb = Heartbeat {
         node_uuid: lk.node_uuid.clone(),
-        token,
+        token: token.clone(),
         callback_url: callback,
         verify_ca: identity
             .as_ref()
@@ -294,17 +332,34 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         timeout: cfg.heartbeat_timeout,
     };
     let (stop_hb, stop_rx) = watch::channel(false);
+    let (refused_tx, mut refused) = mpsc::unbounded_channel();
     let hb_task = tokio::spawn(heartbeat::run(
         client.clone(),
         hb,
         status_fn(exec.clone()),
         exec.finished(),
         stop_rx,
+        refused_tx,
     ));
 
-    let event = tokio::select! {
-        ev = events.recv() => ev,
-        _ = shutdown_signal() => None,
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut last_relookup: Option<tokio::time::Instant> = None;
+    let event = loop {
+        tokio::select! {
+            ev = events.recv() => break ev,
+            _ = &mut shutdown => break None,
+            Some(()) = refused.recv() => {
+                while refused.try_recv().is_ok() {}
+                // At most one lookup a minute: a conductor that keeps someone else's token
+                // must not be hammered.
+                if last_relookup.is_some_and(|t| t.elapsed() < RELOOKUP_GAP) {
+                    continue;
+                }
+                last_relookup = Some(tokio::time::Instant::now());
+                relookup(&cfg, &client, &macs, &lk, &token, &state).await;
+            }
+        }
     };
     let _ = stop_hb.send(true);
     let _ = hb_task.await;
@@ -316,6 +371,139 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         Some(ev) => act(&cfg, ev).await,
     }
     Ok(())
+}
+
+/// Least time between two lookups made because heartbeats were refused for their token.
+const RELOOKUP_GAP: Duration = Duration::from_secs(60);
+
+/// Inspect once per boot: a restarted agent finds the node this boot's inspection was
+/// accepted for in the state directory and goes on to lookup with it.
+async fn inspect_once(
+    cfg: &Config,
+    client: &ApiClient,
+    state: &StateDir,
+) -> (
+    Option<Accepted>,
+    Option<std::collections::BTreeMap<String, Vec<RawTlv>>>,
+) {
+    if let Some(uuid) = state.inspected() {
+        tracing::info!(node = %uuid, "this boot was inspected already; not inspecting again");
+        return (Some(Accepted::Uuid(uuid)), None);
+    }
+    let c = cfg.clone();
+    let started = std::time::Instant::now();
+    let report =
+        match tokio::task::spawn_blocking(move || inspect::collect(&c, &inspect::Paths::default()))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "the inspection collectors crashed");
+                return (None, None);
+            }
+        };
+    let body = match serde_json::to_vec(&report.body) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise the inspection data");
+            return (None, report.lldp);
+        }
+    };
+    let failed = report.body.get("error").and_then(|e| e.as_str());
+    tracing::info!(collected_in = ?started.elapsed(), bytes = body.len(), error = ?failed,
+        "inspection data collected");
+    let version = inspection_version(cfg, client).await;
+    match inspection::post(
+        client,
+        &cfg.inspection.urls,
+        version,
+        &body,
+        inspection::retry_wait,
+    )
+    .await
+    {
+        Ok(acc) => {
+            tracing::info!(node = %acc.node_uuid(), "the conductor accepted the inspection data");
+            if let Err(e) = state.save_inspected(acc.node_uuid()) {
+                tracing::warn!(error = %e, "cannot record the inspection in the state directory");
+            }
+            (Some(acc), report.lldp)
+        }
+        Err(e) => {
+            if cfg.api_urls.is_empty() {
+                tracing::error!(error = %e, "inspection failed");
+            } else {
+                tracing::error!(error = %e, "inspection failed; going on with lookup");
+            }
+            (None, report.lldp)
+        }
+    }
+}
+
+/// Ask Ironic's own endpoint at API 1.84 when it has it and the agent goes on to heartbeat:
+/// the answer then carries the node and its token, so no lookup races for the token. A
+/// legacy inspector, or an inspection-only boot, gets IPA's plain request.
+async fn inspection_version(cfg: &Config, client: &ApiClient) -> Option<ApiVersion> {
+    if !cfg.inspection.ironic_endpoint || cfg.api_urls.is_empty() {
+        return None;
+    }
+    if let Some((a, b)) = cfg.ironic_api_version {
+        return (ApiVersion(a, b) >= ApiVersion::CONTINUE_INSPECTION)
+            .then_some(ApiVersion::CONTINUE_INSPECTION);
+    }
+    let base = cfg
+        .inspection
+        .urls
+        .first()?
+        .trim_end_matches("/v1/continue_inspection");
+    match client.discover_version_at(base).await {
+        Ok(v) if v >= ApiVersion::CONTINUE_INSPECTION => Some(ApiVersion::CONTINUE_INSPECTION),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "API version discovery before inspection failed; posting without a version");
+            None
+        }
+    }
+}
+
+/// The conductor refused our token (it wipes it between fast-track flows, or lost it): look
+/// the node up again and take the new token it issues.
+async fn relookup(
+    cfg: &Config,
+    client: &ApiClient,
+    macs: &[String],
+    lk: &lookup::Lookup,
+    token: &AgentToken,
+    state: &StateDir,
+) {
+    let found = lookup::run(
+        client,
+        Some(lk.version),
+        macs,
+        Some(&lk.node_uuid),
+        cfg.lookup_interval,
+        cfg.lookup_timeout.min(RELOOKUP_GAP),
+    )
+    .await;
+    match found {
+        Ok(new) => match new.config.get("agent_token") {
+            Some(Value::String(t)) if t.len() >= 32 && new.node_uuid == lk.node_uuid => {
+                token.set(Some(t.clone()));
+                if let Err(e) = state.save_session(&Session {
+                    node_uuid: new.node_uuid.clone(),
+                    token: Some(t.clone()),
+                }) {
+                    tracing::warn!(error = %e, "cannot save the new agent token");
+                }
+                tracing::info!(node = %new.node_uuid, "the conductor issued a new agent token");
+            }
+            _ => tracing::error!(
+                node = %new.node_uuid,
+                "the conductor holds an agent token this agent does not have; power-cycle the node through Ironic"
+            ),
+        },
+        Err(e) => tracing::warn!(error = %e, "looking the node up for a new token failed"),
+    }
 }
 
 async fn act(cfg: &Config, ev: SystemEvent) {
@@ -343,7 +531,10 @@ async fn act(cfg: &Config, ev: SystemEvent) {
         SystemEvent::Rescue => {}
         SystemEvent::Lockdown => {
             // Take the NICs down so nothing can reach this machine, then idle for good.
-            for i in net::interfaces(std::path::Path::new("/sys/class/net")) {
+            for i in net::interfaces(
+                std::path::Path::new("/sys/class/net"),
+                cfg.allow_virtual_nics,
+            ) {
                 let _ = crate::system::tools::run_capture(
                     "ip",
                     &["link", "set", &i.name, "down"],

@@ -32,6 +32,13 @@ enum Cmd {
         /// BOOTIF value to report as boot.pxe_interface.
         #[arg(long)]
         bootif: Option<String>,
+        /// Listen for LLDP on every NIC with carrier for up to this many seconds (all at once)
+        /// and report what the switches said in interfaces[].lldp.
+        #[arg(long, value_name = "SECONDS")]
+        lldp_timeout: Option<f64>,
+        /// Report virtual NICs (veth) too (tests in a network namespace only).
+        #[arg(long, hide = true)]
+        allow_virtual_nics: bool,
         #[command(flatten)]
         sources: SourceArgs,
     },
@@ -162,13 +169,33 @@ fn main() -> ExitCode {
         Some(Cmd::Inventory {
             allow_loop_devices,
             bootif,
+            lldp_timeout,
+            allow_virtual_nics,
             sources,
         }) => {
+            let lldp = lldp_timeout.map(|t| {
+                let ifaces: Vec<String> = rivet::hardware::net::interfaces(
+                    std::path::Path::new("/sys/class/net"),
+                    allow_virtual_nics,
+                )
+                .into_iter()
+                .filter(|i| i.has_carrier)
+                .map(|i| i.name)
+                .collect();
+                let timeout = std::time::Duration::from_secs_f64(t.clamp(0.0, 3600.0));
+                let (heard, errors) = rivet::hardware::lldp::capture(&ifaces, timeout);
+                for e in errors {
+                    eprintln!("rivet: {e}");
+                }
+                heard
+            });
             let inv = inventory::collect(&inventory::Options {
                 bootif_raw: bootif,
                 allow_loop_devices,
                 sources: sources.sources(),
                 skip_bmc_detect: false,
+                allow_virtual_nics,
+                lldp,
             });
             match serde_json::to_string_pretty(&inv) {
                 Ok(s) => {

@@ -20,6 +20,38 @@ pub struct StateError {
     source: std::io::Error,
 }
 
+/// The agent token, shared by the API's gate and the heartbeats. It is replaced when the
+/// conductor issues a new one (fast-track: the conductor wiped the old one between flows).
+#[derive(Debug, Default)]
+pub struct AgentToken(std::sync::RwLock<Option<String>>);
+
+impl AgentToken {
+    pub fn new(t: Option<String>) -> AgentToken {
+        AgentToken(std::sync::RwLock::new(t))
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.read().map(|t| t.clone()).unwrap_or(None)
+    }
+
+    pub fn set(&self, t: Option<String>) {
+        if let Ok(mut cur) = self.0.write() {
+            *cur = t;
+        }
+    }
+
+    /// Constant-time comparison. Missing or empty tokens never match.
+    pub fn matches(&self, given: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        match (self.get(), given) {
+            (Some(ours), Some(theirs)) if !theirs.is_empty() => {
+                ours.len() == theirs.len() && bool::from(ours.as_bytes().ct_eq(theirs.as_bytes()))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Identity of this agent session with the conductor.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Session {
@@ -80,11 +112,43 @@ impl StateDir {
         let data = serde_json::to_vec(s).unwrap_or_default();
         self.write("session.json", &data, true)
     }
+
+    /// The node this boot's inspection was accepted for, if it already ran (an agent
+    /// restarted later in the boot does not inspect again).
+    pub fn inspected(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.read("inspection.json")?).ok()?;
+        v.get("node_uuid")?.as_str().map(str::to_string)
+    }
+
+    pub fn save_inspected(&self, node_uuid: &str) -> Result<(), StateError> {
+        let data = serde_json::json!({ "node_uuid": node_uuid }).to_string();
+        self.write("inspection.json", data.as_bytes(), false)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_replacement_and_constant_time_match() {
+        let t = AgentToken::new(Some("a".repeat(43)));
+        assert!(t.matches(Some(&"a".repeat(43))));
+        assert!(!t.matches(Some(&"a".repeat(42))) && !t.matches(Some("")) && !t.matches(None));
+        t.set(Some("b".repeat(43)));
+        assert!(!t.matches(Some(&"a".repeat(43))) && t.matches(Some(&"b".repeat(43))));
+        t.set(None);
+        assert!(!t.matches(Some("")) && !t.matches(None));
+    }
+
+    #[test]
+    fn inspection_marker_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        assert!(s.inspected().is_none());
+        s.save_inspected("n1").unwrap();
+        assert_eq!(s.inspected().as_deref(), Some("n1"));
+    }
 
     #[test]
     fn session_round_trip_and_secret_mode() {

@@ -10,10 +10,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::executor::Executor;
+use crate::state::AgentToken;
 
 /// Largest request body accepted. Step commands carry the whole node and possibly an inline
 /// config drive (≤ 64 MiB uncompressed, gzip + base64 on the wire).
@@ -21,8 +21,8 @@ pub const BODY_LIMIT: usize = 128 << 20;
 
 pub struct ApiState {
     pub exec: Arc<Executor>,
-    /// `None` only if the agent has no token at all, in which case every command is refused.
-    pub token: Option<String>,
+    /// Empty only if the agent has no token at all, in which case every command is refused.
+    pub token: Arc<AgentToken>,
     pub scheme: &'static str,
     /// Limit for a client's TLS handshake, headers and body.
     pub client_timeout: std::time::Duration,
@@ -31,12 +31,7 @@ pub struct ApiState {
 impl ApiState {
     /// Constant-time token check. Missing or empty tokens never pass.
     pub fn token_ok(&self, given: Option<&str>) -> bool {
-        match (&self.token, given) {
-            (Some(ours), Some(theirs)) if !theirs.is_empty() => {
-                ours.len() == theirs.len() && bool::from(ours.as_bytes().ct_eq(theirs.as_bytes()))
-            }
-            _ => false,
-        }
+        self.token.matches(given)
     }
 }
 

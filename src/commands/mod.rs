@@ -77,6 +77,9 @@ pub struct Context {
     pub deployed: Mutex<Option<(std::path::PathBuf, String)>>,
     /// Progress of the image transfer in flight, for the running command and heartbeats.
     pub progress: Mutex<Option<std::sync::Arc<crate::image::progress::Progress>>>,
+    /// LLDP heard at inspection (`ipa-collect-lldp`): later inventories report it instead of
+    /// listening again for up to `ipa-lldp-timeout`.
+    pub lldp: Option<std::collections::BTreeMap<String, Vec<crate::hardware::lldp::RawTlv>>>,
 }
 
 impl Context {
@@ -96,6 +99,7 @@ impl Context {
                 started_at,
                 deployed: Mutex::new(None),
                 progress: Mutex::new(None),
+                lldp: None,
             },
             rx,
         )

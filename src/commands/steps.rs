@@ -20,9 +20,7 @@ use crate::error::{CommandError, ErrorKind};
 
 /// The manager name and version the conductor stores and checks (opaque to it). Bump the
 /// version when the step list or step semantics change.
-pub const MANAGER_CLASS: &str = "GenericHardwareManager";
-pub const MANAGER_NAME: &str = "generic_hardware_manager";
-pub const MANAGER_VERSION: &str = "1.2";
+pub use crate::hardware::{MANAGER_CLASS, MANAGER_NAME, MANAGER_VERSION};
 
 pub fn manager_version() -> Value {
     json!({ MANAGER_NAME: MANAGER_VERSION })

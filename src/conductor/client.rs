@@ -45,6 +45,9 @@ impl ApiVersion {
     pub const AGENT_TOKEN: ApiVersion = ApiVersion(1, 62);
     pub const AGENT_VERIFY_CA: ApiVersion = ApiVersion(1, 68);
     pub const AGENT_STATUS: ApiVersion = ApiVersion(1, 72);
+    /// `continue_inspection` answers with the node and its config (the agent token), and
+    /// lookup takes `node_uuid`.
+    pub const CONTINUE_INSPECTION: ApiVersion = ApiVersion(1, 84);
 
     pub fn header(self) -> String {
         format!("{}.{}", self.0, self.1)
@@ -159,6 +162,55 @@ impl ApiClient {
         })
     }
 
+    /// POST JSON to an absolute URL (the inspection callback, which need not be an API URL).
+    /// Returns the status and body; a failure to get any answer is `Unreachable`.
+    pub async fn post_to(
+        &self,
+        url: &str,
+        version: Option<ApiVersion>,
+        body: &[u8],
+    ) -> Result<(u16, bytes::Bytes), ClientError> {
+        let mut req = self
+            .http
+            .post(url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(body.to_vec());
+        if let Some(v) = version {
+            req = req.header("X-OpenStack-Ironic-API-Version", v.header());
+        }
+        if let Some(id) = &self.request_id {
+            req = req.header("X-OpenStack-Request-ID", id);
+        }
+        let unreachable = |e: &reqwest::Error| ClientError::Unreachable {
+            urls: url.to_string(),
+            detail: error_chain(e),
+        };
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
+        Ok((status, bytes))
+    }
+
+    /// `GET {base}/`: the default (maximum) microversion of the API at `base`.
+    pub async fn discover_version_at(&self, base: &str) -> Result<ApiVersion, ClientError> {
+        let url = format!("{}/", base.trim_end_matches('/'));
+        let unreachable = |e: &reqwest::Error| ClientError::Unreachable {
+            urls: base.to_string(),
+            detail: error_chain(e),
+        };
+        let resp = self
+            .http
+            .get(&url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| unreachable(&e))?;
+        parse_root(status, &body)
+    }
+
     fn promote(&self, base: &str) {
         if let Ok(mut u) = self.urls.lock() {
             if let Some(pos) = u.iter().position(|x| x == base) {
@@ -171,26 +223,31 @@ impl ApiClient {
     /// `GET /`: the API's default (maximum) microversion.
     pub async fn discover_version(&self) -> Result<ApiVersion, ClientError> {
         let (status, body) = self.request("GET", "/", None, None).await?;
-        if status != 200 {
-            return Err(ClientError::Status {
-                method: "GET",
-                path: "/".into(),
-                status,
-                faultstring: ironic_faultstring(&body),
-            });
-        }
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ClientError::BadBody {
-            path: "/".into(),
-            detail: e.to_string(),
-        })?;
-        v.pointer("/default_version/version")
-            .and_then(Value::as_str)
-            .and_then(ApiVersion::parse)
-            .ok_or_else(|| ClientError::BadBody {
-                path: "/".into(),
-                detail: "no default_version.version".into(),
-            })
+        parse_root(status, &body)
     }
+}
+
+/// The API root document's default version.
+fn parse_root(status: u16, body: &[u8]) -> Result<ApiVersion, ClientError> {
+    if status != 200 {
+        return Err(ClientError::Status {
+            method: "GET",
+            path: "/".into(),
+            status,
+            faultstring: ironic_faultstring(body),
+        });
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| ClientError::BadBody {
+        path: "/".into(),
+        detail: e.to_string(),
+    })?;
+    v.pointer("/default_version/version")
+        .and_then(Value::as_str)
+        .and_then(ApiVersion::parse)
+        .ok_or_else(|| ClientError::BadBody {
+            path: "/".into(),
+            detail: "no default_version.version".into(),
+        })
 }
 
 /// reqwest's Display hides the cause (e.g. "connection refused"); show the whole chain.

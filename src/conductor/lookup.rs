@@ -34,8 +34,16 @@ async fn attempt(
     client: &ApiClient,
     version: ApiVersion,
     macs: &str,
+    node_uuid: Option<&str>,
 ) -> Result<Lookup, ClientError> {
-    let path = format!("/v1/lookup?addresses={macs}");
+    let mut path = format!("/v1/lookup?addresses={macs}");
+    if let Some(u) = node_uuid {
+        // The UUID inspection returned: the conductor then finds the node even if its ports
+        // are not (yet) the MACs we send. Only UUID characters go into the query.
+        if u.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            path.push_str(&format!("&node_uuid={u}"));
+        }
+    }
     let v = version.min(ApiVersion::AGENT_TOKEN);
     let (status, body) = client.request("GET", &path, Some(v), None).await?;
     if status != 200 {
@@ -51,10 +59,16 @@ async fn attempt(
         detail: d.to_string(),
     };
     let doc: Value = serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?;
+    from_answer(doc, version).map_err(|d| bad(&d))
+}
+
+/// A lookup answer (also what `continue_inspection` answers at API 1.84+): the node, its
+/// UUID and the agent's config.
+pub fn from_answer(doc: Value, version: ApiVersion) -> Result<Lookup, String> {
     let uuid = doc
         .pointer("/node/uuid")
         .and_then(Value::as_str)
-        .ok_or_else(|| bad("no node.uuid"))?
+        .ok_or("no node.uuid")?
         .to_string();
     // Old APIs put heartbeat_timeout at the top level; fold it into config.
     let mut config = doc
@@ -79,6 +93,7 @@ pub async fn run(
     client: &ApiClient,
     pinned: Option<ApiVersion>,
     macs: &[String],
+    node_uuid: Option<&str>,
     interval: Duration,
     timeout: Duration,
 ) -> Result<Lookup, LookupError> {
@@ -105,7 +120,7 @@ pub async fn run(
                 }
                 Err(e) => format!("API version discovery: {e}"),
             },
-            Some(v) => match attempt(client, v, &joined).await {
+            Some(v) => match attempt(client, v, &joined, node_uuid).await {
                 Ok(found) => {
                     tracing::info!(node = %found.node_uuid, attempts, "lookup succeeded");
                     return Ok(found);

@@ -1,8 +1,9 @@
-//! The conductor side of the protocol: version discovery, lookup, heartbeat.
+//! The conductor side of the protocol: version discovery, inspection, lookup, heartbeat.
 
 pub mod backoff;
 pub mod client;
 pub mod heartbeat;
+pub mod inspection;
 pub mod lookup;
 
 /// What we report as `agent_version`: the IPA protocol release we implement, with our own

@@ -93,6 +93,12 @@ pub fn normalize_bootif(value: &str) -> Result<String, ConfigError> {
 /// `ipa-api-url`: a comma-separated list; each must be `http(s)://…` (IPA also accepts `mdns`,
 /// which Rivet does not implement, and says so).
 pub fn parse_api_urls(value: &str) -> Result<Vec<String>, ConfigError> {
+    parse_urls("ipa-api-url", value)
+}
+
+/// A comma-separated list of `http(s)://` URLs for `key` (`ipa-api-url`,
+/// `ipa-inspection-callback-url`), trailing slashes dropped.
+pub fn parse_urls(key: &str, value: &str) -> Result<Vec<String>, ConfigError> {
     let mut urls = Vec::new();
     for raw in value.split(',') {
         let u = raw.trim();
@@ -101,16 +107,16 @@ pub fn parse_api_urls(value: &str) -> Result<Vec<String>, ConfigError> {
         }
         if u == "mdns" {
             return Err(ConfigError::invalid(
-                "ipa-api-url",
+                key,
                 value,
                 "mDNS discovery is not supported by Rivet; give the API URL",
             ));
         }
         let parsed = url::Url::parse(u)
-            .map_err(|e| ConfigError::invalid("ipa-api-url", u, &format!("not a URL: {e}")))?;
+            .map_err(|e| ConfigError::invalid(key, u, &format!("not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(ConfigError::invalid(
-                "ipa-api-url",
+                key,
                 u,
                 "expected an http:// or https:// URL with a host",
             ));
@@ -118,7 +124,7 @@ pub fn parse_api_urls(value: &str) -> Result<Vec<String>, ConfigError> {
         urls.push(u.trim_end_matches('/').to_string());
     }
     if urls.is_empty() {
-        return Err(ConfigError::invalid("ipa-api-url", value, "empty URL list"));
+        return Err(ConfigError::invalid(key, value, "empty URL list"));
     }
     Ok(urls)
 }

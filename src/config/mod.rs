@@ -14,7 +14,7 @@ use clap::Args;
 
 use cmdline::{
     normalize_bootif, parse_api_urls, parse_api_version, parse_bool, parse_secs, parse_u16,
-    parse_u64,
+    parse_u64, parse_urls,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,10 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("no Ironic API URL: set ipa-api-url on the kernel command line or --api-url")]
+    #[error(
+        "nothing to report to: set ipa-api-url (deploy, clean, fast-track) and/or \
+         ipa-inspection-callback-url (inspection) on the kernel command line, or --api-url"
+    )]
     NoApiUrl,
     #[error("cannot read {path}: {source}")]
     Read {
@@ -148,6 +151,40 @@ pub struct AgentArgs {
     /// Where virtual-media agent config is copied to (IPA copies into /etc).
     #[arg(long, value_name = "DIR", default_value = "/etc")]
     pub etc_dir: PathBuf,
+    /// Report virtual NICs (veth) as interfaces and listen for LLDP on them (tests in a
+    /// network namespace only; a real machine's NICs have a device behind them).
+    #[arg(long, hide = true)]
+    pub allow_virtual_nics: bool,
+}
+
+/// IPA's default inspection collectors (`INSPECTION_DEFAULT_COLLECTORS` in IPA 13).
+pub const DEFAULT_COLLECTORS: &str = "default,logs";
+
+/// In-band inspection settings: `ipa-inspection-*`, `ipa-collect-lldp`, `ipa-lldp-timeout`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspection {
+    /// Where the data is posted, tried in order: `ipa-inspection-callback-url`, else
+    /// `<api-url>/v1/continue_inspection` for each API URL when `ipa-inspection-collectors`
+    /// is set (IPA's rule). Empty when inspection is off.
+    pub urls: Vec<String>,
+    /// True when the URLs are Ironic's own `continue_inspection` endpoint (derived from the
+    /// API URL or ending in it), which answers with the node and its token at API 1.84+.
+    pub ironic_endpoint: bool,
+    pub collectors: Vec<String>,
+    /// Wait for every NIC, not only the PXE one, to get an IPv4 address before posting.
+    pub dhcp_all_interfaces: bool,
+    pub dhcp_wait_timeout: Duration,
+    /// Fill the inventory's `interfaces[].lldp` (the `lldp` collector fills `lldp_raw`).
+    pub collect_lldp: bool,
+    pub lldp_timeout: Duration,
+    /// `ipa-inspection-benchmarks`, passed to `hardware-detect` (collector `extra-hardware`).
+    pub benchmarks: Vec<String>,
+}
+
+impl Inspection {
+    pub fn enabled(&self) -> bool {
+        !self.urls.is_empty()
+    }
 }
 
 /// Everything the agent needs to know, typed and validated.
@@ -193,6 +230,8 @@ pub struct Config {
     pub etc_dir: PathBuf,
     pub simulate_power: bool,
     pub allow_loop_devices: bool,
+    pub allow_virtual_nics: bool,
+    pub inspection: Inspection,
     /// True when the parameters came from this machine's real /proc/cmdline; real power actions
     /// are only allowed then (see `system::power`).
     pub from_proc_cmdline: bool,
@@ -254,8 +293,12 @@ impl Config {
         let api_urls = match (&args.api_url, get("ipa-api-url")) {
             (Some(v), _) => parse_api_urls(v)?,
             (None, Some(v)) => parse_api_urls(v)?,
-            (None, None) => return Err(ConfigError::NoApiUrl),
+            (None, None) => Vec::new(),
         };
+        let inspection = inspection(p, &api_urls)?;
+        if api_urls.is_empty() && !inspection.enabled() {
+            return Err(ConfigError::NoApiUrl);
+        }
         let advertise_https = match get("ipa-advertise-protocol") {
             None => false,
             Some("http") => false,
@@ -362,6 +405,8 @@ impl Config {
             etc_dir: args.etc_dir.clone(),
             simulate_power: args.simulate_power,
             allow_loop_devices: args.allow_loop_devices,
+            allow_virtual_nics: args.allow_virtual_nics,
+            inspection,
             from_proc_cmdline: false,
             test_extension: args.test_extension,
             api_client_timeout: Duration::from_secs_f64(args.api_client_timeout.clamp(0.1, 3600.0)),
@@ -447,6 +492,58 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The inspection settings, with IPA's defaults and its rule for where to post.
+fn inspection(p: &HashMap<String, String>, api_urls: &[String]) -> Result<Inspection, ConfigError> {
+    const ENDPOINT: &str = "/v1/continue_inspection";
+    let get = |k: &str| p.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let secs = |k: &str, default: f64| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs_f64(
+            get(k)
+                .map_or(Ok(default), |v| parse_secs(k, v))?
+                .min(86_400.0),
+        ))
+    };
+    let boolean = |k: &str| get(k).map_or(Ok(false), |v| parse_bool(k, v));
+    let asked_collectors = get("ipa-inspection-collectors");
+    let collectors: Vec<String> = asked_collectors
+        .unwrap_or(DEFAULT_COLLECTORS)
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    let (urls, ironic_endpoint) = match get("ipa-inspection-callback-url") {
+        Some(v) => {
+            let urls = parse_urls("ipa-inspection-callback-url", v)?;
+            let ironic = urls.iter().all(|u| u.ends_with(ENDPOINT));
+            (urls, ironic)
+        }
+        None if asked_collectors.is_some() => (
+            api_urls.iter().map(|u| format!("{u}{ENDPOINT}")).collect(),
+            true,
+        ),
+        None => (Vec::new(), false),
+    };
+    Ok(Inspection {
+        urls,
+        ironic_endpoint,
+        collectors,
+        dhcp_all_interfaces: boolean("ipa-inspection-dhcp-all-interfaces")?,
+        dhcp_wait_timeout: secs("ipa-inspection-dhcp-wait-timeout", 60.0)?,
+        collect_lldp: boolean("ipa-collect-lldp")?,
+        lldp_timeout: secs("ipa-lldp-timeout", 30.0)?,
+        benchmarks: get("ipa-inspection-benchmarks")
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 fn args_or(flag: &Option<String>, param: Option<&str>) -> Option<String> {
@@ -565,6 +662,11 @@ mod tests {
             assert!(e.contains(key), "{line}: {e}");
         }
         assert!(matches!(cfg("quiet"), Err(ConfigError::NoApiUrl)));
+        let e = cfg("quiet").unwrap_err().to_string();
+        assert!(
+            e.contains("ipa-api-url") && e.contains("ipa-inspection-callback-url"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -586,6 +688,69 @@ mod tests {
         assert!(c
             .apply_lookup(&serde_json::json!({"heartbeat_timeout": "x"}))
             .is_err());
+    }
+
+    #[test]
+    fn inspection_urls_follow_ipa() {
+        // Metal3 without fast-track: a callback URL only.
+        let c = cfg("ipa-inspection-callback-url=http://i:6385/v1/continue_inspection,http://j:6385/v1/continue_inspection/")
+            .unwrap();
+        assert!(c.api_urls.is_empty() && c.inspection.enabled());
+        assert_eq!(
+            c.inspection.urls,
+            vec![
+                "http://i:6385/v1/continue_inspection",
+                "http://j:6385/v1/continue_inspection"
+            ]
+        );
+        assert!(c.inspection.ironic_endpoint);
+        assert_eq!(c.inspection.collectors, vec!["default", "logs"]);
+        assert_eq!(c.inspection.lldp_timeout, Duration::from_secs(30));
+        assert_eq!(c.inspection.dhcp_wait_timeout, Duration::from_secs(60));
+        assert!(!c.inspection.collect_lldp && !c.inspection.dhcp_all_interfaces);
+        // Collectors + API URL and no callback: post to the API's own endpoint.
+        let c = cfg("ipa-api-url=http://a:6385,http://b:6385 ipa-inspection-collectors=default,pci-devices                      ipa-collect-lldp=1 ipa-lldp-timeout=2.5 ipa-inspection-dhcp-all-interfaces=true                      ipa-inspection-dhcp-wait-timeout=0")
+        .unwrap();
+        assert_eq!(
+            c.inspection.urls,
+            vec![
+                "http://a:6385/v1/continue_inspection",
+                "http://b:6385/v1/continue_inspection"
+            ]
+        );
+        assert_eq!(c.inspection.collectors, vec!["default", "pci-devices"]);
+        assert!(c.inspection.collect_lldp && c.inspection.dhcp_all_interfaces);
+        assert_eq!(c.inspection.lldp_timeout, Duration::from_millis(2500));
+        assert!(c.inspection.dhcp_wait_timeout.is_zero());
+        // An API URL alone: no inspection.
+        assert!(!cfg("ipa-api-url=http://a:6385")
+            .unwrap()
+            .inspection
+            .enabled());
+        // A legacy ironic-inspector URL is posted to, but is not Ironic's endpoint.
+        let c = cfg("ipa-inspection-callback-url=http://i:5050/v1/continue").unwrap();
+        assert!(!c.inspection.ironic_endpoint);
+        for (line, key) in [
+            (
+                "ipa-inspection-callback-url=mdns",
+                "ipa-inspection-callback-url",
+            ),
+            (
+                "ipa-inspection-callback-url=ftp://x",
+                "ipa-inspection-callback-url",
+            ),
+            (
+                "ipa-api-url=http://a ipa-lldp-timeout=never",
+                "ipa-lldp-timeout",
+            ),
+            (
+                "ipa-api-url=http://a ipa-collect-lldp=sometimes",
+                "ipa-collect-lldp",
+            ),
+        ] {
+            let e = cfg(line).unwrap_err().to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The inventory, in IPA's shape (`poll.get_hardware_info`, inspection), read from sysfs and
 //! procfs only: no lshw, lscpu or lsblk in the ramdisk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 
@@ -18,6 +18,9 @@ pub struct Options {
     pub sources: disks::Sources,
     /// The conductor's `agent_skip_bmc_detect` (Redfish-managed nodes).
     pub skip_bmc_detect: bool,
+    pub allow_virtual_nics: bool,
+    /// LLDP heard per interface (`ipa-collect-lldp`), reported as `interfaces[].lldp`.
+    pub lldp: Option<BTreeMap<String, Vec<super::lldp::RawTlv>>>,
 }
 
 impl Options {
@@ -27,6 +30,8 @@ impl Options {
             allow_loop_devices: c.allow_loop_devices,
             sources: disks::Sources::default(),
             skip_bmc_detect: c.skip_bmc_detect,
+            allow_virtual_nics: c.allow_virtual_nics,
+            lldp: None,
         }
     }
 }
@@ -86,11 +91,17 @@ pub struct Boot {
 
 pub fn collect(opts: &Options) -> Inventory {
     let bmc = super::bmc::detect(opts.skip_bmc_detect);
+    let mut interfaces = net::interfaces(Path::new("/sys/class/net"), opts.allow_virtual_nics);
+    if let Some(heard) = &opts.lldp {
+        for i in &mut interfaces {
+            i.lldp = heard.get(&i.name).cloned();
+        }
+    }
     Inventory {
-        interfaces: net::interfaces(Path::new("/sys/class/net")),
+        interfaces,
         cpu: cpu(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         disks: disks::discover(&opts.sources, opts.allow_loop_devices),
-        memory: memory(),
+        memory: memory(fs::read(super::smbios::TABLE).ok().as_deref()),
         bmc_address: bmc.v4,
         bmc_v6address: bmc.v6,
         bmc_mac: bmc.mac,
@@ -151,7 +162,10 @@ pub fn cpu(cpuinfo: &str) -> Cpu {
     }
 }
 
-fn memory() -> Memory {
+/// Total memory as the kernel sees it, and the installed memory: the DIMMs' sizes from SMBIOS
+/// (what IPA reads from lshw), else the online memory blocks, else the total rounded up to
+/// the 128 MiB the kernel's memory map loses to firmware.
+fn memory(smbios: Option<&[u8]>) -> Memory {
     let total = fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -180,6 +194,10 @@ fn memory() -> Memory {
             .count() as u64;
         (online > 0).then(|| online * block / (1 << 20))
     })();
+    let physical_mb = smbios
+        .and_then(super::smbios::physical_mb)
+        .or(physical_mb)
+        .or_else(|| total.map(|t| (t >> 20).div_ceil(128) * 128));
     Memory { total, physical_mb }
 }
 
@@ -215,6 +233,14 @@ mod tests {
     }
 
     #[test]
+    fn physical_memory_prefers_the_dimms() {
+        let t = super::super::smbios::tests::table();
+        assert_eq!(memory(Some(&t)).physical_mb, Some(16 * 1024 + 16));
+        assert!(memory(None).physical_mb.is_some());
+        assert!(memory(Some(&[])).physical_mb.is_some());
+    }
+
+    #[test]
     fn this_machine_inventory_has_ipa_keys() {
         let v = serde_json::to_value(collect(&Options::default())).unwrap();
         for k in [
@@ -231,6 +257,8 @@ mod tests {
         }
         assert!(v["cpu"]["count"].as_u64().unwrap() >= 1);
         assert!(v["memory"]["total"].as_u64().unwrap() > 0);
+        // Ironic's memory hook needs physical_mb.
+        assert!(v["memory"]["physical_mb"].as_u64().unwrap() > 0);
         assert!(matches!(
             v["boot"]["current_boot_mode"].as_str(),
             Some("uefi" | "bios")

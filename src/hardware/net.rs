@@ -54,8 +54,9 @@ fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
     out
 }
 
-/// Physical NICs (those with a `device` link), VLANs and bonds; never `lo`.
-pub fn interfaces(sys_class_net: &Path) -> Vec<Interface> {
+/// Physical NICs (those with a `device` link), VLANs and bonds; never `lo`. With
+/// `allow_virtual` (tests in a network namespace) veth pairs count as NICs too.
+pub fn interfaces(sys_class_net: &Path, allow_virtual: bool) -> Vec<Interface> {
     let Ok(entries) = fs::read_dir(sys_class_net) else {
         return Vec::new();
     };
@@ -71,7 +72,13 @@ pub fn interfaces(sys_class_net: &Path) -> Vec<Interface> {
         let d = sys_class_net.join(&name);
         let physical = d.join("device").exists();
         let vlan_or_bond = name.contains('.') || d.join("bonding").exists();
-        if !physical && !vlan_or_bond {
+        let veth = allow_virtual
+            && read_trim(&d.join("type")).as_deref() == Some("1")
+            && fs::read_link(&d)
+                .map(|t| t.to_string_lossy().contains("/virtual/"))
+                .unwrap_or(false)
+            && !d.join("bridge").exists();
+        if !physical && !vlan_or_bond && !veth {
             continue;
         }
         let mac = read_trim(&d.join("address")).filter(|m| m != "00:00:00:00:00:00");
@@ -156,7 +163,7 @@ mod tests {
         fs::create_dir_all(&virt).unwrap();
         fs::write(virt.join("address"), "aa:aa:aa:aa:aa:aa\n").unwrap();
         fs::create_dir_all(d.path().join("lo")).unwrap();
-        let list = interfaces(d.path());
+        let list = interfaces(d.path(), false);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].name, "eth0");
         assert_eq!(list[0].mac_address.as_deref(), Some("52:54:00:aa:bb:cc"));

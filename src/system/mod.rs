@@ -1,8 +1,11 @@
-//! System actions: power, sync, external tools. The only place that can power the machine off.
+//! System actions: power, sync, external tools, logs, raw sockets. The only place that can
+//! power the machine off.
 
 pub mod blockdev;
 pub mod inroot;
+pub mod logs;
 pub mod mount;
+pub mod packet;
 pub mod power;
 pub mod priority;
 pub mod pstore;

@@ -37,6 +37,19 @@ pub fn run_capture(
     timeout: Duration,
     max: usize,
 ) -> Result<(bool, Vec<u8>), ToolError> {
+    let (ok, mut data, err) = run_split(tool, args, timeout, max)?;
+    data.extend(err);
+    data.truncate(max);
+    Ok((ok, data))
+}
+
+/// Run and return (exit success, stdout, stderr), each truncated to `max` bytes.
+pub fn run_split(
+    tool: &str,
+    args: &[&str],
+    timeout: Duration,
+    max: usize,
+) -> Result<(bool, Vec<u8>, Vec<u8>), ToolError> {
     let exe = which(tool).ok_or_else(|| ToolError::Missing(tool.to_string()))?;
     let mut child = Command::new(exe)
         .args(args)
@@ -94,10 +107,11 @@ pub fn run_capture(
             }
         }
     };
-    let mut data = out.join().unwrap_or_default();
-    data.extend(err.join().unwrap_or_default());
-    data.truncate(max);
-    Ok((status.success(), data))
+    Ok((
+        status.success(),
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]

@@ -50,8 +50,11 @@ pub struct MockState {
     pub lookup_script: VecDeque<(u16, Value)>,
     pub lookup_default: Option<(u16, Value)>,
     pub heartbeat_script: VecDeque<(u16, Value)>,
+    /// Answers to `POST /v1/continue_inspection`, in order; then 202 `{"uuid": NODE}`.
+    pub inspection_script: VecDeque<(u16, Value)>,
     pub lookups: Vec<Seen>,
     pub heartbeats: Vec<Seen>,
+    pub inspections: Vec<Seen>,
 }
 
 pub struct MockIronic {
@@ -180,6 +183,31 @@ impl MockIronic {
         self.state.lock().unwrap().lookups.clone()
     }
 
+    pub fn inspections(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().inspections.clone()
+    }
+
+    pub fn script_inspection(&self, answers: Vec<(u16, Value)>) {
+        self.state.lock().unwrap().inspection_script = answers.into();
+    }
+
+    /// Wait until `n` inspection posts arrived.
+    pub fn wait_inspections(&self, n: usize, timeout: Duration) -> Vec<Seen> {
+        let end = Instant::now() + timeout;
+        loop {
+            let h = self.inspections();
+            if h.len() >= n {
+                return h;
+            }
+            assert!(
+                Instant::now() < end,
+                "only {} of {n} inspection posts within {timeout:?}",
+                h.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_heartbeats(&self, n: usize, timeout: Duration) -> Vec<Seen> {
         let end = Instant::now() + timeout;
         loop {
@@ -242,6 +270,11 @@ async fn answer(
                 Some(r) => r,
                 None => s.lookup_default.clone().unwrap_or((404, json!({}))),
             }
+        } else if path == "/v1/continue_inspection" {
+            s.inspections.push(seen);
+            s.inspection_script
+                .pop_front()
+                .unwrap_or((202, json!({ "uuid": NODE })))
         } else if path.starts_with("/v1/heartbeat/") {
             s.heartbeats.push(seen);
             s.heartbeat_script.pop_front().unwrap_or((202, Value::Null))
@@ -267,6 +300,14 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// How to start the agent besides its command line.
+#[derive(Default)]
+pub struct Launch {
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    pub env: Vec<(String, String)>,
 }
 
 /// The real binary, run as a child process.
@@ -301,6 +342,27 @@ impl Agent {
     /// Like `spawn_raw`, logging with the given `RUST_LOG` filter (tests that measure speed
     /// run the agent at the production level: debug logs a line for every API request).
     pub fn spawn_logging(cmdline: &str, state_dir: &Path, extra: &[&str], filter: &str) -> Agent {
+        Self::spawn_full(cmdline, state_dir, extra, filter, &Launch::default())
+    }
+
+    /// Like `spawn_raw`, with a network namespace or extra environment.
+    pub fn spawn_launch(cmdline: &str, state_dir: &Path, extra: &[&str], launch: &Launch) -> Agent {
+        Self::spawn_full(
+            cmdline,
+            state_dir,
+            extra,
+            "debug,hyper=info,rustls=info,reqwest=info,h2=info",
+            launch,
+        )
+    }
+
+    fn spawn_full(
+        cmdline: &str,
+        state_dir: &Path,
+        extra: &[&str],
+        filter: &str,
+        launch: &Launch,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cmdline_file = dir.path().join("cmdline");
@@ -314,7 +376,19 @@ impl Agent {
         )
         .unwrap();
         let log = dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        let mut cmd = match &launch.netns {
+            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_rivet")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_rivet")),
+        };
+        for (k, v) in &launch.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .arg("--cmdline-file")
             .arg(&cmdline_file)
             .arg("--state-dir")
@@ -417,6 +491,15 @@ impl Api {
         Api {
             client: agent_client(Some(ca)),
             base: format!("https://127.0.0.1:{}", agent.port),
+            token: token(),
+        }
+    }
+
+    /// The API of `agent` over plain HTTP (`--no-auto-tls`), with the token.
+    pub fn plain(agent: &Agent) -> Api {
+        Api {
+            client: agent_client(None),
+            base: format!("http://127.0.0.1:{}", agent.port),
             token: token(),
         }
     }
