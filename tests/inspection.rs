@@ -279,3 +279,145 @@ fn the_184_answer_carries_the_token_and_saves_the_lookup() {
     let (code, _) = api.get(&api.url("/v1/commands/", ""));
     assert_eq!(code, 200);
 }
+
+/// `a` and `b` have the same JSON shape where `ipa` has data: every key IPA sends is there
+/// with the same type (or null where the machine has no such data); lists are compared by
+/// their first items; maps keyed by interface name by their values.
+fn same_shape(ipa: &Value, ours: &Value, path: &str, optional: &[&str]) {
+    match (ipa, ours) {
+        (_, Value::Null) | (Value::Null, _) => {}
+        (Value::Object(a), Value::Object(b)) if path == "lldp_raw" => {
+            if let (Some(x), Some(y)) = (a.values().next(), b.values().next()) {
+                same_shape(x, y, "lldp_raw.*", optional);
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a.iter().filter(|(k, _)| !k.starts_with('_')) {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    Some(w) => same_shape(v, w, &p, optional),
+                    None => assert!(optional.contains(&p.as_str()), "{p} is missing"),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            if let (Some(x), Some(y)) = (a.first(), b.first()) {
+                same_shape(x, y, &format!("{path}[]"), optional);
+            }
+        }
+        (a, b) => assert_eq!(
+            std::mem::discriminant(a),
+            std::mem::discriminant(b),
+            "{path}: IPA sends {a}, Rivet {b}"
+        ),
+    }
+}
+
+#[test]
+fn the_body_has_the_shape_ipa13_posts() {
+    let d = tempfile::tempdir().unwrap();
+    let write = |rel: &str, v: &str| {
+        let p = d.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, v).unwrap();
+    };
+    for (f, v) in [
+        ("vendor", "0x8086"),
+        ("device", "0x1572"),
+        ("class", "0x020000"),
+        ("revision", "0x01"),
+        ("numa_node", "0"),
+    ] {
+        write(&format!("pci/0000:18:00.0/{f}"), v);
+    }
+    write("node/node0/meminfo", "Node 0 MemTotal:       98292384 kB\n");
+    write("node/node0/cpu0/topology/core_id", "0\n");
+    write("node/node0/cpu40/topology/core_id", "0\n");
+    for (f, v) in [
+        ("idVendor", "0624"),
+        ("idProduct", "0249"),
+        ("bDeviceClass", "00"),
+        ("busnum", "1"),
+        ("devnum", "3"),
+        ("product", "Virtual Keyboard"),
+        ("manufacturer", "Avocent"),
+    ] {
+        write(&format!("usb/1-1/{f}"), v);
+    }
+    let paths = rivet::inspect::Paths {
+        pci: d.path().join("pci"),
+        numa_nodes: d.path().join("node"),
+        usb: d.path().join("usb"),
+        smbios: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smbios.bin"),
+        ..Default::default()
+    };
+    let params = rivet::config::cmdline::parse_params(&format!(
+        "ipa-inspection-callback-url=http://127.0.0.1:1/v1/continue_inspection BOOTIF=01-{} \
+         ipa-inspection-collectors=default,logs,pci-devices,numa-topology,dmi-decode,usb-devices,lldp \
+         ipa-collect-lldp=1 ipa-lldp-timeout=0.2 ipa-inspection-dhcp-wait-timeout=0",
+        MAC.replace(':', "-")
+    ));
+    let cfg = rivet::config::Config::from_params(&params, &Default::default()).unwrap();
+    let ours = Value::Object(rivet::inspect::collect(&cfg, &paths).body);
+    let ipa: Value =
+        serde_json::from_str(include_str!("fixtures/ipa13_inspection_body.json")).unwrap();
+    same_shape(&ipa, &ours, "", &["root_disk", "inventory.bmc_mac"]);
+    // The fixture trees came through as IPA would report them.
+    assert_eq!(ours["pci_devices"], ipa["pci_devices"]);
+    assert_eq!(ours["numa_topology"]["cpus"], ipa["numa_topology"]["cpus"]);
+    assert_eq!(ours["numa_topology"]["ram"], ipa["numa_topology"]["ram"]);
+    assert_eq!(ours["usb_devices"], ipa["usb_devices"]);
+    assert_eq!(ours["dmi"]["memory"]["devices"][0]["Type"], "DDR4");
+    assert_eq!(
+        ours["configuration"]["collectors"],
+        ipa["configuration"]["collectors"]
+    );
+    assert_eq!(
+        ours["configuration"]["managers"],
+        ipa["configuration"]["managers"]
+    );
+    assert_eq!(ours["error"], Value::Null, "{}", ours["error"]);
+    assert!(ours["lldp_raw"].is_object());
+}
+
+/// Fast-track: the conductor wipes the token between flows. The heartbeat it refuses makes
+/// the agent look the node up again (by UUID) and take the new token, which the API then
+/// accepts instead of the old one.
+#[test]
+fn a_wiped_token_is_replaced_by_a_new_lookup() {
+    let new_token = "newtokennewtokennewtokennewtokennewtoken-_9".to_string();
+    let mock = MockIronic::start(vec![lookup_ok(&token(), 300)], lookup_ok(&new_token, 300));
+    mock.state.lock().unwrap().heartbeat_script = vec![ironic_error(
+        400,
+        "Invalid or missing agent token received.",
+    )]
+    .into();
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn(
+        &format!("ipa-api-url={}", mock.url),
+        state.path(),
+        &["--no-auto-tls"],
+    );
+    let hb = mock.wait_heartbeats(2, Duration::from_secs(30));
+    assert_eq!(hb[0].body["agent_token"], token());
+    assert_eq!(hb[1].body["agent_token"], new_token.as_str());
+    let lookups = mock.lookups();
+    assert_eq!(lookups.len(), 2);
+    assert!(
+        lookups[1].path.contains(&format!("node_uuid={NODE}")),
+        "{}",
+        lookups[1].path
+    );
+    let mut api = Api::plain(&agent);
+    let (old, _) = api.get(&api.url("/v1/commands/", ""));
+    api.token = new_token;
+    let (new, _) = api.get(&api.url("/v1/commands/", ""));
+    assert_eq!((old, new), (401, 200));
+    // Kept for a restart in the same boot.
+    let saved = std::fs::read_to_string(state.path().join("session.json")).unwrap();
+    assert!(saved.contains("newtoken"));
+}

@@ -78,7 +78,7 @@ session_cleanup() {
   if [[ -n "${LOOP:-}" ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
   rm -rf "${WORK:?}"
 }
-fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -30 "$WORK"/rivet*.log >&2 || true; exit 1; }
+fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -n 30 "$WORK"/rivet*.log >&2 || true; exit 1; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start_deploy LABEL INSTANCE_INFO_JSON [PROVISION_BODY]: set instance_info, ask for "active",

@@ -10,6 +10,8 @@
 #        API_PORT (6385) IMG_PORT (8089)
 #        AUTOMATED_CLEAN (false)  ERASE_META_PRIO (0, e.g. 99 to clean)
 #        FAST_TRACK (false)  -> [deploy]fast_track
+#        AUTO_DISCOVERY (false) -> [auto_discovery]enabled (unknown nodes that post
+#                                  inspection data are enrolled)
 #        INSTALL (1): create the venv and pip install ironic when missing
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -22,6 +24,7 @@ IMG_PORT="${IMG_PORT:-8089}"
 AUTOMATED_CLEAN="${AUTOMATED_CLEAN:-false}"
 ERASE_META_PRIO="${ERASE_META_PRIO:-0}"
 FAST_TRACK="${FAST_TRACK:-false}"
+AUTO_DISCOVERY="${AUTO_DISCOVERY:-false}"
 IRONIC_VERSION="${IRONIC_VERSION:-39.0.0}"
 cmd="${1:-start}"
 
@@ -73,6 +76,7 @@ mkdir -p "$STATE/httproot" "$STATE/locks" "$STATE/images" "$STATE/certificates"
 sed -e "s#@STATE@#$STATE#g" -e "s#@API_PORT@#$API_PORT#g" \
     -e "s#@IMG_PORT@#$IMG_PORT#g" -e "s#@AUTOMATED_CLEAN@#$AUTOMATED_CLEAN#g" \
     -e "s#@ERASE_META_PRIO@#$ERASE_META_PRIO#g" -e "s#@FAST_TRACK@#$FAST_TRACK#g" \
+    -e "s#@AUTO_DISCOVERY@#$AUTO_DISCOVERY#g" \
     -e "s#@REQUIRE_TLS@#$REQUIRE_TLS#g" -e "s#@HEARTBEAT_TIMEOUT@#$HEARTBEAT_TIMEOUT#g" \
     "$HERE/ironic.conf.in" > "$STATE/ironic.conf"
 
