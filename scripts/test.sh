@@ -2,7 +2,8 @@
 # Rivet's whole test suite, from a fresh machine: installs what it needs (Debian packages, the
 # Ironic venv), checks formatting and lints, runs the unit and integration tests, fuzzes the
 # parsers with libFuzzer, builds the static release binary and runs it against the real Ironic
-# conductor and in QEMU VMs booted from our ramdisk.
+# conductor (deploy, clean, formats, inspection and fast-track) and in QEMU VMs booted from our
+# ramdisk.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -30,6 +31,7 @@ RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
 step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$RIVET_STATIC" tests/ironic/deploy.sh
 step "real Ironic: automated cleaning" env RIVET="$RIVET_STATIC" tests/ironic/clean.sh
 step "real Ironic: qcow2, zstd and partition-image deploys" env RIVET="$RIVET_STATIC" tests/ironic/formats.sh
+step "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" env RIVET="$RIVET_STATIC" tests/ironic/inspect.sh
 step "VM: real Ironic deploys a QEMU VM booted from the Rivet ramdisk" env RIVET="$RIVET_STATIC" tests/vm/deploy.sh
 
 echo "suites: $passed passed, $failed failed"

@@ -57,8 +57,7 @@ pub fn structures(table: &[u8]) -> Vec<Structure<'_>> {
         // The string set: NUL-terminated strings, ended by an empty one.
         let mut strings = Vec::new();
         let mut p = off + len;
-        loop {
-            let Some(rest) = table.get(p..) else { break };
+        while let Some(rest) = table.get(p..) {
             let Some(end) = rest.iter().position(|&b| b == 0) else {
                 p = table.len();
                 break;

@@ -8,7 +8,10 @@
 #     (grub-install in a chroot): the image carries no boot loader of its own;
 #  3. BIOS (SeaBIOS): whole-disk raw image whose GRUB sits in the MBR and BIOS boot partition;
 #  4. the diskimage-builder ramdisk (systemd, rivet.service) boots, heartbeats and runs a
-#     manual cleaning (erase_devices_metadata) for the real conductor.
+#     manual cleaning (erase_devices_metadata) for the real conductor;
+#  5. inspection and fast-track: the conductor inspects a VM booted from the minimal ramdisk
+#     (its NVMe and 4Kn disks and its NIC land in the stored inventory), then the same agent
+#     cleans and deploys it without a reboot, and the VM boots its disk.
 # Flows 1-3 end with the node active, the agent powering the VM off for real, the other disk
 # untouched, and the VM booting its deployed disk to the test image's RIVET-BOOT-MARKER.
 #
@@ -18,7 +21,7 @@
 # and the ramdisk's rivet.forward= makes those ports answer on the guest's own 127.0.0.1, so
 # the node's URLs (API, image) are the same inside and outside.
 # usage: tests/vm/deploy.sh    (RAMDISK=dir with rivet.kernel/rivet.initramfs; RIVET for its build;
-#                               FLOWS="wholedisk partition bios dib" to choose flows;
+#                               FLOWS="wholedisk partition bios dib inspect" to choose flows;
 #                               DIB_RAMDISK=dir with a prebuilt DIB rivet.kernel/rivet.initramfs)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -49,7 +52,7 @@ qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
-FLOWS=${FLOWS:-wholedisk partition bios dib}
+FLOWS=${FLOWS:-wholedisk partition bios dib inspect}
 want() { [[ " $FLOWS " == *" $1 "* ]]; }
 MAC=52:54:00:12:34:60
 NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
@@ -254,5 +257,80 @@ QEMU_PID=
 grep -a -q "metadata erased" "$WORK/serial-dib.log" || fail "dib: the agent's console output does not show the erase"
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
 wait_state "$NODE" available 120 || fail "dib: node did not return to available"
+fi
+# --- 5. inspection, then fast-track cleaning and deployment by the same agent ----------------
+# Fast-track is switched on for this node only (driver_info.fast_track), so the flows above
+# keep rebooting between operations. The node has its own MAC: inspection finds nodes by the
+# ports of the MACs the VM reports.
+if want inspect; then
+FW=uefi
+IMAC=52:54:00:12:34:61
+qemu-img create -q -f qcow2 "$WORK/nvme.qcow2" 8G
+qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
+INODE=$(api POST /v1/nodes "{\"name\": \"vm-inspect\", \"driver\": \"fake-hardware\",
+    \"boot_interface\": \"fake\", \"deploy_interface\": \"direct\", \"power_interface\": \"fake\",
+    \"management_interface\": \"fake\", \"network_interface\": \"noop\", \"inspect_interface\": \"agent\",
+    \"driver_info\": {\"fast_track\": true},
+    \"properties\": {\"vendor\": \"lenovo\", \"root_device\": {\"serial\": \"nvmetarget\"}}}" | field "['uuid']")
+api POST /v1/ports "{\"node_uuid\": \"$INODE\", \"address\": \"$IMAC\"}" >/dev/null
+api PUT "/v1/nodes/$INODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$INODE" manageable 60 || fail "inspect: node did not become manageable"
+api PUT "/v1/nodes/$INODE/states/provision" '{"target": "inspect"}' >/dev/null
+wait_state "$INODE" "inspect wait" 60 || fail "inspect: node did not wait for inspection data"
+PORT=$(free_port)
+istart=$SECONDS
+# shellcheck disable=SC2046
+qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
+  $(firmware "$WORK/vars.fd") \
+  -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
+  -append "console=ttyS0 quiet ipa-inspection-callback-url=http://127.0.0.1:6385/v1/continue_inspection ipa-api-url=http://127.0.0.1:6385 ipa-inspection-collectors=default,logs,pci-devices,numa-topology,dmi-decode,usb-devices ipa-collect-lldp=1 ipa-lldp-timeout=2 BOOTIF=$IMAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
+  -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
+  -device "virtio-net-pci,netdev=n0,mac=$IMAC" $(disks) \
+  -serial "file:$WORK/serial-inspect.log" -monitor none -display none &
+QEMU_PID=$!
+wait_state "$INODE" manageable 600 || fail "inspect: inspection did not finish: $(tail -c 3000 "$WORK/serial-inspect.log")"
+insp=$((SECONDS - istart))
+echo "ok: inspect: the conductor processed the VM's inspection data ${insp} s after QEMU started"
+echo "time inspect_boot_to_inspected ${insp}s"
+api GET "/v1/nodes/$INODE/inventory" | "$PY" -c "import json,sys
+d=json.load(sys.stdin); inv=d['inventory']; pd=d['plugin_data']
+serials={x.get('serial'): x for x in inv['disks']}
+assert 'nvmetarget' in serials and 'v4ktarget' in serials, [x['name'] for x in inv['disks']]
+assert serials['v4ktarget']['logical_sectors'] == 4096, serials['v4ktarget']
+assert any(i['mac_address'] == '$IMAC' and i['ipv4_address'] for i in inv['interfaces']), inv['interfaces']
+assert inv['boot']['current_boot_mode'] == 'uefi'
+assert pd['root_disk']['serial'] in ('nvmetarget', 'v4ktarget')
+assert pd['dmi']['bios'].get('Vendor'), pd['dmi']
+assert pd.get('error') is None, pd['error']
+print('stored inventory: disks', sorted(serials), 'NIC $IMAC, memory', inv['memory']['physical_mb'], 'MiB, BIOS', pd['dmi']['bios']['Vendor'])
+" || fail "inspect: the stored inventory lacks the VM's disks or NIC"
+props=$(node_field "$INODE" "['properties']")
+[[ "$props" == *'"local_gb": 7'* && "$props" == *"boot_mode:uefi"* && "$props" == *'"cpu_arch": "x86_64"'* ]] \
+  || fail "inspect: node properties not set from the inventory: $props"
+echo "ok: inspect: NVMe and 4Kn disks, the NIC and SMBIOS data stored; local_gb, boot_mode, cpu_arch set: $props"
+fstart=$SECONDS
+api PUT "/v1/nodes/$INODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
+wait_state "$INODE" manageable 300 || fail "inspect: fast-track cleaning failed: $(tail -c 3000 "$WORK/serial-inspect.log")"
+api PUT "/v1/nodes/$INODE/states/provision" '{"target": "provide"}' >/dev/null
+wait_state "$INODE" available 120 || fail "inspect: node did not become available"
+api PATCH "/v1/nodes/$INODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
+  \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
+api PUT "/v1/nodes/$INODE/states/provision" '{"target": "active"}' >/dev/null
+wait_state "$INODE" active 600 || fail "inspect: fast-track deploy failed: $(tail -c 3000 "$WORK/serial-inspect.log")"
+echo "ok: inspect: the same agent cleaned and deployed the node ($((SECONDS - fstart)) s after inspection)"
+echo "time inspect_to_active $((SECONDS - istart))s"
+for _ in $(seq 1 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$QEMU_PID" 2>/dev/null && fail "inspect: the VM did not power off after the deploy"
+wait "$QEMU_PID" || true
+QEMU_PID=
+starts=$(grep -a -c "starting rivet" "$WORK/serial-inspect.log" || true)
+[[ "$starts" == 1 ]] || fail "inspect: the agent was started $starts times; fast-track means one process"
+# (The 4Kn disk is not blank: erase_devices_metadata cleans every disk, as IPA's does.)
+qemu-img convert -f qcow2 -O raw "$WORK/nvme.qcow2" "$WORK/vm-disk.raw"
+cmp -n "$(stat -c %s "$I/boot.raw")" "$I/boot.raw" "$WORK/vm-disk.raw" || fail "inspect: the NVMe disk differs from the image"
+rm -f "$WORK/vm-disk.raw"
+echo "ok: inspect: the NVMe disk the hint named holds the image byte for byte"
+boot_disk inspect "rivet.flow=uefi"
 fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"
