@@ -3,8 +3,11 @@
 //! each takes any bytes and must return without panicking; the asserts are invariants.
 #![allow(dead_code)]
 
-use rivet::commands::inject_files;
+use rivet::commands::{inject_files, partition_image};
+use rivet::conductor::client::ApiVersion;
+use rivet::conductor::lookup;
 use rivet::config::{cmdline, AgentArgs, Config};
+use rivet::disk::partitions::{self, Label};
 use rivet::hardware::hints;
 use rivet::image::info::ImageInfo;
 use rivet::image::qcow2::{self, decompress, ClusterCompression, MapBuilder, Sink};
@@ -140,6 +143,64 @@ pub fn root_hints(data: &[u8]) {
         };
         for h in &hs {
             let _ = hints::check(h, &target);
+        }
+    }
+}
+
+/// A lookup answer from the conductor (also the 1.84 inspection answer): the node, and its
+/// config applied to the agent's settings. Invariant: whatever number the conductor sends,
+/// the heartbeat timeout the agent follows is between 1 s and an hour.
+pub fn lookup_config(data: &[u8]) {
+    let Ok(v) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let Ok(found) = lookup::from_answer(v, ApiVersion(1, 84)) else {
+        return;
+    };
+    let params = cmdline::parse_params("ipa-api-url=http://127.0.0.1:6385");
+    let Ok(mut cfg) = Config::from_params(&params, &AgentArgs::default()) else {
+        return;
+    };
+    if cfg.apply_lookup(&found.config).is_ok() {
+        let t = cfg.heartbeat_timeout.as_secs_f64();
+        assert!(
+            (1.0..=3600.0).contains(&t),
+            "heartbeat timeout {t} s from {}",
+            found.config
+        );
+    }
+}
+
+/// A partition image's layout arguments (`root_mb`, `swap_mb`, `ephemeral_mb`, labels) planned
+/// on disks of several sizes. Invariant: a plan that is accepted fits the disk, keeps the
+/// first MiB (and for GPT the last) free, and has no overlapping partitions.
+pub fn step_sizes(data: &[u8]) {
+    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(data) else {
+        return;
+    };
+    let cd = o.get("configdrive_bytes").and_then(Value::as_u64);
+    let Ok((r, _)) = partition_image::layout_request(&o, cd) else {
+        return;
+    };
+    const MIB: u64 = 1 << 20;
+    for disk in [0, MIB, 600 * MIB, 8 << 30, 1 << 50, u64::MAX] {
+        let Ok(plan) = partitions::plan(&r, "fuzz", disk) else {
+            continue;
+        };
+        let end_limit = if r.label == Label::Gpt {
+            (disk / MIB - 1) * MIB
+        } else {
+            disk
+        };
+        let mut at = MIB;
+        for (_, start, len) in &plan {
+            assert!(*start >= at, "overlap or below 1 MiB: {plan:?}");
+            let end = start.checked_add(*len).expect("partition end overflows");
+            assert!(
+                end <= end_limit,
+                "past the end of a {disk}-byte disk: {plan:?}"
+            );
+            at = end;
         }
     }
 }

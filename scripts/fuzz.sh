@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzz the parsers that read untrusted input (cargo-fuzz, libFuzzer): the qcow2 metadata
 # parser and write pass, the compressed-cluster decoder, checksum files, the kernel command
-# line, command JSON (image_info, inject_files, hints) and root device hints. Each target runs
+# line, command JSON (image_info, inject_files, hints), root device hints, the conductor's
+# lookup config, and partition sizes from a deploy step. Each target runs
 # for a bounded time from a seed corpus generated here; the script prints executions and
 # crashes per target and fails if any target crashed (the crashing input is kept under
 # fuzz/artifacts/TARGET/ to become a regression test in fuzz/regressions/).
@@ -45,6 +46,8 @@ if [[ ! -d "$C" ]]; then
   "$(command -v python3)" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d["node"].get("properties", {})))' \
     "$ROOT/tests/fixtures/captured_lookup.json" 2>/dev/null | seed command_json lookup_properties || true
   printf '"name": "s== /dev/sda", "size": "<range-in> [100 200]", "rotational": false, "serial": "<or> A <or> B"' | seed root_hints ops
+  cat "$ROOT/tests/fixtures/captured_lookup.json" | seed lookup_config captured
+  printf '{"root_mb": 1024, "swap_mb": 512, "ephemeral_mb": "2048", "deploy_boot_mode": "bios", "disk_label": "msdos", "configdrive_bytes": 65536}' | seed step_sizes bios
   rm -rf "$tmp"
 fi
 # One build for every target (its time is printed apart from the fuzzing).

@@ -207,6 +207,11 @@ fn status_fn(exec: Arc<Executor>) -> StatusFn {
 /// Run the agent until it is told to stop. Returns when the process should exit 0.
 pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     let state = StateDir::open(&cfg.state_dir)?;
+    if state.locked_down() {
+        // system.lockdown ran in this boot: stay silent whatever restarted us.
+        tracing::warn!("this machine was locked down in this boot: not serving, not heartbeating");
+        return idle(&cfg).await;
+    }
     if !cfg.hardware_initialization_delay.is_zero() {
         tokio::time::sleep(cfg.hardware_initialization_delay).await;
     }
@@ -368,9 +373,28 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     srv.shutdown().await;
     match event {
         None => tracing::info!("signal received, exiting"),
-        Some(ev) => act(&cfg, ev).await,
+        Some(ev) => {
+            if ev == SystemEvent::Lockdown {
+                if let Err(e) = state.save_lockdown() {
+                    tracing::error!(error = %e, "cannot record the lockdown");
+                }
+            }
+            act(&cfg, ev).await
+        }
     }
     Ok(())
+}
+
+/// Stay up doing nothing: until a signal with `--simulate-power`, for good otherwise (a
+/// supervisor would only start the agent again).
+async fn idle(cfg: &Config) -> Result<(), AgentError> {
+    if cfg.simulate_power {
+        shutdown_signal().await;
+        return Ok(());
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
 }
 
 /// Least time between two lookups made because heartbeats were refused for their token.

@@ -217,7 +217,7 @@ impl Executor {
             }
             Err(_) => return,
         };
-        if let Err(e) = state.write(HISTORY_FILE, &data, false) {
+        if let Err(e) = state.write(HISTORY_FILE, &data) {
             tracing::warn!(error = %e, "cannot save the command history");
         }
     }
@@ -338,8 +338,22 @@ where
 }
 
 /// Map an outcome to IPA's result encoding: a string becomes `{"result": s}` (prefixed with
-/// the command name for async commands), nothing becomes null, JSON passes through.
+/// the command name for async commands), nothing becomes null, JSON passes through. Secrets
+/// are masked here, before the result is stored, served or logged: step results echo the
+/// step with its arguments (image credentials, config drives), errors quote URLs.
 fn settle(
+    outcome: Result<Outcome, CommandError>,
+    cmd: &str,
+    is_async: bool,
+) -> (Status, Option<Value>, Option<Value>) {
+    let (status, mut result, mut error) = encode(outcome, cmd, is_async);
+    for v in [&mut result, &mut error].into_iter().flatten() {
+        crate::redact::value(v);
+    }
+    (status, result, error)
+}
+
+fn encode(
     outcome: Result<Outcome, CommandError>,
     cmd: &str,
     is_async: bool,

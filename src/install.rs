@@ -107,7 +107,7 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         }
         None => Auth::None,
     };
-    let opts = FetchOptions {
+    let mut opts = FetchOptions {
         connect_timeout: secs(a.timeout, "--timeout")?,
         read_timeout: secs(a.timeout, "--timeout")?,
         retries: a.retries,
@@ -117,6 +117,7 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
             .map(|m| secs(m, "--max-duration"))
             .transpose()?,
         auth,
+        auth_origins: Vec::new(),
         http_proxy: a.http_proxy.clone().filter(|s| !s.is_empty()),
         https_proxy: a.https_proxy.clone().filter(|s| !s.is_empty()),
         no_proxy: a.no_proxy.clone().filter(|s| !s.is_empty()),
@@ -124,6 +125,7 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         ca_file: a.ca_file.clone(),
         tls_min: TlsVersion::V1_2,
     };
+    opts.bind_auth(&a.image_urls);
     let first_url = &a.image_urls[0];
     let expected = match (&a.checksum, &a.checksum_url) {
         (Some(c), _) => match c.split_once(':') {
@@ -206,8 +208,13 @@ fn configdrive_bytes(spec: &str, o: &FetchOptions) -> Result<Vec<u8>, InstallErr
     use crate::disk::configdrive;
     let err = |e: String| InstallError::ConfigDrive(e);
     let body = if crate::image::verify::is_url(spec) {
-        crate::image::fetch::fetch_small(spec, o, (configdrive::MAX * 2) as usize)
-            .map_err(|e| err(e.to_string()))?
+        crate::image::fetch::fetch_sniffed(
+            spec,
+            o,
+            (configdrive::MAX * 2) as usize,
+            Some(&configdrive::sniff_download),
+        )
+        .map_err(|e| err(e.to_string()))?
     } else {
         std::fs::read(spec).map_err(|e| err(format!("{spec}: {e}")))?
     };

@@ -4,8 +4,8 @@
 //! `agent` (wiring) → `api` (HTTP server) and `conductor` (Ironic client) → `executor` (the
 //! command table) → `commands` (IPA extensions) → `hardware`, `system` (and, later, the image
 //! pipeline and partitioning). `inspect` (the inspection collectors) sits beside `commands`:
-//! the agent calls it, it uses `hardware` and `system`. `config`, `tls`, `state`, `logging`
-//! and `error` are shared foundations.
+//! the agent calls it, it uses `hardware` and `system`. `config`, `tls`, `state`, `logging`,
+//! `redact` and `error` are shared foundations.
 
 pub mod agent;
 pub mod api;
@@ -21,6 +21,7 @@ pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod logging;
+pub mod redact;
 pub mod state;
 pub mod system;
 pub mod tls;

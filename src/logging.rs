@@ -69,6 +69,23 @@ impl<'a> MakeWriter<'a> for LogRing {
     }
 }
 
+/// A writer that masks secrets (`redact::text`) in what passes through: the fmt layers
+/// write each event with one call, so every line is checked whole.
+pub struct Redacted<W: Write>(pub W);
+
+impl<W: Write> Write for Redacted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match std::str::from_utf8(buf) {
+            Ok(s) => self.0.write_all(crate::redact::text(s).as_bytes())?,
+            Err(_) => self.0.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 static RING: OnceLock<LogRing> = OnceLock::new();
 
 /// The process-wide ring (empty if logging was never initialised, e.g. in unit tests).
@@ -86,18 +103,18 @@ pub fn init(format: LogFormat, debug: bool) {
     };
     let console = match format {
         LogFormat::Human => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(|| Redacted(std::io::stderr()))
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(|| Redacted(std::io::stderr()))
             .boxed(),
     };
     let ring_layer = tracing_subscriber::fmt::layer()
         .with_ansi(false)
-        .with_writer(ring())
+        .with_writer(|| Redacted(RingWriter(ring())))
         .with_filter(filter());
     let _ = tracing_subscriber::registry()
         .with(console.with_filter(filter()))
@@ -108,6 +125,16 @@ pub fn init(format: LogFormat, debug: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writer_masks_secrets() {
+        let r = LogRing::default();
+        let mut w = Redacted(RingWriter(r.clone()));
+        w.write_all(b"fetching https://u:hunter2@h/x?temp_url_sig=abc\n")
+            .unwrap();
+        let c = String::from_utf8(r.contents()).unwrap();
+        assert!(!c.contains("hunter2") && !c.contains("abc"), "{c}");
+    }
 
     #[test]
     fn ring_is_bounded_and_keeps_newest() {

@@ -182,7 +182,12 @@ fn main() -> ExitCode {
                 .filter(|i| i.has_carrier)
                 .map(|i| i.name)
                 .collect();
-                let timeout = std::time::Duration::from_secs_f64(t.clamp(0.0, 3600.0));
+                let t = if t.is_finite() {
+                    t.clamp(0.0, 3600.0)
+                } else {
+                    0.0
+                };
+                let timeout = std::time::Duration::from_secs_f64(t);
                 let (heard, errors) = rivet::hardware::lldp::capture(&ifaces, timeout);
                 for e in errors {
                     eprintln!("rivet: {e}");

@@ -3,8 +3,9 @@
 //!
 //! The conductor hands out the agent token once per boot (later lookups answer `******`) and
 //! rejects a heartbeat whose `agent_verify_ca` changed, so a restarted agent that lost either
-//! could never talk to it again. Files are written atomically (temp file + rename) and the
-//! secrets with mode 0600.
+//! could never talk to it again. Files are written atomically (temp file + rename), every one
+//! with mode 0600 in a 0700 directory: the token, the TLS key, and the command history (whose
+//! results are redacted, but say what was deployed where) are nobody else's business.
 
 use std::fs;
 use std::io::Write;
@@ -66,11 +67,12 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn open(dir: &Path) -> Result<StateDir, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError {
+        let err = |source| StateError {
             path: dir.to_path_buf(),
             source,
-        })?;
-        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+        };
+        fs::create_dir_all(dir).map_err(err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
@@ -85,7 +87,7 @@ impl StateDir {
         fs::read(self.path(name)).ok()
     }
 
-    pub fn write(&self, name: &str, data: &[u8], secret: bool) -> Result<(), StateError> {
+    pub fn write(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
         let err = |source| StateError {
@@ -96,7 +98,7 @@ impl StateDir {
             .create(true)
             .write(true)
             .truncate(true)
-            .mode(if secret { 0o600 } else { 0o644 })
+            .mode(0o600)
             .open(&tmp)
             .map_err(err)?;
         f.write_all(data).map_err(err)?;
@@ -110,7 +112,17 @@ impl StateDir {
 
     pub fn save_session(&self, s: &Session) -> Result<(), StateError> {
         let data = serde_json::to_vec(s).unwrap_or_default();
-        self.write("session.json", &data, true)
+        self.write("session.json", &data)
+    }
+
+    /// Whether `system.lockdown` was asked for in this boot: a restarted agent must not
+    /// serve or heartbeat again when the machine could not be taken off the network.
+    pub fn locked_down(&self) -> bool {
+        self.path("lockdown").exists()
+    }
+
+    pub fn save_lockdown(&self) -> Result<(), StateError> {
+        self.write("lockdown", b"system.lockdown was run in this boot\n")
     }
 
     /// The node this boot's inspection was accepted for, if it already ran (an agent
@@ -122,7 +134,7 @@ impl StateDir {
 
     pub fn save_inspected(&self, node_uuid: &str) -> Result<(), StateError> {
         let data = serde_json::json!({ "node_uuid": node_uuid }).to_string();
-        self.write("inspection.json", data.as_bytes(), false)
+        self.write("inspection.json", data.as_bytes())
     }
 }
 

@@ -137,9 +137,9 @@ pub fn auto_identity(
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
     let (cert_pem, key_pem) = generate(ip, curve, skew, &hostname)?;
-    state.write("agent.key", key_pem.as_bytes(), true)?;
-    state.write("agent.crt", cert_pem.as_bytes(), false)?;
-    state.write("agent.ip", ip_s.as_bytes(), false)?;
+    state.write("agent.key", key_pem.as_bytes())?;
+    state.write("agent.crt", cert_pem.as_bytes())?;
+    state.write("agent.ip", ip_s.as_bytes())?;
     tracing::info!(ip = %ip_s, ?curve, "generated a self-signed auto-TLS certificate");
     parse_identity(&cert_pem, &key_pem, "generated", true)
 }

@@ -223,6 +223,24 @@ fn fuzz_bodies_survive_a_bounded_mutation_run() {
         ]),
         b,
     );
+    total += run(
+        "lookup_config",
+        bodies::lookup_config,
+        text(&[
+            r#"{"node": {"uuid": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123", "properties": {}}, "config": {"heartbeat_timeout": 300, "agent_token": "t", "agent_md5_checksum_enable": false, "permitted_image_formats": ["raw", "qcow2"], "tls_min_version": "1.3"}}"#,
+            r#"{"node": {"uuid": "u"}, "config": {"heartbeat_timeout": 1e300}, "heartbeat_timeout": -5}"#,
+        ]),
+        b,
+    );
+    total += run(
+        "step_sizes",
+        bodies::step_sizes,
+        text(&[
+            r#"{"root_mb": 1024, "swap_mb": 512, "ephemeral_mb": "2048", "deploy_boot_mode": "bios", "disk_label": "msdos", "configdrive_bytes": 65536}"#,
+            r#"{"root_mb": 18446744073709551615, "swap_mb": 18446744073709551615, "deploy_boot_mode": "uefi", "preserve_ephemeral": "yes"}"#,
+        ]),
+        b,
+    );
     figure(&format!("fuzz_smoke total_executions {total} crashes 0"));
 }
 

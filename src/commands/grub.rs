@@ -10,8 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::disk::partitions::{self, Listed};
-use crate::system::mount::{Mounted, Partition};
-use crate::system::tools::run_capture;
+use crate::system::inroot::Root;
+use crate::system::mount::{Access, Mounted, Partition};
+use crate::system::tools::run_clean;
 
 const GRUB_TIME: Duration = Duration::from_secs(600);
 
@@ -51,18 +52,13 @@ pub fn as_mountable<'a>(disk: &'a Path, p: &Listed) -> Partition<'a> {
     }
 }
 
-/// The first of `names` that the image has in one of the usual directories (checked without
-/// following the image's symlinks out of it: a relative link is fine, an absolute one is
-/// looked up again under the mount).
+/// The first of `names` that the image has in one of the usual directories (links resolved
+/// inside the image, as the chroot will resolve them).
 fn image_tool(root: &Path, names: &[&str]) -> Option<String> {
+    let r = Root::open(root).ok()?;
     for dir in ["usr/sbin", "usr/bin", "sbin", "bin"] {
         for n in names {
-            let p = root.join(dir).join(n);
-            let found = match std::fs::read_link(&p) {
-                Ok(t) if t.is_absolute() => root.join(t.strip_prefix("/").unwrap_or(&t)).is_file(),
-                _ => p.is_file(),
-            };
-            if found {
+            if r.is_file(&format!("{dir}/{n}")) {
                 return Some(format!("/{dir}/{n}"));
             }
         }
@@ -70,10 +66,12 @@ fn image_tool(root: &Path, names: &[&str]) -> Option<String> {
     None
 }
 
+/// Run the image's tool in a chroot: a clean environment (the agent's holds nothing the
+/// image needs to see), its own process group, killed whole at the time limit.
 fn chroot(root: &Path, args: &[&str]) -> Result<(), String> {
     let mut all = vec![root.to_str().unwrap_or_default()];
     all.extend_from_slice(args);
-    let (ok, out) = run_capture("chroot", &all, GRUB_TIME, 1 << 16).map_err(|e| e.to_string())?;
+    let (ok, out) = run_clean("chroot", &all, GRUB_TIME, 1 << 16).map_err(|e| e.to_string())?;
     if ok {
         Ok(())
     } else {
@@ -89,8 +87,10 @@ fn chroot(root: &Path, args: &[&str]) -> Result<(), String> {
 
 /// The name the distribution gives its EFI directory (`/etc/os-release` ID).
 fn bootloader_id(root: &Path) -> String {
-    std::fs::read_to_string(root.join("etc/os-release"))
+    Root::open(root)
         .ok()
+        .and_then(|r| r.read_file("etc/os-release", 64 << 10))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("ID="))
@@ -119,12 +119,20 @@ pub fn install(
     esp: Option<&crate::disk::esp::Esp>,
     fw: Firmware,
 ) -> Result<String, String> {
-    let mut m = Mounted::partition(&as_mountable(disk, root), false).map_err(|e| e.to_string())?;
+    let mut m =
+        Mounted::partition(&as_mountable(disk, root), Access::Chroot).map_err(|e| e.to_string())?;
     let grub_install = image_tool(m.path(), GRUB_INSTALL)
         .ok_or("the image has no grub-install (or grub2-install)")?;
     let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
     let grub2 = grub_install.ends_with("grub2-install");
     let id = bootloader_id(m.path());
+    // Every mount point is checked before anything is mounted: the image decides what its
+    // paths are, and a link must not carry a mount onto the ramdisk.
+    let points: &[&str] = match fw {
+        Firmware::Uefi => &["boot/efi", "dev", "proc", "sys"],
+        Firmware::Bios => &["dev", "proc", "sys"],
+    };
+    m.check_mount_points(points).map_err(|e| e.to_string())?;
     if fw == Firmware::Uefi {
         let esp = esp.ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
         m.mount_inside(
@@ -135,6 +143,7 @@ pub fn install(
                 start: esp.start,
                 len: esp.len,
             },
+            Access::Chroot,
         )
         .map_err(|e| format!("mounting the ESP in the image: {e}"))?;
     }
@@ -179,7 +188,7 @@ pub fn install(
             chroot(m.path(), &[tool.as_str(), "-o", cfg])?;
             done.push(format!("{tool} -o {cfg}"));
         }
-        None if m.path().join(cfg.trim_start_matches('/')).is_file() => {
+        None if Root::open(m.path()).is_ok_and(|r| r.is_file(cfg.trim_start_matches('/'))) => {
             tracing::warn!(%cfg, "the image has no grub-mkconfig; its own menu is kept");
             done.push(format!("kept the image's {cfg}"));
         }

@@ -15,7 +15,8 @@ use super::{args, Context, Outcome, Params};
 use crate::disk::esp;
 use crate::disk::partitions::Listed;
 use crate::error::{CommandError, ErrorKind};
-use crate::system::mount::Mounted;
+use crate::system::inroot::{Item, Root};
+use crate::system::mount::{Access, Mounted};
 use crate::system::tools::{run_capture, which};
 
 #[derive(Deserialize)]
@@ -84,7 +85,9 @@ fn register(disk: &Path, part: u32, loaders: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn uefi(disk: &Path) -> Result<String, String> {
+/// `nvram`: whether EFI variables may be written (never with `--simulate-power`: a test must
+/// not change the boot entries of the machine it runs on).
+fn uefi(disk: &Path, nvram: bool) -> Result<String, String> {
     let esp = esp::find(disk)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
@@ -96,7 +99,7 @@ fn uefi(disk: &Path) -> Result<String, String> {
             disk.display()
         ));
     }
-    if Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some() {
+    if nvram && Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some() {
         register(disk, esp.number, &loaders)?;
         return Ok(format!(
             "registered {} with the firmware",
@@ -120,61 +123,77 @@ fn uefi(disk: &Path) -> Result<String, String> {
     }
 }
 
-fn copy_efi_tree(src: &Path, disk: &Path, e: &esp::Esp) -> Result<usize, String> {
-    if !src.is_dir() {
-        return Err(
-            "the EFI system partition is empty, and the image has neither grub-install nor \
-             /boot/efi/EFI files to put there"
-                .into(),
-        );
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(disk)
-        .map_err(|e| e.to_string())?;
+/// Most of an image's EFI tree held in memory on its way to the ESP.
+const EFI_TREE_MAX: u64 = 64 << 20;
+
+/// A directory (`None`) or a file's content, by path under `EFI/`.
+type Tree = Vec<(String, Option<Vec<u8>>)>;
+
+/// The image's `/boot/efi/EFI` tree. It is the tenant's: it is read inside the image only
+/// (a link to `/run/rivet/session.json` must not carry the agent's token onto the disk),
+/// links and special files are skipped (FAT has neither), and at most 64 MiB is read.
+fn read_efi_tree(image: &Path) -> Result<Tree, String> {
+    let root = Root::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let mut tree = Vec::new();
+    let mut total = 0u64;
+    root.walk("boot/efi/EFI", &mut |item| {
+        match item {
+            Item::Dir(d) => tree.push((d.to_string(), None)),
+            Item::File(name, file) => {
+                let size = file.metadata()?.len();
+                total = total.saturating_add(size);
+                if total > EFI_TREE_MAX {
+                    return Err(std::io::Error::other(format!(
+                        "the image's EFI files pass {EFI_TREE_MAX} bytes"
+                    )));
+                }
+                let mut data = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut data)?;
+                tree.push((name.to_string(), Some(data)));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "the EFI system partition is empty, and the image has neither \
+            grub-install nor /boot/efi/EFI files to put there"
+                .to_string()
+        }
+        _ => e.to_string(),
+    })?;
+    Ok(tree)
+}
+
+/// Write `tree` under `EFI/` on the ESP; returns the number of files.
+fn copy_efi_tree(tree: &Tree, disk: &Path, e: &esp::Esp) -> Result<usize, String> {
+    let f = crate::disk::device::open_write(disk).map_err(|e| e.to_string())?;
     let fs = fatfs::FileSystem::new(
         crate::disk::partitions::Slice::new(f, e.start, e.len),
         fatfs::FsOptions::new(),
     )
     .map_err(|e| format!("opening the ESP: {e}"))?;
-    let n = copy_into(&fs, src)?;
-    fs.unmount().map_err(|e| format!("ESP: {e}"))?;
-    Ok(n)
-}
-
-fn copy_into<T: fatfs::ReadWriteSeek>(
-    fs: &fatfs::FileSystem<T>,
-    src: &Path,
-) -> Result<usize, String> {
     let efi = fs
         .root_dir()
         .create_dir("EFI")
         .map_err(|e| format!("ESP: creating EFI: {e}"))?;
     let mut n = 0;
-    let mut stack = vec![(src.to_path_buf(), efi)];
-    while let Some((from, to)) = stack.pop() {
-        let entries = std::fs::read_dir(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-        for ent in entries.flatten() {
-            let name = ent.file_name().to_string_lossy().into_owned();
-            let path = ent.path();
-            if path.is_dir() {
-                let sub = to
-                    .create_dir(&name)
-                    .map_err(|e| format!("ESP: {name}: {e}"))?;
-                stack.push((path, sub));
-            } else if path.is_file() {
-                let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                let mut out = to
-                    .create_file(&name)
-                    .map_err(|e| format!("ESP: {name}: {e}"))?;
-                out.truncate().map_err(|e| e.to_string())?;
-                std::io::Write::write_all(&mut out, &data)
-                    .map_err(|e| format!("ESP: {name}: {e}"))?;
+    for (name, data) in tree {
+        let err = |e: std::io::Error| format!("ESP: {name}: {e}");
+        match data {
+            None => {
+                efi.create_dir(name).map_err(err)?;
+            }
+            Some(data) => {
+                let mut out = efi.create_file(name).map_err(err)?;
+                out.truncate().map_err(err)?;
+                std::io::Write::write_all(&mut out, data).map_err(err)?;
                 n += 1;
             }
         }
     }
+    drop(efi);
+    fs.unmount().map_err(|e| format!("ESP: {e}"))?;
     Ok(n)
 }
 
@@ -182,15 +201,15 @@ fn copy_into<T: fatfs::ReadWriteSeek>(
 /// without GRUB is then left byte for byte as written.
 fn image_root(disk: &Path, root_uuid: &str) -> Result<(Listed, Mounted), String> {
     let root = grub::partition_with_uuid(disk, root_uuid)?;
-    let m =
-        Mounted::partition(&grub::as_mountable(disk, &root), true).map_err(|e| e.to_string())?;
+    let m = Mounted::partition(&grub::as_mountable(disk, &root), Access::Inspect)
+        .map_err(|e| e.to_string())?;
     Ok((root, m))
 }
 
 /// UEFI for a partition image: GRUB from the image onto the new ESP; for an image without
 /// grub-install, the EFI files it brings in `/boot/efi/EFI` (where the distribution installed
 /// them). Then registered as for whole disks.
-fn uefi_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
+fn uefi_partition(disk: &Path, root_uuid: &str, nvram: bool) -> Result<String, String> {
     let e = esp::find(disk)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
@@ -203,12 +222,15 @@ fn uefi_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
             .map_err(|e| e.to_string())?
             .is_empty()
         {
-            let n = copy_efi_tree(&ro.path().join("boot/efi/EFI"), disk, &e)?;
+            let tree = read_efi_tree(ro.path())?;
+            // Unmounted first: the disk is then written under the exclusive open.
+            drop(ro);
+            let n = copy_efi_tree(&tree, disk, &e)?;
             tracing::info!(files = n, "EFI files copied from the image to the ESP");
         }
         "the image has no grub-install; its EFI files were copied".into()
     };
-    Ok(format!("{installed}; {}", uefi(disk)?))
+    Ok(format!("{installed}; {}", uefi(disk, nvram)?))
 }
 
 fn bios_partition(disk: &Path, root_uuid: &str) -> Result<String, String> {
@@ -236,11 +258,12 @@ pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, Comm
             } else {
                 "bios"
             });
+    let nvram = !ctx.config.simulate_power;
     let outcome = match (mode, whole_disk) {
-        ("uefi", true) => uefi(&disk),
+        ("uefi", true) => uefi(&disk, nvram),
         // A whole-disk image in BIOS mode carries its own boot code in the first MiB.
         (_, true) => Ok("whole-disk image: its own boot loader is used".into()),
-        ("uefi", false) => uefi_partition(&disk, a.root_uuid.as_deref().unwrap_or_default()),
+        ("uefi", false) => uefi_partition(&disk, a.root_uuid.as_deref().unwrap_or_default(), nvram),
         (_, false) if !ctx.config.enable_bios_bootloader_install => Err(
             "BIOS boot loader installation for partition images is disabled \
              (enable_bios_bootloader_install is off, as in Ironic's default)"

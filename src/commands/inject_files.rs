@@ -18,11 +18,12 @@ use crate::disk::partitions::{self, Listed};
 use crate::error::{CommandError, ErrorKind};
 use crate::image::fetch::{fetch_small, FetchOptions};
 use crate::system::inroot::{Attrs, Root};
-use crate::system::mount::{Mounted, Partition};
+use crate::system::mount::{Access, Mounted, Partition};
 
-/// Largest file fetched from a URL: injected files are configuration, and the ramdisk holds
-/// the body in memory before writing it.
-const MAX_URL_FILE: usize = 64 << 20;
+/// Largest file fetched from a URL: injected files are configuration (keys, certificates,
+/// network settings), and the ramdisk holds the body in memory before writing it; a larger
+/// or endless body is cut off there.
+const MAX_URL_FILE: usize = 16 << 20;
 
 const KEYS: &[&str] = &[
     "path",
@@ -291,7 +292,7 @@ fn mount_for(
                 start: p.start,
                 len: p.len,
             },
-            false,
+            Access::Change,
         )
     };
     if let Some(spec) = &f.partition {
@@ -414,6 +415,7 @@ pub fn inject_files_step(
     }
     let ports = ctx.ports_value();
     let disk = ctx.target_disk()?;
+    ctx.check_test_disk(&disk)?;
     let parts = {
         let mut f = File::open(&disk).map_err(|e| failed(format!("{}: {e}", disk.display())))?;
         partitions::read_table(&mut f)

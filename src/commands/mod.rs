@@ -155,6 +155,29 @@ impl Context {
             .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))
     }
 
+    /// With `--simulate-power` (tests) only a loop device or an image file may be changed: a
+    /// test never writes a disk it did not create.
+    pub fn check_test_disk(&self, disk: &std::path::Path) -> Result<(), CommandError> {
+        if !self.config.simulate_power {
+            return Ok(());
+        }
+        let name = disk
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with("loop") || std::fs::metadata(disk).is_ok_and(|m| m.is_file()) {
+            Ok(())
+        } else {
+            Err(CommandError::new(
+                ErrorKind::DeviceNotFound,
+                format!(
+                    "refusing to change {}: with --simulate-power (tests) only loop devices are written",
+                    disk.display()
+                ),
+            ))
+        }
+    }
+
     pub fn emit(&self, ev: SystemEvent) {
         let _ = self.events.send(ev);
     }

@@ -153,16 +153,13 @@ pub struct Written {
     pub uuids: Value,
 }
 
-/// Lay out `dev` and write the partition image `req` into its root partition.
-pub fn write(
-    info: &ImageInfo,
-    dev: &Path,
-    req: &ImageRequest,
-    fetch: &FetchOptions,
-    configdrive: Option<Vec<u8>>,
-    progress: &Arc<Progress>,
-) -> Result<Written, CommandError> {
-    let o = &info.other;
+/// The layout the conductor asks for (`image_info`'s `deploy_boot_mode`, `disk_label`,
+/// `root_mb`, `swap_mb`, `ephemeral_mb`, `preserve_ephemeral`), and whether to preserve the
+/// ephemeral partition. Sizes are checked when the layout is planned.
+pub fn layout_request(
+    o: &Map<String, Value>,
+    configdrive_bytes: Option<u64>,
+) -> Result<(Request, bool), CommandError> {
     let uefi = text(o, "deploy_boot_mode").unwrap_or("uefi") == "uefi";
     let label = match (uefi, text(o, "disk_label")) {
         (true, _) | (false, Some("gpt")) => Label::Gpt,
@@ -190,9 +187,24 @@ pub fn write(
         label,
         ephemeral_mb: num(o, "ephemeral_mb")?,
         swap_mb: num(o, "swap_mb")?,
-        configdrive_bytes: configdrive.as_ref().map(|c| c.len() as u64),
+        configdrive_bytes,
         root_mb: num(o, "root_mb")?,
     };
+    Ok((r, preserve))
+}
+
+/// Lay out `dev` and write the partition image `req` into its root partition.
+pub fn write(
+    info: &ImageInfo,
+    dev: &Path,
+    req: &ImageRequest,
+    fetch: &FetchOptions,
+    configdrive: Option<Vec<u8>>,
+    progress: &Arc<Progress>,
+) -> Result<Written, CommandError> {
+    let o = &info.other;
+    let (r, preserve) = layout_request(o, configdrive.as_ref().map(|c| c.len() as u64))?;
+    let label = r.label;
     let name = dev.display().to_string();
     // Opening checks the disk is not in use; the wipe clears old tables at both ends.
     let whole = Target::open(dev).map_err(|e| deploy_err(ImageError::from(e)))?;
@@ -253,9 +265,7 @@ pub fn write(
             Role::ConfigDrive => {
                 if let Some(iso) = &configdrive {
                     use std::os::unix::fs::FileExt;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(dev)
+                    crate::disk::device::open_write(dev)
                         .and_then(|f| {
                             f.write_all_at(iso, p.start)?;
                             f.sync_data()

@@ -176,36 +176,35 @@ fn table(kind: Kind) -> &'static [&'static StepDef] {
     }
 }
 
-/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices and not the
-/// virtual-media device). With --simulate-power (tests) only the node's root device, and it
-/// must be a loop device.
+/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
+/// what must survive a cleaning: removable media and virtual media (unless the root device
+/// hints name them) and the members of an md array (the array is erased, not its members
+/// behind its back). With --simulate-power (tests) only the node's root device, and it must
+/// be a loop device.
 fn erase_targets(ctx: &Context) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
-    use crate::hardware::{disks, probe, root_device};
+    use crate::hardware::{disks, root_device};
     Ok(if ctx.config.simulate_power {
         let d = ctx.root_disk(false)?;
-        if !d.name.rsplit('/').next().unwrap_or("").starts_with("loop") {
-            return Err(CommandError::new(
-                ErrorKind::Cleaning,
-                format!("refusing to erase {}: with --simulate-power (tests) only a loop device named by the root device hints is erased", d.name),
-            ));
-        }
+        ctx.check_test_disk(std::path::Path::new(&d.name))
+            .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.details))?;
         vec![d]
     } else {
-        let (_, skip) = root_device::node_hints(&ctx.node_value());
+        let (hints, skip) = root_device::node_hints(&ctx.node_value());
         let mut out = Vec::new();
         for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
             if d.read_only {
                 continue;
             }
-            let skipped = root_device::skipped(skip.as_ref(), &d)
-                .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.to_string()))?
-                .is_some();
-            let vmedia = probe::probe(std::path::Path::new(&d.name))
-                .ok()
-                .and_then(|p| p.label)
-                .is_some_and(|l| l.eq_ignore_ascii_case("ir-vfd-dev"));
-            if !skipped && !vmedia {
-                out.push(d);
+            let bad = |e: root_device::RootDeviceError| {
+                CommandError::new(ErrorKind::Cleaning, e.to_string())
+            };
+            let why = match root_device::skipped(skip.as_ref(), &d).map_err(bad)? {
+                Some(w) => Some(w),
+                None => root_device::protected(&d, hints.as_ref()).map_err(bad)?,
+            };
+            match why {
+                Some(w) => tracing::info!(disk = %d.name, reason = %w, "not erased"),
+                None => out.push(d),
             }
         }
         out
@@ -253,12 +252,22 @@ fn erase_policy(ctx: &Context, express: bool) -> crate::disk::erase::Policy {
         nvme_secure_erase: flag("agent_enable_nvme_secure_erase", d.nvme_secure_erase),
         ata_secure_erase: flag("agent_enable_ata_secure_erase", d.ata_secure_erase),
         express,
+        keep: Vec::new(),
     }
 }
 
 fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError> {
     let targets = erase_targets(ctx)?;
-    let policy = erase_policy(ctx, express);
+    let mut policy = erase_policy(ctx, express);
+    // Everything else is kept: an NVMe format must not reach a kept namespace.
+    policy.keep = crate::hardware::disks::discover(
+        &crate::hardware::disks::Sources::default(),
+        ctx.config.allow_loop_devices,
+    )
+    .into_iter()
+    .map(|d| d.name)
+    .filter(|n| !targets.iter().any(|t| &t.name == n))
+    .collect();
     // Disks are erased one after another: an overwrite is bound by each disk's bandwidth,
     // and the errors stay readable.
     let mut report = serde_json::Map::new();
@@ -300,7 +309,12 @@ fn erase_devices_express(
 }
 
 /// Remove the kernel's saved crash records (pstore), which may hold a previous tenant's data.
-fn erase_pstore(_ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Value>, CommandError> {
+/// Not with `--simulate-power`: the records are the test machine's own.
+fn erase_pstore(ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Value>, CommandError> {
+    if ctx.config.simulate_power {
+        tracing::info!("--simulate-power: pstore left alone");
+        return Ok(Some(json!({ "removed": 0, "simulated": true })));
+    }
     crate::system::pstore::erase(std::path::Path::new("/sys/fs/pstore"))
         .map(|n| Some(json!({ "removed": n })))
         .map_err(|e| CommandError::exec(format!("erasing pstore: {e}")))

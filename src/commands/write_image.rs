@@ -85,6 +85,8 @@ pub fn write(
     let info = ImageInfo::parse(image_info)
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
     let id = info.safe_id();
+    // The cache key is the whole id: the shortened, sanitised one could make two images one.
+    let key = info.id.clone();
     let span = tracing::info_span!("write_image", image = %id);
     let _e = span.enter();
     // The step argument wins; older conductors only put it in image_info.
@@ -94,7 +96,7 @@ pub fn write(
         .filter(|v| has_configdrive(Some(v))));
     // IPA's cache rule: the same image id again is already on the disk.
     if let Some((dev, done)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
-        if done == id {
+        if done == key {
             // What get_partition_uuids answers (a partition image's root file system), else
             // the whole disk's identifier.
             let known = ctx
@@ -118,7 +120,7 @@ pub fn write(
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
     let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
     if info.is_partition_image() {
-        return write_partition(ctx, &info, &dev, configdrive, id, &req, &fetch);
+        return write_partition(ctx, &info, &dev, configdrive, key, &req, &fetch);
     }
     let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
     let report =
@@ -136,7 +138,7 @@ pub fn write(
         *p = json!({ "root uuid": uuid });
     }
     if let Ok(mut d) = ctx.deployed.lock() {
-        *d = Some((dev, id.clone()));
+        *d = Some((dev, key.clone()));
     }
     tracing::info!(%device, root_uuid = %uuid, bytes = report.bytes_written, seconds = report.seconds, "image written");
     Ok(format!(
@@ -163,7 +165,7 @@ fn write_partition(
     info: &ImageInfo,
     dev: &Path,
     configdrive: Option<&Value>,
-    id: String,
+    key: String,
     req: &pipeline::ImageRequest,
     fetch: &crate::image::fetch::FetchOptions,
 ) -> Result<String, CommandError> {
@@ -178,7 +180,7 @@ fn write_partition(
         *p = w.uuids;
     }
     if let Ok(mut d) = ctx.deployed.lock() {
-        *d = Some((dev.to_path_buf(), id));
+        *d = Some((dev.to_path_buf(), key));
     }
     Ok(w.message)
 }
@@ -192,7 +194,12 @@ fn fetch_configdrive(
     let err = |e: String| CommandError::new(ErrorKind::Deployment, e);
     match v {
         Value::String(s) if crate::image::verify::is_url(s) => {
-            let body = crate::image::fetch::fetch_small(s, o, (configdrive::MAX * 2) as usize)
+            let body = crate::image::fetch::fetch_sniffed(
+                s,
+                o,
+                (configdrive::MAX * 2) as usize,
+                Some(&configdrive::sniff_download),
+            )
                 .map_err(|e| err(format!("config drive: {e}")))?;
             configdrive::decode_downloaded(&body).map_err(|e| err(e.to_string()))
         }

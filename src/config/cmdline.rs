@@ -53,10 +53,16 @@ pub fn parse_u16(key: &str, value: &str) -> Result<u16, ConfigError> {
     }
 }
 
-/// Seconds as a float (IPA accepts fractional intervals); must be finite and not negative.
+/// Longest duration taken from outside (kernel command line, lookup config): ten years.
+/// Beyond it `Duration::from_secs_f64` and `Instant + Duration` overflow and panic; nothing
+/// an operator means is longer.
+pub const MAX_SECS: f64 = 10.0 * 365.0 * 86_400.0;
+
+/// Seconds as a float (IPA accepts fractional intervals); must be finite and not negative;
+/// clamped to [`MAX_SECS`].
 pub fn parse_secs(key: &str, value: &str) -> Result<f64, ConfigError> {
     match value.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v.min(MAX_SECS)),
         _ => Err(ConfigError::invalid(
             key,
             value,
@@ -186,6 +192,8 @@ mod tests {
         assert_eq!(parse_secs("t", "2.5").unwrap(), 2.5);
         assert!(parse_secs("t", "-1").is_err());
         assert!(parse_secs("t", "NaN").is_err());
+        assert_eq!(parse_secs("t", "1e30").unwrap(), MAX_SECS);
+        assert!(parse_secs("t", "inf").is_err());
         assert!(parse_u16("p", "0").is_err());
         assert!(parse_u16("p", "70000").is_err());
         assert_eq!(parse_api_version("v", "1.68").unwrap(), (1, 68));

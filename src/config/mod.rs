@@ -157,6 +157,10 @@ pub struct AgentArgs {
     pub allow_virtual_nics: bool,
 }
 
+/// Range of the conductor's `heartbeat_timeout` the agent follows (Ironic's default is 300).
+pub const HEARTBEAT_TIMEOUT_MIN: f64 = 1.0;
+pub const HEARTBEAT_TIMEOUT_MAX: f64 = 3600.0;
+
 /// IPA's default inspection collectors (`INSPECTION_DEFAULT_COLLECTORS` in IPA 13).
 pub const DEFAULT_COLLECTORS: &str = "default,logs";
 
@@ -409,7 +413,11 @@ impl Config {
             inspection,
             from_proc_cmdline: false,
             test_extension: args.test_extension,
-            api_client_timeout: Duration::from_secs_f64(args.api_client_timeout.clamp(0.1, 3600.0)),
+            api_client_timeout: Duration::from_secs_f64(if args.api_client_timeout.is_finite() {
+                args.api_client_timeout.clamp(0.1, 3600.0)
+            } else {
+                30.0
+            }),
             heartbeat_timeout: Duration::from_secs(300),
             md5_enabled: false,
             permitted_image_formats: vec!["raw".into(), "gpt".into(), "qcow2".into()],
@@ -432,7 +440,17 @@ impl Config {
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             {
                 Some(t) if t.is_finite() && t > 0.0 => {
-                    self.heartbeat_timeout = Duration::from_secs_f64(t)
+                    // Heartbeats go out every 0.3–0.6 × this: an absurd value from the
+                    // conductor must neither panic nor silence the agent for years.
+                    let clamped = t.clamp(HEARTBEAT_TIMEOUT_MIN, HEARTBEAT_TIMEOUT_MAX);
+                    if clamped != t {
+                        tracing::warn!(
+                            given = t,
+                            used = clamped,
+                            "the conductor's heartbeat_timeout is out of range"
+                        );
+                    }
+                    self.heartbeat_timeout = Duration::from_secs_f64(clamped)
                 }
                 _ => {
                     return Err(bad(
@@ -687,6 +705,15 @@ mod tests {
             .is_err());
         assert!(c
             .apply_lookup(&serde_json::json!({"heartbeat_timeout": "x"}))
+            .is_err());
+        // Absurd numbers are clamped, not a panic.
+        for (t, want) in [(1e30, 3600.0), (1e-9, 1.0), (f64::MAX, 3600.0)] {
+            c.apply_lookup(&serde_json::json!({ "heartbeat_timeout": t }))
+                .unwrap();
+            assert_eq!(c.heartbeat_timeout, Duration::from_secs_f64(want));
+        }
+        assert!(c
+            .apply_lookup(&serde_json::json!({"heartbeat_timeout": "1e999"}))
             .is_err());
     }
 

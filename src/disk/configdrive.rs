@@ -8,7 +8,7 @@
 //!   partition becomes a vfat file system labelled `CONFIG-2` holding the ISO's files.
 //! * on an msdos label, the same with a primary partition (below 2 TiB, at most four).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -65,6 +65,72 @@ pub fn decode(value: &[u8]) -> Result<Vec<u8>, ConfigDriveError> {
     Ok(data)
 }
 
+/// Whether `buf` holds an ISO 9660 image's start (the primary volume descriptor at 32 KiB);
+/// returns the size the image declares.
+fn iso_declared_size(buf: &[u8]) -> Option<u64> {
+    let pvd = buf.get(32768..32768 + 2048)?;
+    if &pvd[1..6] != b"CD001" {
+        return None;
+    }
+    let blocks = u32::from_le_bytes(pvd[80..84].try_into().ok()?);
+    let block = u16::from_le_bytes(pvd[128..130].try_into().ok()?);
+    Some(u64::from(blocks) * u64::from(block))
+}
+
+/// Up to `n` bytes of what the gzip stream `data` inflates to (a truncated stream gives
+/// what it has).
+fn inflate_prefix(data: &[u8], n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = flate2::read::GzDecoder::new(data)
+        .take(n)
+        .read_to_end(&mut out);
+    out
+}
+
+/// Judge the first bytes of a config drive download (`image::fetch::fetch_sniffed`): an ISO
+/// 9660 image, plain, gzip-compressed, or base64 of either. Anything else is refused at once,
+/// so an endless or wrong body costs 128 KiB, not 64 MiB. Returns the most bytes the
+/// download may have: a plain ISO's declared size (refused over 64 MiB), else the encoded
+/// limit (the decoded one is checked when decoding).
+pub fn sniff_download(prefix: &[u8]) -> Result<usize, String> {
+    const LOOK: u64 = 32768 + 2048;
+    let encoded_max = (MAX * 2) as usize;
+    let iso = |b: &[u8]| iso_declared_size(b).is_some();
+    if let Some(size) = iso_declared_size(prefix) {
+        if size > MAX {
+            return Err(format!(
+                "the ISO image declares {size} bytes, more than 64 MiB"
+            ));
+        }
+        // Some ISO writers pad to a whole MiB.
+        return Ok((size + (1 << 20)) as usize);
+    }
+    if prefix.starts_with(&[0x1f, 0x8b]) {
+        return if iso(&inflate_prefix(prefix, LOOK)) {
+            Ok(encoded_max)
+        } else {
+            Err("gzip data that is not an ISO 9660 image".into())
+        };
+    }
+    let text: Vec<u8> = prefix
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let whole = text.len() / 4 * 4;
+    if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&text[..whole]) {
+        let ok = if raw.starts_with(&[0x1f, 0x8b]) {
+            iso(&inflate_prefix(&raw, LOOK))
+        } else {
+            iso(&raw)
+        };
+        if ok {
+            return Ok(encoded_max);
+        }
+    }
+    Err("not a config drive: no ISO 9660 image (plain, gzip or base64)".into())
+}
+
 /// Bytes downloaded from a config-drive URL: base64(+gzip) like inline, else a raw image.
 pub fn decode_downloaded(body: &[u8]) -> Result<Vec<u8>, ConfigDriveError> {
     match decode(body) {
@@ -119,11 +185,7 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
     if iso.len() as u64 > MAX {
         return Err(ConfigDriveError::TooLarge(iso.len() as u64));
     }
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(io("open"))?;
+    let mut f = super::device::open_write(dev).map_err(io("open"))?;
     let sector = match std::fs::metadata(dev)
         .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
     {
@@ -181,6 +243,9 @@ fn place_gpt(
     name: &str,
 ) -> Result<(u32, u64, u64, bool), ConfigDriveError> {
     let name = name.to_string();
+    let disk_len = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| ConfigDriveError::Disk(name.clone(), format!("size: {e}")))?;
     if gpt.sector_size != sector {
         return Err(ConfigDriveError::Disk(
             name.clone(),
@@ -194,13 +259,13 @@ fn place_gpt(
     let existing: Vec<(u32, u64, u64)> = gpt
         .iter()
         .filter(|(_, p)| p.is_used())
-        .map(|(n, p)| {
-            (
-                n,
-                p.starting_lba * sector,
-                (p.ending_lba - p.starting_lba + 1) * sector,
-            )
+        .filter_map(|(n, p)| {
+            let (start, len) = super::partitions::gpt_extent(p, sector)?;
+            Some((n, start, len))
         })
+        // The image's table is input: a "config-2" partition past the end of the disk is not
+        // one to write into.
+        .filter(|(_, start, len)| start.saturating_add(*len) <= disk_len)
         .filter(|(_, start, _)| {
             iso_label_at(f, *start)
                 .or_else(|| fat_label_at(f, *start))
@@ -261,6 +326,9 @@ fn place_mbr(
     name: &str,
 ) -> Result<(u32, u64, u64, bool), ConfigDriveError> {
     let disk_err = |m: String| ConfigDriveError::Disk(name.to_string(), m);
+    let disk = f
+        .seek(SeekFrom::End(0))
+        .map_err(|e| disk_err(format!("size: {e}")))?;
     let used: Vec<(usize, u64, u64)> = mbr
         .iter()
         .filter(|(_, p)| p.is_used())
@@ -274,6 +342,7 @@ fn place_mbr(
         .collect();
     let existing: Vec<&(usize, u64, u64)> = used
         .iter()
+        .filter(|(_, start, len)| start + len <= disk)
         .filter(|(_, start, _)| {
             iso_label_at(f, *start)
                 .or_else(|| fat_label_at(f, *start))
@@ -290,12 +359,13 @@ fn place_mbr(
             "the msdos label already has 4 primary partitions: no room for a config drive".into(),
         ));
     }
-    let disk = f
-        .seek(SeekFrom::End(0))
-        .map_err(|e| disk_err(format!("size: {e}")))?;
     let limit = (u64::from(u32::MAX) * sector).min(disk);
     const MIB: u64 = 1 << 20;
-    let start = (limit - MAX) / MIB * MIB;
+    let start = limit
+        .checked_sub(MAX)
+        .ok_or_else(|| disk_err("the disk is smaller than a config drive".into()))?
+        / MIB
+        * MIB;
     let taken = used.iter().map(|(_, s, l)| s + l).max().unwrap_or(MIB);
     if start < taken {
         return Err(disk_err(
@@ -374,6 +444,39 @@ fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDrive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloads_are_judged_by_their_first_bytes() {
+        let mut iso = vec![0u8; 40 << 10];
+        iso[32769..32774].copy_from_slice(b"CD001");
+        iso[32768 + 80..32768 + 84].copy_from_slice(&20u32.to_le_bytes());
+        iso[32768 + 128..32768 + 130].copy_from_slice(&2048u16.to_le_bytes());
+        assert_eq!(sniff_download(&iso).unwrap(), 20 * 2048 + (1 << 20));
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &iso).unwrap();
+            e.finish().unwrap()
+        };
+        assert!(sniff_download(&gz).is_ok());
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&gz);
+        assert!(sniff_download(b64.as_bytes()).is_ok());
+        assert!(sniff_download(
+            base64::engine::general_purpose::STANDARD
+                .encode(&iso)
+                .as_bytes()
+        )
+        .is_ok());
+        // Junk of every kind is refused from its first bytes.
+        assert!(sniff_download(&vec![b'A'; 128 << 10]).is_err());
+        assert!(sniff_download(&vec![0u8; 128 << 10]).is_err());
+        assert!(sniff_download(b"").is_err());
+        let mut huge = iso.clone();
+        huge[32768 + 80..32768 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(sniff_download(&huge)
+            .unwrap_err()
+            .contains("more than 64 MiB"));
+    }
 
     #[test]
     fn decodes_gzip_raw_and_refuses_garbage_and_oversize() {

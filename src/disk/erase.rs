@@ -42,6 +42,9 @@ pub struct Policy {
     pub ata_secure_erase: bool,
     /// erase_devices_express: discard (or secure erase) only, no overwrite.
     pub express: bool,
+    /// Block devices (`/dev/…`) cleaning must not touch (skip_block_devices, removable and
+    /// virtual media): an NVMe format that could reach one of them is not used.
+    pub keep: Vec<String>,
 }
 
 impl Default for Policy {
@@ -52,6 +55,7 @@ impl Default for Policy {
             nvme_secure_erase: true,
             ata_secure_erase: true,
             express: false,
+            keep: Vec::new(),
         }
     }
 }
@@ -90,12 +94,7 @@ impl Disk {
     fn open(path: &Path) -> Result<Disk, EraseError> {
         let name = path.display().to_string();
         let io = |e| EraseError::Io(name.clone(), e);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_EXCL)
-            .open(path)
-            .map_err(io)?;
+        let f = super::device::open_write(path).map_err(io)?;
         let meta = f.metadata().map_err(io)?;
         let (size, sector) = if meta.file_type().is_file() {
             (meta.len(), 512)
@@ -195,9 +194,53 @@ fn is_nvme(name: &str) -> bool {
         .is_some_and(|b| b.starts_with("nvme"))
 }
 
-/// NVMe format: crypto erase (-s 2), else user-data erase (-s 1).
-fn nvme_format(name: &str) -> Option<&'static str> {
+/// The controller of NVMe namespace `/dev/nvmeXnY` and its other namespaces (`/dev/…`).
+fn nvme_siblings(name: &str) -> (String, Vec<String>) {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let number = base
+        .strip_prefix("nvme")
+        .and_then(|r| r.split('n').next())
+        .unwrap_or_default();
+    let ctrl = format!("nvme{number}");
+    let siblings = std::fs::read_dir(format!("/sys/class/nvme/{ctrl}"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{ctrl}n")) && n != base && !n.contains('p'))
+                .map(|n| format!("/dev/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    (format!("/dev/{ctrl}"), siblings)
+}
+
+/// Whether a format of one namespace stays in it: the controller's FNA bits 0 (format) and
+/// 2 (crypto erase) both clear. Unknown is "no".
+fn nvme_format_is_per_namespace(ctrl: &str) -> bool {
+    let Ok((true, out)) = run_capture(
+        "nvme",
+        &["id-ctrl", ctrl, "-o", "json"],
+        Duration::from_secs(30),
+        1 << 20,
+    ) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v.get("fna").and_then(serde_json::Value::as_u64))
+        .is_some_and(|fna| fna & 0b101 == 0)
+}
+
+/// NVMe format: crypto erase (-s 2), else user-data erase (-s 1). Not when another namespace
+/// of the controller must be kept and the controller formats all namespaces at once.
+fn nvme_format(name: &str, keep: &[String]) -> Option<&'static str> {
     which("nvme")?;
+    let (ctrl, siblings) = nvme_siblings(name);
+    let kept: Vec<&String> = siblings.iter().filter(|s| keep.contains(s)).collect();
+    if !kept.is_empty() && !nvme_format_is_per_namespace(&ctrl) {
+        tracing::warn!(disk = %name, kept = ?kept, "not formatting the NVMe namespace: the controller may format every namespace, and another one must be kept; overwriting instead");
+        return None;
+    }
     let t = Duration::from_secs(3600);
     for (ses, method) in [("2", "nvme crypto erase"), ("1", "nvme user data erase")] {
         if let Ok((true, _)) = run_capture("nvme", &["format", name, "-s", ses, "-f"], t, 1 << 16) {
@@ -255,7 +298,7 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
     let name = d.name.clone();
     // Hardware erase first: fast, and reaches remapped blocks an overwrite cannot.
     let hw = if is_nvme(&name) && p.nvme_secure_erase {
-        nvme_format(&name)
+        nvme_format(&name, &p.keep)
     } else if !is_nvme(&name) && p.ata_secure_erase {
         ata_secure_erase(&name)
     } else {

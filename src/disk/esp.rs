@@ -53,11 +53,14 @@ pub fn find(disk: &Path) -> Result<Option<Esp>, EspError> {
         gptman::GPT::find_from(&mut f).map_err(|e| EspError::NoGpt(name.clone(), e.to_string()))?;
     let esp = gpt
         .iter()
-        .find(|(_, p)| p.is_used() && p.partition_type_guid == ESP_TYPE)
-        .map(|(n, p)| Esp {
-            number: n,
-            start: p.starting_lba * gpt.sector_size,
-            len: (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
+        .filter(|(_, p)| p.is_used() && p.partition_type_guid == ESP_TYPE)
+        .find_map(|(n, p)| {
+            let (start, len) = super::partitions::gpt_extent(p, gpt.sector_size)?;
+            Some(Esp {
+                number: n,
+                start,
+                len,
+            })
         });
     Ok(esp)
 }

@@ -1,7 +1,8 @@
-//! Partition tables and what lives in partitions: the EFI system partition, config drives,
-//! partition-image layouts, wiping.
+//! Disks and what lives on them: opening a disk to write it (`device`), partition tables,
+//! the EFI system partition, config drives, partition-image layouts, wiping and erasing.
 
 pub mod configdrive;
+pub mod device;
 pub mod erase;
 pub mod esp;
 pub mod partitions;

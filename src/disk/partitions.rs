@@ -109,9 +109,14 @@ pub fn plan(r: &Request, disk: &str, disk_size: u64) -> Result<Vec<(Role, u64, u
             "more than 4 partitions on an msdos label".into(),
         ));
     }
-    let need = 1 + sizes.iter().map(|(_, s)| s).sum::<u64>();
+    // Sizes come from the conductor: add them up without overflowing.
+    let need = sizes
+        .iter()
+        .try_fold(1u64, |acc, (_, s)| acc.checked_add(*s))
+        .filter(|n| n.checked_mul(MIB).is_some())
+        .ok_or_else(|| LayoutError::Invalid(format!("partition sizes too large: {sizes:?} MiB")))?;
     // The GPT backup needs the disk's last 33 sectors: keep the last MiB free.
-    let have = disk_size / MIB - u64::from(r.label == Label::Gpt);
+    let have = (disk_size / MIB).saturating_sub(u64::from(r.label == Label::Gpt));
     if need > have {
         return Err(LayoutError::TooSmall {
             disk: disk.into(),
@@ -146,11 +151,7 @@ pub fn write_table(
     let name = dev.display().to_string();
     let io = |e: std::io::Error| LayoutError::Io(name.clone(), e);
     let table = |e: String| LayoutError::Table(name.clone(), e);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(io)?;
+    let mut f = super::device::open_write(dev).map_err(io)?;
     let mut parts = Vec::new();
     match label {
         Label::Gpt => {
@@ -246,6 +247,20 @@ pub struct Listed {
     pub label: Label,
 }
 
+/// A GPT entry's byte range, `None` when the entry is inconsistent (a table left on a disk by
+/// a previous tenant, or shipped in an image, is input: its end may precede its start, or its
+/// range overflow).
+pub fn gpt_extent(p: &gptman::GPTPartitionEntry, sector: u64) -> Option<(u64, u64)> {
+    let start = p.starting_lba.checked_mul(sector)?;
+    let len = p
+        .ending_lba
+        .checked_sub(p.starting_lba)?
+        .checked_add(1)?
+        .checked_mul(sector)?;
+    start.checked_add(len)?;
+    Some((start, len))
+}
+
 /// The partitions of the table on `f` (GPT first, else the MBR's primary entries; logical
 /// partitions live inside the extended one's range anyway). Empty when there is no table.
 pub fn read_table(f: &mut File) -> Vec<Listed> {
@@ -253,15 +268,18 @@ pub fn read_table(f: &mut File) -> Vec<Listed> {
         return gpt
             .iter()
             .filter(|(_, p)| p.is_used())
-            .map(|(n, p)| Listed {
-                number: n,
-                start: p.starting_lba * gpt.sector_size,
-                len: (p.ending_lba - p.starting_lba + 1) * gpt.sector_size,
-                part_uuid: uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string(),
-                type_id: uuid::Uuid::from_bytes_le(p.partition_type_guid)
-                    .to_string()
-                    .to_uppercase(),
-                label: Label::Gpt,
+            .filter_map(|(n, p)| {
+                let (start, len) = gpt_extent(p, gpt.sector_size)?;
+                Some(Listed {
+                    number: n,
+                    start,
+                    len,
+                    part_uuid: uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string(),
+                    type_id: uuid::Uuid::from_bytes_le(p.partition_type_guid)
+                        .to_string()
+                        .to_uppercase(),
+                    label: Label::Gpt,
+                })
             })
             .collect();
     }
@@ -356,11 +374,7 @@ impl Seek for Slice {
 /// Format an ESP (vfat, label `efi-part`); returns its UUID as blkid shows it (`XXXX-XXXX`).
 pub fn make_esp(dev: &Path, p: &Part, sector: u64) -> Result<String, LayoutError> {
     let name = dev.display().to_string();
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    let f = super::device::open_write(dev).map_err(|e| LayoutError::Io(name.clone(), e))?;
     // Zero the start so no old signature confuses the FAT detection.
     f.write_all_at(&vec![0u8; MIB.min(p.len) as usize], p.start)
         .map_err(|e| LayoutError::Io(name.clone(), e))?;
@@ -382,10 +396,7 @@ pub fn make_esp(dev: &Path, p: &Part, sector: u64) -> Result<String, LayoutError
 pub fn make_swap(dev: &Path, p: &Part) -> Result<String, LayoutError> {
     const PAGE: u64 = 4096;
     let name = dev.display().to_string();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dev)
-        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    let f = super::device::open_write(dev).map_err(|e| LayoutError::Io(name.clone(), e))?;
     let uuid = uuid::Uuid::new_v4();
     let mut h = vec![0u8; PAGE as usize];
     h[1024..1028].copy_from_slice(&1u32.to_le_bytes());
@@ -449,6 +460,20 @@ mod tests {
             ..r.clone()
         };
         assert_eq!(plan(&bios, "d", 1024 * MIB).unwrap()[0].0, Role::BiosBoot);
+        // Absurd sizes from the conductor are an error, not an overflow.
+        for (root, swap) in [
+            (u64::MAX, 1),
+            (u64::MAX / 2, u64::MAX / 2),
+            (u64::MAX / MIB, 0),
+        ] {
+            let huge = Request {
+                root_mb: root,
+                swap_mb: swap,
+                ..bios.clone()
+            };
+            assert!(plan(&huge, "d", 1024 * MIB).is_err());
+        }
+        assert!(plan(&bios, "d", 0).is_err());
         let msdos = Request {
             uefi: false,
             label: Label::Msdos,

@@ -6,8 +6,8 @@
 //! disk's own first and last MiB go (MBR, primary and backup GPT). The result is checked with
 //! libblkid: a signature still found is an error, never a silent success.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
 use crate::hardware::probe;
@@ -74,16 +74,7 @@ pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
         .flat_map(|p| [p.pt_type.clone(), p.fs_type.clone()])
         .flatten()
         .collect();
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(if meta.file_type().is_block_device() {
-            libc::O_EXCL
-        } else {
-            0
-        })
-        .open(dev)
-        .map_err(io)?;
+    let mut f = super::device::open_write(dev).map_err(io)?;
     let size = if meta.file_type().is_block_device() {
         blockdev::size(&f).map_err(io)?
     } else {

@@ -53,6 +53,13 @@ pub struct Disk {
     pub kind: &'static str,
     /// The partition table already on the disk (`gpt`, `dos`), as libblkid reads it.
     pub partition_table: Option<String>,
+    /// Virtual media the BMC attached (the `ir-vfd-dev` parameters image, the boot or config
+    /// ISO): never a deploy target or erased unless a hint names it.
+    #[serde(skip)]
+    pub virtual_media: bool,
+    /// The md arrays this disk is a member of (`/sys/block/X/holders`).
+    #[serde(skip)]
+    pub md_holders: Vec<String>,
     /// Every serial and WWN known for the disk (sysfs and udev); hints match any of them.
     #[serde(skip)]
     pub all_serials: Vec<String>,
@@ -234,6 +241,7 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             .cloned()
             .or_else(|| sys_wwid.as_deref().map(wwn_from_wwid));
         let dev_name = src.dev.join(&name).display().to_string();
+        let probed = super::probe::probe(Path::new(&dev_name)).ok();
         let canonical_dev = fs::canonicalize(src.dev.join(&name))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| dev_name.clone());
@@ -279,9 +287,23 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             } else {
                 "disk"
             },
-            partition_table: super::probe::probe(Path::new(&dev_name))
-                .ok()
-                .and_then(|p| p.pt_type),
+            partition_table: probed.as_ref().and_then(|p| p.pt_type.clone()),
+            virtual_media: probed.as_ref().is_some_and(|p| {
+                p.pt_type.is_none()
+                    && p.label.as_deref().is_some_and(|l| {
+                        ["ir-vfd-dev", "config-2", "vmedia_boot_iso"]
+                            .iter()
+                            .any(|v| l.eq_ignore_ascii_case(v))
+                    })
+            }),
+            md_holders: fs::read_dir(d.join("holders"))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("md"))
+                        .collect()
+                })
+                .unwrap_or_default(),
             all_serials,
             all_wwns,
             name: dev_name,

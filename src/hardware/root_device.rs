@@ -91,6 +91,34 @@ pub fn skipped(skip: Option<&Value>, d: &Disk) -> Result<Option<String>, RootDev
     Ok(None)
 }
 
+/// Why `d` is off limits to a deploy or a cleaning that its hints do not name: removable
+/// media (a forgotten USB stick: IPA's documentation warns about it), virtual media the BMC
+/// attached, a member of an md array. `None` when it may be used.
+pub fn protected(d: &Disk, root_hints: Option<&Value>) -> Result<Option<String>, RootDeviceError> {
+    let named =
+        match root_hints.filter(|h| !h.is_null() && h.as_object().is_none_or(|o| !o.is_empty())) {
+            Some(h) => {
+                let hs = hints::parse(h)?;
+                let t = d.hint_target();
+                hs.iter().all(|h| hints::check(h, &t).is_ok())
+            }
+            None => false,
+        };
+    if !d.md_holders.is_empty() {
+        return Ok(Some(format!("member of {}", d.md_holders.join(", "))));
+    }
+    if named {
+        return Ok(None);
+    }
+    Ok(if d.virtual_media {
+        Some("virtual media (name it in a root device hint to use it)".into())
+    } else if d.removable {
+        Some("removable media (name it in a root device hint to use it)".into())
+    } else {
+        None
+    })
+}
+
 /// Choose among `disks` (already discovered, kernel order).
 pub fn choose(
     disks: &[Disk],
@@ -115,6 +143,13 @@ pub fn choose(
         }
         if let Some(why) = skipped(skip, d)? {
             reasons.push(why);
+        }
+        if parsed.is_none() {
+            if let Some(why) = protected(d, None)? {
+                reasons.push(why);
+            }
+        } else if !d.md_holders.is_empty() {
+            reasons.push(format!("member of {}", d.md_holders.join(", ")));
         }
         match &parsed {
             Some(hs) => {
@@ -256,11 +291,27 @@ mod tests {
     fn no_hints_smallest_of_at_least_4_gib() {
         let (_t, l) = disks();
         let dec = choose(&l, None, None, false).unwrap();
-        // usb stick 16 GiB is the smallest writable disk ≥ 4 GiB; sdd (100 GiB) is read-only.
-        assert_eq!(base(&dec.device), "sdb");
-        let sdd = dec.table.iter().find(|r| r.name.ends_with("sdd")).unwrap();
-        assert_eq!(sdd.verdict, "rejected");
-        assert_eq!(sdd.reasons, vec!["read-only"]);
+        // The USB stick (16 GiB) is smaller, but removable media is never guessed; sdd
+        // (100 GiB) is read-only; md0 (200 GiB) is the smallest that qualifies.
+        assert_eq!(base(&dec.device), "md0");
+        let row = |n: &str| {
+            dec.table
+                .iter()
+                .find(|r| r.name.ends_with(n))
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(row("sdd").verdict, "rejected");
+        assert_eq!(row("sdd").reasons, vec!["read-only"]);
+        assert_eq!(row("sdb").verdict, "rejected");
+        assert!(
+            row("sdb").reasons[0].starts_with("removable media"),
+            "{:?}",
+            row("sdb")
+        );
+        // Named by a hint, the stick may be used.
+        let named = choose(&l, Some(&json!({"tran": "usb"})), None, false).unwrap();
+        assert_eq!(base(&named.device), "sdb");
     }
 
     #[test]
@@ -268,7 +319,7 @@ mod tests {
         let (_t, l) = disks();
         let e = choose(&l, None, None, true).unwrap_err();
         assert!(
-            matches!(e, RootDeviceError::Ambiguous { count: 5, .. }),
+            matches!(e, RootDeviceError::Ambiguous { count: 4, .. }),
             "{e}"
         );
         // With hints strict mode is satisfied.

@@ -43,6 +43,9 @@ pub struct FetchOptions {
     pub retry_interval: Duration,
     pub max_duration: Option<Duration>,
     pub auth: Auth,
+    /// Where `auth` may be sent: the image's own URLs' origins. A checksum file or config
+    /// drive on another host never sees the image's credentials.
+    pub auth_origins: Vec<url::Origin>,
     pub http_proxy: Option<String>,
     pub https_proxy: Option<String>,
     pub no_proxy: Option<String>,
@@ -60,6 +63,7 @@ impl FetchOptions {
             retry_interval: c.image_download_connection_retry_interval,
             max_duration: c.image_download_max_duration,
             auth: Auth::None,
+            auth_origins: Vec::new(),
             http_proxy: None,
             https_proxy: None,
             no_proxy: None,
@@ -82,6 +86,10 @@ pub enum FetchError {
     Restart(String),
     #[error("building the HTTP client: {0}")]
     Client(String),
+    #[error("{url} is larger than the {max} bytes allowed for it")]
+    TooLarge { url: String, max: usize },
+    #[error("{url}: {why}")]
+    Refused { url: String, why: String },
     #[error("the image was abandoned by the writer")]
     Stopped,
 }
@@ -127,9 +135,31 @@ pub fn client(o: &FetchOptions) -> Result<reqwest::Client, FetchError> {
     b.build().map_err(|e| FetchError::Client(e.to_string()))
 }
 
-fn request(c: &reqwest::Client, url: &str, auth: &Auth) -> reqwest::RequestBuilder {
+impl FetchOptions {
+    /// Send `auth` to the origins of `urls` (the image's) and nowhere else.
+    pub fn bind_auth(&mut self, urls: &[String]) {
+        self.auth_origins = urls
+            .iter()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .map(|u| u.origin())
+            .collect();
+    }
+
+    fn auth_for(&self, url: &str) -> &Auth {
+        let same = url::Url::parse(url)
+            .map(|u| self.auth_origins.contains(&u.origin()))
+            .unwrap_or(false);
+        if same {
+            &self.auth
+        } else {
+            &Auth::None
+        }
+    }
+}
+
+fn request(c: &reqwest::Client, url: &str, o: &FetchOptions) -> reqwest::RequestBuilder {
     let r = c.get(url);
-    match auth {
+    match o.auth_for(url) {
         Auth::None => r,
         Auth::Basic { user, password } => r.basic_auth(user, Some(password)),
         Auth::Header(h) => r.header(reqwest::header::AUTHORIZATION, h),
@@ -139,12 +169,30 @@ fn request(c: &reqwest::Client, url: &str, auth: &Auth) -> reqwest::RequestBuild
 /// A small document (checksum file, config drive) of at most `max` bytes, for callers outside
 /// any async runtime: its own client, same auth, proxies and retries as the image.
 pub fn fetch_small(url: &str, o: &FetchOptions, max: usize) -> Result<Vec<u8>, FetchError> {
+    fetch_sniffed(url, o, max, None)
+}
+
+/// How much of a body [`fetch_sniffed`] looks at before deciding.
+pub const SNIFF_AT: usize = 128 << 10;
+
+/// Judges the first bytes of a body: refuses it (not what was expected), or gives the size it
+/// may have at most.
+pub type Sniff<'a> = &'a (dyn Fn(&[u8]) -> Result<usize, String> + Sync);
+
+/// Like [`fetch_small`], with `sniff` shown the first [`SNIFF_AT`] bytes (or the whole body,
+/// if shorter): an endless stream of something else is refused after 128 KiB, not at `max`.
+pub fn fetch_sniffed(
+    url: &str,
+    o: &FetchOptions,
+    max: usize,
+    sniff: Option<Sniff>,
+) -> Result<Vec<u8>, FetchError> {
     let c = client(o)?;
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| FetchError::Client(e.to_string()))?
-        .block_on(fetch_bytes(&c, url, o, max))
+        .block_on(fetch_bytes(&c, url, o, max, sniff))
 }
 
 /// A small document of at most `max` bytes (checksum file, config drive).
@@ -153,24 +201,25 @@ async fn fetch_bytes(
     url: &str,
     o: &FetchOptions,
     max: usize,
+    sniff: Option<Sniff<'_>>,
 ) -> Result<Vec<u8>, FetchError> {
     let mut last = String::new();
     for attempt in 0..=o.retries {
         if attempt > 0 {
             tokio::time::sleep(o.retry_interval).await;
         }
-        match request(c, url, &o.auth).send().await {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) if b.len() <= max => return Ok(b.to_vec()),
-                Ok(_) => last = format!("larger than {max} bytes"),
-                Err(e) => last = error_chain(&e),
+        match request(c, url, o).send().await {
+            Ok(r) if r.status().is_success() => match read_capped(r, url, max, sniff).await {
+                Ok(b) => return Ok(b),
+                Err(Some(e)) => return Err(e),
+                Err(None) => last = "the transfer broke off".into(),
             },
             Ok(r) if retryable_status(r.status().as_u16()) => {
                 last = format!("HTTP {}", r.status().as_u16())
             }
             Ok(r) => {
                 return Err(FetchError::Status {
-                    url: url.to_string(),
+                    url: crate::redact::url(url).into_owned(),
                     status: r.status().as_u16(),
                 })
             }
@@ -181,6 +230,55 @@ async fn fetch_bytes(
         attempts: o.retries + 1,
         last: format!("{url}: {last}"),
     })
+}
+
+/// The body, refused as soon as it passes `max` bytes (a declared length over it is refused
+/// before reading): an endless or huge answer costs `max` bytes of memory at most. A body
+/// cut short is `Err(None)` (try again); too large is final.
+async fn read_capped(
+    mut r: reqwest::Response,
+    url: &str,
+    mut max: usize,
+    sniff: Option<Sniff<'_>>,
+) -> Result<Vec<u8>, Option<FetchError>> {
+    let shown = || crate::redact::url(url).into_owned();
+    let too_large = |max| Some(FetchError::TooLarge { url: shown(), max });
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let mut body = Vec::new();
+    let mut sniffed = sniff.is_none();
+    let judge = |body: &[u8], max: &mut usize| -> Result<(), Option<FetchError>> {
+        if let Some(s) = sniff {
+            let allowed = s(body).map_err(|why| Some(FetchError::Refused { url: shown(), why }))?;
+            *max = allowed.min(*max);
+        }
+        Ok(())
+    };
+    loop {
+        match r.chunk().await {
+            Ok(Some(c)) => {
+                if body.len().saturating_add(c.len()) > max {
+                    return Err(too_large(max));
+                }
+                body.extend_from_slice(&c);
+                if !sniffed && body.len() >= SNIFF_AT {
+                    sniffed = true;
+                    judge(&body, &mut max)?;
+                    if body.len() > max {
+                        return Err(too_large(max));
+                    }
+                }
+            }
+            Ok(None) => {
+                if !sniffed {
+                    judge(&body, &mut max)?;
+                }
+                return Ok(body);
+            }
+            Err(_) => return Err(None),
+        }
+    }
 }
 
 fn retryable_status(s: u16) -> bool {
@@ -233,8 +331,8 @@ pub async fn open_range(
         let Some(url) = urls.get(attempt as usize % urls.len().max(1)) else {
             break;
         };
-        let req = request(c, url, &o.auth)
-            .header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1)));
+        let req =
+            request(c, url, o).header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1)));
         match req.send().await {
             Ok(r) if r.status().as_u16() == 206 => {
                 let h = r.headers().get(CONTENT_RANGE);
@@ -263,7 +361,7 @@ pub async fn open_range(
             }
             Ok(r) => {
                 return Err(FetchError::Status {
-                    url: url.clone(),
+                    url: crate::redact::url(url).into_owned(),
                     status: r.status().as_u16(),
                 })
             }
@@ -312,7 +410,7 @@ async fn stream_inner(
     let mut url_idx = 0usize;
     loop {
         let url = &urls[url_idx % urls.len()];
-        let mut req = request(c, url, &o.auth);
+        let mut req = request(c, url, o);
         if offset > 0 {
             let Some(v) = &valid else {
                 return Err(FetchError::Restart(format!(

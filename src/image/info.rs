@@ -129,6 +129,7 @@ impl ImageInfo {
                 }
             }
         }
+        o.bind_auth(&self.urls);
         if let Some(p) = &self.proxies {
             o.http_proxy = p.get("http").and_then(Value::as_str).map(str::to_string);
             o.https_proxy = p.get("https").and_then(Value::as_str).map(str::to_string);

@@ -104,31 +104,15 @@ impl Target {
                 path: path.display().to_string(),
             });
         }
-        if is_block {
-            let canon = std::fs::canonicalize(path).map_err(io(path, "resolve"))?;
-            let name = canon
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if let Some(why) = blockdev::in_use(&name) {
-                return Err(WriteError::InUse {
+        let buffered = crate::disk::device::open_write(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ResourceBusy {
+                WriteError::InUse {
                     path: path.display().to_string(),
-                    why,
-                });
+                    why: e.to_string(),
+                }
+            } else {
+                io(path, "open")(e)
             }
-        }
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true);
-        if is_block {
-            // O_EXCL on a block device: the kernel refuses if anything else holds it.
-            opts.custom_flags(libc::O_EXCL);
-        }
-        let buffered = opts.open(path).map_err(|e| match e.raw_os_error() {
-            Some(libc::EBUSY) => WriteError::InUse {
-                path: path.display().to_string(),
-                why: "the kernel reports it busy (mounted, or held by another program)".into(),
-            },
-            _ => io(path, "open")(e),
         })?;
         // A second descriptor with O_DIRECT for the aligned bulk; file systems that refuse it
         // (tmpfs) get buffered writes instead.

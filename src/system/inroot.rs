@@ -1,7 +1,8 @@
 //! File operations confined to a directory tree as if it were the root (openat2 with
 //! RESOLVE_IN_ROOT): absolute symlinks and `..` inside the tree resolve within it. Used to
-//! change files of a mounted image without ever touching the ramdisk's own files through an
-//! image's symlink.
+//! read and change files of a mounted image, and to find the directories mounts go on,
+//! without ever reaching the ramdisk's own files through an image's symlink: the image is a
+//! tenant's, and the agent is root.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -13,6 +14,19 @@ use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
+
+/// What a walk of an image tree meets.
+pub enum Item<'a> {
+    /// A directory (visited before its content); the path is relative to the walk's start.
+    Dir(&'a str),
+    /// A regular file, opened without following links.
+    File(&'a str, File),
+}
+
+/// Deepest directory nesting a walk follows, and most entries it visits: an image's tree is
+/// input, and a walk must end.
+const WALK_DEPTH: usize = 32;
+const WALK_ENTRIES: usize = 100_000;
 
 /// Mode and ownership for a written file; `None` leaves the default (0644, the agent's ids).
 #[derive(Debug, Clone, Default)]
@@ -41,6 +55,17 @@ fn open_in(root: &OwnedFd, rel: &str, flags: OFlag, mode: Mode) -> nix::Result<O
 
 fn dir_flags() -> OFlag {
     OFlag::O_PATH | OFlag::O_DIRECTORY
+}
+
+fn no_follow(flags: OFlag) -> OFlag {
+    flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// `openat` relative to a directory descriptor, never following a link in `name`.
+fn open_at(dir: &OwnedFd, name: &std::ffi::CStr, flags: OFlag) -> nix::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, no_follow(flags), Mode::empty())?;
+    // SAFETY: openat just returned this descriptor; the OwnedFd is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Root {
@@ -144,7 +169,105 @@ impl Root {
             .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
     }
 
-    /// Remove the file `rel`; a file that is not there is not an error.
+    /// The directory `rel` as an `O_PATH` descriptor to mount on, created (0755) where
+    /// missing. Every component must be a real directory of the tree: a symbolic link
+    /// anywhere in the path is refused (ELOOP), so a mount can never land on a directory of
+    /// the ramdisk through the image's links. Mount on `/proc/self/fd/N` of the result.
+    pub fn mount_point(&self, rel: &str) -> std::io::Result<OwnedFd> {
+        let strict = |p: &str| {
+            let how = OpenHow::new()
+                .flags(dir_flags() | OFlag::O_CLOEXEC)
+                .resolve(
+                    ResolveFlag::RESOLVE_IN_ROOT
+                        | ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                );
+            openat2(self.fd.as_raw_fd(), p, how)
+                // SAFETY: openat2 just returned this descriptor; the OwnedFd owns it alone.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let refused = |p: &str, e: Errno| {
+            let why = if e == Errno::ELOOP || e == Errno::ENOTDIR {
+                "is a symbolic link or not a directory in the image: refused as a mount point"
+                    .to_string()
+            } else {
+                e.to_string()
+            };
+            std::io::Error::other(format!("/{p} {why}"))
+        };
+        let mut so_far = String::new();
+        let mut parent = strict(".").map_err(|e| refused(".", e))?;
+        for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if comp == ".." {
+                return Err(std::io::Error::other(format!(
+                    "{rel}: '..' in a mount point"
+                )));
+            }
+            if !so_far.is_empty() {
+                so_far.push('/');
+            }
+            so_far.push_str(comp);
+            parent = match strict(&so_far) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => {
+                    match mkdirat(
+                        Some(parent.as_raw_fd()),
+                        comp,
+                        Mode::from_bits_truncate(0o755),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(refused(&so_far, e)),
+                    }
+                    strict(&so_far).map_err(|e| refused(&so_far, e))?
+                }
+                Err(e) => return Err(refused(&so_far, e)),
+            };
+        }
+        Ok(parent)
+    }
+
+    /// Read the regular file `rel` (links resolved inside the tree), at most `max` bytes;
+    /// `None` when it is missing, not a regular file, or larger.
+    pub fn read_file(&self, rel: &str, max: u64) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let fd = open_in(&self.fd, rel, OFlag::O_RDONLY, Mode::empty()).ok()?;
+        let f = File::from(fd);
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || meta.len() > max {
+            return None;
+        }
+        let mut data = Vec::new();
+        f.take(max).read_to_end(&mut data).ok()?;
+        Some(data)
+    }
+
+    /// Whether `rel` is a regular file (links resolved inside the tree).
+    pub fn is_file(&self, rel: &str) -> bool {
+        open_in(&self.fd, rel, OFlag::O_PATH, Mode::empty())
+            .ok()
+            .and_then(|fd| nix::sys::stat::fstat(fd.as_raw_fd()).ok())
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+    }
+
+    /// Walk the tree under `rel` (reached by links resolved inside the tree) without following
+    /// any link below it: `visit` gets each directory, then each regular file opened with
+    /// O_NOFOLLOW. Links, FIFOs, sockets and device nodes are skipped (and logged): their
+    /// content is not the image's. Nesting past 32 levels or more than 100,000 entries is an
+    /// error.
+    pub fn walk(
+        &self,
+        rel: &str,
+        visit: &mut dyn FnMut(Item) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let start = open_in(
+            &self.fd,
+            rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )?;
+        let mut seen = 0usize;
+        walk_dir(start, String::new(), 0, &mut seen, visit)
+    }
     pub fn remove(&self, rel: &str) -> std::io::Result<()> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or((".", rel));
         let parent = match open_in(&self.fd, dir, dir_flags(), Mode::empty()) {
@@ -157,6 +280,63 @@ impl Root {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn walk_dir(
+    dir: OwnedFd,
+    path: String,
+    depth: usize,
+    seen: &mut usize,
+    visit: &mut dyn FnMut(Item) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use nix::sys::stat::{fstatat, SFlag};
+    if depth > WALK_DEPTH {
+        return Err(std::io::Error::other(format!("{path}: nested too deep")));
+    }
+    // The listing needs its own descriptor (Dir takes ownership and closes it).
+    let listing = open_at(&dir, c".", OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let mut names = Vec::new();
+    let mut listing = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(listing))?;
+    for entry in listing.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    for name in names {
+        *seen += 1;
+        if *seen > WALK_ENTRIES {
+            return Err(std::io::Error::other("more than 100000 entries"));
+        }
+        let shown = name.to_string_lossy();
+        let child = if path.is_empty() {
+            shown.to_string()
+        } else {
+            format!("{path}/{shown}")
+        };
+        let st = fstatat(
+            Some(dir.as_raw_fd()),
+            name.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        match SFlag::from_bits_truncate(st.st_mode & libc::S_IFMT) {
+            SFlag::S_IFDIR => {
+                let sub = open_at(&dir, &name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+                visit(Item::Dir(&child))?;
+                walk_dir(sub, child, depth + 1, seen, visit)?;
+            }
+            SFlag::S_IFREG => {
+                let f = File::from(open_at(&dir, &name, OFlag::O_RDONLY)?);
+                visit(Item::File(&child, f))?;
+            }
+            kind => {
+                tracing::warn!(path = %child, ?kind, "skipped: not a regular file or directory")
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -207,5 +387,58 @@ mod tests {
         r.remove("new/dir/z").unwrap();
         r.remove("missing/dir/z").unwrap();
         assert!(!root.join("new/dir/z").exists());
+    }
+
+    #[test]
+    fn walks_and_reads_never_leave_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let canary = t.path().join("canary");
+        std::fs::write(&canary, "HOST-SECRET").unwrap();
+        let efi = root.join("boot/efi/EFI/debian");
+        std::fs::create_dir_all(&efi).unwrap();
+        std::fs::write(efi.join("grubx64.efi"), "loader").unwrap();
+        std::os::unix::fs::symlink(&canary, efi.join("abs-link")).unwrap();
+        std::os::unix::fs::symlink("../../../../../canary", efi.join("rel-link")).unwrap();
+        std::os::unix::fs::symlink(t.path(), root.join("boot/efi/EFI/dirlink")).unwrap();
+        nix::unistd::mkfifo(&efi.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+        let r = Root::open(&root).unwrap();
+        let mut got = Vec::new();
+        r.walk("boot/efi/EFI", &mut |item| {
+            match item {
+                Item::Dir(d) => got.push(format!("dir {d}")),
+                Item::File(f, mut file) => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut file, &mut s)?;
+                    got.push(format!("file {f} {s}"));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec!["dir debian", "file debian/grubx64.efi loader"]);
+        // Reads resolve links inside the tree: the absolute link points at a file the image
+        // does not have.
+        assert_eq!(r.read_file("boot/efi/EFI/debian/abs-link", 1 << 20), None);
+        assert_eq!(
+            r.read_file("boot/efi/EFI/debian/grubx64.efi", 1 << 20)
+                .as_deref(),
+            Some(&b"loader"[..])
+        );
+        assert_eq!(r.read_file("boot/efi/EFI/debian/grubx64.efi", 3), None);
+        assert!(
+            r.is_file("boot/efi/EFI/debian/grubx64.efi")
+                && !r.is_file("boot/efi/EFI/debian/abs-link")
+        );
+        // Mount points: created inside, symlinked ones refused.
+        let fd = r.mount_point("run/new/point").unwrap();
+        assert!(root.join("run/new/point").is_dir());
+        drop(fd);
+        std::os::unix::fs::symlink("/etc", root.join("boot/efi2")).unwrap();
+        let e = r.mount_point("boot/efi2").unwrap_err().to_string();
+        assert!(e.contains("refused"), "{e}");
+        std::os::unix::fs::symlink("/", root.join("sys")).unwrap();
+        assert!(r.mount_point("sys/firmware").is_err());
+        assert!(r.mount_point("../x").is_err());
     }
 }

@@ -4,6 +4,12 @@
 //! A partition is mounted through its device node when the kernel made one; otherwise (test
 //! sandboxes whose kernel creates no partition nodes) through a loop device over the byte
 //! range of the disk. System directories for a chroot are bound in-process.
+//!
+//! The file systems are a tenant's: always `nosuid,nodev`, and `noexec` unless a chroot runs
+//! the image's own tools. A mount inside one (the ESP at `boot/efi`, `/dev` for a chroot)
+//! lands on a directory found with `inroot::Root::mount_point`, which refuses symbolic links,
+//! and is made through the descriptor of that directory, never through a path the image
+//! could redirect onto the ramdisk's own directories.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +41,27 @@ impl Partition<'_> {
     }
 }
 
+/// What a mount is for, which decides its options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Look at the image: `ro,nosuid,nodev,noexec`.
+    Inspect,
+    /// Change files (inject_files): `rw,nosuid,nodev,noexec`.
+    Change,
+    /// Run the image's own tools in a chroot (grub-install): `rw,nosuid,nodev`.
+    Chroot,
+}
+
+impl Access {
+    fn options(self) -> &'static str {
+        match self {
+            Access::Inspect => "ro,nosuid,nodev,noexec",
+            Access::Change => "rw,nosuid,nodev,noexec",
+            Access::Chroot => "rw,nosuid,nodev",
+        }
+    }
+}
+
 /// A mounted file system and what was stacked on it; unmounted in reverse order on drop.
 pub struct Mounted {
     dir: PathBuf,
@@ -51,13 +78,13 @@ fn fresh_dir() -> Result<PathBuf, MountError> {
 }
 
 /// `mount` a partition at `at` (the node if it exists, else a loop over the byte range).
-fn mount_partition(p: &Partition, at: &Path, read_only: bool) -> Result<bool, MountError> {
+fn mount_partition(p: &Partition, at: &Path, access: Access) -> Result<bool, MountError> {
     let node = crate::disk::partitions::node(p.disk, p.number);
     let is_block = std::fs::metadata(&node).is_ok_and(|m| {
         use std::os::unix::fs::FileTypeExt;
         m.file_type().is_block_device()
     });
-    let mode = if read_only { "ro" } else { "rw" };
+    let mode = access.options();
     let (opts, src, looped) = if is_block {
         (mode.to_string(), node, false)
     } else {
@@ -86,9 +113,9 @@ fn mount_partition(p: &Partition, at: &Path, read_only: bool) -> Result<bool, Mo
 
 impl Mounted {
     /// Mount partition `p` on a fresh temporary directory.
-    pub fn partition(p: &Partition, read_only: bool) -> Result<Mounted, MountError> {
+    pub fn partition(p: &Partition, access: Access) -> Result<Mounted, MountError> {
         let dir = fresh_dir()?;
-        match mount_partition(p, &dir, read_only) {
+        match mount_partition(p, &dir, access) {
             Ok(looped) => Ok(Mounted {
                 stack: vec![(dir.clone(), looped)],
                 dir,
@@ -104,37 +131,88 @@ impl Mounted {
         &self.dir
     }
 
-    /// Mount partition `p` at `sub` inside this file system (e.g. the ESP at `boot/efi`).
-    pub fn mount_inside(&mut self, sub: &str, p: &Partition) -> Result<(), MountError> {
-        let at = self.dir.join(sub);
-        std::fs::create_dir_all(&at).map_err(|e| MountError::Dir(at.display().to_string(), e))?;
-        let looped = mount_partition(p, &at, false)?;
-        self.stack.push((at, looped));
-        Ok(())
+    /// The directory `sub` of this file system to mount on, refusing symbolic links; the
+    /// result is the path of its descriptor (`/proc/self/fd/N`) while `fd` lives.
+    fn target(&self, sub: &str) -> Result<std::os::fd::OwnedFd, MountError> {
+        let root = crate::system::inroot::Root::open(&self.dir)
+            .map_err(|e| MountError::Dir(self.dir.display().to_string(), e))?;
+        root.mount_point(sub)
+            .map_err(|e| MountError::Dir(format!("/{sub} in the image"), e))
     }
 
-    /// Bind the ramdisk's /dev, /proc and /sys into this file system, for tools run in a
-    /// chroot (grub-install probes devices through them).
-    pub fn bind_system(&mut self) -> Result<(), MountError> {
-        for d in ["dev", "proc", "sys"] {
-            let at = self.dir.join(d);
-            std::fs::create_dir_all(&at)
-                .map_err(|e| MountError::Dir(at.display().to_string(), e))?;
-            mount(
-                Some(Path::new("/").join(d).as_path()),
-                &at,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| MountError::Mount {
-                what: format!("/{d} into the image"),
-                detail: e.to_string(),
-            })?;
-            self.stack.push((at, false));
+    /// Check (and create) the directories mounts will go on, before anything is mounted: a
+    /// link among them fails the whole operation up front.
+    pub fn check_mount_points(&self, subs: &[&str]) -> Result<(), MountError> {
+        for sub in subs {
+            self.target(sub)?;
         }
         Ok(())
     }
+
+    /// Mount partition `p` at `sub` inside this file system (e.g. the ESP at `boot/efi`),
+    /// with this mount's access. The partition is mounted on a private directory first, then
+    /// bound onto the checked directory's descriptor.
+    pub fn mount_inside(
+        &mut self,
+        sub: &str,
+        p: &Partition,
+        access: Access,
+    ) -> Result<(), MountError> {
+        let target = self.target(sub)?;
+        let staging = Mounted::partition(p, access)?;
+        bind(
+            staging.path(),
+            &target,
+            false,
+            &format!("{} at /{sub}", p.describe()),
+        )?;
+        // The bind keeps the file system (and its loop device) alive; the staging mount goes.
+        drop(staging);
+        self.stack.push((self.dir.join(sub), false));
+        Ok(())
+    }
+
+    /// Bind the ramdisk's /dev, /proc and /sys (read-only) into this file system, for tools
+    /// run in a chroot (grub-install probes devices through them). Nothing else of the
+    /// ramdisk is visible there: not /run (the agent's state), not the EFI variables.
+    pub fn bind_system(&mut self) -> Result<(), MountError> {
+        for (d, read_only) in [("dev", false), ("proc", false), ("sys", true)] {
+            let target = self.target(d)?;
+            bind(
+                &Path::new("/").join(d),
+                &target,
+                read_only,
+                &format!("/{d} into the image"),
+            )?;
+            self.stack.push((self.dir.join(d), false));
+        }
+        Ok(())
+    }
+}
+
+/// Bind `src` onto the directory held by `target` (optionally read-only).
+fn bind(
+    src: &Path,
+    target: &std::os::fd::OwnedFd,
+    read_only: bool,
+    what: &str,
+) -> Result<(), MountError> {
+    use std::os::fd::AsRawFd;
+    let at = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
+    let err = |e: nix::Error| MountError::Mount {
+        what: what.to_string(),
+        detail: e.to_string(),
+    };
+    mount(Some(src), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+    if read_only {
+        // A bind mount takes MS_RDONLY only on a remount.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, &at, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(&at, MntFlags::MNT_DETACH);
+            return Err(err(e));
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Mounted {

@@ -34,6 +34,14 @@ zstd -q -f -3 "$I/wd.raw" -o "$I/wd.raw.zst"
 # /boot/efi, and some content.
 mkdir -p "$WORK/rootfs/boot/efi/EFI/BOOT" "$WORK/rootfs/etc"
 printf 'MZ rivet partition-image loader\n' > "$WORK/rootfs/boot/efi/EFI/BOOT/BOOTX64.EFI"
+# A hostile tenant's additions: links from the EFI tree to a file of the host (the agent's
+# ramdisk), a FIFO and a device node. None of them may reach the ESP.
+CANARY="RIVET-CANARY-$RANDOM$RANDOM$RANDOM"
+echo "$CANARY" > "$WORK/canary"
+ln -s "$WORK/canary" "$WORK/rootfs/boot/efi/EFI/BOOT/leak.efi"
+ln -s "$WORK" "$WORK/rootfs/boot/efi/EFI/leakdir"
+mkfifo "$WORK/rootfs/boot/efi/EFI/BOOT/fifo"
+mknod "$WORK/rootfs/boot/efi/EFI/BOOT/null" c 1 3
 echo "rivet-partition-test" > "$WORK/rootfs/etc/hostname"
 head -c 3000000 /dev/urandom > "$WORK/rootfs/etc/blob"
 ROOT_UUID=4d6f6e21-0000-4000-8000-0000000000a1
@@ -111,6 +119,14 @@ dd if="$LOOP" of="$WORK/root.img" bs=1M skip=$((root_s / 2048)) count=$((size >>
 e2fsck -fn "$WORK/root.img" >/dev/null 2>&1 || fail "root file system is not clean"
 mtype -i "$LOOP@@$((esp_s * 512))" ::/EFI/BOOT/BOOTX64.EFI | grep -q "partition-image loader" \
   || fail "the ESP did not get the image's boot loader"
+esp_files=$(mdir -/ -b -i "$LOOP@@$((esp_s * 512))" ::/EFI | tr 'A-Z' 'a-z')
+for f in leak fifo null; do
+  [[ "$esp_files" != *"$f"* ]] || fail "the image's $f reached the ESP: $esp_files"
+done
+if dd if="$LOOP" bs=1M count=600 status=none | grep -aqF "$CANARY"; then
+  fail "a file of the host reached the tenant's disk through the image's symlink"
+fi
+echo "ok: partition: the image's links to host files, FIFO and device node stayed off the ESP"
 stored=$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id')")
 [[ "$stored" == "$ROOT_UUID" ]] || fail "Ironic stored root uuid '$stored', blkid reads $ROOT_UUID"
 "$PY" - "$WORK/state-partition/commands.json" <<'PY' || fail "unexpected command history"
