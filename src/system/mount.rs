@@ -163,7 +163,6 @@ impl Mounted {
         bind(
             staging.path(),
             &target,
-            false,
             &format!("{} at /{sub}", p.describe()),
         )?;
         // The bind keeps the file system (and its loop device) alive; the staging mount goes.
@@ -178,41 +177,47 @@ impl Mounted {
     pub fn bind_system(&mut self) -> Result<(), MountError> {
         for (d, read_only) in [("dev", false), ("proc", false), ("sys", true)] {
             let target = self.target(d)?;
-            bind(
-                &Path::new("/").join(d),
-                &target,
-                read_only,
-                &format!("/{d} into the image"),
-            )?;
+            let what = format!("/{d} into the image");
+            bind(&Path::new("/").join(d), &target, &what)?;
             self.stack.push((self.dir.join(d), false));
+            if read_only {
+                // A bind takes MS_RDONLY only on a remount, of the new mount itself: the
+                // descriptor taken before the bind names the directory underneath, so the
+                // mount point is looked up again (still refusing links).
+                let top = self.target(d)?;
+                let at = proc_fd(&top);
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                mount(None::<&str>, &at, None::<&str>, flags, None::<&str>).map_err(|e| {
+                    MountError::Mount {
+                        what: format!("{what} (read-only)"),
+                        detail: e.to_string(),
+                    }
+                })?;
+            }
         }
         Ok(())
     }
 }
 
-/// Bind `src` onto the directory held by `target` (optionally read-only).
-fn bind(
-    src: &Path,
-    target: &std::os::fd::OwnedFd,
-    read_only: bool,
-    what: &str,
-) -> Result<(), MountError> {
+/// The path of a descriptor, for mount(2) to act on the very directory it names.
+fn proc_fd(fd: &std::os::fd::OwnedFd) -> PathBuf {
     use std::os::fd::AsRawFd;
-    let at = PathBuf::from(format!("/proc/self/fd/{}", target.as_raw_fd()));
-    let err = |e: nix::Error| MountError::Mount {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Bind `src` onto the directory held by `target`.
+fn bind(src: &Path, target: &std::os::fd::OwnedFd, what: &str) -> Result<(), MountError> {
+    mount(
+        Some(src),
+        &proc_fd(target),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| MountError::Mount {
         what: what.to_string(),
         detail: e.to_string(),
-    };
-    mount(Some(src), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
-    if read_only {
-        // A bind mount takes MS_RDONLY only on a remount.
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, &at, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(&at, MntFlags::MNT_DETACH);
-            return Err(err(e));
-        }
-    }
-    Ok(())
+    })
 }
 
 impl Drop for Mounted {

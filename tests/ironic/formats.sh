@@ -119,7 +119,8 @@ dd if="$LOOP" of="$WORK/root.img" bs=1M skip=$((root_s / 2048)) count=$((size >>
 e2fsck -fn "$WORK/root.img" >/dev/null 2>&1 || fail "root file system is not clean"
 mtype -i "$LOOP@@$((esp_s * 512))" ::/EFI/BOOT/BOOTX64.EFI | grep -q "partition-image loader" \
   || fail "the ESP did not get the image's boot loader"
-esp_files=$(mdir -/ -b -i "$LOOP@@$((esp_s * 512))" ::/EFI | tr 'A-Z' 'a-z')
+esp_files=$(mdir -/ -b -i "$LOOP@@$((esp_s * 512))" ::/EFI 2>/dev/null | tr 'A-Z' 'a-z')
+[[ "$esp_files" == *bootx64.efi* ]] || fail "cannot list the ESP: $esp_files"
 for f in leak fifo null; do
   [[ "$esp_files" != *"$f"* ]] || fail "the image's $f reached the ESP: $esp_files"
 done
