@@ -23,7 +23,7 @@ step() { # NAME CMD...
 scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
-step "cargo test" cargo test --locked
+step "cargo test" cargo test --locked --no-fail-fast
 # libFuzzer over the six parser targets, bounded (about 6 min to build, 15 s a target).
 step "libFuzzer: every fuzz target" scripts/fuzz.sh 15
 step "static release build" scripts/build-static.sh

@@ -248,18 +248,11 @@ fn run_one(fx: &Fx, c: &Case, t: &mut Tally) {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let status_file = format!("/proc/{}/status", child.id());
     let mut hwm_kib = 0u64;
     let status = loop {
         // The agent's own peak RSS, sampled while it runs (VmHWM only grows).
-        if let Ok(st) = std::fs::read_to_string(&status_file) {
-            if let Some(v) = st
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                hwm_kib = hwm_kib.max(v);
-            }
+        if let Some(v) = crate::common::peak_rss_kib(child.id()) {
+            hwm_kib = hwm_kib.max(v);
         }
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);

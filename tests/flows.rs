@@ -142,6 +142,19 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "{bl}"
     );
 
+    // Another image whose id differs only where the logged form replaces characters
+    // ("../../img-1" and ".._.._img-1" show alike): not taken for the one on the disk.
+    let mut other = info.clone();
+    other["id"] = json!(".._.._img-1");
+    let again = run(&api, "standby.cache_image", json!({ "image_info": other }));
+    succeeded(&again);
+    assert!(
+        !again["command_result"]
+            .to_string()
+            .contains("already present"),
+        "{again}"
+    );
+
     // Cleaning: metadata, then a verified overwrite.
     let done = run(
         &api,

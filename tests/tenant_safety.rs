@@ -103,17 +103,10 @@ fn measured(mut cmd: Command) -> (Output, u64, f64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
     let mut hwm = 0u64;
     while child.try_wait().unwrap().is_none() {
-        if let Ok(st) = std::fs::read_to_string(&status_file) {
-            if let Some(v) = st
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                hwm = hwm.max(v);
-            }
+        if let Some(v) = peak_rss_kib(child.id()) {
+            hwm = hwm.max(v);
         }
         assert!(
             t.elapsed() < Duration::from_secs(120),
@@ -261,12 +254,7 @@ fn an_endless_injected_file_is_cut_off_and_the_agent_stays_small() {
         .unwrap_or_default()
         .to_string();
     assert!(details.contains("larger than"), "{details}");
-    let hwm: u64 = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id()))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let hwm = peak_rss_kib(agent.child.id()).unwrap();
     assert!(hwm / 1024 < 64, "agent peak RSS {} MiB", hwm / 1024);
     figure!(
         "tenant_safety: endless injected file refused in {:.1} s, agent peak RSS {} MiB",
@@ -403,64 +391,30 @@ fn hostile_partition_images_never_reach_the_ramdisk() {
     );
 
     // B: grub-install present, but boot/efi is a link to the ramdisk's /etc: the ESP must not
-    // be mounted there (and the image's tool never runs).
-    let b = d.path().join("b");
-    std::fs::create_dir_all(b.join("usr/sbin")).unwrap();
-    std::fs::create_dir_all(b.join("boot")).unwrap();
+    // be mounted there (and the image's tool never runs). C: boot/efi is a directory, but
+    // /dev in the image is a link to /etc: nothing of the ramdisk is bound over /etc.
     let marker = d.path().join("grub-ran");
-    std::fs::write(
-        b.join("usr/sbin/grub-install"),
-        format!("#!/bin/sh\ntouch {}\n", marker.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        b.join("usr/sbin/grub-install"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("/etc", b.join("boot/efi")).unwrap();
-    let uuid_b = "1e2d3c4b-0000-4000-8000-0000000000b2";
-    let bl = deploy_partition(
-        &api,
-        &srv,
-        &disk.dev,
-        "b.raw",
-        &ext4_image(d.path(), &b, uuid_b),
-        uuid_b,
-    );
-    assert_eq!(bl["command_status"], "FAILED", "{bl}");
-    let why = bl["command_error"]["details"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("/boot/efi") && why.contains("refused as a mount point"),
-        "{why}"
-    );
-
-    // C: boot/efi is a directory, but /dev in the image is a link to /etc: nothing of the
-    // ramdisk is bound over /etc.
-    let c = d.path().join("c");
-    std::fs::create_dir_all(c.join("usr/sbin")).unwrap();
-    std::fs::create_dir_all(c.join("boot/efi")).unwrap();
-    std::fs::copy(
-        b.join("usr/sbin/grub-install"),
-        c.join("usr/sbin/grub-install"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("/etc", c.join("dev")).unwrap();
-    let uuid_c = "1e2d3c4b-0000-4000-8000-0000000000c3";
-    let bl = deploy_partition(
-        &api,
-        &srv,
-        &disk.dev,
-        "c.raw",
-        &ext4_image(d.path(), &c, uuid_c),
-        uuid_c,
-    );
-    assert_eq!(bl["command_status"], "FAILED", "{bl}");
-    let why = bl["command_error"]["details"].as_str().unwrap_or_default();
-    assert!(
-        why.contains("/dev") && why.contains("refused as a mount point"),
-        "{why}"
-    );
+    for (name, link, uuid) in [
+        ("b", "boot/efi", "1e2d3c4b-0000-4000-8000-0000000000b2"),
+        ("c", "dev", "1e2d3c4b-0000-4000-8000-0000000000c3"),
+    ] {
+        let tree = d.path().join(name);
+        std::fs::create_dir_all(tree.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(tree.join("boot/efi")).unwrap();
+        let tool = tree.join("usr/sbin/grub-install");
+        std::fs::write(&tool, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _ = std::fs::remove_dir(tree.join(link));
+        std::os::unix::fs::symlink("/etc", tree.join(link)).unwrap();
+        let image = ext4_image(d.path(), &tree, uuid);
+        let bl = deploy_partition(&api, &srv, &disk.dev, &format!("{name}.raw"), &image, uuid);
+        assert_eq!(bl["command_status"], "FAILED", "{name}: {bl}");
+        let why = bl["command_error"]["details"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!("/{link}")) && why.contains("refused as a mount point"),
+            "{name}: {why}"
+        );
+    }
 
     assert!(!marker.exists(), "the image's grub-install ran");
     // Every mount made for these images is gone; nothing was mounted on the ramdisk's paths.

@@ -194,14 +194,20 @@ fn is_nvme(name: &str) -> bool {
         .is_some_and(|b| b.starts_with("nvme"))
 }
 
-/// The controller of NVMe namespace `/dev/nvmeXnY` and its other namespaces (`/dev/…`).
-fn nvme_siblings(name: &str) -> (String, Vec<String>) {
+/// The controller of NVMe namespace `/dev/nvmeXnY`: `nvmeX`.
+fn nvme_controller(name: &str) -> String {
     let base = name.rsplit('/').next().unwrap_or(name);
     let number = base
         .strip_prefix("nvme")
         .and_then(|r| r.split('n').next())
         .unwrap_or_default();
-    let ctrl = format!("nvme{number}");
+    format!("nvme{number}")
+}
+
+/// The controller of NVMe namespace `/dev/nvmeXnY` and its other namespaces (`/dev/…`).
+fn nvme_siblings(name: &str) -> (String, Vec<String>) {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let ctrl = nvme_controller(name);
     let siblings = std::fs::read_dir(format!("/sys/class/nvme/{ctrl}"))
         .map(|rd| {
             rd.flatten()
@@ -400,6 +406,17 @@ mod tests {
             ..Policy::default()
         };
         assert!(matches!(erase(&p, &none), Err(EraseError::NoMethod { .. })));
+    }
+
+    #[test]
+    fn nvme_namespaces_name_their_controller() {
+        assert_eq!(nvme_controller("/dev/nvme0n1"), "nvme0");
+        assert_eq!(nvme_controller("/dev/nvme12n3"), "nvme12");
+        assert_eq!(nvme_controller("nvme1n1"), "nvme1");
+        // Without a namespace device in the sysfs tree there is nothing to keep.
+        let (ctrl, siblings) = nvme_siblings("/dev/nvme97n1");
+        assert_eq!(ctrl, "/dev/nvme97");
+        assert!(siblings.is_empty());
     }
 
     #[test]

@@ -106,6 +106,28 @@ pub fn interfaces(sys_class_net: &Path, allow_virtual: bool) -> Vec<Interface> {
     out
 }
 
+#[cfg(test)]
+impl Interface {
+    /// A NIC with a MAC and optionally an IPv4 address (tests).
+    pub(crate) fn fixture(name: &str, mac: &str, ipv4: Option<&str>) -> Interface {
+        Interface {
+            name: name.into(),
+            mac_address: Some(mac.into()),
+            ipv4_address: ipv4.map(str::to_string),
+            ipv6_address: None,
+            has_carrier: true,
+            lldp: None,
+            vendor: None,
+            product: None,
+            client_id: None,
+            biosdevname: None,
+            speed_mbps: None,
+            pci_address: None,
+            driver: None,
+        }
+    }
+}
+
 /// MACs for the lookup: BOOTIF first, then every interface MAC, lower-case, no duplicates.
 pub fn lookup_macs(bootif: Option<&str>, ifaces: &[Interface]) -> Vec<String> {
     let mut macs: Vec<String> = Vec::new();
@@ -128,21 +150,7 @@ mod tests {
 
     #[test]
     fn lookup_macs_puts_bootif_first_without_duplicates() {
-        let iface = |m: &str| Interface {
-            name: "x".into(),
-            mac_address: Some(m.into()),
-            ipv4_address: None,
-            ipv6_address: None,
-            has_carrier: true,
-            lldp: None,
-            vendor: None,
-            product: None,
-            client_id: None,
-            biosdevname: None,
-            speed_mbps: None,
-            pci_address: None,
-            driver: None,
-        };
+        let iface = |m: &str| Interface::fixture("x", m, None);
         let macs = lookup_macs(
             Some("52:54:00:00:00:02"),
             &[iface("52:54:00:00:00:01"), iface("52:54:00:00:00:02")],

@@ -58,21 +58,7 @@ mod tests {
     use super::*;
 
     fn nic(name: &str, mac: &str, v4: Option<&str>) -> Interface {
-        Interface {
-            name: name.into(),
-            mac_address: Some(mac.into()),
-            ipv4_address: v4.map(str::to_string),
-            ipv6_address: None,
-            has_carrier: true,
-            lldp: None,
-            vendor: None,
-            product: None,
-            client_id: None,
-            biosdevname: None,
-            speed_mbps: None,
-            pci_address: None,
-            driver: None,
-        }
+        Interface::fixture(name, mac, v4)
     }
 
     #[test]

@@ -76,18 +76,40 @@ impl Root {
         })
     }
 
-    /// Create the missing directories of `dir`; returns whether its last component was
-    /// created by this call.
-    fn make_dirs(&self, dir: &str) -> nix::Result<bool> {
+    /// Open directory `rel` of the tree (`O_PATH`), resolved inside it; with `no_links`, no
+    /// component may be a symbolic link (ELOOP otherwise).
+    fn open_dir(&self, rel: &str, no_links: bool) -> nix::Result<OwnedFd> {
+        let mut resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+        if no_links {
+            resolve |= ResolveFlag::RESOLVE_NO_SYMLINKS;
+        }
+        let how = OpenHow::new()
+            .flags(dir_flags() | OFlag::O_CLOEXEC)
+            .resolve(resolve);
+        let fd = openat2(self.fd.as_raw_fd(), rel, how)?;
+        // SAFETY: openat2 just returned this descriptor; the OwnedFd is its only owner.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Create the missing directories of `dir` (0755), component by component; returns the
+    /// last one and whether this call created it. `no_links` as for [`Root::open_dir`];
+    /// `..` is refused. On failure, the path reached so far comes with the error.
+    fn make_dirs(&self, dir: &str, no_links: bool) -> Result<(OwnedFd, bool), (String, Errno)> {
         let mut created = false;
         let mut so_far = String::new();
-        let mut parent = open_in(&self.fd, ".", dir_flags(), Mode::empty())?;
-        for comp in dir.split('/').filter(|c| !c.is_empty()) {
+        let mut parent = self
+            .open_dir(".", no_links)
+            .map_err(|e| (".".to_string(), e))?;
+        for comp in dir.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if comp == ".." {
+                return Err((dir.to_string(), Errno::EINVAL));
+            }
             if !so_far.is_empty() {
                 so_far.push('/');
             }
             so_far.push_str(comp);
-            parent = match open_in(&self.fd, &so_far, dir_flags(), Mode::empty()) {
+            let at = |e| (so_far.clone(), e);
+            parent = match self.open_dir(&so_far, no_links) {
                 Ok(fd) => {
                     created = false;
                     fd
@@ -99,21 +121,22 @@ impl Root {
                         Mode::from_bits_truncate(0o755),
                     ) {
                         Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(e) => return Err(e),
+                        Err(e) => return Err(at(e)),
                     }
                     created = true;
-                    open_in(&self.fd, &so_far, dir_flags(), Mode::empty())?
+                    self.open_dir(&so_far, no_links).map_err(at)?
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(at(e)),
             };
         }
-        Ok(created)
+        Ok((parent, created))
     }
 
     /// Write `data` to `rel` (created or truncated; directories made as needed), synced.
     pub fn write_file(&self, rel: &str, data: &[u8], a: &Attrs) -> std::io::Result<()> {
         let dir = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        if self.make_dirs(dir)? {
+        let (_, created) = self.make_dirs(dir, false).map_err(|(_, e)| e)?;
+        if created {
             if let Some(m) = a.dirmode {
                 // An O_PATH descriptor cannot be chmod'ed: open the directory for it.
                 let d = open_in(
@@ -174,56 +197,19 @@ impl Root {
     /// anywhere in the path is refused (ELOOP), so a mount can never land on a directory of
     /// the ramdisk through the image's links. Mount on `/proc/self/fd/N` of the result.
     pub fn mount_point(&self, rel: &str) -> std::io::Result<OwnedFd> {
-        let strict = |p: &str| {
-            let how = OpenHow::new()
-                .flags(dir_flags() | OFlag::O_CLOEXEC)
-                .resolve(
-                    ResolveFlag::RESOLVE_IN_ROOT
-                        | ResolveFlag::RESOLVE_NO_SYMLINKS
-                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-                );
-            openat2(self.fd.as_raw_fd(), p, how)
-                // SAFETY: openat2 just returned this descriptor; the OwnedFd owns it alone.
-                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        };
-        let refused = |p: &str, e: Errno| {
-            let why = if e == Errno::ELOOP || e == Errno::ENOTDIR {
-                "is a symbolic link or not a directory in the image: refused as a mount point"
-                    .to_string()
-            } else {
-                e.to_string()
-            };
-            std::io::Error::other(format!("/{p} {why}"))
-        };
-        let mut so_far = String::new();
-        let mut parent = strict(".").map_err(|e| refused(".", e))?;
-        for comp in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            if comp == ".." {
-                return Err(std::io::Error::other(format!(
-                    "{rel}: '..' in a mount point"
-                )));
-            }
-            if !so_far.is_empty() {
-                so_far.push('/');
-            }
-            so_far.push_str(comp);
-            parent = match strict(&so_far) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
-                    match mkdirat(
-                        Some(parent.as_raw_fd()),
-                        comp,
-                        Mode::from_bits_truncate(0o755),
-                    ) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(e) => return Err(refused(&so_far, e)),
-                    }
-                    strict(&so_far).map_err(|e| refused(&so_far, e))?
+        self.make_dirs(rel, true)
+            .map(|(fd, _)| fd)
+            .map_err(|(p, e)| {
+                let why = match e {
+                Errno::ELOOP | Errno::ENOTDIR => {
+                    "is a symbolic link or not a directory in the image: refused as a mount point"
+                        .to_string()
                 }
-                Err(e) => return Err(refused(&so_far, e)),
+                Errno::EINVAL => "has '..': refused as a mount point".to_string(),
+                e => e.to_string(),
             };
-        }
-        Ok(parent)
+                std::io::Error::other(format!("/{p} {why}"))
+            })
     }
 
     /// Read the regular file `rel` (links resolved inside the tree), at most `max` bytes;

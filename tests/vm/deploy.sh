@@ -69,6 +69,22 @@ disks() {
   echo "-device virtio-blk-pci,drive=d1,serial=v4ktarget,logical_block_size=4096,physical_block_size=4096"
 }
 
+# boot_ramdisk LABEL MAC PARAMS: a VM (NIC with MAC, the two disks) booted from the minimal
+# ramdisk with the agent's kernel PARAMS; sets PORT (the agent's API on the host) and QEMU_PID.
+boot_ramdisk() {
+  local label=$1 mac=$2 params=$3
+  PORT=$(free_port)
+  # shellcheck disable=SC2046
+  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
+    $(firmware "$WORK/vars.fd") \
+    -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
+    -append "console=ttyS0 quiet $params BOOTIF=$mac ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
+    -device "virtio-net-pci,netdev=n0,mac=$mac" $(disks) \
+    -serial "file:$WORK/serial-$label.log" -monitor none -display none &
+  QEMU_PID=$!
+}
+
 # deploy_vm LABEL HINT_SERIAL INSTANCE_INFO PROVISION_BODY: fresh blank disks, a VM booted
 # from the ramdisk, the node deployed and the VM powered off by the agent.
 deploy_vm() {
@@ -82,17 +98,8 @@ deploy_vm() {
     {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": $info}]" >/dev/null
   api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
   wait_state "$NODE" "wait call-back" 60
-  PORT=$(free_port)
   local boot_start=$SECONDS
-  # shellcheck disable=SC2046
-  qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
-    $(firmware "$WORK/vars.fd") \
-    -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
-    -append "console=ttyS0 quiet ipa-api-url=http://127.0.0.1:6385 BOOTIF=$MAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
-    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
-    -device "virtio-net-pci,netdev=n0,mac=$MAC" $(disks) \
-    -serial "file:$WORK/serial-$label.log" -monitor none -display none &
-  QEMU_PID=$!
+  boot_ramdisk "$label" "$MAC" "ipa-api-url=http://127.0.0.1:6385"
   # First heartbeat: the conductor records the agent's URL.
   for _ in $(seq 1 600); do
     [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
@@ -277,17 +284,10 @@ api PUT "/v1/nodes/$INODE/states/provision" '{"target": "manage"}' >/dev/null
 wait_state "$INODE" manageable 60 || fail "inspect: node did not become manageable"
 api PUT "/v1/nodes/$INODE/states/provision" '{"target": "inspect"}' >/dev/null
 wait_state "$INODE" "inspect wait" 60 || fail "inspect: node did not wait for inspection data"
-PORT=$(free_port)
 istart=$SECONDS
-# shellcheck disable=SC2046
-qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 1024 -nodefaults -no-reboot \
-  $(firmware "$WORK/vars.fd") \
-  -kernel "$RAMDISK/rivet.kernel" -initrd "$RAMDISK/rivet.initramfs" \
-  -append "console=ttyS0 quiet ipa-inspection-callback-url=http://127.0.0.1:6385/v1/continue_inspection ipa-api-url=http://127.0.0.1:6385 ipa-inspection-collectors=default,logs,pci-devices,numa-topology,dmi-decode,usb-devices ipa-collect-lldp=1 ipa-lldp-timeout=2 BOOTIF=$IMAC ipa-advertise-host=127.0.0.1 ipa-advertise-port=$PORT rivet.forward=6385,8089" \
-  -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:9999,guestfwd=tcp:10.0.2.100:6385-cmd:$BB nc 127.0.0.1 6385,guestfwd=tcp:10.0.2.100:8089-cmd:$BB nc 127.0.0.1 8089" \
-  -device "virtio-net-pci,netdev=n0,mac=$IMAC" $(disks) \
-  -serial "file:$WORK/serial-inspect.log" -monitor none -display none &
-QEMU_PID=$!
+boot_ramdisk inspect "$IMAC" "ipa-inspection-callback-url=http://127.0.0.1:6385/v1/continue_inspection \
+ipa-api-url=http://127.0.0.1:6385 ipa-inspection-collectors=default,logs,pci-devices,numa-topology,dmi-decode,usb-devices \
+ipa-collect-lldp=1 ipa-lldp-timeout=2"
 wait_state "$INODE" manageable 600 || fail "inspect: inspection did not finish: $(tail -c 3000 "$WORK/serial-inspect.log")"
 insp=$((SECONDS - istart))
 echo "ok: inspect: the conductor processed the VM's inspection data ${insp} s after QEMU started"
