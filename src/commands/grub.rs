@@ -9,9 +9,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::disk::mount::{Access, Mounted, Partition};
 use crate::disk::partitions::{self, Listed};
 use crate::system::inroot::Root;
-use crate::system::mount::{Access, Mounted, Partition};
 use crate::system::tools::run_clean;
 
 const GRUB_TIME: Duration = Duration::from_secs(600);

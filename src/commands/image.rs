@@ -13,10 +13,10 @@ use serde::Deserialize;
 use super::grub;
 use super::{args, Context, Outcome, Params};
 use crate::disk::esp;
+use crate::disk::mount::{Access, Mounted};
 use crate::disk::partitions::Listed;
 use crate::error::{CommandError, ErrorKind};
 use crate::system::inroot::{Item, Root};
-use crate::system::mount::{Access, Mounted};
 use crate::system::tools::{run_capture, which};
 
 #[derive(Deserialize)]

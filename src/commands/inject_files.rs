@@ -14,11 +14,11 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::Context;
+use crate::disk::mount::{Access, Mounted, Partition};
 use crate::disk::partitions::{self, Listed};
 use crate::error::{CommandError, ErrorKind};
 use crate::image::fetch::{fetch_small, FetchOptions};
 use crate::system::inroot::{Attrs, Root};
-use crate::system::mount::{Access, Mounted, Partition};
 
 /// Largest file fetched from a URL: injected files are configuration (keys, certificates,
 /// network settings), and the ramdisk holds the body in memory before writing it; a larger
@@ -259,7 +259,7 @@ fn named_partition<'a>(disk: &Path, parts: &'a [Listed], spec: &str) -> Option<&
             .unwrap_or_else(|_| spec.to_string());
         return parts
             .iter()
-            .find(|p| partitions::node(disk, p.number) == canon);
+            .find(|p| crate::disk::device::partition_name(disk, p.number) == canon);
     }
     let (kind, want) = spec.split_once('=').unwrap_or(("", spec));
     parts.iter().find(|p| {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
+use crate::disk::device::{partition_io, partition_name, PartitionIo};
 use crate::disk::partitions::{self, Label, Part, Request, Role};
 use crate::error::{CommandError, ErrorKind};
 use crate::image::fetch::FetchOptions;
@@ -46,9 +47,11 @@ fn deploy_err(e: impl std::fmt::Display) -> CommandError {
 }
 
 /// The ephemeral file system: `mkfs -t FMT -L ephemeral0` on the partition node, or, where the
-/// kernel made no node (as in test sandboxes), through the disk with an offset (ext2/3/4).
+/// kernel has no node that is exactly this partition (test sandboxes, a stale node of an old
+/// table), through the disk with an offset (ext2/3/4).
 fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
-    let node = partitions::node(dev, p.number);
+    let node = partition_name(dev, p.number);
+    let io = partition_io(dev, p.number, p.start, p.len);
     let t = std::time::Duration::from_secs(600);
     let tool = format!("mkfs.{fmt}");
     if which(&tool).is_none() {
@@ -56,8 +59,9 @@ fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
             "cannot make the ephemeral file system: {tool} is not in this ramdisk"
         )));
     }
-    let (ok, out) = if Path::new(&node).exists() {
+    let (ok, out) = if let PartitionIo::Node(node) = &io {
         let force = if fmt.starts_with("ext") { "-F" } else { "-f" };
+        let node = node.display().to_string();
         run_capture(&tool, &[force, "-L", "ephemeral0", &node], t, 1 << 16)
     } else if fmt.starts_with("ext") {
         let kib = format!("{}k", p.len / 1024);
@@ -78,7 +82,11 @@ fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
         )
     } else {
         return Err(deploy_err(format!(
-            "no device node {node} for the ephemeral partition"
+            "no usable device node {node} for the ephemeral partition (bytes {}+{} of {}): \
+             {fmt} can only be made through the node",
+            p.start,
+            p.len,
+            dev.display()
         )));
     }
     .map_err(deploy_err)?;
@@ -302,7 +310,7 @@ pub fn write(
     let root_uuid = root_fs.unwrap_or_else(|| root.part_uuid.clone());
     let mut names = Map::new();
     for p in &parts {
-        names.insert(p.role.key().into(), json!(partitions::node(dev, p.number)));
+        names.insert(p.role.key().into(), json!(partition_name(dev, p.number)));
     }
     let uuids = json!({
         "partitions": names,
@@ -315,7 +323,7 @@ pub fn write(
         message: format!(
             "image ({}) written to partition {} of device {name} root_uuid={root_uuid}",
             info.safe_id(),
-            partitions::node(dev, root.number)
+            partition_name(dev, root.number)
         ),
         uuids,
     })

@@ -220,6 +220,7 @@ fn erase_devices_metadata(
     let mut report = serde_json::Map::new();
     let mut errors = Vec::new();
     for d in &targets {
+        crate::disk::device::release_holders(std::path::Path::new(&d.name));
         match crate::disk::wipe::erase_metadata(std::path::Path::new(&d.name)) {
             Ok(found) => {
                 tracing::info!(disk = %d.name, ?found, "metadata erased");
@@ -275,6 +276,7 @@ fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError
     for d in &targets {
         let span = tracing::info_span!("erase", disk = %d.name);
         let _e = span.enter();
+        crate::disk::device::release_holders(std::path::Path::new(&d.name));
         match crate::disk::erase::erase(std::path::Path::new(&d.name), &policy) {
             Ok(done) => {
                 tracing::info!(

@@ -119,6 +119,8 @@ pub fn write(
         .fetch_options(&ctx.config)
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
     let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
+    // What holds the old table (an old tenant's md array or LVM group) goes first.
+    crate::disk::device::release_holders(&dev);
     if info.is_partition_image() {
         return write_partition(ctx, &info, &dev, configdrive, key, &req, &fetch);
     }

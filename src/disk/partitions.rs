@@ -229,7 +229,8 @@ pub fn write_table(
         }
     }
     f.sync_all().map_err(io)?;
-    crate::system::blockdev::reread_partitions(&f).ok();
+    let listed: Vec<(u32, u64, u64)> = parts.iter().map(|p| (p.number, p.start, p.len)).collect();
+    super::device::refresh_partitions(&f, dev, &listed);
     Ok(parts)
 }
 
@@ -411,17 +412,6 @@ pub fn make_swap(dev: &Path, p: &Part) -> Result<String, LayoutError> {
     Ok(uuid.to_string())
 }
 
-/// The partition's device node name, IPA style (`p` before the number when the disk's name
-/// ends in a digit).
-pub fn node(dev: &Path, n: u32) -> String {
-    let d = dev.display().to_string();
-    if d.ends_with(|c: char| c.is_ascii_digit()) {
-        format!("{d}p{n}")
-    } else {
-        format!("{d}{n}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,7 +470,5 @@ mod tests {
             ..r
         };
         assert_eq!(plan(&msdos, "d", 1024 * MIB).unwrap().len(), 4);
-        assert_eq!(node(Path::new("/dev/nvme0n1"), 2), "/dev/nvme0n1p2");
-        assert_eq!(node(Path::new("/dev/sda"), 2), "/dev/sda2");
     }
 }

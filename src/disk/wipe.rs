@@ -89,9 +89,7 @@ pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
     }
     zero(&f, &name, 0, size, size)?;
     f.sync_all().map_err(io)?;
-    if meta.file_type().is_block_device() {
-        let _ = blockdev::reread_partitions(&f);
-    }
+    super::device::refresh(&f, dev);
     drop(f);
     let after = probe::probe(dev).map_err(|e| WipeError::NotBlank(name.clone(), e.to_string()))?;
     if let Some(left) = after.pt_type.or(after.fs_type) {

@@ -283,11 +283,10 @@ impl Target {
         self.direct.sync_all().map_err(self.err("fsync"))
     }
 
+    /// Bring the kernel's partitions in line with the table now on the disk.
     pub fn reread_partitions(&self) {
         if self.is_block && self.base == 0 {
-            if let Err(e) = blockdev::reread_partitions(&self.buffered) {
-                tracing::debug!(path = %self.path.display(), error = %e, "BLKRRPART");
-            }
+            crate::disk::device::refresh(&self.buffered, &self.path);
         }
     }
 }

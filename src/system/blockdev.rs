@@ -11,6 +11,68 @@ nix::ioctl_none!(blkrrpart, 0x12, 95);
 nix::ioctl_write_ptr_bad!(blkzeroout, 0x127f, [u64; 2]);
 nix::ioctl_write_ptr_bad!(blkdiscard, 0x1277, [u64; 2]);
 nix::ioctl_write_ptr_bad!(blksecdiscard, 0x127d, [u64; 2]);
+// BLKPG = _IO(0x12, 105); the argument is a pointer to `blkpg_ioctl_arg`.
+nix::ioctl_write_ptr_bad!(blkpg, 0x1269, BlkpgArg);
+
+/// `struct blkpg_partition` (linux/blkpg.h): byte offsets and lengths.
+#[repr(C)]
+struct BlkpgPartition {
+    start: libc::c_longlong,
+    length: libc::c_longlong,
+    pno: libc::c_int,
+    devname: [libc::c_char; 64],
+    volname: [libc::c_char; 64],
+}
+
+/// `struct blkpg_ioctl_arg`.
+#[repr(C)]
+pub struct BlkpgArg {
+    op: libc::c_int,
+    flags: libc::c_int,
+    datalen: libc::c_int,
+    data: *mut libc::c_void,
+}
+
+/// What BLKPG is asked to do with one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionOp {
+    Add,
+    Delete,
+}
+
+/// Register (`Add`, bytes `[start, start+len)`) or drop (`Delete`) partition `number` of the
+/// open disk in the kernel, without re-reading the whole table: what is left to do when
+/// BLKRRPART is refused because another partition is busy.
+pub fn partition_op(
+    f: &File,
+    op: PartitionOp,
+    number: u32,
+    start: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let mut part = BlkpgPartition {
+        start: libc::c_longlong::try_from(start).map_err(|_| bad("start out of range"))?,
+        length: libc::c_longlong::try_from(len).map_err(|_| bad("length out of range"))?,
+        pno: libc::c_int::try_from(number).map_err(|_| bad("partition number out of range"))?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgArg {
+        op: match op {
+            PartitionOp::Add => 1,
+            PartitionOp::Delete => 2,
+        },
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as libc::c_int,
+        data: std::ptr::addr_of_mut!(part).cast(),
+    };
+    // SAFETY: the fd is open for the call; `arg` points at `part`, both live until it returns,
+    // and the sizes are the kernel's (linux/blkpg.h).
+    unsafe { blkpg(f.as_raw_fd(), &arg) }
+        .map(|_| ())
+        .map_err(std::io::Error::from)
+}
 
 /// Size in bytes of an open block device.
 pub fn size(f: &File) -> std::io::Result<u64> {

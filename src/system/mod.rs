@@ -4,7 +4,6 @@
 pub mod blockdev;
 pub mod inroot;
 pub mod logs;
-pub mod mount;
 pub mod packet;
 pub mod power;
 pub mod priority;

@@ -47,8 +47,31 @@ impl Loop {
     }
 }
 
+impl Loop {
+    /// Register the partitions of the table on the device with the kernel (BLKPG, as
+    /// partprobe does on a loop device without partition scanning): the leftovers the agent
+    /// must not trust. Dropped again when the loop device is.
+    pub fn register_partitions(&self) {
+        let out = Command::new("partx")
+            .args(["-a", &self.dev])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "partx -a: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
+        // Partitions registered on a loop device outlive it: drop them first, so the next
+        // user of the device does not inherit them.
+        let _ = Command::new("partx")
+            .args(["-d", &self.dev])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }

@@ -1,9 +1,10 @@
 //! Temporary mounts of file systems on the target disk, undone when the guard drops (also on
 //! errors and panics), so a failed step never leaves the disk busy for the next one.
 //!
-//! A partition is mounted through its device node when the kernel made one; otherwise (test
-//! sandboxes whose kernel creates no partition nodes) through a loop device over the byte
-//! range of the disk. System directories for a chroot are bound in-process.
+//! A partition is mounted through its device node when the kernel's node is exactly that
+//! partition; otherwise (no node, as in test sandboxes, or a stale one describing an old
+//! table) through a loop device over the byte range of the disk. System directories for a
+//! chroot are bound in-process.
 //!
 //! The file systems are a tenant's: always `nosuid,nodev`, and `noexec` unless a chroot runs
 //! the image's own tools. A mount inside one (the ESP at `boot/efi`, `/dev` for a chroot)
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::device::{partition_io, PartitionIo};
 use crate::system::tools::run_capture;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,22 +79,17 @@ fn fresh_dir() -> Result<PathBuf, MountError> {
     Ok(d)
 }
 
-/// `mount` a partition at `at` (the node if it exists, else a loop over the byte range).
+/// `mount` a partition at `at`: through its node when the kernel's node is exactly this
+/// partition, else through a loop device over the byte range (`device::partition_io`).
 fn mount_partition(p: &Partition, at: &Path, access: Access) -> Result<bool, MountError> {
-    let node = crate::disk::partitions::node(p.disk, p.number);
-    let is_block = std::fs::metadata(&node).is_ok_and(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_block_device()
-    });
     let mode = access.options();
-    let (opts, src, looped) = if is_block {
-        (mode.to_string(), node, false)
-    } else {
-        (
-            format!("{mode},loop,offset={},sizelimit={}", p.start, p.len),
+    let (opts, src, looped) = match partition_io(p.disk, p.number, p.start, p.len) {
+        PartitionIo::Node(node) => (mode.to_string(), node.display().to_string(), false),
+        PartitionIo::Window { start, len } => (
+            format!("{mode},loop,offset={start},sizelimit={len}"),
             p.disk.display().to_string(),
             true,
-        )
+        ),
     };
     let at_s = at.display().to_string();
     let (ok, out) =
