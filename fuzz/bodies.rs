@@ -10,9 +10,9 @@ use rivet::config::{cmdline, AgentArgs, Config};
 use rivet::disk::partitions::{self, Label};
 use rivet::hardware::hints;
 use rivet::image::info::ImageInfo;
-use rivet::image::qcow2::{self, decompress, ClusterCompression, MapBuilder, Sink};
+use rivet::image::qcow2::{self, decompress, ClusterCompression, MapBuilder};
 use rivet::image::verify::{parse_checksum_file, Expected};
-use rivet::image::write::WriteError;
+use rivet::image::write::{Sink, WriteError};
 use serde_json::Value;
 
 struct Bounded {

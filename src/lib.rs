@@ -1,11 +1,23 @@
 //! Rivet: an ironic-python-agent compatible deploy agent.
 //!
-//! Layers, data flowing one way (each module only uses those below it):
-//! `agent` (wiring) → `api` (HTTP server) and `conductor` (Ironic client) → `executor` (the
-//! command table) → `commands` (IPA extensions) → `hardware`, `system` (and, later, the image
-//! pipeline and partitioning). `inspect` (the inspection collectors) sits beside `commands`:
-//! the agent calls it, it uses `hardware` and `system`. `config`, `tls`, `state`, `logging`,
-//! `redact` and `error` are shared foundations.
+//! Layers, data flowing one way: a module uses only modules of lower layers (and its own
+//! files), and no files use each other in a loop; `tests/layering.rs` reads every `crate::`
+//! and `super::` path and fails otherwise. From the top:
+//!
+//! 1. `agent`: the wiring (inspection, lookup, TLS, the API server, heartbeats, power).
+//! 2. `api`: the HTTP server (routes, token gate, JSON errors).
+//! 3. `executor`: the one command table; runs one command at a time.
+//! 4. `commands` (IPA's extensions: thin handlers and the deploy logic they call) and
+//!    `install` (the same pipeline from the command line).
+//! 5. `image`: the pipeline (fetch → verify → decode → write).
+//! 6. `disk` (the disk and its partitions as the kernel sees them, tables, mounts, ESP,
+//!    config drives, wiping, erasing) and `inspect` (the inspection collectors).
+//! 7. `hardware`: discovery (disks, NICs, inventory, hints, SMBIOS, LLDP, PCI, NUMA, USB).
+//! 8. `system` (tools, ioctls, raw sockets, power, logs, files inside an image) and
+//!    `conductor` (the Ironic API client: inspection, lookup, heartbeat).
+//! 9. `logging`, `tls`.
+//! 10. `config`.
+//! 11. `error`, `redact`, `fsread`, `state`.
 
 pub mod agent;
 pub mod api;

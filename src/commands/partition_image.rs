@@ -301,7 +301,7 @@ pub fn write(
             ),
             _ => e.to_string(),
         };
-        fail(super::write_image::image_error_kind(&e, msg))
+        fail(CommandError::new(e.kind(), msg))
     })?;
     // The root file system's UUID, falling back to the partition's.
     let root_fs = crate::hardware::probe::probe_at(dev, root.start, root.len)

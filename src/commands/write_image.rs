@@ -15,25 +15,7 @@ use crate::image::progress::Progress;
 use crate::image::write::Target;
 
 fn image_error(e: ImageError) -> CommandError {
-    let msg = e.to_string();
-    image_error_kind(&e, msg)
-}
-
-/// The IPA error type for an image failure, with `msg` as its details.
-pub fn image_error_kind(e: &ImageError, msg: String) -> CommandError {
-    let kind = match e {
-        ImageError::Fetch(_) => ErrorKind::ImageDownload,
-        ImageError::Verify(_) => ErrorKind::ImageChecksum,
-        ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
-        ImageError::Qcow2(q) => match q {
-            crate::image::qcow2::Qcow2Error::Write(_) => ErrorKind::ImageWrite,
-            _ => ErrorKind::InvalidImage,
-        },
-        ImageError::Write(_) | ImageError::Internal(_) | ImageError::NeedQcow2Map { .. } => {
-            ErrorKind::ImageWrite
-        }
-    };
-    CommandError::new(kind, msg)
+    CommandError::new(e.kind(), e.to_string())
 }
 
 /// The MBR disk signature (bytes 440..444), IPA's whole-disk "root uuid": `0x%08x`.
@@ -42,29 +24,6 @@ pub fn disk_identifier(dev: &Path) -> std::io::Result<String> {
     let mut b = [0u8; 4];
     std::fs::File::open(dev)?.read_exact_at(&mut b, 440)?;
     Ok(format!("0x{:08x}", u32::from_le_bytes(b)))
-}
-
-/// `--simulate-power` means tests or development: then only loop devices and plain files may
-/// be written, so no test can overwrite a disk it did not create.
-fn guard_test_mode(ctx: &Context, dev: &Path) -> Result<(), CommandError> {
-    if !ctx.config.simulate_power {
-        return Ok(());
-    }
-    let canon = std::fs::canonicalize(dev).unwrap_or_else(|_| dev.to_path_buf());
-    let is_loop = canon
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with("loop"));
-    let is_file = std::fs::metadata(&canon)
-        .map(|m| m.is_file())
-        .unwrap_or(false);
-    if is_loop || is_file {
-        Ok(())
-    } else {
-        Err(CommandError::new(
-            ErrorKind::DeviceNotFound,
-            format!("refusing to write {}: with --simulate-power (tests) only loop devices and files are written", dev.display()),
-        ))
-    }
 }
 
 fn has_configdrive(v: Option<&Value>) -> bool {
@@ -114,7 +73,7 @@ pub fn write(
     }
     let device = ctx.root_disk(ctx.config.strict_root_device)?.name;
     let dev = std::path::PathBuf::from(&device);
-    guard_test_mode(ctx, &dev)?;
+    ctx.check_test_disk(&dev)?;
     let fetch = info
         .fetch_options(&ctx.config)
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;

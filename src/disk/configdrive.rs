@@ -223,7 +223,7 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
     f.write_all_at(&data, start).map_err(io("write"))?;
     f.sync_all().map_err(io("fsync"))?;
     f.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
-    super::device::refresh(&f, dev);
+    super::partitions::refresh(&f, dev);
     tracing::info!(dev = %name, partition = number, reused, vfat, "config drive written");
     Ok(Placement {
         partition: number,

@@ -21,6 +21,31 @@ use std::path::Path;
 
 use crate::system::blockdev;
 
+/// Alignment of O_DIRECT buffers and offsets (covers 512-byte and 4Kn disks).
+pub const ALIGN: usize = 4096;
+
+/// A buffer whose start is aligned for O_DIRECT, without unsafe allocation: over-allocate and
+/// start at the aligned offset (a Vec never moves while we hold it).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> AlignedBuf {
+        let raw = vec![0u8; len + ALIGN];
+        let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+        AlignedBuf { raw, off, len }
+    }
+    pub fn get(&self) -> &[u8] {
+        &self.raw[self.off..self.off + self.len]
+    }
+    pub fn get_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.off..self.off + self.len]
+    }
+}
+
 /// Whether `path` is a block device; `false` for anything else (or what cannot be read).
 pub fn is_block(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
@@ -197,21 +222,6 @@ pub fn refresh_partitions(f: &File, disk: &Path, parts: &[(u32, u64, u64)]) {
             tracing::warn!(disk = %disk.display(), partition = n, error = %e, "cannot register the partition");
         }
     }
-}
-
-/// [`refresh_partitions`] with whatever table is now on the disk (none after a wipe).
-pub fn refresh(f: &File, disk: &Path) {
-    if !is_block(disk) {
-        return;
-    }
-    let listed: Vec<(u32, u64, u64)> = f
-        .try_clone()
-        .map(|mut c| super::partitions::read_table(&mut c))
-        .unwrap_or_default()
-        .iter()
-        .map(|p| (p.number, p.start, p.len))
-        .collect();
-    refresh_partitions(f, disk, &listed);
 }
 
 /// Stop what holds the old table before a new one is written, as IPA's cleaning does: md

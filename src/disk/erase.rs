@@ -132,7 +132,7 @@ impl Disk {
         {
             return Ok(());
         }
-        let mut aligned = crate::image::write::AlignedBuf::new(CHUNK);
+        let mut aligned = super::device::AlignedBuf::new(CHUNK);
         let buf = aligned.get_mut();
         let mut at = 0u64;
         while at < self.size {

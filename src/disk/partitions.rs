@@ -234,6 +234,21 @@ pub fn write_table(
     Ok(parts)
 }
 
+/// `device::refresh_partitions` with whatever table is now on the disk (none after a wipe).
+pub fn refresh(f: &File, disk: &Path) {
+    if !super::device::is_block(disk) {
+        return;
+    }
+    let listed: Vec<(u32, u64, u64)> = f
+        .try_clone()
+        .map(|mut c| read_table(&mut c))
+        .unwrap_or_default()
+        .iter()
+        .map(|p| (p.number, p.start, p.len))
+        .collect();
+    super::device::refresh_partitions(f, disk, &listed);
+}
+
 /// A partition as the disk's table lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {

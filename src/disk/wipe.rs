@@ -89,7 +89,7 @@ pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
     }
     zero(&f, &name, 0, size, size)?;
     f.sync_all().map_err(io)?;
-    super::device::refresh(&f, dev);
+    super::partitions::refresh(&f, dev);
     drop(f);
     let after = probe::probe(dev).map_err(|e| WipeError::NotBlank(name.clone(), e.to_string()))?;
     if let Some(left) = after.pt_type.or(after.fs_type) {

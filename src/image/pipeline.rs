@@ -53,6 +53,23 @@ pub enum ImageError {
     Internal(String),
 }
 
+impl ImageError {
+    /// The IPA error type the conductor sees for this failure.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            ImageError::Fetch(_) => ErrorKind::ImageDownload,
+            ImageError::Verify(_) => ErrorKind::ImageChecksum,
+            ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
+            ImageError::Qcow2(Qcow2Error::Write(_)) => ErrorKind::ImageWrite,
+            ImageError::Qcow2(_) => ErrorKind::InvalidImage,
+            ImageError::Write(_) | ImageError::Internal(_) | ImageError::NeedQcow2Map { .. } => {
+                ErrorKind::ImageWrite
+            }
+        }
+    }
+}
+
 /// What to write.
 #[derive(Debug, Clone)]
 pub struct ImageRequest {

@@ -15,7 +15,7 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
-use super::write::WriteError;
+use super::write::{Sink, WriteError};
 
 /// Memory budget for the L1 table (8 MiB of entries: 512 TiB of 64 KiB clusters).
 const MAX_L1_BYTES: u64 = 8 << 20;
@@ -519,12 +519,6 @@ impl MapBuilder {
             checks: self.checks,
         })
     }
-}
-
-/// Where the write pass sends its output.
-pub trait Sink {
-    fn write_at(&mut self, off: u64, data: &[u8]) -> Result<(), WriteError>;
-    fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError>;
 }
 
 /// A window onto the sequential stream: bytes from `start` are kept until a later request no

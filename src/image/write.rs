@@ -19,7 +19,6 @@ use crate::system::blockdev;
 /// The held-back head of the image, also the size of the wiped areas.
 pub const HEAD: usize = 1 << 20;
 const CHUNK: usize = 4 << 20;
-const ALIGN: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -51,26 +50,12 @@ pub enum WriteError {
     },
 }
 
-/// A buffer whose start is aligned for O_DIRECT, without unsafe allocation: over-allocate and
-/// start at the aligned offset (a Vec never moves while we hold it).
-pub struct AlignedBuf {
-    raw: Vec<u8>,
-    off: usize,
-    len: usize,
-}
+pub use crate::disk::device::{AlignedBuf, ALIGN};
 
-impl AlignedBuf {
-    pub fn new(len: usize) -> AlignedBuf {
-        let raw = vec![0u8; len + ALIGN];
-        let off = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
-        AlignedBuf { raw, off, len }
-    }
-    pub fn get(&self) -> &[u8] {
-        &self.raw[self.off..self.off + self.len]
-    }
-    pub fn get_mut(&mut self) -> &mut [u8] {
-        &mut self.raw[self.off..self.off + self.len]
-    }
+/// Where the write pass sends its output.
+pub trait Sink {
+    fn write_at(&mut self, off: u64, data: &[u8]) -> Result<(), WriteError>;
+    fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError>;
 }
 
 /// An opened write target.
@@ -286,7 +271,7 @@ impl Target {
     /// Bring the kernel's partitions in line with the table now on the disk.
     pub fn reread_partitions(&self) {
         if self.is_block && self.base == 0 {
-            crate::disk::device::refresh(&self.buffered, &self.path);
+            crate::disk::partitions::refresh(&self.buffered, &self.path);
         }
     }
 }
@@ -578,7 +563,7 @@ impl<'t> DiskWriter<'t> {
     }
 }
 
-impl super::qcow2::Sink for DiskWriter<'_> {
+impl Sink for DiskWriter<'_> {
     fn write_at(&mut self, off: u64, data: &[u8]) -> Result<(), WriteError> {
         DiskWriter::write_at(self, off, data)
     }
