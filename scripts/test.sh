@@ -1,38 +1,85 @@
 #!/usr/bin/env bash
 # Rivet's whole test suite, from a fresh machine: installs what it needs (Debian packages, the
-# Ironic venv), checks formatting and lints, runs the unit and integration tests, fuzzes the
-# parsers with libFuzzer, builds the static release binary and runs it against the real Ironic
-# conductor (deploy, clean, formats, inspection and fast-track) and in QEMU VMs booted from our
-# ramdisk.
+# Ironic venv), checks formatting and lints, runs the unit and integration tests (with the
+# stable-Rust fuzz smoke run; libFuzzer itself is scripts/fuzz.sh), builds the static release
+# binary and runs it against the real Ironic conductor (deploy, clean, formats, inspection and
+# fast-track) and in QEMU VMs booted from our ramdisks. Prints each suite's time at the end.
+#
+# The real-Ironic suites mostly wait (on heartbeats, on the conductor), so they run at once,
+# each with its own Ironic on its own ports, while the diskimage-builder ramdisk the VM test
+# boots is built beside them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never
 passed=0; failed=0
+summary=()
+record() { # NAME STATUS SECONDS
+  summary+=("$(printf '%-70s %6s %5d s' "$1" "$2" "$3")")
+  if [[ "$2" == ok ]]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
 step() { # NAME CMD...
   local name=$1; shift
   local t=$SECONDS
   echo "=== $name"
   if "$@"; then
-    passed=$((passed + 1)); echo "=== $name: ok ($((SECONDS - t)) s)"
+    echo "=== $name: ok ($((SECONDS - t)) s)"; record "$name" ok $((SECONDS - t))
   else
-    failed=$((failed + 1)); echo "=== $name: FAILED ($((SECONDS - t)) s)"
+    echo "=== $name: FAILED ($((SECONDS - t)) s)"; record "$name" FAILED $((SECONDS - t))
+  fi
+}
+LOGS=$(mktemp -d)
+trap 'rm -rf "$LOGS"' EXIT
+declare -A BG_PID BG_START
+bg() { # NAME CMD...: start a suite in the background, its output kept for later
+  local name=$1; shift
+  BG_START[$name]=$SECONDS
+  "$@" > "$LOGS/${name//[^a-zA-Z0-9]/_}.log" 2>&1 &
+  BG_PID[$name]=$!
+}
+collect() { # NAME: wait for a background suite, print its output and result
+  local name=$1 rc=0
+  wait "${BG_PID[$name]}" || rc=$?
+  local took=$((SECONDS - BG_START[$name]))
+  echo "=== $name"
+  cat "$LOGS/${name//[^a-zA-Z0-9]/_}.log"
+  if ((rc == 0)); then
+    echo "=== $name: ok ($took s)"; record "$name" ok "$took"
+  else
+    echo "=== $name: FAILED ($took s)"; record "$name" FAILED "$took"
   fi
 }
 
-scripts/deps.sh
+t_all=$SECONDS
+step "dependencies (Debian packages)" scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 step "cargo test" cargo test --locked --no-fail-fast
-# libFuzzer over the six parser targets, bounded (about 6 min to build, 15 s a target).
-step "libFuzzer: every fuzz target" scripts/fuzz.sh 15
 step "static release build" scripts/build-static.sh
 RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
-step "real Ironic: whole-disk deploy and failed deploy" env RIVET="$RIVET_STATIC" tests/ironic/deploy.sh
-step "real Ironic: automated cleaning" env RIVET="$RIVET_STATIC" tests/ironic/clean.sh
-step "real Ironic: qcow2, zstd and partition-image deploys" env RIVET="$RIVET_STATIC" tests/ironic/formats.sh
-step "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" env RIVET="$RIVET_STATIC" tests/ironic/inspect.sh
-step "VM: real Ironic deploys a QEMU VM booted from the Rivet ramdisk" env RIVET="$RIVET_STATIC" tests/vm/deploy.sh
+# The Ironic venv is made once, before the suites that share it start.
+step "Ironic 39 venv" scripts/ironic/run-ironic.sh install
+DIB_OUT="$LOGS/dib"
+bg "DIB ramdisk build (for the VM test)" env RIVET="$RIVET_STATIC" scripts/build-dib-ramdisk.sh "$DIB_OUT"
+ironic() { # NAME PORT SCRIPT: one real-Ironic suite with its own conductor on PORT (images on PORT+1000)
+  bg "$1" env RIVET="$RIVET_STATIC" API_PORT="$2" IMG_PORT=$(($2 + 1000)) API="http://127.0.0.1:$2" \
+    IMG="http://127.0.0.1:$(($2 + 1000))" "$3"
+}
+ironic "real Ironic: whole-disk deploy and failed deploy" 7301 tests/ironic/deploy.sh
+ironic "real Ironic: automated cleaning" 7302 tests/ironic/clean.sh
+ironic "real Ironic: qcow2, zstd and partition-image deploys" 7303 tests/ironic/formats.sh
+ironic "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" 7304 tests/ironic/inspect.sh
+for s in "real Ironic: whole-disk deploy and failed deploy" "real Ironic: automated cleaning" \
+         "real Ironic: qcow2, zstd and partition-image deploys" \
+         "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" \
+         "DIB ramdisk build (for the VM test)"; do
+  collect "$s"
+done
+step "VM: real Ironic deploys QEMU VMs booted from the Rivet ramdisks" \
+  env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" tests/vm/deploy.sh
 
-echo "suites: $passed passed, $failed failed"
+echo
+echo "suite times:"
+printf '  %s\n' "${summary[@]}"
+echo "suites: $passed passed, $failed failed, $((SECONDS - t_all)) s in all"
 ((failed == 0))

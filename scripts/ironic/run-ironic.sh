@@ -2,7 +2,7 @@
 # Start a standalone (API + conductor in ONE process) OpenStack Ironic on
 # 127.0.0.1 only, with sqlite, noauth, fake hardware, direct deploy.
 #
-# usage: run-ironic.sh [start|stop|status]
+# usage: run-ironic.sh [start|stop|status|install]   (install: only make the venv)
 #   env: VENV (default $HOME/.cache/rivet-ironic/venv)
 #        STATE (default ${TMPDIR:-/tmp}/rivet-ironic-state)  -- wiped on start
 #        REQUIRE_TLS (true, Ironic's default: the agent must call back over https)
@@ -46,8 +46,8 @@ case "$cmd" in
   stop) stop; exit 0 ;;
   status)
     curl -s "http://127.0.0.1:$API_PORT/" ; echo; exit 0 ;;
-  start) ;;
-  *) echo "usage: $0 [start|stop|status]"; exit 2 ;;
+  start|install) ;;
+  *) echo "usage: $0 [start|stop|status|install]"; exit 2 ;;
 esac
 
 if [[ ! -x "$VENV/bin/ironic" ]]; then
@@ -62,6 +62,7 @@ if [[ ! -x "$VENV/bin/ironic" ]]; then
     echo "no ironic in $VENV (set INSTALL=1)"; exit 1
   fi
 fi
+[[ "$cmd" == install ]] && { echo "Ironic $IRONIC_VERSION in $VENV"; exit 0; }
 
 stop
 # Another Ironic (or anything) on our ports would answer in its place: fail clearly instead.
