@@ -3,10 +3,11 @@
 //! each takes any bytes and must return without panicking; the asserts are invariants.
 #![allow(dead_code)]
 
-use rivet::commands::{inject_files, partition_image};
+use rivet::commands::inject_files;
 use rivet::conductor::client::ApiVersion;
 use rivet::conductor::lookup;
 use rivet::config::{cmdline, AgentArgs, Config};
+use rivet::deploy::partition_image;
 use rivet::disk::partitions::{self, Label};
 use rivet::hardware::hints;
 use rivet::image::info::ImageInfo;

@@ -7,23 +7,25 @@
 //! 1. `agent`: the wiring (inspection, lookup, TLS, the API server, heartbeats, power).
 //! 2. `api`: the HTTP server (routes, token gate, JSON errors).
 //! 3. `executor`: the one command table; runs one command at a time.
-//! 4. `commands` (IPA's extensions: thin handlers and the deploy logic they call) and
+//! 4. `commands` (IPA's extensions: handlers that turn wire arguments into requests) and
 //!    `install` (the same pipeline from the command line).
-//! 5. `image`: the pipeline (fetch → verify → decode → write).
-//! 6. `disk` (the disk and its partitions as the kernel sees them, tables, mounts, ESP,
+//! 5. `deploy`: partition-image layouts, boot loaders (firmware entries, ESP, GRUB).
+//! 6. `image`: the pipeline (fetch → verify → decode → write).
+//! 7. `disk` (the disk and its partitions as the kernel sees them, tables, mounts, ESP,
 //!    config drives, wiping, erasing) and `inspect` (the inspection collectors).
-//! 7. `hardware`: discovery (disks, NICs, inventory, hints, SMBIOS, LLDP, PCI, NUMA, USB).
-//! 8. `system` (tools, ioctls, raw sockets, power, logs, files inside an image) and
+//! 8. `hardware`: discovery (disks, NICs, inventory, hints, SMBIOS, LLDP, PCI, NUMA, USB).
+//! 9. `system` (tools, ioctls, raw sockets, power, logs, files inside an image) and
 //!    `conductor` (the Ironic API client: inspection, lookup, heartbeat).
-//! 9. `logging`, `tls`.
-//! 10. `config`.
-//! 11. `error`, `redact`, `fsread`, `state`.
+//! 10. `logging`, `tls`.
+//! 11. `config`.
+//! 12. `error`, `redact`, `fsread`, `state`.
 
 pub mod agent;
 pub mod api;
 pub mod commands;
 pub mod conductor;
 pub mod config;
+pub mod deploy;
 pub mod disk;
 pub mod error;
 pub mod executor;

@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["hardware"],
     &["disk", "inspect"],
     &["image"],
+    &["deploy"],
     &["commands", "install"],
     &["executor"],
     &["api"],

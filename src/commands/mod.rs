@@ -3,11 +3,9 @@
 //! the request's `params`; they parse those into their own typed structs and return an
 //! [`Outcome`] or a [`CommandError`]. They never see HTTP or the command table.
 
-pub mod grub;
 pub mod image;
 pub mod inject_files;
 pub mod log;
-pub mod partition_image;
 pub mod poll;
 pub mod rescue;
 pub mod standby;

@@ -135,7 +135,7 @@ fn write_partition(
         .map(|cd| fetch_configdrive(cd, fetch))
         .transpose()?;
     let w = with_progress(ctx, |p| {
-        super::partition_image::write(info, dev, req, fetch, iso, p)
+        crate::deploy::partition_image::write(info, dev, req, fetch, iso, p)
     })?;
     if let Ok(mut p) = ctx.partition_uuids.lock() {
         *p = w.uuids;

@@ -16,6 +16,29 @@ use crate::system::tools::run_clean;
 
 const GRUB_TIME: Duration = Duration::from_secs(600);
 
+#[derive(Debug, thiserror::Error)]
+pub enum GrubError {
+    #[error("no partition of {disk} holds root_uuid {uuid}")]
+    NoRoot { disk: String, uuid: String },
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("the image has no grub-install (or grub2-install)")]
+    NoGrubInstall,
+    #[error("{0} has no EFI system partition")]
+    NoEsp(String),
+    #[error("{command} failed: {output}")]
+    Failed { command: String, output: String },
+    #[error("running {command}: {source}")]
+    Tool {
+        command: String,
+        source: crate::system::tools::ToolError,
+    },
+    #[error("the image has no grub-mkconfig and no {0}: GRUB would have no menu")]
+    NoMenu(&'static str),
+    #[error(transparent)]
+    Mount(#[from] crate::disk::mount::MountError),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
     Uefi,
@@ -23,8 +46,9 @@ pub enum Firmware {
 }
 
 /// The partition of `disk` whose file system UUID (or PARTUUID) is `uuid`.
-pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, String> {
-    let mut f = std::fs::File::open(disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, GrubError> {
+    let mut f =
+        std::fs::File::open(disk).map_err(|e| GrubError::Io(disk.display().to_string(), e))?;
     let parts = partitions::read_table(&mut f);
     parts
         .iter()
@@ -40,7 +64,10 @@ pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, String> {
                 .find(|p| p.part_uuid.eq_ignore_ascii_case(uuid))
         })
         .cloned()
-        .ok_or_else(|| format!("no partition of {} holds root_uuid {uuid}", disk.display()))
+        .ok_or_else(|| GrubError::NoRoot {
+            disk: disk.display().to_string(),
+            uuid: uuid.to_string(),
+        })
 }
 
 pub fn as_mountable<'a>(disk: &'a Path, p: &Listed) -> Partition<'a> {
@@ -68,20 +95,24 @@ fn image_tool(root: &Path, names: &[&str]) -> Option<String> {
 
 /// Run the image's tool in a chroot: a clean environment (the agent's holds nothing the
 /// image needs to see), its own process group, killed whole at the time limit.
-fn chroot(root: &Path, args: &[&str]) -> Result<(), String> {
+fn chroot(root: &Path, args: &[&str]) -> Result<(), GrubError> {
     let mut all = vec![root.to_str().unwrap_or_default()];
     all.extend_from_slice(args);
-    let (ok, out) = run_clean("chroot", &all, GRUB_TIME, 1 << 16).map_err(|e| e.to_string())?;
+    let command = args.join(" ");
+    let (ok, out) =
+        run_clean("chroot", &all, GRUB_TIME, 1 << 16).map_err(|source| GrubError::Tool {
+            command: command.clone(),
+            source,
+        })?;
     if ok {
         Ok(())
     } else {
         let out = String::from_utf8_lossy(&out);
         let tail: Vec<&str> = out.lines().rev().take(6).collect();
-        Err(format!(
-            "{} failed: {}",
-            args.join(" "),
-            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-        ))
+        Err(GrubError::Failed {
+            command,
+            output: tail.into_iter().rev().collect::<Vec<_>>().join(" / "),
+        })
     }
 }
 
@@ -118,11 +149,9 @@ pub fn install(
     root: &Listed,
     esp: Option<&crate::disk::esp::Esp>,
     fw: Firmware,
-) -> Result<String, String> {
-    let mut m =
-        Mounted::partition(&as_mountable(disk, root), Access::Chroot).map_err(|e| e.to_string())?;
-    let grub_install = image_tool(m.path(), GRUB_INSTALL)
-        .ok_or("the image has no grub-install (or grub2-install)")?;
+) -> Result<String, GrubError> {
+    let mut m = Mounted::partition(&as_mountable(disk, root), Access::Chroot)?;
+    let grub_install = image_tool(m.path(), GRUB_INSTALL).ok_or(GrubError::NoGrubInstall)?;
     let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
     let grub2 = grub_install.ends_with("grub2-install");
     let id = bootloader_id(m.path());
@@ -132,9 +161,9 @@ pub fn install(
         Firmware::Uefi => &["boot/efi", "dev", "proc", "sys"],
         Firmware::Bios => &["dev", "proc", "sys"],
     };
-    m.check_mount_points(points).map_err(|e| e.to_string())?;
+    m.check_mount_points(points)?;
     if fw == Firmware::Uefi {
-        let esp = esp.ok_or_else(|| format!("{} has no EFI system partition", disk.display()))?;
+        let esp = esp.ok_or_else(|| GrubError::NoEsp(disk.display().to_string()))?;
         m.mount_inside(
             "boot/efi",
             &Partition {
@@ -144,10 +173,9 @@ pub fn install(
                 len: esp.len,
             },
             Access::Chroot,
-        )
-        .map_err(|e| format!("mounting the ESP in the image: {e}"))?;
+        )?;
     }
-    m.bind_system().map_err(|e| e.to_string())?;
+    m.bind_system()?;
     let disk_s = disk.display().to_string();
     let target = if cfg!(target_arch = "aarch64") {
         "--target=arm64-efi"
@@ -192,11 +220,7 @@ pub fn install(
             tracing::warn!(%cfg, "the image has no grub-mkconfig; its own menu is kept");
             done.push(format!("kept the image's {cfg}"));
         }
-        None => {
-            return Err(format!(
-                "the image has no grub-mkconfig and no {cfg}: GRUB would have no menu"
-            ))
-        }
+        None => return Err(GrubError::NoMenu(cfg)),
     }
     drop(m);
     Ok(done.join("; "))
