@@ -44,9 +44,6 @@ pub enum ImageError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Qcow2(#[from] Qcow2Error),
-    /// A qcow2 image was recognised: its mapping is read before the write pass.
-    #[error("internal: qcow2 mapping needed")]
-    NeedQcow2Map { start: Vec<u8>, size: Option<u64> },
     #[error("the image data is corrupt ({what}): {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("internal error: {0}")]
@@ -63,9 +60,7 @@ impl ImageError {
             ImageError::Format(_) | ImageError::Corrupt { .. } => ErrorKind::InvalidImage,
             ImageError::Qcow2(Qcow2Error::Write(_)) => ErrorKind::ImageWrite,
             ImageError::Qcow2(_) => ErrorKind::InvalidImage,
-            ImageError::Write(_) | ImageError::Internal(_) | ImageError::NeedQcow2Map { .. } => {
-                ErrorKind::ImageWrite
-            }
+            ImageError::Write(_) | ImageError::Internal(_) => ErrorKind::ImageWrite,
         }
     }
 }
@@ -164,7 +159,7 @@ pub fn run(
     let mut qcow2: Option<Prepared> = None;
     loop {
         match attempt(req, o, &client, target, progress, qcow2.as_ref()) {
-            Ok(mut r) => {
+            Ok(Attempt::Done(mut r)) => {
                 r.restarts = restarts;
                 r.seconds = started.elapsed().as_secs_f64();
                 return Ok(r);
@@ -177,7 +172,7 @@ pub fn run(
                 progress.written.store(0, Ordering::Relaxed);
                 std::thread::sleep(o.retry_interval);
             }
-            Err(ImageError::NeedQcow2Map { start, size }) if qcow2.is_none() => {
+            Ok(Attempt::NeedsQcow2Map { start, size }) if qcow2.is_none() => {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -194,12 +189,35 @@ pub fn run(
                 let d = progress.downloaded.swap(0, Ordering::Relaxed);
                 progress.refetched.fetch_add(d, Ordering::Relaxed);
             }
+            Ok(Attempt::NeedsQcow2Map { .. }) => {
+                write::abort(target);
+                return Err(ImageError::Internal(
+                    "the qcow2 tables were read and asked for again".into(),
+                ));
+            }
             Err(e) => {
                 write::abort(target);
                 return Err(e);
             }
         }
     }
+}
+
+/// What one pass over the image's stream ended with.
+enum Attempt {
+    Done(Report),
+    /// A qcow2 image: its tables are read (by range) before its data can be placed; the pass
+    /// starts again with them. `start` is what was read so far, `size` the object's length.
+    NeedsQcow2Map {
+        start: Vec<u8>,
+        size: Option<u64>,
+    },
+}
+
+/// What decoding the stream gave.
+enum Pass<'t> {
+    Written(DiskWriter<'t>, Compression, Format),
+    NeedsQcow2Map { start: Vec<u8>, size: Option<u64> },
 }
 
 fn attempt(
@@ -209,7 +227,7 @@ fn attempt(
     target: &Target,
     progress: &Arc<Progress>,
     qcow2: Option<&Prepared>,
-) -> Result<Report, ImageError> {
+) -> Result<Attempt, ImageError> {
     let (dtx, drx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let (htx, mut hrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let algo = req.expected.algo;
@@ -248,7 +266,9 @@ fn attempt(
             // The decoder stopped reading: either it failed (report that), or the stream went on
             // after the end of the compressed image.
             Err(FetchError::Stopped) => {
-                decoded?;
+                if let Pass::NeedsQcow2Map { start, size } = decoded? {
+                    return Ok(Attempt::NeedsQcow2Map { start, size });
+                }
                 return Err(ImageError::Corrupt {
                     what: "trailing data",
                     detail: "data continues after the end of the compressed image".into(),
@@ -256,13 +276,18 @@ fn attempt(
             }
             Err(e) => return Err(ImageError::Fetch(e)),
         };
-        let (mut w, compression, format) = decoded?;
+        let (mut w, compression, format) = match decoded? {
+            Pass::Written(w, c, f) => (w, c, f),
+            Pass::NeedsQcow2Map { start, size } => {
+                return Ok(Attempt::NeedsQcow2Map { start, size })
+            }
+        };
         w.finish()?;
         req.expected.check(&digest)?;
         let written = w.commit()?;
         progress.written.store(written, Ordering::Relaxed);
         tracing::info!(bytes = written, checksum = %digest, "image written and verified");
-        Ok(Report {
+        Ok(Attempt::Done(Report {
             bytes_downloaded: downloaded,
             bytes_written: written,
             compression: compression.name(),
@@ -270,7 +295,7 @@ fn attempt(
             checksum: digest,
             restarts: 0,
             seconds: 0.0,
-        })
+        }))
     })
 }
 
@@ -281,7 +306,7 @@ fn decode_and_write<'t>(
     target: &'t Target,
     progress: &Arc<Progress>,
     qcow2: Option<&Prepared>,
-) -> Result<(DiskWriter<'t>, Compression, Format), ImageError> {
+) -> Result<Pass<'t>, ImageError> {
     let mut reader = ChannelReader {
         rx,
         cur: Bytes::new(),
@@ -319,7 +344,7 @@ fn decode_and_write<'t>(
             .into());
         }
         let Some(p) = qcow2 else {
-            return Err(ImageError::NeedQcow2Map {
+            return Ok(Pass::NeedsQcow2Map {
                 start: inner,
                 size: total,
             });
@@ -332,7 +357,7 @@ fn decode_and_write<'t>(
         let stream = Cursor::new(inner).chain(dec);
         let done = |n: u64| progress.written.store(n, Ordering::Relaxed);
         qcow2::write_pass(&p.map, stream, &mut w, &done)?;
-        return Ok((w, compression, format));
+        return Ok(Pass::Written(w, compression, format));
     }
     let mut w = StreamWriter::new(target);
     w.write(&inner)?;
@@ -347,5 +372,5 @@ fn decode_and_write<'t>(
         w.write(&buf[..n])?;
         progress.written.store(w.offset(), Ordering::Relaxed);
     }
-    Ok((w.into_inner(), compression, format))
+    Ok(Pass::Written(w.into_inner(), compression, format))
 }
