@@ -3,10 +3,10 @@
 //! each takes any bytes and must return without panicking; the asserts are invariants.
 #![allow(dead_code)]
 
-use rivet::commands::inject_files;
 use rivet::conductor::client::ApiVersion;
 use rivet::conductor::lookup;
 use rivet::config::{cmdline, AgentArgs, Config};
+use rivet::deploy::inject_files;
 use rivet::deploy::partition_image;
 use rivet::disk::partitions::{self, Label};
 use rivet::hardware::hints;
@@ -180,9 +180,10 @@ pub fn step_sizes(data: &[u8]) {
         return;
     };
     let cd = o.get("configdrive_bytes").and_then(Value::as_u64);
-    let Ok((r, _)) = partition_image::layout_request(&o, cd) else {
+    let Ok(opts) = rivet::image::info::PartitionOptions::parse(&o) else {
         return;
     };
+    let r = partition_image::layout_request(&opts, cd);
     const MIB: u64 = 1 << 20;
     for disk in [0, MIB, 600 * MIB, 8 << 30, 1 << 50, u64::MAX] {
         let Ok(plan) = partitions::plan(&r, "fuzz", disk) else {

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::config::TlsVersion;
 use crate::hardware::{disks, root_device};
-use crate::image::fetch::{Auth, FetchOptions};
+use crate::image::fetch::{Auth, FetchOptions, Refusal};
 use crate::image::pipeline::{self, ImageError, ImageRequest};
 use crate::image::progress::Progress;
 use crate::image::write::Target;
@@ -187,9 +187,10 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         let _ = t.join();
     }
     let report = result?;
-    drop(target);
+    // The disk stays open (and claimed) for the config drive.
+    let disk = target.into_device();
     if let Some(iso) = configdrive {
-        let p = crate::disk::configdrive::write(&device, &iso)
+        let p = crate::disk::configdrive::write(&disk, &iso)
             .map_err(|e| InstallError::ConfigDrive(e.to_string()))?;
         if !a.quiet {
             eprintln!(
@@ -212,7 +213,7 @@ fn configdrive_bytes(spec: &str, o: &FetchOptions) -> Result<Vec<u8>, InstallErr
             spec,
             o,
             (configdrive::MAX * 2) as usize,
-            Some(&configdrive::sniff_download),
+            Some(&|b: &[u8]| configdrive::sniff_download(b).map_err(Refusal::from_error)),
         )
         .map_err(|e| err(e.to_string()))?
     } else {

@@ -6,12 +6,15 @@
 //!
 //! 1. `agent`: the wiring (inspection, lookup, TLS, the API server, heartbeats, power).
 //! 2. `api`: the HTTP server (routes, token gate, JSON errors).
-//! 3. `executor`: the one command table; runs one command at a time.
-//! 4. `commands` (IPA's extensions: handlers that turn wire arguments into requests) and
-//!    `install` (the same pipeline from the command line).
-//! 5. `deploy`: partition-image layouts, boot loaders (firmware entries, ESP, GRUB).
+//! 3. `executor`: the one command executor; runs one command at a time.
+//! 4. `commands` (IPA's extensions: thin handlers that turn wire arguments into typed
+//!    requests; one table of commands, one of steps) and `install` (the same pipeline from
+//!    the command line).
+//! 5. `deploy`: partition-image layouts, boot loaders (firmware entries, ESP, GRUB), files
+//!    injected into the image.
 //! 6. `image`: the pipeline (fetch → verify → decode → write).
-//! 7. `disk` (the disk and its partitions as the kernel sees them, tables, mounts, ESP,
+//! 7. `disk` (`device`: the one owner of a disk being written; `table`: the one partition
+//!    type and its reader; `nodes`: the kernel's partition nodes; layouts, mounts, ESP,
 //!    config drives, wiping, erasing) and `inspect` (the inspection collectors).
 //! 8. `hardware`: discovery (disks, NICs, inventory, hints, SMBIOS, LLDP, PCI, NUMA, USB).
 //! 9. `system` (tools, ioctls, raw sockets, power, logs, files inside an image) and

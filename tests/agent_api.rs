@@ -26,10 +26,18 @@ fn assert_result_shape(v: &Value) {
     );
 }
 
-/// Lookup 404 → 200, heartbeat over auto-TLS verified with the advertised CA, then the whole
-/// command API as the conductor uses it, then lockdown.
-#[test]
-fn full_api_contract_over_verified_tls() {
+/// A started agent with its mock conductor, and a client that trusts the advertised CA.
+struct Running {
+    ironic: MockIronic,
+    _state: tempfile::TempDir,
+    agent: Agent,
+    api: Api,
+    /// The CA certificate the agent advertised in its first heartbeat.
+    ca: String,
+}
+
+/// Lookup fails twice (404) then succeeds; the agent heartbeats over auto-TLS.
+fn start() -> Running {
     let ironic = MockIronic::start(
         vec![
             (404, json!({"error_message": "not found"})),
@@ -38,12 +46,37 @@ fn full_api_contract_over_verified_tls() {
         lookup_ok(&token(), 300),
     );
     let state = tempfile::tempdir().unwrap();
-    let mut agent = Agent::spawn(
+    let agent = Agent::spawn(
         &format!("ipa-api-url={} ipa-global-request-id=req-42", ironic.url),
         state.path(),
         &[],
     );
     let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"]
+        .as_str()
+        .expect("agent_verify_ca")
+        .to_string();
+    let api = Api::over_tls(&agent, &ca);
+    Running {
+        ironic,
+        _state: state,
+        agent,
+        api,
+        ca,
+    }
+}
+
+fn node() -> Value {
+    json!({"uuid": NODE, "provision_state": "wait call-back"})
+}
+
+/// Lookup 404 → 200 with IPA's headers, then a heartbeat with the token and a CA that
+/// verifies the agent (and a client that does not trust it fails the handshake).
+#[test]
+fn lookup_retries_then_heartbeats_over_verified_tls() {
+    let r = start();
+    let (ironic, agent, api) = (&r.ironic, &r.agent, &r.api);
+    let hb = ironic.heartbeats();
     let lookups = ironic.lookups();
     assert_eq!(lookups.len(), 3, "two 404s then success");
     assert!(
@@ -70,7 +103,6 @@ fn full_api_contract_over_verified_tls() {
         .to_string();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
 
-    let api = Api::over_tls(&agent, &ca);
     // An HTTP client that does not trust the advertised CA must fail the handshake.
     let untrusting = reqwest::blocking::Client::builder()
         .use_preconfigured_tls(
@@ -86,7 +118,14 @@ fn full_api_contract_over_verified_tls() {
         .get(format!("{}/v1/status", api.base))
         .send()
         .is_err());
+}
 
+/// Status and version routes need no token; every command route refuses a missing, empty or
+/// wrong one.
+#[test]
+fn open_routes_and_token_checks() {
+    let r = start();
+    let api = &r.api;
     // Unauthenticated routes.
     let (s, v) = api.get(&format!("{}/v1/status", api.base));
     assert_eq!(s, 200);
@@ -121,7 +160,13 @@ fn full_api_contract_over_verified_tls() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
 
+/// Malformed requests get their status and a faultstring, and none is recorded.
+#[test]
+fn bad_requests_get_a_status_and_a_faultstring() {
+    let r = start();
+    let api = &r.api;
     // Bad requests: each gets its status and a faultstring.
     let raw = |body: &str| {
         let r = api
@@ -186,9 +231,15 @@ fn full_api_contract_over_verified_tls() {
     // None of the refused requests was recorded.
     let (_, v) = api.get(&api.url("/v1/commands/", ""));
     assert_eq!(v["commands"], json!([]));
+}
 
+/// The sync commands, with the arguments the conductor sends.
+#[test]
+fn sync_commands_as_the_conductor_sends_them() {
+    let r = start();
+    let api = &r.api;
     // Sync commands, as the conductor sends them.
-    let node = json!({"uuid": NODE, "provision_state": "wait call-back"});
+    let node = node();
     let (s, v) = api.post(
         "deploy.get_deploy_steps",
         json!({"node": node, "ports": []}),
@@ -259,7 +310,13 @@ fn full_api_contract_over_verified_tls() {
         agent_log.contains("lookup succeeded"),
         "agent log in the archive: {agent_log}"
     );
+}
 
+/// An async command: RUNNING at once, busy for everything else, then an early heartbeat.
+#[test]
+fn async_command_busy_then_early_heartbeat() {
+    let r = start();
+    let (ironic, api, ca) = (&r.ironic, &r.api, &r.ca);
     // An async command: RUNNING at once, busy for everything else, the API stays fast.
     let hb_before = ironic.heartbeats().len();
     let t0 = Instant::now();
@@ -288,10 +345,23 @@ fn full_api_contract_over_verified_tls() {
     assert!(early.at.duration_since(finished) < Duration::from_secs(6));
     assert_eq!(early.body["agent_status"], "end");
     assert_eq!(
-        early.body["agent_verify_ca"], ca,
+        early.body["agent_verify_ca"], *ca,
         "the certificate never changes"
     );
+}
 
+/// Failures carry IPA's error objects; the history lists every command in order; lockdown
+/// answers, then the process ends (simulated power).
+#[test]
+fn failures_history_and_lockdown() {
+    let Running {
+        ironic: _ironic,
+        _state,
+        mut agent,
+        api,
+        ..
+    } = start();
+    let node = node();
     // wait=true on an async command gives the final state; failures carry IPA's error object.
     let (_, v) = api.post("test.sleep", json!({"seconds": 0.2}), true);
     assert_eq!(v["command_status"], "SUCCEEDED");
@@ -329,21 +399,7 @@ fn full_api_contract_over_verified_tls() {
         .collect();
     assert_eq!(
         names,
-        vec![
-            "get_deploy_steps",
-            "get_clean_steps",
-            "get_service_steps",
-            "get_partition_uuids",
-            "sync",
-            "sync",
-            "get_hardware_info",
-            "collect_system_logs",
-            "sleep",
-            "sleep",
-            "fail",
-            "execute_deploy_step",
-            "execute_clean_step"
-        ]
+        vec!["sleep", "fail", "execute_deploy_step", "execute_clean_step"]
     );
     for c in v["commands"].as_array().unwrap() {
         assert_result_shape(c);

@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use common::install_util::{blkid_at, config_drive_iso};
 use common::loopdev::{is_root, Loop};
 use rivet::disk::configdrive;
+use rivet::disk::device::Device;
 
 const META: &str = r#"{"uuid": "1be26c0b", "hostname": "node0.example"}"#;
 
@@ -49,7 +50,7 @@ fn config_drive_partitions() {
     bytes.resize(256 << 20, 0);
     std::fs::write(&img, &bytes).unwrap();
     let l = Loop::attach(&img, 512);
-    let p = configdrive::write(std::path::Path::new(&l.dev), &iso).unwrap();
+    let p = configdrive::write(&Device::open(std::path::Path::new(&l.dev)).unwrap(), &iso).unwrap();
     assert!(!p.reused && !p.vfat);
     assert_eq!(p.partition, 2);
     assert!(
@@ -78,14 +79,15 @@ fn config_drive_partitions() {
     let f = e.iter().find(|x| x.name == "meta_data.json").unwrap();
     assert_eq!(r.read_file(f, 1 << 20).unwrap(), META.as_bytes());
     // Again: the existing config-2 partition is reused, not duplicated.
-    let again = configdrive::write(std::path::Path::new(&l.dev), &iso).unwrap();
+    let again =
+        configdrive::write(&Device::open(std::path::Path::new(&l.dev)).unwrap(), &iso).unwrap();
     assert!(again.reused && again.partition == 2, "{again:?}");
     drop(l);
 
     // 4Kn: ISO9660 is unreadable there, so a vfat CONFIG-2 with the same files.
     let k = Loop::new(d.path(), "4k.img", 256 << 20, 4096);
     sgdisk(&["-o", "-n", "1:0:+16M"], &k.dev);
-    let p = configdrive::write(std::path::Path::new(&k.dev), &iso).unwrap();
+    let p = configdrive::write(&Device::open(std::path::Path::new(&k.dev)).unwrap(), &iso).unwrap();
     assert!(p.vfat, "{p:?}");
     let id = blkid_at(&k.dev, p.start);
     assert!(
@@ -128,7 +130,7 @@ fn config_drive_partitions() {
             .unwrap();
     };
     put_mbr(&[(2048, 32768)]);
-    let p = configdrive::write(std::path::Path::new(&m.dev), &iso).unwrap();
+    let p = configdrive::write(&Device::open(std::path::Path::new(&m.dev)).unwrap(), &iso).unwrap();
     assert_eq!(
         (p.partition, p.start, p.len),
         (2, 64 << 20, 64 << 20),
@@ -148,12 +150,13 @@ fn config_drive_partitions() {
         dump.contains("start=      131072, size=      131072, type=83"),
         "{dump}"
     );
-    let again = configdrive::write(std::path::Path::new(&m.dev), &iso).unwrap();
+    let again =
+        configdrive::write(&Device::open(std::path::Path::new(&m.dev)).unwrap(), &iso).unwrap();
     assert!(again.reused && again.partition == 2, "{again:?}");
 
     // Four primaries already: no room, said clearly.
     put_mbr(&[(2048, 2048), (4096, 2048), (6144, 2048), (8192, 2048)]);
-    let e = configdrive::write(std::path::Path::new(&m.dev), &iso)
+    let e = configdrive::write(&Device::open(std::path::Path::new(&m.dev)).unwrap(), &iso)
         .unwrap_err()
         .to_string();
     assert!(e.contains("4 primary partitions"), "{e}");

@@ -395,12 +395,36 @@ fn error_details(v: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn inject_files_and_preserve_ephemeral_on_partition_images() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if skip() {
-        return;
-    }
+/// A partition image deployed with a 16 MiB ephemeral partition (the first of two ext4 root
+/// images), by an agent that stays up for the steps that follow.
+struct PartitionDeploy {
+    _ironic: MockIronic,
+    _agent: Agent,
+    api: Api,
+    disk: Loop,
+    _srv: ImageServer,
+    first: Vec<u8>,
+    second: Vec<u8>,
+    url1: String,
+    url2: String,
+    /// A per-node URL template (`{node[uuid]}`) served by the image server.
+    template: String,
+    uuid1: &'static str,
+    _d: tempfile::TempDir,
+}
+
+/// Where the layout puts the ephemeral and root partitions (after the 550 MiB ESP).
+const EPH_AT: u64 = 551 * MIB;
+const ROOT_AT: u64 = 567 * MIB;
+
+fn partition_image_info(id: &str, url: &str, data: &[u8], eph: u64, preserve: bool) -> Value {
+    json!({"id": id, "urls": [url], "disk_format": "raw", "os_hash_algo": "sha256",
+           "os_hash_value": sha256(data), "image_type": "partition", "root_mb": 32,
+           "swap_mb": 0, "ephemeral_mb": eph, "ephemeral_format": "ext4",
+           "preserve_ephemeral": preserve, "deploy_boot_mode": "uefi", "disk_label": "gpt"})
+}
+
+fn deploy_partition_image() -> PartitionDeploy {
     let d = tempfile::tempdir().unwrap();
     let mkroot = |name: &str, uuid: &str, marker: &str| {
         let tree = d.path().join(format!("{name}-tree"));
@@ -435,23 +459,44 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
     let template = per_node.replace(NODE, "{node[uuid]}");
     // ESP 550 + ephemeral 16 + root 32 MiB, plus margins.
     let disk = Loop::new(d.path(), "t.img", 620 * MIB, 512);
-    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
-    let info = |id: &str, url: &str, data: &[u8], eph: u64, preserve: bool| {
-        json!({"id": id, "urls": [url], "disk_format": "raw", "os_hash_algo": "sha256",
-               "os_hash_value": sha256(data), "image_type": "partition", "root_mb": 32,
-               "swap_mb": 0, "ephemeral_mb": eph, "ephemeral_format": "ext4",
-               "preserve_ephemeral": preserve, "deploy_boot_mode": "uefi", "disk_label": "gpt"})
-    };
-    let (eph_at, root_at) = (551 * MIB, 567 * MIB);
+    let (ironic, agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
     succeeded(&deploy_step(
         &api,
         &disk.dev,
         "write_image",
-        json!({"image_info": info("first", &url1, &first, 16, false)}),
+        json!({"image_info": partition_image_info("first", &url1, &first, 16, false)}),
         json!({}),
     ));
-    assert!(blkid_at(&disk.dev, eph_at).contains("LABEL=ephemeral0"));
+    assert!(blkid_at(&disk.dev, EPH_AT).contains("LABEL=ephemeral0"));
 
+    PartitionDeploy {
+        _ironic: ironic,
+        _agent: agent,
+        api,
+        disk,
+        _srv: srv,
+        first,
+        second,
+        url1,
+        url2,
+        template,
+        uuid1,
+        _d: d,
+    }
+}
+
+/// inject_files is listed with its arguments, and puts files (from the node and the step)
+/// inside the image's file systems: modes and owners, deletion, a URL template, a partition
+/// by label and by number, and a dangling absolute link replaced inside the image.
+#[test]
+fn inject_files_puts_files_inside_the_image() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if skip() {
+        return;
+    }
+    let p = deploy_partition_image();
+    let (api, disk, template, uuid1) = (&p.api, &p.disk, &p.template, p.uuid1);
+    let (eph_at, root_at) = (EPH_AT, ROOT_AT);
     // The deploy step list offers inject_files with its arguments.
     let (_, steps) = api.post(
         "deploy.get_deploy_steps",
@@ -476,7 +521,7 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
         {"path": "/by-number", "partition": 3, "content": b64(b"3")},
     ]);
     let done = deploy_step(
-        &api,
+        api,
         &disk.dev,
         "inject_files",
         json!({"files": files}),
@@ -516,7 +561,16 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
         let eph = RangeMount::new(&disk.dev, eph_at, 16 * MIB);
         assert_eq!(std::fs::read(eph.path("data.txt")).unwrap(), b"keep me");
     }
-    // Bad file lists fail the step with the reason, before touching the disk.
+}
+
+/// Bad file lists fail the step with the reason, before touching the disk.
+#[test]
+fn inject_files_refuses_bad_lists() {
+    if skip() {
+        return;
+    }
+    let p = deploy_partition_image();
+    let (api, disk) = (&p.api, &p.disk);
     for (files, why) in [
         (json!([{"path": "/etc/../../x", "content": ""}]), "'..'"),
         (
@@ -537,7 +591,7 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
         ),
     ] {
         let done = deploy_step(
-            &api,
+            api,
             &disk.dev,
             "inject_files",
             json!({"files": files}),
@@ -546,13 +600,33 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
         let msg = error_details(&done);
         assert!(msg.contains(why), "{why}: {msg}");
     }
+}
 
+/// Redeploy with preserve_ephemeral: the root is replaced, the ephemeral data stays; a layout
+/// that differs cannot preserve: refused, and the data is still there.
+#[test]
+fn preserve_ephemeral_keeps_the_data_or_refuses() {
+    if skip() {
+        return;
+    }
+    let p = deploy_partition_image();
+    let (api, disk, first, second) = (&p.api, &p.disk, &p.first, &p.second);
+    let (url1, url2) = (&p.url1, &p.url2);
+    let (eph_at, root_at) = (EPH_AT, ROOT_AT);
+    let b64 = base64_encode;
+    succeeded(&deploy_step(
+        api,
+        &disk.dev,
+        "inject_files",
+        json!({"files": [{"path": "/data.txt", "partition": "LABEL=ephemeral0", "content": b64(b"keep me")}]}),
+        json!({}),
+    ));
     // Redeploy with preserve_ephemeral: the root is replaced, the ephemeral data stays.
     succeeded(&deploy_step(
-        &api,
+        api,
         &disk.dev,
         "write_image",
-        json!({"image_info": info("second", &url2, &second, 16, true)}),
+        json!({"image_info": partition_image_info("second", url2, second, 16, true)}),
         json!({}),
     ));
     let bytes = std::fs::read(&disk.dev).unwrap();
@@ -564,10 +638,10 @@ fn inject_files_and_preserve_ephemeral_on_partition_images() {
     }
     // A layout that differs cannot preserve: refused, and the data is still there.
     let done = deploy_step(
-        &api,
+        api,
         &disk.dev,
         "write_image",
-        json!({"image_info": info("third", &url1, &first, 24, true)}),
+        json!({"image_info": partition_image_info("third", url1, first, 24, true)}),
         json!({}),
     );
     let msg = error_details(&done);

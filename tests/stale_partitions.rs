@@ -14,7 +14,7 @@ use common::imgserver::ImageServer;
 use common::install_util::{sha256, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
-use rivet::disk::device::{partition_io, registered, PartitionIo};
+use rivet::disk::nodes::{partition_io, registered, PartitionIo};
 use serde_json::{json, Value};
 
 fn sgdisk(dev: &str, args: &[&str]) {

@@ -41,8 +41,11 @@ pub enum Mode {
     Async,
 }
 
+/// One command of the API: `<extension>.<name>`, how it runs, and its argument check.
 #[derive(Debug)]
 pub struct Spec {
+    pub extension: &'static str,
+    pub name: &'static str,
     pub mode: Mode,
     pub handler: Handler,
     /// Checked before the command is recorded; a failure is an HTTP 400.
@@ -201,108 +204,93 @@ pub fn no_args(params: &Params) -> Result<(), CommandError> {
     }
 }
 
-const fn sync(handler: Handler) -> Spec {
+const fn spec(
+    extension: &'static str,
+    name: &'static str,
+    mode: Mode,
+    handler: Handler,
+    validate: Option<Validator>,
+) -> Spec {
     Spec {
-        mode: Mode::Sync,
+        extension,
+        name,
+        mode,
         handler,
-        validate: None,
+        validate,
     }
 }
 
-const fn asynchronous(handler: Handler) -> Spec {
-    Spec {
-        mode: Mode::Async,
-        handler,
-        validate: None,
-    }
+const fn sync(extension: &'static str, name: &'static str, handler: Handler) -> Spec {
+    spec(extension, name, Mode::Sync, handler, None)
 }
 
-static STANDBY: &[(&str, Spec)] = &[
-    (
+const fn asynchronous(extension: &'static str, name: &'static str, handler: Handler) -> Spec {
+    spec(extension, name, Mode::Async, handler, None)
+}
+
+/// The extension only `--enable-test-extension` (tests) serves.
+const TEST_EXTENSION: &str = "test";
+
+/// Every command, one row each (the step kinds have their own rows in `steps`).
+static COMMANDS: &[Spec] = &[
+    spec(
+        "standby",
         "prepare_image",
-        Spec {
-            mode: Mode::Async,
-            handler: write_image::prepare_image,
-            validate: Some(write_image::validate),
-        },
+        Mode::Async,
+        write_image::prepare_image,
+        Some(write_image::validate),
     ),
-    (
+    spec(
+        "standby",
         "cache_image",
-        Spec {
-            mode: Mode::Async,
-            handler: write_image::cache_image,
-            validate: Some(write_image::validate),
-        },
+        Mode::Async,
+        write_image::cache_image,
+        Some(write_image::validate),
     ),
-    ("get_partition_uuids", sync(standby::get_partition_uuids)),
-    ("sync", sync(standby::sync)),
-    ("power_off", asynchronous(standby::power_off)),
-    ("run_image", asynchronous(standby::run_image)),
-];
-static DEPLOY: &[(&str, Spec)] = &[
-    ("get_deploy_steps", sync(steps::get_deploy_steps)),
-    (
-        "execute_deploy_step",
-        asynchronous(steps::execute_deploy_step),
+    sync(
+        "standby",
+        "get_partition_uuids",
+        standby::get_partition_uuids,
     ),
-];
-static CLEAN: &[(&str, Spec)] = &[
-    ("get_clean_steps", sync(steps::get_clean_steps)),
-    (
-        "execute_clean_step",
-        asynchronous(steps::execute_clean_step),
-    ),
-];
-static SERVICE: &[(&str, Spec)] = &[
-    ("get_service_steps", sync(steps::get_service_steps)),
-    (
+    sync("standby", "sync", standby::sync),
+    asynchronous("standby", "power_off", standby::power_off),
+    asynchronous("standby", "run_image", standby::run_image),
+    sync("deploy", "get_deploy_steps", steps::get_deploy_steps),
+    asynchronous("deploy", "execute_deploy_step", steps::execute_deploy_step),
+    sync("clean", "get_clean_steps", steps::get_clean_steps),
+    asynchronous("clean", "execute_clean_step", steps::execute_clean_step),
+    sync("service", "get_service_steps", steps::get_service_steps),
+    asynchronous(
+        "service",
         "execute_service_step",
-        asynchronous(steps::execute_service_step),
+        steps::execute_service_step,
     ),
-];
-// install_bootloader is async in IPA, and Ironic polls it every 6 s until it is no longer
-// RUNNING. Rivet's work here takes milliseconds, so it runs to completion before answering:
-// same result shape, and the conductor's first poll already finds it done (6 s per deploy).
-static IMAGE: &[(&str, Spec)] = &[("install_bootloader", sync(image::install_bootloader))];
-static POLL: &[(&str, Spec)] = &[("get_hardware_info", sync(poll::get_hardware_info))];
-static LOG: &[(&str, Spec)] = &[("collect_system_logs", sync(log::collect_system_logs))];
-static SYSTEM: &[(&str, Spec)] = &[("lockdown", sync(system::lockdown))];
-static RESCUE: &[(&str, Spec)] = &[("finalize_rescue", sync(rescue::finalize_rescue))];
-static TESTING: &[(&str, Spec)] = &[
-    ("sleep", asynchronous(testing::sleep)),
-    ("fail", asynchronous(testing::fail)),
-    ("echo", sync(testing::echo)),
-];
-
-static TEST_EXTENSION: (&str, &[(&str, Spec)]) = ("test", TESTING);
-
-static EXTENSIONS: &[(&str, &[(&str, Spec)])] = &[
-    ("standby", STANDBY),
-    ("deploy", DEPLOY),
-    ("clean", CLEAN),
-    ("service", SERVICE),
-    ("image", IMAGE),
-    ("poll", POLL),
-    ("log", LOG),
-    ("system", SYSTEM),
-    ("rescue", RESCUE),
+    // install_bootloader is async in IPA, and Ironic polls it every 6 s until it is no longer
+    // RUNNING. Rivet's work here takes milliseconds, so it runs to completion before
+    // answering: same result shape, and the conductor's first poll already finds it done.
+    sync("image", "install_bootloader", image::install_bootloader),
+    sync("poll", "get_hardware_info", poll::get_hardware_info),
+    sync("log", "collect_system_logs", log::collect_system_logs),
+    sync("system", "lockdown", system::lockdown),
+    sync("rescue", "finalize_rescue", rescue::finalize_rescue),
+    asynchronous(TEST_EXTENSION, "sleep", testing::sleep),
+    asynchronous(TEST_EXTENSION, "fail", testing::fail),
+    sync(TEST_EXTENSION, "echo", testing::echo),
 ];
 
 /// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).
 pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spec, ApiError> {
-    let (_, cmds) = EXTENSIONS
+    let mut rows = COMMANDS
         .iter()
-        .chain(test_extension.then_some(&TEST_EXTENSION))
-        .find(|(name, _)| *name == ext)
-        .ok_or_else(|| {
-            ApiError::new(
-                404,
-                format!("Not found: Extension with id {ext} not found."),
-            )
-        })?;
-    cmds.iter()
-        .find(|(name, _)| *name == cmd)
-        .map(|(_, spec)| spec)
+        .filter(|s| s.extension == ext && (test_extension || s.extension != TEST_EXTENSION))
+        .peekable();
+    if rows.peek().is_none() {
+        return Err(ApiError::new(
+            404,
+            format!("Not found: Extension with id {ext} not found."),
+        ));
+    }
+    rows.find(|s| s.name == cmd)
         .ok_or_else(|| ApiError::new(400, format!("Invalid command: Unknown command: {cmd}")))
 }
 
@@ -313,6 +301,8 @@ mod tests {
     #[test]
     fn lookup_errors_match_ipa() {
         assert!(lookup("standby", "sync", false).is_ok());
+        assert_eq!(lookup("test", "echo", true).unwrap().name, "echo");
+        assert_eq!(lookup("test", "echo", false).unwrap_err().status, 404);
         let e = lookup("nope", "sync", false).unwrap_err();
         assert_eq!(
             (e.status, e.faultstring.as_str()),

@@ -53,85 +53,23 @@ impl Kind {
 
 pub type StepFn = fn(&Context, &Map<String, Value>) -> Result<Option<Value>, CommandError>;
 
-/// One step this agent can run.
+/// A step's priority as listed: fixed, or from the agent's configuration.
+#[derive(Clone, Copy)]
+pub enum Priority {
+    Fixed(i64),
+    Configured(fn(&Context) -> i64),
+}
+
+/// One step this agent can run, as one kind of step (`erase_devices_metadata` is a clean step
+/// at 99 and a deploy step at 0: two rows).
 pub struct StepDef {
+    pub kind: Kind,
     pub name: &'static str,
     pub interface: &'static str,
-    pub priority: fn(&Context) -> i64,
+    pub priority: Priority,
     pub abortable: bool,
     pub argsinfo: Option<fn() -> Value>,
     pub run: StepFn,
-}
-
-const fn zero(_: &Context) -> i64 {
-    0
-}
-
-static WRITE_IMAGE: StepDef = StepDef {
-    name: "write_image",
-    interface: "deploy",
-    priority: zero,
-    abortable: false,
-    argsinfo: None,
-    run: super::write_image::write_image_step,
-};
-
-static ERASE_PSTORE: StepDef = StepDef {
-    name: "erase_pstore",
-    interface: "deploy",
-    priority: zero,
-    abortable: true,
-    argsinfo: None,
-    run: erase_pstore,
-};
-
-/// The steps of each kind, as the conductor sees them.
-const fn ninety_nine(_: &Context) -> i64 {
-    99
-}
-
-static ERASE_METADATA_CLEAN: StepDef = StepDef {
-    name: "erase_devices_metadata",
-    interface: "deploy",
-    priority: ninety_nine,
-    abortable: true,
-    argsinfo: None,
-    run: erase_devices_metadata,
-};
-
-static ERASE_METADATA_DEPLOY: StepDef = StepDef {
-    name: "erase_devices_metadata",
-    interface: "deploy",
-    priority: zero,
-    abortable: true,
-    argsinfo: None,
-    run: erase_devices_metadata,
-};
-
-const fn ten(_: &Context) -> i64 {
-    10
-}
-
-static ERASE_DEVICES: StepDef = StepDef {
-    name: "erase_devices",
-    interface: "deploy",
-    priority: ten,
-    abortable: true,
-    argsinfo: None,
-    run: erase_devices,
-};
-
-static ERASE_DEVICES_EXPRESS: StepDef = StepDef {
-    name: "erase_devices_express",
-    interface: "deploy",
-    priority: zero,
-    abortable: true,
-    argsinfo: None,
-    run: erase_devices_express,
-};
-
-fn inject_files_priority(ctx: &Context) -> i64 {
-    ctx.config.inject_files_priority
 }
 
 fn inject_files_argsinfo() -> Value {
@@ -150,30 +88,77 @@ fn inject_files_argsinfo() -> Value {
     })
 }
 
-static INJECT_FILES: StepDef = StepDef {
-    name: "inject_files",
-    interface: "deploy",
-    priority: inject_files_priority,
-    abortable: false,
-    argsinfo: Some(inject_files_argsinfo),
-    run: super::inject_files::inject_files_step,
-};
-
-static DEPLOY_STEPS: &[&StepDef] = &[&ERASE_METADATA_DEPLOY, &WRITE_IMAGE, &INJECT_FILES];
-static CLEAN_STEPS: &[&StepDef] = &[
-    &ERASE_DEVICES,
-    &ERASE_METADATA_CLEAN,
-    &ERASE_DEVICES_EXPRESS,
-    &ERASE_PSTORE,
-];
-static SERVICE_STEPS: &[&StepDef] = &[&WRITE_IMAGE];
-
-fn table(kind: Kind) -> &'static [&'static StepDef] {
-    match kind {
-        Kind::Deploy => DEPLOY_STEPS,
-        Kind::Clean => CLEAN_STEPS,
-        Kind::Service => SERVICE_STEPS,
+/// A row of [`STEPS`]: a step of the `deploy` interface with no arguments described.
+const fn step(
+    kind: Kind,
+    name: &'static str,
+    priority: i64,
+    abortable: bool,
+    run: StepFn,
+) -> StepDef {
+    StepDef {
+        kind,
+        name,
+        interface: "deploy",
+        priority: Priority::Fixed(priority),
+        abortable,
+        argsinfo: None,
+        run,
     }
+}
+
+/// Every step, as the conductor sees them, in the order they are listed.
+static STEPS: &[StepDef] = &[
+    step(
+        Kind::Deploy,
+        "erase_devices_metadata",
+        0,
+        true,
+        erase_devices_metadata,
+    ),
+    step(
+        Kind::Deploy,
+        "write_image",
+        0,
+        false,
+        super::write_image::write_image_step,
+    ),
+    StepDef {
+        kind: Kind::Deploy,
+        name: "inject_files",
+        interface: "deploy",
+        priority: Priority::Configured(|ctx| ctx.config.inject_files_priority),
+        abortable: false,
+        argsinfo: Some(inject_files_argsinfo),
+        run: super::inject_files::inject_files_step,
+    },
+    step(Kind::Clean, "erase_devices", 10, true, erase_devices),
+    step(
+        Kind::Clean,
+        "erase_devices_metadata",
+        99,
+        true,
+        erase_devices_metadata,
+    ),
+    step(
+        Kind::Clean,
+        "erase_devices_express",
+        0,
+        true,
+        erase_devices_express,
+    ),
+    step(Kind::Clean, "erase_pstore", 0, true, erase_pstore),
+    step(
+        Kind::Service,
+        "write_image",
+        0,
+        false,
+        super::write_image::write_image_step,
+    ),
+];
+
+fn table(kind: Kind) -> impl Iterator<Item = &'static StepDef> {
+    STEPS.iter().filter(move |s| s.kind == kind)
 }
 
 /// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
@@ -220,7 +205,7 @@ fn erase_devices_metadata(
     let mut report = serde_json::Map::new();
     let mut errors = Vec::new();
     for d in &targets {
-        crate::disk::device::release_holders(std::path::Path::new(&d.name));
+        crate::disk::nodes::release_holders(std::path::Path::new(&d.name));
         match crate::disk::wipe::erase_metadata(std::path::Path::new(&d.name)) {
             Ok(found) => {
                 tracing::info!(disk = %d.name, ?found, "metadata erased");
@@ -276,7 +261,7 @@ fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError
     for d in &targets {
         let span = tracing::info_span!("erase", disk = %d.name);
         let _e = span.enter();
-        crate::disk::device::release_holders(std::path::Path::new(&d.name));
+        crate::disk::nodes::release_holders(std::path::Path::new(&d.name));
         match crate::disk::erase::erase(std::path::Path::new(&d.name), &policy) {
             Ok(done) => {
                 tracing::info!(
@@ -324,11 +309,13 @@ fn erase_pstore(ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Valu
 
 fn step_list(ctx: &Context, kind: Kind) -> Value {
     let steps: Vec<Value> = table(kind)
-        .iter()
         .map(|s| {
             let mut v = json!({
                 "step": s.name,
-                "priority": (s.priority)(ctx),
+                "priority": match s.priority {
+                    Priority::Fixed(p) => p,
+                    Priority::Configured(f) => f(ctx),
+                },
                 "interface": s.interface,
                 "reboot_requested": false,
                 "abortable": s.abortable,
@@ -407,9 +394,7 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
         .and_then(Value::as_str)
         .unwrap_or("deploy");
     let def = table(kind)
-        .iter()
         .find(|s| s.name == name && s.interface == interface)
-        .copied()
         .ok_or_else(|| {
             fail(format!(
                 "{} step {interface}.{name} is not supported by this agent (Rivet {})",

@@ -1,6 +1,7 @@
 //! Writing the instance image: the `write_image` deploy step and `standby.prepare_image`.
-//! Whole-disk images go through the image pipeline onto the disk the node's root device hints
-//! choose; the result is the disk identifier the conductor passes back to install_bootloader.
+//! The handler parses `image_info`, applies IPA's cache rule, picks the disk the node's root
+//! device hints choose, and hands the write to `deploy` (whole disk or partition image); the
+//! result is what get_partition_uuids then answers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,22 +9,14 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::{args, Context, Outcome, Params};
+use crate::deploy::whole_disk::{self, disk_identifier, fetch_configdrive};
 use crate::error::{CommandError, ErrorKind};
 use crate::image::info::ImageInfo;
 use crate::image::pipeline::{self, ImageError};
 use crate::image::progress::Progress;
-use crate::image::write::Target;
 
 fn image_error(e: ImageError) -> CommandError {
     CommandError::new(e.kind(), e.to_string())
-}
-
-/// The MBR disk signature (bytes 440..444), IPA's whole-disk "root uuid": `0x%08x`.
-pub fn disk_identifier(dev: &Path) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    let mut b = [0u8; 4];
-    std::fs::File::open(dev)?.read_exact_at(&mut b, 440)?;
-    Ok(format!("0x{:08x}", u32::from_le_bytes(b)))
 }
 
 fn has_configdrive(v: Option<&Value>) -> bool {
@@ -78,22 +71,11 @@ pub fn write(
         .fetch_options(&ctx.config)
         .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
     let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
-    // What holds the old table (an old tenant's md array or LVM group) goes first.
-    crate::disk::device::release_holders(&dev);
     if info.is_partition_image() {
         return write_partition(ctx, &info, &dev, configdrive, key, &req, &fetch);
     }
-    let target = Target::open(&dev).map_err(|e| image_error(e.into()))?;
-    let report =
-        with_progress(ctx, |p| pipeline::run(&req, &fetch, &target, p)).map_err(image_error)?;
-    drop(target);
-    if let Some(cd) = configdrive {
-        let iso = fetch_configdrive(cd, &fetch)?;
-        crate::disk::configdrive::write(&dev, &iso)
-            .map_err(|e| CommandError::new(ErrorKind::Deployment, e.to_string()))?;
-    }
-    let uuid = disk_identifier(&dev).map_err(|e| {
-        CommandError::new(ErrorKind::ImageWrite, format!("reading back {device}: {e}"))
+    let uuid = with_progress(ctx, |p| {
+        whole_disk::write(&dev, &req, &fetch, configdrive, p)
     })?;
     if let Ok(mut p) = ctx.partition_uuids.lock() {
         *p = json!({ "root uuid": uuid });
@@ -101,7 +83,6 @@ pub fn write(
     if let Ok(mut d) = ctx.deployed.lock() {
         *d = Some((dev, key.clone()));
     }
-    tracing::info!(%device, root_uuid = %uuid, bytes = report.bytes_written, seconds = report.seconds, "image written");
     Ok(format!(
         "image ({id}) written to device {device} root_uuid={uuid}"
     ))
@@ -144,29 +125,6 @@ fn write_partition(
         *d = Some((dev.to_path_buf(), key));
     }
     Ok(w.message)
-}
-
-/// The config drive as bytes of an ISO image: inline (base64, gzip) or from a URL.
-fn fetch_configdrive(
-    v: &Value,
-    o: &crate::image::fetch::FetchOptions,
-) -> Result<Vec<u8>, CommandError> {
-    use crate::disk::configdrive;
-    let err = |e: String| CommandError::new(ErrorKind::Deployment, e);
-    match v {
-        Value::String(s) if crate::image::verify::is_url(s) => {
-            let body = crate::image::fetch::fetch_sniffed(
-                s,
-                o,
-                (configdrive::MAX * 2) as usize,
-                Some(&configdrive::sniff_download),
-            )
-                .map_err(|e| err(format!("config drive: {e}")))?;
-            configdrive::decode_downloaded(&body).map_err(|e| err(e.to_string()))
-        }
-        Value::String(s) => configdrive::decode(s.as_bytes()).map_err(|e| err(e.to_string())),
-        _ => Err(err("config drive: expected a base64 string or a URL (the conductor builds JSON config drives into an ISO)".into())),
-    }
 }
 
 #[derive(serde::Deserialize)]

@@ -66,7 +66,7 @@ fn parse_answer(body: &[u8], version: Option<ApiVersion>) -> Result<Accepted, In
     if let (Some(version), true) = (version, v.get("node").is_some()) {
         return lookup::from_answer(v, version)
             .map(|l| Accepted::Node(Box::new(l)))
-            .map_err(InspectionError::BadAnswer);
+            .map_err(|e| InspectionError::BadAnswer(e.to_string()));
     }
     match v.get("uuid").and_then(Value::as_str) {
         Some(u) if !u.is_empty() => Ok(Accepted::Uuid(u.to_string())),

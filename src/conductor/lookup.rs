@@ -59,16 +59,23 @@ async fn attempt(
         detail: d.to_string(),
     };
     let doc: Value = serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?;
-    from_answer(doc, version).map_err(|d| bad(&d))
+    from_answer(doc, version).map_err(|d| bad(&d.to_string()))
+}
+
+/// What is wrong with a lookup answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("no node.uuid")]
+    NoNodeUuid,
 }
 
 /// A lookup answer (also what `continue_inspection` answers at API 1.84+): the node, its
 /// UUID and the agent's config.
-pub fn from_answer(doc: Value, version: ApiVersion) -> Result<Lookup, String> {
+pub fn from_answer(doc: Value, version: ApiVersion) -> Result<Lookup, AnswerError> {
     let uuid = doc
         .pointer("/node/uuid")
         .and_then(Value::as_str)
-        .ok_or("no node.uuid")?
+        .ok_or(AnswerError::NoNodeUuid)?
         .to_string();
     // Old APIs put heartbeat_timeout at the top level; fold it into config.
     let mut config = doc

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::grub;
 use crate::disk::esp;
 use crate::disk::mount::{Access, Mounted};
-use crate::disk::partitions::Listed;
+use crate::disk::table::Partition;
 use crate::system::inroot::{Item, Root};
 use crate::system::tools::{run_capture, which};
 
@@ -210,11 +210,12 @@ fn read_efi_tree(image: &Path) -> Result<Tree, BootloaderError> {
 }
 
 /// Write `tree` under `EFI/` on the ESP; returns the number of files.
-fn copy_efi_tree(tree: &Tree, disk: &Path, e: &esp::Esp) -> Result<usize, BootloaderError> {
+fn copy_efi_tree(tree: &Tree, disk: &Path, e: &Partition) -> Result<usize, BootloaderError> {
     let w = |m: String| BootloaderError::EspWrite(m);
-    let f = crate::disk::device::open_write(disk).map_err(|e| w(e.to_string()))?;
+    let dev = crate::disk::device::Device::open(disk).map_err(|e| w(e.to_string()))?;
+    let f = dev.file().map_err(|e| w(e.to_string()))?;
     let fs = fatfs::FileSystem::new(
-        crate::disk::partitions::Slice::new(f, e.start, e.len),
+        crate::disk::slice::Slice::new(f, e.start, e.len),
         fatfs::FsOptions::new(),
     )
     .map_err(|e| w(format!("opening it: {e}")))?;
@@ -244,9 +245,9 @@ fn copy_efi_tree(tree: &Tree, disk: &Path, e: &esp::Esp) -> Result<usize, Bootlo
 
 /// The root file system of a partition image, mounted read-only to look at it: an image
 /// without GRUB is then left byte for byte as written.
-fn image_root(disk: &Path, root_uuid: &str) -> Result<(Listed, Mounted), BootloaderError> {
+fn image_root(disk: &Path, root_uuid: &str) -> Result<(Partition, Mounted), BootloaderError> {
     let root = grub::partition_with_uuid(disk, root_uuid)?;
-    let m = Mounted::partition(&grub::as_mountable(disk, &root), Access::Inspect)?;
+    let m = Mounted::partition(disk, &root, Access::Inspect)?;
     Ok((root, m))
 }
 

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::disk::mount::{Access, Mounted, Partition};
-use crate::disk::partitions::{self, Listed};
+use crate::disk::mount::{Access, Mounted};
+use crate::disk::table::{self, Partition};
 use crate::system::inroot::Root;
 use crate::system::tools::run_clean;
 
@@ -20,8 +20,8 @@ const GRUB_TIME: Duration = Duration::from_secs(600);
 pub enum GrubError {
     #[error("no partition of {disk} holds root_uuid {uuid}")]
     NoRoot { disk: String, uuid: String },
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
+    #[error(transparent)]
+    Device(#[from] crate::disk::device::DeviceError),
     #[error("the image has no grub-install (or grub2-install)")]
     NoGrubInstall,
     #[error("{0} has no EFI system partition")]
@@ -46,10 +46,8 @@ pub enum Firmware {
 }
 
 /// The partition of `disk` whose file system UUID (or PARTUUID) is `uuid`.
-pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, GrubError> {
-    let mut f =
-        std::fs::File::open(disk).map_err(|e| GrubError::Io(disk.display().to_string(), e))?;
-    let parts = partitions::read_table(&mut f);
+pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Partition, GrubError> {
+    let parts = table::read_disk(disk)?;
     parts
         .iter()
         .find(|p| {
@@ -68,15 +66,6 @@ pub fn partition_with_uuid(disk: &Path, uuid: &str) -> Result<Listed, GrubError>
             disk: disk.display().to_string(),
             uuid: uuid.to_string(),
         })
-}
-
-pub fn as_mountable<'a>(disk: &'a Path, p: &Listed) -> Partition<'a> {
-    Partition {
-        disk,
-        number: p.number,
-        start: p.start,
-        len: p.len,
-    }
 }
 
 /// The first of `names` that the image has in one of the usual directories (links resolved
@@ -146,11 +135,11 @@ pub fn has_grub_install(root: &Path) -> bool {
 /// Install GRUB from the image whose root file system is `root` on `disk`; says what was done.
 pub fn install(
     disk: &Path,
-    root: &Listed,
-    esp: Option<&crate::disk::esp::Esp>,
+    root: &Partition,
+    esp: Option<&Partition>,
     fw: Firmware,
 ) -> Result<String, GrubError> {
-    let mut m = Mounted::partition(&as_mountable(disk, root), Access::Chroot)?;
+    let mut m = Mounted::partition(disk, root, Access::Chroot)?;
     let grub_install = image_tool(m.path(), GRUB_INSTALL).ok_or(GrubError::NoGrubInstall)?;
     let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
     let grub2 = grub_install.ends_with("grub2-install");
@@ -164,16 +153,7 @@ pub fn install(
     m.check_mount_points(points)?;
     if fw == Firmware::Uefi {
         let esp = esp.ok_or_else(|| GrubError::NoEsp(disk.display().to_string()))?;
-        m.mount_inside(
-            "boot/efi",
-            &Partition {
-                disk,
-                number: esp.number,
-                start: esp.start,
-                len: esp.len,
-            },
-            Access::Chroot,
-        )?;
+        m.mount_inside("boot/efi", disk, esp, Access::Chroot)?;
     }
     m.bind_system()?;
     let disk_s = disk.display().to_string();

@@ -7,40 +7,18 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::disk::device::{partition_io, partition_name, PartitionIo};
-use crate::disk::partitions::{self, Label, Part, Request, Role};
+use crate::disk::device::Device;
+use crate::disk::nodes::{partition_io, partition_name, PartitionIo};
+use crate::disk::partitions::{self, Label, Partition, Placed, Request, Role};
 use crate::error::{CommandError, ErrorKind};
 use crate::image::fetch::FetchOptions;
-use crate::image::info::ImageInfo;
+use crate::image::info::{ImageInfo, PartitionOptions};
 use crate::image::pipeline::{self, ImageError, ImageRequest};
 use crate::image::progress::Progress;
-use crate::image::write::Target;
+use crate::image::write::{Target, WriteError};
 use crate::system::tools::{run_capture, which};
 
 const MIB: u64 = 1 << 20;
-
-fn num(other: &Map<String, Value>, key: &str) -> Result<u64, CommandError> {
-    match other.get(key) {
-        None | Some(Value::Null) => Ok(0),
-        Some(Value::Number(n)) => n.as_u64().ok_or(()),
-        Some(Value::String(s)) => s.trim().parse().map_err(|_| ()),
-        Some(_) => Err(()),
-    }
-    .map_err(|_| {
-        CommandError::new(
-            ErrorKind::InvalidParams,
-            format!("image_info {key} must be a whole number of MiB"),
-        )
-    })
-}
-
-fn text<'a>(other: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    other
-        .get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
 
 fn deploy_err(e: impl std::fmt::Display) -> CommandError {
     CommandError::new(ErrorKind::Deployment, e.to_string())
@@ -49,7 +27,7 @@ fn deploy_err(e: impl std::fmt::Display) -> CommandError {
 /// The ephemeral file system: `mkfs -t FMT -L ephemeral0` on the partition node, or, where the
 /// kernel has no node that is exactly this partition (test sandboxes, a stale node of an old
 /// table), through the disk with an offset (ext2/3/4).
-fn make_ephemeral(dev: &Path, p: &Part, fmt: &str) -> Result<(), CommandError> {
+fn make_ephemeral(dev: &Path, p: &Partition, fmt: &str) -> Result<(), CommandError> {
     let node = partition_name(dev, p.number);
     let io = partition_io(dev, p.number, p.start, p.len);
     let t = std::time::Duration::from_secs(600);
@@ -106,10 +84,8 @@ fn existing_layout(
     dev: &Path,
     label: Label,
     layout: &[(Role, u64, u64)],
-) -> Result<Vec<Part>, CommandError> {
-    let listed = std::fs::File::open(dev)
-        .map(|mut f| partitions::read_table(&mut f))
-        .map_err(|e| deploy_err(format!("{}: {e}", dev.display())))?;
+) -> Result<Vec<Placed>, CommandError> {
+    let listed = crate::disk::table::read_disk(dev).map_err(deploy_err)?;
     let mismatch = |why: String| {
         deploy_err(format!(
             "cannot preserve the ephemeral partition of {}: {why}; redeploy without \
@@ -127,24 +103,21 @@ fn existing_layout(
             .iter()
             .find(|l| l.number == n)
             .ok_or_else(|| mismatch(format!("partition {n} ({}) does not exist", role.key())))?;
-        if found.label != label || found.start != *start || found.len != *len {
+        if found.table != label || found.start != *start || found.len != *len {
             return Err(mismatch(format!(
                 "partition {n} ({}) is at {} MiB, {} MiB long on a {:?} table; this deploy needs \
                  {} MiB, {} MiB long on a {label:?} table",
                 role.key(),
                 found.start / MIB,
                 found.len / MIB,
-                found.label,
+                found.table,
                 start / MIB,
                 len / MIB
             )));
         }
-        parts.push(Part {
+        parts.push(Placed {
             role: *role,
-            number: n,
-            start: *start,
-            len: *len,
-            part_uuid: found.part_uuid.clone(),
+            part: found.clone(),
         });
     }
     if let Some(extra) = listed.iter().find(|l| l.number as usize > layout.len()) {
@@ -156,49 +129,51 @@ fn existing_layout(
     Ok(parts)
 }
 
+/// What a failed deploy undoes: with `preserving`, the ephemeral data must survive, so the
+/// table stays and only the half-written root file system is made unrecognisable; otherwise
+/// no partition table is left behind.
+struct Undo<'a> {
+    path: &'a Path,
+    preserving: bool,
+    root_range: Option<(u64, u64)>,
+}
+
+impl Undo<'_> {
+    /// Undo through `held` (the agent's claim on the disk), or a new open; returns `e`.
+    fn run(&self, held: Option<&Device>, e: CommandError) -> CommandError {
+        let d = match held {
+            Some(d) => d.try_clone(),
+            None => Device::open(self.path),
+        };
+        let Ok(d) = d else { return e };
+        if self.preserving {
+            if let Some((start, len)) = self.root_range {
+                if let Ok(t) = Target::window(d, start, len) {
+                    crate::image::write::abort(&t);
+                }
+            }
+        } else {
+            crate::image::write::abort(&Target::whole(d));
+        }
+        e
+    }
+}
+
 pub struct Written {
     pub message: String,
     pub uuids: Value,
 }
 
-/// The layout the conductor asks for (`image_info`'s `deploy_boot_mode`, `disk_label`,
-/// `root_mb`, `swap_mb`, `ephemeral_mb`, `preserve_ephemeral`), and whether to preserve the
-/// ephemeral partition. Sizes are checked when the layout is planned.
-pub fn layout_request(
-    o: &Map<String, Value>,
-    configdrive_bytes: Option<u64>,
-) -> Result<(Request, bool), CommandError> {
-    let uefi = text(o, "deploy_boot_mode").unwrap_or("uefi") == "uefi";
-    let label = match (uefi, text(o, "disk_label")) {
-        (true, _) | (false, Some("gpt")) => Label::Gpt,
-        (false, None | Some("msdos")) => Label::Msdos,
-        (false, Some(other)) => {
-            return Err(CommandError::new(
-                ErrorKind::InvalidParams,
-                format!("unknown disk_label {other:?} (gpt or msdos)"),
-            ))
-        }
-    };
-    let preserve = match o.get("preserve_ephemeral") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        Some(other) => {
-            return Err(CommandError::new(
-                ErrorKind::InvalidParams,
-                format!("preserve_ephemeral must be true or false, got {other}"),
-            ))
-        }
-    };
-    let r = Request {
-        uefi,
-        label,
-        ephemeral_mb: num(o, "ephemeral_mb")?,
-        swap_mb: num(o, "swap_mb")?,
+/// The layout request for `o`, with the config drive's size.
+pub fn layout_request(o: &PartitionOptions, configdrive_bytes: Option<u64>) -> Request {
+    Request {
+        uefi: o.uefi,
+        label: o.label,
+        ephemeral_mb: o.ephemeral_mb,
+        swap_mb: o.swap_mb,
         configdrive_bytes,
-        root_mb: num(o, "root_mb")?,
-    };
-    Ok((r, preserve))
+        root_mb: o.root_mb,
+    }
 }
 
 /// Lay out `dev` and write the partition image `req` into its root partition.
@@ -210,88 +185,90 @@ pub fn write(
     configdrive: Option<Vec<u8>>,
     progress: &Arc<Progress>,
 ) -> Result<Written, CommandError> {
-    let o = &info.other;
-    let (r, preserve) = layout_request(o, configdrive.as_ref().map(|c| c.len() as u64))?;
+    let o = info
+        .partition
+        .as_ref()
+        .ok_or_else(|| deploy_err("not a partition image"))?;
+    let r = layout_request(o, configdrive.as_ref().map(|c| c.len() as u64));
     let label = r.label;
     let name = dev.display().to_string();
-    // Opening checks the disk is not in use; the wipe clears old tables at both ends.
-    let whole = Target::open(dev).map_err(|e| deploy_err(ImageError::from(e)))?;
-    let size = whole.size.unwrap_or(0);
-    let sector = u64::from(whole.sector);
-    let layout = partitions::plan(&r, &name, size).map_err(deploy_err)?;
-    let parts = if preserve && r.ephemeral_mb > 0 {
-        drop(whole);
+    // What holds the old table (an old tenant's md array or LVM group) goes first.
+    crate::disk::nodes::release_holders(dev);
+    // The one open of the disk for this deploy: checks it is not in use, and claims it.
+    let disk = Device::open(dev).map_err(deploy_err)?;
+    let layout = partitions::plan(&r, &name, disk.size()).map_err(deploy_err)?;
+    let preserving = o.preserve_ephemeral && r.ephemeral_mb > 0;
+    let parts = if preserving {
         let parts = existing_layout(dev, label, &layout)?;
         tracing::info!(device = %name, "partition table kept to preserve the ephemeral partition");
         parts
     } else {
+        // The wipe clears old tables and signatures at both ends.
+        let whole = Target::whole(disk.try_clone().map_err(deploy_err)?);
         whole
             .wipe_ends()
             .map_err(|e| deploy_err(ImageError::from(e)))?;
-        drop(whole);
-        let parts = partitions::write_table(dev, sector, label, &layout).map_err(deploy_err)?;
+        let parts = partitions::write_table(&disk, label, &layout).map_err(deploy_err)?;
         tracing::info!(device = %name, partitions = parts.len(), ?label, "partition table written");
         parts
     };
-    let preserving = preserve && r.ephemeral_mb > 0;
     let root_range = parts
         .iter()
         .find(|p| p.role == Role::Root)
-        .map(|p| (p.start, p.len));
-    let fail = |e: CommandError| {
-        if preserving {
-            // The ephemeral data must survive a failed deploy: keep the table, and only make
-            // the half-written root file system unrecognisable.
-            if let Some((start, len)) = root_range {
-                if let Ok(t) = Target::open_window(dev, start, len) {
-                    crate::image::write::abort(&t);
-                }
-            }
-        } else if let Ok(t) = Target::open(dev) {
-            // A failed deploy leaves no partition table behind.
-            crate::image::write::abort(&t);
-        }
-        e
+        .map(|p| (p.part.start, p.part.len));
+    let undo = Undo {
+        path: dev,
+        preserving,
+        root_range,
     };
     let mut esp_uuid = None;
-    for p in &parts {
-        match p.role {
+    let mut ephemeral = None;
+    for Placed { role, part: p } in &parts {
+        let fail = |e: CommandError| undo.run(Some(&disk), e);
+        match role {
             Role::Esp => {
-                esp_uuid =
-                    Some(partitions::make_esp(dev, p, sector).map_err(|e| fail(deploy_err(e)))?)
+                esp_uuid = Some(partitions::make_esp(&disk, p).map_err(|e| fail(deploy_err(e)))?)
             }
             Role::Swap => {
-                partitions::make_swap(dev, p).map_err(|e| fail(deploy_err(e)))?;
+                partitions::make_swap(&disk, p).map_err(|e| fail(deploy_err(e)))?;
             }
             Role::Ephemeral if preserving => {
                 tracing::info!(partition = p.number, "ephemeral partition preserved");
             }
-            Role::Ephemeral => {
-                let fmt = text(o, "ephemeral_format").unwrap_or("ext4");
-                make_ephemeral(dev, p, fmt).map_err(fail)?;
-            }
+            Role::Ephemeral => ephemeral = Some(p),
             Role::ConfigDrive => {
                 if let Some(iso) = &configdrive {
-                    use std::os::unix::fs::FileExt;
-                    crate::disk::device::open_write(dev)
-                        .and_then(|f| {
-                            f.write_all_at(iso, p.start)?;
-                            f.sync_data()
-                        })
+                    disk.write_buffered_at(iso, p.start)
+                        .and_then(|()| disk.sync())
                         .map_err(|e| fail(deploy_err(format!("writing the config drive: {e}"))))?;
                 }
             }
             Role::BiosBoot | Role::Root => {}
         }
     }
-    let root = parts
+    // mkfs claims the disk (or the partition) exclusively itself: the agent lets go for it,
+    // then claims the disk again (refused, with the reason, if anything took it meanwhile).
+    let disk = match ephemeral {
+        Some(p) => {
+            drop(disk);
+            make_ephemeral(dev, p, &o.ephemeral_format).map_err(|e| undo.run(None, e))?;
+            Device::open(dev).map_err(|e| undo.run(None, deploy_err(e)))?
+        }
+        None => disk,
+    };
+    let fail = |e: CommandError| undo.run(Some(&disk), e);
+    let root = &parts
         .iter()
         .find(|p| p.role == Role::Root)
-        .ok_or_else(|| deploy_err("no root partition in the layout"))?;
-    let target = Target::open_window(dev, root.start, root.len)
-        .map_err(|e| fail(deploy_err(ImageError::from(e))))?;
+        .ok_or_else(|| deploy_err("no root partition in the layout"))?
+        .part;
+    let target = disk
+        .try_clone()
+        .map_err(WriteError::from)
+        .and_then(|d| Target::window(d, root.start, root.len))
+        .map_err(ImageError::from)
+        .map_err(|e| fail(deploy_err(e)))?;
     let result = pipeline::run(req, fetch, &target, progress);
-    // Closed first: the disk is opened exclusively, and a failure must be able to wipe it.
     drop(target);
     let report = result.map_err(|e| {
         let msg = match &e {
@@ -310,7 +287,10 @@ pub fn write(
     let root_uuid = root_fs.unwrap_or_else(|| root.part_uuid.clone());
     let mut names = Map::new();
     for p in &parts {
-        names.insert(p.role.key().into(), json!(partition_name(dev, p.number)));
+        names.insert(
+            p.role.key().into(),
+            json!(partition_name(dev, p.part.number)),
+        );
     }
     let uuids = json!({
         "partitions": names,

@@ -11,12 +11,11 @@
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 use base64::Engine;
 
+use super::device::{Device, DeviceError};
 use crate::fsread::iso9660::Iso;
-use crate::system::blockdev;
 
 pub const MAX: u64 = 64 << 20;
 const LINUX_DATA: [u8; 16] = [
@@ -37,6 +36,8 @@ pub enum ConfigDriveError {
     },
     #[error("config drive on {0}: {1}")]
     Disk(String, String),
+    #[error("config drive: {0}")]
+    Device(#[from] DeviceError),
 }
 
 /// Decode an inline config drive: base64, then gunzip when gzip-compressed.
@@ -92,15 +93,15 @@ fn inflate_prefix(data: &[u8], n: u64) -> Vec<u8> {
 /// so an endless or wrong body costs 128 KiB, not 64 MiB. Returns the most bytes the
 /// download may have: a plain ISO's declared size (refused over 64 MiB), else the encoded
 /// limit (the decoded one is checked when decoding).
-pub fn sniff_download(prefix: &[u8]) -> Result<usize, String> {
+pub fn sniff_download(prefix: &[u8]) -> Result<usize, ConfigDriveError> {
     const LOOK: u64 = 32768 + 2048;
     let encoded_max = (MAX * 2) as usize;
     let iso = |b: &[u8]| iso_declared_size(b).is_some();
     if let Some(size) = iso_declared_size(prefix) {
         if size > MAX {
-            return Err(format!(
+            return Err(ConfigDriveError::Invalid(format!(
                 "the ISO image declares {size} bytes, more than 64 MiB"
-            ));
+            )));
         }
         // Some ISO writers pad to a whole MiB.
         return Ok((size + (1 << 20)) as usize);
@@ -109,7 +110,9 @@ pub fn sniff_download(prefix: &[u8]) -> Result<usize, String> {
         return if iso(&inflate_prefix(prefix, LOOK)) {
             Ok(encoded_max)
         } else {
-            Err("gzip data that is not an ISO 9660 image".into())
+            Err(ConfigDriveError::Invalid(
+                "gzip data that is not an ISO 9660 image".into(),
+            ))
         };
     }
     let text: Vec<u8> = prefix
@@ -128,7 +131,9 @@ pub fn sniff_download(prefix: &[u8]) -> Result<usize, String> {
             return Ok(encoded_max);
         }
     }
-    Err("not a config drive: no ISO 9660 image (plain, gzip or base64)".into())
+    Err(ConfigDriveError::Invalid(
+        "not a config drive: no ISO 9660 image (plain, gzip or base64)".into(),
+    ))
 }
 
 /// Bytes downloaded from a config-drive URL: base64(+gzip) like inline, else a raw image.
@@ -176,8 +181,8 @@ pub struct Placement {
 }
 
 /// Write `iso` as the config drive of the whole-disk image on `dev`.
-pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
-    let name = dev.display().to_string();
+pub fn write(dev: &Device, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
+    let name = dev.name();
     let io = |what: &'static str| {
         let dev = name.clone();
         move |source| ConfigDriveError::Io { dev, what, source }
@@ -185,13 +190,8 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
     if iso.len() as u64 > MAX {
         return Err(ConfigDriveError::TooLarge(iso.len() as u64));
     }
-    let mut f = super::device::open_write(dev).map_err(io("open"))?;
-    let sector = match std::fs::metadata(dev)
-        .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
-    {
-        Ok(true) => blockdev::logical_sector_size(&f).map_err(io("BLKSSZGET"))? as u64,
-        _ => 512,
-    };
+    let mut f = dev.file()?;
+    let sector = u64::from(dev.logical_sector());
     let (number, start, len, reused) = match gptman::GPT::find_from(&mut f) {
         Ok(gpt) => place_gpt(&mut f, gpt, sector, &name)?,
         Err(gpt_err) => match mbrman::MBR::read_from(&mut f, sector as u32) {
@@ -220,10 +220,10 @@ pub fn write(dev: &Path, iso: &[u8]) -> Result<Placement, ConfigDriveError> {
     } else {
         iso.to_vec()
     };
-    f.write_all_at(&data, start).map_err(io("write"))?;
-    f.sync_all().map_err(io("fsync"))?;
+    dev.write_buffered_at(&data, start)?;
+    dev.sync()?;
     f.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
-    super::partitions::refresh(&f, dev);
+    super::table::refresh(dev);
     tracing::info!(dev = %name, partition = number, reused, vfat, "config drive written");
     Ok(Placement {
         partition: number,
@@ -260,7 +260,7 @@ fn place_gpt(
         .iter()
         .filter(|(_, p)| p.is_used())
         .filter_map(|(n, p)| {
-            let (start, len) = super::partitions::gpt_extent(p, sector)?;
+            let (start, len) = super::table::gpt_extent(p, sector)?;
             Some((n, start, len))
         })
         // The image's table is input: a "config-2" partition past the end of the disk is not
@@ -475,6 +475,7 @@ mod tests {
         huge[32768 + 80..32768 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(sniff_download(&huge)
             .unwrap_err()
+            .to_string()
             .contains("more than 64 MiB"));
     }
 

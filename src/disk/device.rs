@@ -1,23 +1,16 @@
-//! The disk and its partitions as the kernel sees them.
+//! The disk being written: one owner for every writer (image, partition table, ESP, swap,
+//! config drive, wipe, erase).
 //!
-//! Opening a disk to write it: one rule for every writer (image, partition table, ESP, swap,
-//! config drive, wipe, erase). A block device that is mounted, swapped on, or held by md, dm
-//! or LVM is refused with the reason, and the open itself is exclusive (`O_EXCL`), so the
-//! kernel refuses it too if anything else holds the disk. A regular file (tests, images on
-//! disk) is opened plainly.
-//!
-//! Partitions: the kernel's partition nodes are not trusted to describe the table just
-//! written. When it cannot re-read the table (a partition of the old one is still open: an old
-//! tenant's md array or LVM group auto-activated, a udev mount), `/dev/sda3` may still be the
-//! old third partition. After writing a table the kernel's view is brought in line partition
-//! by partition (BLKPG) where it refused the re-read, and every use of a partition node first
-//! checks its start and size against the table; a node that does not match is never used, the
-//! partition is reached through a byte window of the disk instead.
+//! Opening for write follows one rule: a block device that is mounted, swapped on, or held by
+//! md, dm or LVM is refused with the reason, and the open itself is exclusive (`O_EXCL`), so
+//! the kernel refuses it too if anything else holds the disk. A regular file (tests, images on
+//! disk) is opened plainly. Bulk I/O goes through a second, O_DIRECT descriptor when it is
+//! aligned (the exclusive claim belongs to the first one and lasts as long as the `Device`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::system::blockdev;
 
@@ -46,10 +39,7 @@ impl AlignedBuf {
     }
 }
 
-/// Whether `path` is a block device; `false` for anything else (or what cannot be read).
-pub fn is_block(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
-}
+pub use super::nodes::is_block;
 
 /// Why the block device `path` may not be written now, if anything holds it.
 pub fn in_use(path: &Path) -> Option<String> {
@@ -58,261 +48,272 @@ pub fn in_use(path: &Path) -> Option<String> {
     blockdev::in_use(&name)
 }
 
-/// Open `path` read-write under the rule above. A disk in use is an error of kind
-/// `ResourceBusy` whose message says what holds it.
-pub fn open_write(path: &Path) -> io::Result<File> {
-    let block = is_block(path);
-    if block {
-        if let Some(why) = in_use(path) {
-            return Err(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                format!("{} is in use: {why}", path.display()),
-            ));
-        }
-    }
-    let mut opts = OpenOptions::new();
-    opts.read(true).write(true);
-    if block {
-        // O_EXCL on a block device: the kernel refuses if anything else holds it.
-        opts.custom_flags(libc::O_EXCL);
-    }
-    opts.open(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) => io::Error::new(
-            io::ErrorKind::ResourceBusy,
-            format!(
-                "{} is in use: the kernel reports it busy (mounted, or held by another program)",
-                path.display()
-            ),
-        ),
-        _ => e,
-    })
+/// Size of the zero chunk and of the writes [`Device::zero`] falls back to.
+pub const ZERO_CHUNK: usize = 4 << 20;
+
+/// One aligned chunk of zeros, allocated on first use (an immutable static array would sit in
+/// the binary's read-only data: 4 MiB of file).
+pub fn zeros() -> &'static [u8] {
+    static Z: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
+    Z.get_or_init(|| AlignedBuf::new(ZERO_CHUNK)).get()
 }
 
-/// The kernel's name for partition `number` of `disk` (`/dev/sda3`, `/dev/nvme0n1p3`,
-/// `/dev/loop0p3`). Only a name: I/O goes through [`partition_io`].
-pub fn partition_name(disk: &Path, number: u32) -> String {
-    let d = disk.display().to_string();
-    if d.ends_with(|c: char| c.is_ascii_digit()) {
-        format!("{d}p{number}")
-    } else {
-        format!("{d}{number}")
-    }
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{path}: {what}: {source}")]
+    Io {
+        path: String,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("refusing to write {path}: {why}")]
+    InUse { path: String, why: String },
+    #[error("{path} is neither a block device nor a regular file")]
+    NotADisk { path: String },
 }
 
-/// How I/O reaches a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PartitionIo {
-    /// The kernel's node, checked to describe exactly the table's partition.
-    Node(std::path::PathBuf),
-    /// Bytes `[start, start+len)` of the disk: no node, or one that describes something else.
-    Window { start: u64, len: u64 },
-}
-
-/// A partition the kernel has registered: number, start and size in bytes (sysfs counts
-/// 512-byte units whatever the sector size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Registered {
-    pub number: u32,
-    pub start: u64,
-    pub len: u64,
-}
-
-fn sys_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-/// The partitions the kernel has registered for `disk` (empty for a regular file).
-pub fn registered(disk: &Path) -> Vec<Registered> {
-    let Some(name) = std::fs::canonicalize(disk)
-        .ok()
-        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
-    else {
-        return Vec::new();
-    };
-    let dir = Path::new("/sys/class/block").join(&name);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Registered> = entries
-        .flatten()
-        .filter_map(|e| {
-            let p = e.path();
-            let number = u32::try_from(sys_u64(&p.join("partition"))?).ok()?;
-            Some(Registered {
-                number,
-                start: sys_u64(&p.join("start"))?.checked_mul(512)?,
-                len: sys_u64(&p.join("size"))?.checked_mul(512)?,
-            })
-        })
-        .collect();
-    out.sort_by_key(|r| r.number);
-    out
-}
-
-/// How to reach partition `number` (bytes `[start, start+len)` in the table) of `disk`: its
-/// node when the kernel registered exactly that partition, else a byte window (logged when a
-/// node exists but describes something else).
-pub fn partition_io(disk: &Path, number: u32, start: u64, len: u64) -> PartitionIo {
-    let node = partition_name(disk, number);
-    let window = PartitionIo::Window { start, len };
-    if !is_block(Path::new(&node)) {
-        return window;
-    }
-    match registered(disk).into_iter().find(|r| r.number == number) {
-        Some(r) if r.start == start && r.len == len => PartitionIo::Node(node.into()),
-        Some(r) => {
-            tracing::warn!(
-                disk = %disk.display(), partition = number, node = %node,
-                kernel_start = r.start, kernel_len = r.len, table_start = start, table_len = len,
-                "the kernel's partition node describes another partition than the table (stale); using the disk's byte range instead"
-            );
-            window
-        }
-        None => {
-            tracing::warn!(disk = %disk.display(), partition = number, node = %node,
-                "a partition node the kernel did not register for this disk; using the disk's byte range instead");
-            window
-        }
-    }
-}
-
-/// After writing a table (`parts`: number, start, length in bytes) through `f`: ask the kernel
-/// to re-read it. When it cannot, its old partitions are stale: those that are not in the new
-/// table are dropped (BLKPG; a busy one stays, and [`partition_io`] will not use it), and on a
-/// disk that scans partitions but refused because one is busy, the new ones are registered.
-/// A disk without partition scanning (a loop device here) gets none registered: partitions
-/// registered by hand (partprobe, partx) outlive the device, and the next user inherits them.
-pub fn refresh_partitions(f: &File, disk: &Path, parts: &[(u32, u64, u64)]) {
-    use crate::system::blockdev::{partition_op, reread_partitions, PartitionOp};
-    let busy = match reread_partitions(f) {
-        Ok(()) => return,
-        Err(e) => e.raw_os_error() == Some(libc::EBUSY),
-    };
-    let stale: Vec<Registered> = registered(disk)
-        .into_iter()
-        .filter(|r| !parts.contains(&(r.number, r.start, r.len)))
-        .collect();
-    if !busy && stale.is_empty() {
-        return;
-    }
-    tracing::warn!(disk = %disk.display(), busy, stale = stale.len(),
-        "the kernel did not re-read the partition table; updating its partitions one by one");
-    let mut kept = Vec::new();
-    for r in &stale {
-        match partition_op(f, PartitionOp::Delete, r.number, 0, 0) {
-            Ok(()) => {
-                tracing::info!(disk = %disk.display(), partition = r.number, "stale partition dropped")
+impl DeviceError {
+    /// The I/O error underneath, for callers that report errno-style failures.
+    pub fn into_io(self) -> io::Error {
+        match self {
+            DeviceError::Io { source, .. } => source,
+            DeviceError::InUse { .. } => {
+                io::Error::new(io::ErrorKind::ResourceBusy, self.to_string())
             }
-            Err(e) => {
-                kept.push(r.number);
-                tracing::warn!(disk = %disk.display(), partition = r.number, error = %e,
-                    "a stale partition stays registered (busy); it will not be used");
+            DeviceError::NotADisk { .. } => {
+                io::Error::new(io::ErrorKind::InvalidInput, self.to_string())
             }
         }
     }
-    if !busy {
-        return;
-    }
-    let present: Vec<u32> = registered(disk).iter().map(|r| r.number).collect();
-    for &(n, s, l) in parts
-        .iter()
-        .filter(|(n, _, _)| !present.contains(n) && !kept.contains(n))
-    {
-        if let Err(e) = partition_op(f, PartitionOp::Add, n, s, l) {
-            tracing::warn!(disk = %disk.display(), partition = n, error = %e, "cannot register the partition");
-        }
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> DeviceError + 'a {
+    move |source| DeviceError::Io {
+        path: path.display().to_string(),
+        what,
+        source,
     }
 }
 
-/// Stop what holds the old table before a new one is written, as IPA's cleaning does: md
-/// arrays built on the disk or its partitions (`mdadm --stop`), LVM volume groups on them
-/// (`vgchange -an`). Returns what was done; what cannot be done is logged, and the exclusive
-/// open that follows refuses the disk with the reason.
-pub fn release_holders(disk: &Path) -> Vec<String> {
-    use crate::system::tools::run_capture;
-    let Some(name) = std::fs::canonicalize(disk)
-        .ok()
-        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
-    else {
-        return Vec::new();
-    };
-    let base = Path::new("/sys/class/block").join(&name);
-    let mut holders: Vec<String> = Vec::new();
-    let mut add = |dir: &Path| {
-        if let Ok(rd) = std::fs::read_dir(dir.join("holders")) {
-            holders.extend(
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned()),
-            );
+/// A disk (or an image file) opened for writing under the rule above.
+#[derive(Debug)]
+pub struct Device {
+    path: PathBuf,
+    /// The exclusive descriptor: partition tables, unaligned heads and tails, ioctls.
+    buffered: File,
+    /// O_DIRECT for aligned bulk I/O; a duplicate of `buffered` where the file system refuses
+    /// O_DIRECT (tmpfs).
+    direct: File,
+    /// Capacity in bytes (a regular file: its length when opened).
+    size: u64,
+    /// Logical sector size (512 for a regular file).
+    sector: u32,
+    block: bool,
+    /// Zeroing is cheaper than writing zeros (the device advertises write-zeroes, or a file
+    /// that can allocate zeros).
+    write_zeroes: bool,
+}
+
+impl Device {
+    /// Open `path` for writing: refused when in use, exclusive on a block device.
+    pub fn open(path: &Path) -> Result<Device, DeviceError> {
+        let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
+        let block = meta.file_type().is_block_device();
+        if !block && !meta.is_file() {
+            return Err(DeviceError::NotADisk {
+                path: path.display().to_string(),
+            });
         }
-    };
-    add(&base);
-    for r in registered(disk) {
-        add(&base.join(format!(
-            "{name}{}{}",
-            if name.ends_with(|c: char| c.is_ascii_digit()) {
-                "p"
-            } else {
-                ""
+        if block {
+            if let Some(why) = in_use(path) {
+                return Err(DeviceError::InUse {
+                    path: path.display().to_string(),
+                    why,
+                });
+            }
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true);
+        if block {
+            // O_EXCL on a block device: the kernel refuses if anything else holds it.
+            opts.custom_flags(libc::O_EXCL);
+        }
+        let buffered = opts.open(path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => DeviceError::InUse {
+                path: path.display().to_string(),
+                why: "the kernel reports it busy (mounted, or held by another program)".into(),
             },
-            r.number
-        )));
-    }
-    holders.sort();
-    holders.dedup();
-    let t = std::time::Duration::from_secs(60);
-    let mut done = Vec::new();
-    for h in holders {
-        let (tool, args): (&str, Vec<String>) = if h.starts_with("md") {
-            ("mdadm", vec!["--stop".into(), format!("/dev/{h}")])
-        } else if let Some(vg) = lvm_group(&h) {
-            ("vgchange", vec!["-an".into(), vg])
+            _ => io_err(path, "open")(e),
+        })?;
+        let direct = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .or_else(|_| buffered.try_clone())
+            .map_err(io_err(path, "open"))?;
+        let (size, sector, write_zeroes) = if block {
+            (
+                blockdev::size(&buffered).map_err(io_err(path, "BLKGETSIZE64"))?,
+                blockdev::logical_sector_size(&buffered).map_err(io_err(path, "BLKSSZGET"))?,
+                blockdev::advertises_write_zeroes(meta.rdev()),
+            )
         } else {
-            tracing::warn!(disk = %disk.display(), holder = %h, "held by a device Rivet does not know how to release");
-            continue;
+            (meta.len(), 512, true)
         };
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        match run_capture(tool, &argv, t, 1 << 14) {
-            Ok((true, _)) => {
-                let what = format!("{tool} {}", args.join(" "));
-                tracing::info!(disk = %disk.display(), holder = %h, "released: {what}");
-                done.push(what);
-            }
-            Ok((false, out)) => tracing::warn!(disk = %disk.display(), holder = %h, tool,
-                output = %String::from_utf8_lossy(&out).trim(), "could not release"),
-            Err(e) => {
-                tracing::warn!(disk = %disk.display(), holder = %h, error = %e, "could not release")
+        Ok(Device {
+            path: path.to_path_buf(),
+            buffered,
+            direct,
+            size,
+            sector,
+            block,
+            write_zeroes,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn logical_sector(&self) -> u32 {
+        self.sector
+    }
+
+    pub fn is_block(&self) -> bool {
+        self.block
+    }
+
+    pub fn zeroes_cheaply(&self) -> bool {
+        self.write_zeroes
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(io::Error) -> DeviceError + '_ {
+        io_err(&self.path, what)
+    }
+
+    /// Another handle on the same open disk (the writer thread's); the exclusive claim stays
+    /// with the open file description both share.
+    pub fn try_clone(&self) -> Result<Device, DeviceError> {
+        Ok(Device {
+            path: self.path.clone(),
+            buffered: self.buffered.try_clone().map_err(self.err("dup"))?,
+            direct: self.direct.try_clone().map_err(self.err("dup"))?,
+            size: self.size,
+            sector: self.sector,
+            block: self.block,
+            write_zeroes: self.write_zeroes,
+        })
+    }
+
+    /// A plain file handle on the open disk, for table and file system libraries that want
+    /// `Read + Write + Seek` (gptman, mbrman, fatfs).
+    pub fn file(&self) -> Result<File, DeviceError> {
+        self.buffered.try_clone().map_err(self.err("dup"))
+    }
+
+    /// Write `data` at `offset`: O_DIRECT when offset, length and buffer are aligned, else
+    /// buffered.
+    pub fn write_at(&self, data: &[u8], offset: u64) -> Result<(), DeviceError> {
+        let aligned = offset % ALIGN as u64 == 0
+            && data.len() % self.sector.max(512) as usize == 0
+            && data.as_ptr() as usize % ALIGN == 0;
+        let f = if aligned {
+            &self.direct
+        } else {
+            &self.buffered
+        };
+        f.write_all_at(data, offset).map_err(self.err("write"))
+    }
+
+    /// Write without O_DIRECT (unaligned heads and tails).
+    pub fn write_buffered_at(&self, data: &[u8], offset: u64) -> Result<(), DeviceError> {
+        self.buffered
+            .write_all_at(data, offset)
+            .map_err(self.err("write"))
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DeviceError> {
+        self.buffered
+            .read_exact_at(buf, offset)
+            .map_err(self.err("read"))
+    }
+
+    /// Make `[off, off+len)` read as zeros: BLKZEROOUT on a device that advertises
+    /// write-zeroes, fallocate on a file, else plain zero writes.
+    pub fn zero(&self, off: u64, len: u64) -> Result<(), DeviceError> {
+        let end = off.checked_add(len).ok_or_else(|| {
+            self.err("zero")(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range overflows",
+            ))
+        })?;
+        let sector = u64::from(self.sector.max(512));
+        if self.write_zeroes && off % sector == 0 && len % sector == 0 {
+            let done = if self.block {
+                blockdev::zeroout(&self.buffered, off, len)
+            } else {
+                blockdev::fallocate_zero(&self.buffered, off, len)
+            };
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(error = %e, "zeroing offload failed; writing zeros"),
             }
         }
-    }
-    done
-}
-
-/// The LVM volume group of device-mapper device `dm` (`dm-3`), from its dm name
-/// (`vg--name-lv`: dashes doubled inside names) when its uuid says LVM.
-fn lvm_group(dm: &str) -> Option<String> {
-    let dir = Path::new("/sys/class/block").join(dm).join("dm");
-    let uuid = std::fs::read_to_string(dir.join("uuid")).ok()?;
-    if !uuid.starts_with("LVM-") {
-        return None;
-    }
-    vg_of_dm_name(std::fs::read_to_string(dir.join("name")).ok()?.trim())
-}
-
-fn vg_of_dm_name(name: &str) -> Option<String> {
-    let b = name.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'-' {
-            if b.get(i + 1) == Some(&b'-') {
-                i += 2;
-                continue;
-            }
-            return Some(name[..i].replace("--", "-")).filter(|v| !v.is_empty());
+        let mut at = off;
+        while at < end {
+            let n = (end - at).min(ZERO_CHUNK as u64) as usize;
+            self.write_at(&zeros()[..n], at)?;
+            at += n as u64;
         }
-        i += 1;
+        Ok(())
     }
-    None
+
+    /// Zero `[off, off+len)` with the device's write-zeroes only; an error where it has none.
+    pub fn zero_offloaded(&self, off: u64, len: u64) -> Result<(), DeviceError> {
+        if !self.block || !self.write_zeroes {
+            return Err(self.err("BLKZEROOUT")(io::Error::from_raw_os_error(
+                libc::EOPNOTSUPP,
+            )));
+        }
+        blockdev::zeroout(&self.buffered, off, len).map_err(self.err("BLKZEROOUT"))
+    }
+
+    /// Discard `[off, off+len)` (TRIM/UNMAP; `secure`: BLKSECDISCARD).
+    pub fn discard(&self, off: u64, len: u64, secure: bool) -> Result<(), DeviceError> {
+        if secure {
+            blockdev::secure_discard(&self.buffered, off, len).map_err(self.err("BLKSECDISCARD"))
+        } else {
+            blockdev::discard(&self.buffered, off, len).map_err(self.err("BLKDISCARD"))
+        }
+    }
+
+    /// Flush both descriptors to stable storage.
+    pub fn sync(&self) -> Result<(), DeviceError> {
+        self.buffered.sync_all().map_err(self.err("fsync"))?;
+        self.direct.sync_all().map_err(self.err("fsync"))
+    }
+
+    /// Bring the kernel's partitions in line with `parts` (number, start, length in bytes),
+    /// the table just written: see [`super::nodes::refresh_partitions`].
+    pub fn refresh_partitions(&self, parts: &[(u32, u64, u64)]) {
+        if self.block {
+            super::nodes::refresh_partitions(&self.buffered, &self.path, parts);
+        }
+    }
+}
+
+/// Open a disk (or image file) to read it: its table, a file system in user space.
+pub fn open_read(path: &Path) -> Result<File, DeviceError> {
+    File::open(path).map_err(io_err(path, "open"))
 }
 
 #[cfg(test)]
@@ -323,34 +324,35 @@ mod tests {
     fn files_open_and_missing_paths_fail() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("disk");
-        std::fs::write(&f, [0u8; 4096]).unwrap();
+        std::fs::write(&f, [7u8; 4096 * 3]).unwrap();
         assert!(!is_block(&f));
-        assert!(open_write(&f).is_ok());
-        assert!(open_write(&d.path().join("missing")).is_err());
-    }
-
-    #[test]
-    fn partition_names_and_lvm_groups() {
-        assert_eq!(partition_name(Path::new("/dev/sda"), 3), "/dev/sda3");
+        let dev = Device::open(&f).unwrap();
         assert_eq!(
-            partition_name(Path::new("/dev/nvme0n1"), 3),
-            "/dev/nvme0n1p3"
+            (dev.size(), dev.logical_sector(), dev.is_block()),
+            (12288, 512, false)
         );
-        assert_eq!(partition_name(Path::new("/dev/loop7"), 1), "/dev/loop7p1");
-        assert_eq!(vg_of_dm_name("vg0-root").as_deref(), Some("vg0"));
-        assert_eq!(vg_of_dm_name("my--vg-lv--data").as_deref(), Some("my-vg"));
-        assert_eq!(vg_of_dm_name("nodash"), None);
-        // A regular file has no registered partitions, and is reached by byte ranges.
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("disk");
-        std::fs::write(&f, [0u8; 512]).unwrap();
-        assert!(registered(&f).is_empty());
-        assert_eq!(
-            partition_io(&f, 1, 1 << 20, 4 << 20),
-            PartitionIo::Window {
-                start: 1 << 20,
-                len: 4 << 20
-            }
-        );
+        assert!(matches!(
+            Device::open(&d.path().join("missing")),
+            Err(DeviceError::Io { what: "stat", .. })
+        ));
+        assert!(matches!(
+            Device::open(d.path()),
+            Err(DeviceError::NotADisk { .. })
+        ));
+        // Aligned and unaligned writes, zeroing, and reads all reach the same bytes.
+        let mut b = AlignedBuf::new(4096);
+        b.get_mut().fill(1);
+        dev.write_at(b.get(), 4096).unwrap();
+        dev.write_at(&[2u8; 3], 5).unwrap();
+        dev.zero(8192, 4096).unwrap();
+        dev.sync().unwrap();
+        let got = std::fs::read(&f).unwrap();
+        assert_eq!(&got[5..8], &[2, 2, 2]);
+        assert!(got[4096..8192].iter().all(|&x| x == 1));
+        assert!(got[8192..].iter().all(|&x| x == 0));
+        let mut back = [0u8; 4];
+        dev.read_at(&mut back, 4095).unwrap();
+        assert_eq!(back, [7, 1, 1, 1]);
+        assert!(dev.zero(u64::MAX, 2).is_err(), "overflowing range refused");
     }
 }

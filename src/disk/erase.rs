@@ -8,12 +8,10 @@
 //! reading samples spread over the whole disk: a disk that does not read back as erased fails
 //! the step, and a disk no method applied to fails it loudly.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::system::blockdev;
+use super::device::{AlignedBuf, Device, DeviceError};
 use crate::system::tools::{run_capture, which};
 
 const CHUNK: usize = 4 << 20;
@@ -21,8 +19,8 @@ const SAMPLES: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EraseError {
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("{disk}: {method} did not erase the disk: {detail}")]
     NotErased {
         disk: String,
@@ -81,111 +79,59 @@ fn fill_random(buf: &mut [u8], offset: u64, seed: u64) {
     }
 }
 
-struct Disk {
-    name: String,
-    f: File,
-    direct: Option<File>,
-    size: u64,
-    sector: u64,
-    rdev: u64,
+/// One pass over the whole disk: `seed` Some = pseudo-random, None = zeros.
+fn pass(d: &Device, seed: Option<u64>) -> Result<(), EraseError> {
+    let size = d.size();
+    let sector = u64::from(d.logical_sector().max(512));
+    if seed.is_none() && d.zero_offloaded(0, size / sector * sector).is_ok() {
+        return Ok(());
+    }
+    let mut aligned = AlignedBuf::new(CHUNK);
+    let buf = aligned.get_mut();
+    let mut at = 0u64;
+    while at < size {
+        let n = (size - at).min(CHUNK as u64) as usize;
+        match seed {
+            Some(s) => fill_random(&mut buf[..n], at, s),
+            None => buf[..n].fill(0),
+        }
+        d.write_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(d.sync()?)
 }
 
-impl Disk {
-    fn open(path: &Path) -> Result<Disk, EraseError> {
-        let name = path.display().to_string();
-        let io = |e| EraseError::Io(name.clone(), e);
-        let f = super::device::open_write(path).map_err(io)?;
-        let meta = f.metadata().map_err(io)?;
-        let (size, sector) = if meta.file_type().is_file() {
-            (meta.len(), 512)
+/// Read samples spread over the disk (first and last sectors included) and compare each
+/// with what it must hold.
+fn verify(d: &Device, method: &'static str, seed: Option<u64>) -> Result<u64, EraseError> {
+    let size = d.size();
+    let blk = 4096u64.min(size);
+    let mut got = vec![0u8; blk as usize];
+    let mut want = vec![0u8; blk as usize];
+    let last = size - blk;
+    let mut n = 0;
+    for i in 0..=SAMPLES {
+        // Spread evenly, nudged off alignment so stripes of any size are hit.
+        let at = if i == SAMPLES {
+            last
         } else {
-            (
-                blockdev::size(&f).map_err(io)?,
-                u64::from(blockdev::logical_sector_size(&f).map_err(io)?),
-            )
+            ((last / SAMPLES) * i + i * 7 * 512).min(last) / 512 * 512
         };
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
-        Ok(Disk {
-            name,
-            f,
-            direct,
-            size,
-            sector,
-            rdev: meta.rdev(),
-        })
-    }
-
-    fn io(&self) -> impl Fn(std::io::Error) -> EraseError + '_ {
-        |e| EraseError::Io(self.name.clone(), e)
-    }
-
-    /// One pass over the whole disk: `seed` Some = pseudo-random, None = zeros.
-    fn pass(&self, seed: Option<u64>) -> Result<(), EraseError> {
-        if seed.is_none()
-            && blockdev::advertises_write_zeroes(self.rdev)
-            && blockdev::zeroout(&self.f, 0, self.size / self.sector * self.sector).is_ok()
-        {
-            return Ok(());
+        d.read_at(&mut got, at)?;
+        match seed {
+            Some(s) => fill_random(&mut want, at, s),
+            None => want.fill(0),
         }
-        let mut aligned = super::device::AlignedBuf::new(CHUNK);
-        let buf = aligned.get_mut();
-        let mut at = 0u64;
-        while at < self.size {
-            let n = (self.size - at).min(CHUNK as u64) as usize;
-            if let Some(s) = seed {
-                fill_random(&mut buf[..n], at, s);
-            }
-            let aligned = n % self.sector as usize == 0;
-            let f = match (&self.direct, aligned) {
-                (Some(d), true) => d,
-                _ => &self.f,
-            };
-            f.write_all_at(&buf[..n], at).map_err(self.io())?;
-            at += n as u64;
+        if got != want {
+            return Err(EraseError::NotErased {
+                disk: d.name(),
+                method,
+                detail: format!("bytes at offset {at} are not what the erase left"),
+            });
         }
-        self.f.sync_all().map_err(self.io())?;
-        if let Some(d) = &self.direct {
-            d.sync_all().map_err(self.io())?;
-        }
-        Ok(())
+        n += 1;
     }
-
-    /// Read samples spread over the disk (first and last sectors included) and compare each
-    /// with what it must hold.
-    fn verify(&self, method: &'static str, seed: Option<u64>) -> Result<u64, EraseError> {
-        let blk = 4096u64.min(self.size);
-        let mut got = vec![0u8; blk as usize];
-        let mut want = vec![0u8; blk as usize];
-        let last = self.size - blk;
-        let mut n = 0;
-        for i in 0..=SAMPLES {
-            // Spread evenly, nudged off alignment so stripes of any size are hit.
-            let at = if i == SAMPLES {
-                last
-            } else {
-                ((last / SAMPLES) * i + i * 7 * 512).min(last) / 512 * 512
-            };
-            self.f.read_exact_at(&mut got, at).map_err(self.io())?;
-            match seed {
-                Some(s) => fill_random(&mut want, at, s),
-                None => want.fill(0),
-            }
-            if got != want {
-                return Err(EraseError::NotErased {
-                    disk: self.name.clone(),
-                    method,
-                    detail: format!("bytes at offset {at} are not what the erase left"),
-                });
-            }
-            n += 1;
-        }
-        Ok(n)
-    }
+    Ok(n)
 }
 
 fn is_nvme(name: &str) -> bool {
@@ -290,18 +236,19 @@ fn ata_secure_erase(name: &str) -> Option<&'static str> {
     er.0.then_some("ata secure erase")
 }
 
-fn discard(d: &Disk) -> Option<&'static str> {
-    let len = d.size / d.sector * d.sector;
-    if blockdev::secure_discard(&d.f, 0, len).is_ok() {
+fn discard(d: &Device) -> Option<&'static str> {
+    let sector = u64::from(d.logical_sector().max(512));
+    let len = d.size() / sector * sector;
+    if d.discard(0, len, true).is_ok() {
         return Some("secure discard");
     }
-    blockdev::discard(&d.f, 0, len).ok().map(|_| "discard")
+    d.discard(0, len, false).ok().map(|_| "discard")
 }
 
 /// Erase `path` per `p` and verify it.
 pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
-    let d = Disk::open(path)?;
-    let name = d.name.clone();
+    let d = Device::open(path)?;
+    let name = d.name();
     // Hardware erase first: fast, and reaches remapped blocks an overwrite cannot.
     let hw = if is_nvme(&name) && p.nvme_secure_erase {
         nvme_format(&name, &p.keep)
@@ -313,7 +260,7 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
     if let Some(method) = hw {
         // After a secure erase the media reads as zeros (or as what the drive decides for
         // crypto erase: then the metadata erase that follows in cleaning still applies).
-        let checked = d.verify(method, None).or_else(|e| {
+        let checked = verify(&d, method, None).or_else(|e| {
             if method == "nvme crypto erase" {
                 Ok(0)
             } else {
@@ -322,7 +269,7 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
         })?;
         return Ok(Done {
             method,
-            bytes: d.size,
+            bytes: d.size(),
             samples_checked: checked,
         });
     }
@@ -331,10 +278,10 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
             disk: name.clone(),
             why: "express erase needs a hardware secure erase or a device that discards".into(),
         })?;
-        let checked = d.verify(method, None)?;
+        let checked = verify(&d, method, None)?;
         return Ok(Done {
             method,
-            bytes: d.size,
+            bytes: d.size(),
             samples_checked: checked,
         });
     }
@@ -348,11 +295,11 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
     for i in 0..p.random_passes {
         let seed = rand::random::<u64>();
         tracing::info!(disk = %name, pass = i + 1, "random overwrite pass");
-        d.pass(Some(seed))?;
+        pass(&d, Some(seed))?;
         last_seed = Some(seed);
     }
     if p.final_zeros {
-        d.pass(None)?;
+        pass(&d, None)?;
         last_seed = None;
     }
     let method = if p.final_zeros && p.random_passes == 0 {
@@ -360,10 +307,10 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
     } else {
         "overwrite"
     };
-    let checked = d.verify(method, last_seed)?;
+    let checked = verify(&d, method, last_seed)?;
     Ok(Done {
         method,
-        bytes: d.size,
+        bytes: d.size(),
         samples_checked: checked,
     })
 }

@@ -1,14 +1,11 @@
 //! The EFI system partition of a disk: found by its GPT type, its files read in user space
 //! (fatfs over the partition's byte range), so no mount and no vfat kernel driver are needed.
 
-use std::fs::File;
 use std::path::Path;
 
-/// EFI System Partition type GUID C12A7328-F81F-11D2-BA4B-00A0C93EC93B, as stored on disk
-/// (first three fields little-endian).
-const ESP_TYPE: [u8; 16] = [
-    0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
-];
+use super::device::{open_read, DeviceError};
+use super::slice::Slice;
+use super::table::Partition;
 
 /// Loader file names IPA looks for (case-insensitive).
 pub const LOADERS: &[&str] = &[
@@ -27,50 +24,25 @@ pub const LOADERS: &[&str] = &[
     "winload.efi",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Esp {
-    /// 1-based partition number.
-    pub number: u32,
-    pub start: u64,
-    pub len: u64,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EspError {
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-    #[error("{0} has no GPT partition table: {1}")]
-    NoGpt(String, String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("{0}: the EFI system partition is not a readable FAT file system: {1}")]
     NotFat(String, String),
 }
 
-/// Find the first EFI system partition on `disk`.
-pub fn find(disk: &Path) -> Result<Option<Esp>, EspError> {
-    let name = disk.display().to_string();
-    let mut f = File::open(disk).map_err(|e| EspError::Io(name.clone(), e))?;
-    let gpt =
-        gptman::GPT::find_from(&mut f).map_err(|e| EspError::NoGpt(name.clone(), e.to_string()))?;
-    let esp = gpt
-        .iter()
-        .filter(|(_, p)| p.is_used() && p.partition_type_guid == ESP_TYPE)
-        .find_map(|(n, p)| {
-            let (start, len) = super::partitions::gpt_extent(p, gpt.sector_size)?;
-            Some(Esp {
-                number: n,
-                start,
-                len,
-            })
-        });
-    Ok(esp)
+/// Find the first EFI system partition on `disk` (a GPT partition of the ESP type).
+pub fn find(disk: &Path) -> Result<Option<Partition>, EspError> {
+    Ok(super::table::find_esp(disk)?)
 }
 
 /// Every boot loader file on the ESP, as UEFI paths (`\EFI\BOOT\BOOTX64.EFI`).
-pub fn loaders(disk: &Path, esp: &Esp) -> Result<Vec<String>, EspError> {
+pub fn loaders(disk: &Path, esp: &Partition) -> Result<Vec<String>, EspError> {
     let name = disk.display().to_string();
-    let f = File::open(disk).map_err(|e| EspError::Io(name.clone(), e))?;
+    let f = open_read(disk)?;
     let fs = fatfs::FileSystem::new(
-        super::partitions::Slice::new(f, esp.start, esp.len),
+        Slice::new(f, esp.start, esp.len),
         fatfs::FsOptions::new().update_accessed_date(false),
     )
     .map_err(|e| EspError::NotFat(name.clone(), e.to_string()))?;
@@ -107,6 +79,7 @@ pub fn fallback_loader() -> &'static str {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs::File;
     use std::process::{Command, Stdio};
 
     /// A GPT disk image with a FAT ESP holding `\EFI\BOOT\BOOTX64.EFI` (sgdisk, mkfs.fat,
@@ -173,6 +146,6 @@ pub(crate) mod tests {
         assert!(loaders(&q, &find(&q).unwrap().unwrap()).unwrap().is_empty());
         let blank = d.path().join("blank.img");
         File::create(&blank).unwrap().set_len(1 << 20).unwrap();
-        assert!(matches!(find(&blank), Err(EspError::NoGpt(..))));
+        assert_eq!(find(&blank).unwrap(), None, "no GPT, no ESP");
     }
 }

@@ -1,5 +1,5 @@
-//! Disks and what lives on them: the disk and its partitions as the kernel sees them
-//! (`device`), partition tables, mounting partitions, the EFI system partition, config drives,
+//! Disks and what lives on them: the disk being written (`device`, its one owner), partition
+//! nodes as the kernel sees them (`nodes`), partition tables, mounting partitions, the EFI system partition, config drives,
 //! partition-image layouts, wiping and erasing.
 
 pub mod configdrive;
@@ -7,5 +7,8 @@ pub mod device;
 pub mod erase;
 pub mod esp;
 pub mod mount;
+pub mod nodes;
 pub mod partitions;
+pub mod slice;
+pub mod table;
 pub mod wipe;

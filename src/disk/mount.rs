@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::device::{partition_io, PartitionIo};
+use super::nodes::{partition_io, PartitionIo};
+use super::table::Partition;
 use crate::system::tools::run_capture;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,19 +29,8 @@ pub enum MountError {
     Mount { what: String, detail: String },
 }
 
-/// Where a file system lives: a partition of `disk` (1-based `number`, byte range).
-#[derive(Debug, Clone)]
-pub struct Partition<'a> {
-    pub disk: &'a Path,
-    pub number: u32,
-    pub start: u64,
-    pub len: u64,
-}
-
-impl Partition<'_> {
-    fn describe(&self) -> String {
-        format!("partition {} of {}", self.number, self.disk.display())
-    }
+fn describe(disk: &Path, p: &Partition) -> String {
+    format!("partition {} of {}", p.number, disk.display())
 }
 
 /// What a mount is for, which decides its options.
@@ -80,14 +70,19 @@ fn fresh_dir() -> Result<PathBuf, MountError> {
 }
 
 /// `mount` a partition at `at`: through its node when the kernel's node is exactly this
-/// partition, else through a loop device over the byte range (`device::partition_io`).
-fn mount_partition(p: &Partition, at: &Path, access: Access) -> Result<bool, MountError> {
+/// partition, else through a loop device over the byte range (`nodes::partition_io`).
+fn mount_partition(
+    disk: &Path,
+    p: &Partition,
+    at: &Path,
+    access: Access,
+) -> Result<bool, MountError> {
     let mode = access.options();
-    let (opts, src, looped) = match partition_io(p.disk, p.number, p.start, p.len) {
+    let (opts, src, looped) = match partition_io(disk, p.number, p.start, p.len) {
         PartitionIo::Node(node) => (mode.to_string(), node.display().to_string(), false),
         PartitionIo::Window { start, len } => (
             format!("{mode},loop,offset={start},sizelimit={len}"),
-            p.disk.display().to_string(),
+            disk.display().to_string(),
             true,
         ),
     };
@@ -95,13 +90,13 @@ fn mount_partition(p: &Partition, at: &Path, access: Access) -> Result<bool, Mou
     let (ok, out) =
         run_capture("mount", &["-o", &opts, &src, &at_s], TOOL_TIME, 1 << 14).map_err(|e| {
             MountError::Mount {
-                what: p.describe(),
+                what: describe(disk, p),
                 detail: e.to_string(),
             }
         })?;
     if !ok {
         return Err(MountError::Mount {
-            what: p.describe(),
+            what: describe(disk, p),
             detail: String::from_utf8_lossy(&out).trim().to_string(),
         });
     }
@@ -109,10 +104,10 @@ fn mount_partition(p: &Partition, at: &Path, access: Access) -> Result<bool, Mou
 }
 
 impl Mounted {
-    /// Mount partition `p` on a fresh temporary directory.
-    pub fn partition(p: &Partition, access: Access) -> Result<Mounted, MountError> {
+    /// Mount partition `p` of `disk` on a fresh temporary directory.
+    pub fn partition(disk: &Path, p: &Partition, access: Access) -> Result<Mounted, MountError> {
         let dir = fresh_dir()?;
-        match mount_partition(p, &dir, access) {
+        match mount_partition(disk, p, &dir, access) {
             Ok(looped) => Ok(Mounted {
                 stack: vec![(dir.clone(), looped)],
                 dir,
@@ -146,21 +141,22 @@ impl Mounted {
         Ok(())
     }
 
-    /// Mount partition `p` at `sub` inside this file system (e.g. the ESP at `boot/efi`),
-    /// with this mount's access. The partition is mounted on a private directory first, then
-    /// bound onto the checked directory's descriptor.
+    /// Mount partition `p` of `disk` at `sub` inside this file system (e.g. the ESP at
+    /// `boot/efi`), with this mount's access. The partition is mounted on a private directory
+    /// first, then bound onto the checked directory's descriptor.
     pub fn mount_inside(
         &mut self,
         sub: &str,
+        disk: &Path,
         p: &Partition,
         access: Access,
     ) -> Result<(), MountError> {
         let target = self.target(sub)?;
-        let staging = Mounted::partition(p, access)?;
+        let staging = Mounted::partition(disk, p, access)?;
         bind(
             staging.path(),
             &target,
-            &format!("{} at /{sub}", p.describe()),
+            &format!("{} at /{sub}", describe(disk, p)),
         )?;
         // The bind keeps the file system (and its loop device) alive; the staging mount goes.
         drop(staging);

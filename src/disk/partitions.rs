@@ -4,35 +4,24 @@
 //! The small file systems (vfat ESP, swap signature) are made here, in user space, on byte
 //! ranges of the disk: no partition device nodes are needed.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use super::device::{Device, DeviceError};
+use super::slice::Slice;
+pub use super::table::{Label, Partition};
+use super::table::{TYPE_BIOS, TYPE_ESP, TYPE_LINUX, TYPE_SWAP};
 
 const MIB: u64 = 1 << 20;
 const ESP_MB: u64 = 550;
 
-pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
-const TYPE_BIOS: &str = "21686148-6449-6E6F-744E-656564454649";
-const TYPE_LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
-const TYPE_SWAP: &str = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F";
-
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("the partition layout needs {need} MiB but {disk} has only {have} MiB")]
     TooSmall { disk: String, need: u64, have: u64 },
     #[error("invalid partition layout request: {0}")]
     Invalid(String),
     #[error("writing the partition table of {0}: {1}")]
     Table(String, String),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Label {
-    Gpt,
-    Msdos,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +48,11 @@ impl Role {
     }
 }
 
+/// A partition of the layout: what it is for, and the partition itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
+pub struct Placed {
     pub role: Role,
-    /// 1-based partition number.
-    pub number: u32,
-    pub start: u64,
-    pub len: u64,
-    /// PARTUUID: the GPT entry's GUID, or `<mbr signature>-<nn>`.
-    pub part_uuid: String,
+    pub part: Partition,
 }
 
 #[derive(Debug, Clone)]
@@ -143,15 +128,14 @@ fn guid_bytes(s: &str) -> [u8; 16] {
 
 /// Write a fresh partition table for `layout` onto `dev`; returns the partitions.
 pub fn write_table(
-    dev: &Path,
-    sector: u64,
+    dev: &Device,
     label: Label,
     layout: &[(Role, u64, u64)],
-) -> Result<Vec<Part>, LayoutError> {
-    let name = dev.display().to_string();
-    let io = |e: std::io::Error| LayoutError::Io(name.clone(), e);
+) -> Result<Vec<Placed>, LayoutError> {
+    let name = dev.name();
+    let sector = u64::from(dev.logical_sector());
     let table = |e: String| LayoutError::Table(name.clone(), e);
-    let mut f = super::device::open_write(dev).map_err(io)?;
+    let mut f = dev.file()?;
     let mut parts = Vec::new();
     match label {
         Label::Gpt => {
@@ -183,12 +167,17 @@ pub fn write_table(
                     attribute_bits: 0,
                     partition_name: pname.into(),
                 };
-                parts.push(Part {
+                parts.push(Placed {
                     role: *role,
-                    number: n,
-                    start: *start,
-                    len: *len,
-                    part_uuid: uuid.to_string(),
+                    part: Partition {
+                        number: n,
+                        start: *start,
+                        len: *len,
+                        type_id: ty.to_string(),
+                        part_uuid: uuid.to_string(),
+                        name: pname.to_string(),
+                        table: Label::Gpt,
+                    },
                 });
             }
             gpt.write_into(&mut f).map_err(|e| table(e.to_string()))?;
@@ -217,185 +206,39 @@ pub fn write_table(
                     starting_lba: lba(*start)?,
                     sectors: lba(*len)?,
                 };
-                parts.push(Part {
+                parts.push(Placed {
                     role: *role,
-                    number: n as u32,
-                    start: *start,
-                    len: *len,
-                    part_uuid: format!("{:08x}-{n:02x}", u32::from_le_bytes(sig)),
+                    part: Partition {
+                        number: n as u32,
+                        start: *start,
+                        len: *len,
+                        type_id: format!("{:02X}", mbr[n].sys),
+                        part_uuid: format!("{:08x}-{n:02x}", u32::from_le_bytes(sig)),
+                        name: String::new(),
+                        table: Label::Msdos,
+                    },
                 });
             }
             mbr.write_into(&mut f).map_err(|e| table(e.to_string()))?;
         }
     }
-    f.sync_all().map_err(io)?;
-    let listed: Vec<(u32, u64, u64)> = parts.iter().map(|p| (p.number, p.start, p.len)).collect();
-    super::device::refresh_partitions(&f, dev, &listed);
+    dev.sync()?;
+    let listed: Vec<(u32, u64, u64)> = parts
+        .iter()
+        .map(|p| (p.part.number, p.part.start, p.part.len))
+        .collect();
+    dev.refresh_partitions(&listed);
     Ok(parts)
 }
 
-/// `device::refresh_partitions` with whatever table is now on the disk (none after a wipe).
-pub fn refresh(f: &File, disk: &Path) {
-    if !super::device::is_block(disk) {
-        return;
-    }
-    let listed: Vec<(u32, u64, u64)> = f
-        .try_clone()
-        .map(|mut c| read_table(&mut c))
-        .unwrap_or_default()
-        .iter()
-        .map(|p| (p.number, p.start, p.len))
-        .collect();
-    super::device::refresh_partitions(f, disk, &listed);
-}
-
-/// A partition as the disk's table lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    /// 1-based partition number.
-    pub number: u32,
-    pub start: u64,
-    pub len: u64,
-    /// PARTUUID: the GPT entry's GUID, or `<mbr signature>-<nn>`.
-    pub part_uuid: String,
-    /// GPT type GUID (upper case) or the MBR type byte as two hex digits.
-    pub type_id: String,
-    pub label: Label,
-}
-
-/// A GPT entry's byte range, `None` when the entry is inconsistent (a table left on a disk by
-/// a previous tenant, or shipped in an image, is input: its end may precede its start, or its
-/// range overflow).
-pub fn gpt_extent(p: &gptman::GPTPartitionEntry, sector: u64) -> Option<(u64, u64)> {
-    let start = p.starting_lba.checked_mul(sector)?;
-    let len = p
-        .ending_lba
-        .checked_sub(p.starting_lba)?
-        .checked_add(1)?
-        .checked_mul(sector)?;
-    start.checked_add(len)?;
-    Some((start, len))
-}
-
-/// The partitions of the table on `f` (GPT first, else the MBR's primary entries; logical
-/// partitions live inside the extended one's range anyway). Empty when there is no table.
-pub fn read_table(f: &mut File) -> Vec<Listed> {
-    if let Ok(gpt) = gptman::GPT::find_from(f) {
-        return gpt
-            .iter()
-            .filter(|(_, p)| p.is_used())
-            .filter_map(|(n, p)| {
-                let (start, len) = gpt_extent(p, gpt.sector_size)?;
-                Some(Listed {
-                    number: n,
-                    start,
-                    len,
-                    part_uuid: uuid::Uuid::from_bytes_le(p.unique_partition_guid).to_string(),
-                    type_id: uuid::Uuid::from_bytes_le(p.partition_type_guid)
-                        .to_string()
-                        .to_uppercase(),
-                    label: Label::Gpt,
-                })
-            })
-            .collect();
-    }
-    let mut mbr = [0u8; 512];
-    if f.seek(SeekFrom::Start(0)).is_err()
-        || f.read_exact(&mut mbr).is_err()
-        || mbr[510..512] != [0x55, 0xaa]
-    {
-        return Vec::new();
-    }
-    let sig = u32::from_le_bytes([mbr[440], mbr[441], mbr[442], mbr[443]]);
-    (0..4)
-        .filter_map(|i| {
-            let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
-            let start = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]])) * 512;
-            let len = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]])) * 512;
-            (e[4] != 0 && len > 0).then(|| Listed {
-                number: i as u32 + 1,
-                start,
-                len,
-                part_uuid: format!("{sig:08x}-{:02x}", i + 1),
-                type_id: format!("{:02X}", e[4]),
-                label: Label::Msdos,
-            })
-        })
-        .collect()
-}
-
-/// A byte range of a disk as a file of its own (for fatfs).
-pub struct Slice {
-    f: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Slice {
-    pub fn new(f: File, start: u64, len: u64) -> Slice {
-        Slice {
-            f,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Slice {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.f.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Write for Slice {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len.saturating_sub(self.pos)) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                "end of the partition",
-            ));
-        }
-        let put = self.f.write_at(&buf[..n], self.start + self.pos)?;
-        self.pos += put as u64;
-        Ok(put)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.f.sync_data()
-    }
-}
-
-impl Seek for Slice {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(n) => i128::from(n),
-            SeekFrom::End(d) => i128::from(self.len) + i128::from(d),
-            SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
-        };
-        self.pos = u64::try_from(new).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek out of range")
-        })?;
-        Ok(self.pos)
-    }
-}
-
 /// Format an ESP (vfat, label `efi-part`); returns its UUID as blkid shows it (`XXXX-XXXX`).
-pub fn make_esp(dev: &Path, p: &Part, sector: u64) -> Result<String, LayoutError> {
-    let name = dev.display().to_string();
-    let f = super::device::open_write(dev).map_err(|e| LayoutError::Io(name.clone(), e))?;
+pub fn make_esp(dev: &Device, p: &Partition) -> Result<String, LayoutError> {
+    let name = dev.name();
+    let sector = dev.logical_sector();
     // Zero the start so no old signature confuses the FAT detection.
-    f.write_all_at(&vec![0u8; MIB.min(p.len) as usize], p.start)
-        .map_err(|e| LayoutError::Io(name.clone(), e))?;
+    dev.zero(p.start, MIB.min(p.len))?;
     let id: u32 = rand::random();
-    let mut s = Slice::new(f, p.start, p.len);
+    let mut s = Slice::new(dev.file()?, p.start, p.len);
     fatfs::format_volume(
         &mut s,
         fatfs::FormatVolumeOptions::new()
@@ -409,10 +252,8 @@ pub fn make_esp(dev: &Path, p: &Part, sector: u64) -> Result<String, LayoutError
 }
 
 /// Write a Linux swap signature (version 1, label `swap1`); returns its UUID.
-pub fn make_swap(dev: &Path, p: &Part) -> Result<String, LayoutError> {
+pub fn make_swap(dev: &Device, p: &Partition) -> Result<String, LayoutError> {
     const PAGE: u64 = 4096;
-    let name = dev.display().to_string();
-    let f = super::device::open_write(dev).map_err(|e| LayoutError::Io(name.clone(), e))?;
     let uuid = uuid::Uuid::new_v4();
     let mut h = vec![0u8; PAGE as usize];
     h[1024..1028].copy_from_slice(&1u32.to_le_bytes());
@@ -421,9 +262,8 @@ pub fn make_swap(dev: &Path, p: &Part) -> Result<String, LayoutError> {
     h[1036..1052].copy_from_slice(uuid.as_bytes());
     h[1052..1057].copy_from_slice(b"swap1");
     h[4086..4096].copy_from_slice(b"SWAPSPACE2");
-    f.write_all_at(&h, p.start)
-        .and_then(|_| f.sync_data())
-        .map_err(|e| LayoutError::Io(name, e))?;
+    dev.write_buffered_at(&h, p.start)?;
+    dev.sync()?;
     Ok(uuid.to_string())
 }
 

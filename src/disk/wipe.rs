@@ -6,92 +6,58 @@
 //! disk's own first and last MiB go (MBR, primary and backup GPT). The result is checked with
 //! libblkid: a signature still found is an error, never a silent success.
 
-use std::fs::File;
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::Path;
 
+use super::device::{Device, DeviceError};
 use crate::hardware::probe;
-use crate::system::blockdev;
 
 const MIB: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WipeError {
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-    #[error("refusing to erase {0}: {1}")]
-    InUse(String, String),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("{0} still carries {1} after the erase")]
     NotBlank(String, String),
 }
 
-/// Byte ranges (start, length) of the partitions the disk's table lists.
-pub fn partitions(f: &mut File) -> Vec<(u64, u64)> {
-    super::partitions::read_table(f)
-        .into_iter()
-        .map(|p| (p.start, p.len))
-        .collect()
-}
-
-fn zero(f: &File, name: &str, start: u64, len: u64, size: u64) -> Result<(), WipeError> {
-    let end = (start + len).min(size);
+/// Zero the first and last MiB of `[start, start+len)`, clipped to the device.
+fn zero_ends(dev: &Device, start: u64, len: u64) -> Result<(), WipeError> {
+    let end = start.saturating_add(len).min(dev.size());
     if start >= end {
         return Ok(());
     }
-    let zeros = vec![0u8; MIB as usize];
-    let mut ranges = vec![(start, MIB.min(end - start))];
+    dev.zero(start, MIB.min(end - start))?;
     if end - start > MIB {
-        ranges.push((
-            (end - MIB).max(start + MIB),
-            end - (end - MIB).max(start + MIB),
-        ));
-    }
-    for (at, n) in ranges {
-        f.write_all_at(&zeros[..n as usize], at)
-            .map_err(|e| WipeError::Io(name.into(), e))?;
+        let tail = (end - MIB).max(start + MIB);
+        dev.zero(tail, end - tail)?;
     }
     Ok(())
 }
 
 /// Erase the metadata of `dev` (a whole disk or an image file). Returns what was found on it.
-pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
-    let name = dev.display().to_string();
-    let io = |e| WipeError::Io(name.clone(), e);
-    let meta = std::fs::metadata(dev).map_err(io)?;
-    if meta.file_type().is_block_device() {
-        let base = std::fs::canonicalize(dev).map_err(io)?;
-        let base = base
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if let Some(why) = blockdev::in_use(&base) {
-            return Err(WipeError::InUse(name, why));
-        }
-    }
-    let before = probe::probe(dev).ok();
+pub fn erase_metadata(path: &Path) -> Result<Vec<String>, WipeError> {
+    let name = path.display().to_string();
+    // Opened before looking: a disk in use is refused with the reason.
+    let dev = Device::open(path)?;
+    let before = probe::probe(path).ok();
     let mut found: Vec<String> = before
         .iter()
         .flat_map(|p| [p.pt_type.clone(), p.fs_type.clone()])
         .flatten()
         .collect();
-    let mut f = super::device::open_write(dev).map_err(io)?;
-    let size = if meta.file_type().is_block_device() {
-        blockdev::size(&f).map_err(io)?
-    } else {
-        meta.len()
-    };
-    let parts = partitions(&mut f);
+    let parts = super::table::read(&mut dev.file()?);
     if !parts.is_empty() {
         found.push(format!("{} partitions", parts.len()));
     }
-    for (start, len) in &parts {
-        zero(&f, &name, *start, *len, size)?;
+    for p in &parts {
+        zero_ends(&dev, p.start, p.len)?;
     }
-    zero(&f, &name, 0, size, size)?;
-    f.sync_all().map_err(io)?;
-    super::partitions::refresh(&f, dev);
-    drop(f);
-    let after = probe::probe(dev).map_err(|e| WipeError::NotBlank(name.clone(), e.to_string()))?;
+    zero_ends(&dev, 0, dev.size())?;
+    dev.sync()?;
+    super::table::refresh(&dev);
+    drop(dev);
+    let after = probe::probe(path).map_err(|e| WipeError::NotBlank(name.clone(), e.to_string()))?;
     if let Some(left) = after.pt_type.or(after.fs_type) {
         return Err(WipeError::NotBlank(name, left));
     }
@@ -101,6 +67,8 @@ pub fn erase_metadata(dev: &Path) -> Result<Vec<String>, WipeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
     use std::process::{Command, Stdio};
 
     #[test]

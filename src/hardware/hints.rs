@@ -302,23 +302,34 @@ fn describe(expr: &Expr) -> String {
     }
 }
 
+/// Why a device does not match a hint (shown to the operator when no disk matches).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(pub String);
+
 /// Check one hint against a device: `Ok(())`, or why it does not match.
-pub fn check(h: &Hint, d: &HintTarget) -> Result<(), String> {
+pub fn check(h: &Hint, d: &HintTarget) -> Result<(), Mismatch> {
     let want = describe(&h.expr);
-    let single = |v: &Option<String>| -> Result<(), String> {
+    let single = |v: &Option<String>| -> Result<(), Mismatch> {
         match v {
             Some(v) if match_str(&h.expr, v) => Ok(()),
-            Some(v) => Err(format!("{} {v:?} does not match {want:?}", h.field)),
-            None => Err(format!("{} is unknown, wanted {want:?}", h.field)),
+            Some(v) => Err(Mismatch(format!(
+                "{} {v:?} does not match {want:?}",
+                h.field
+            ))),
+            None => Err(Mismatch(format!("{} is unknown, wanted {want:?}", h.field))),
         }
     };
-    let list = |vs: &[String]| -> Result<(), String> {
+    let list = |vs: &[String]| -> Result<(), Mismatch> {
         if vs.iter().any(|v| match_str(&h.expr, v)) {
             Ok(())
         } else if vs.is_empty() {
-            Err(format!("{} is unknown, wanted {want:?}", h.field))
+            Err(Mismatch(format!("{} is unknown, wanted {want:?}", h.field)))
         } else {
-            Err(format!("{} {vs:?} does not match {want:?}", h.field))
+            Err(Mismatch(format!(
+                "{} {vs:?} does not match {want:?}",
+                h.field
+            )))
         }
     };
     match h.field.as_str() {
@@ -338,12 +349,17 @@ pub fn check(h: &Hint, d: &HintTarget) -> Result<(), String> {
             if ok {
                 Ok(())
             } else {
-                Err(format!("size {gib:.3} GiB does not match {want:?}"))
+                Err(Mismatch(format!(
+                    "size {gib:.3} GiB does not match {want:?}"
+                )))
             }
         }
         "rotational" => match h.expr {
             Expr::Bool(b) if b == d.rotational => Ok(()),
-            _ => Err(format!("rotational is {}, wanted {want}", d.rotational)),
+            _ => Err(Mismatch(format!(
+                "rotational is {}, wanted {want}",
+                d.rotational
+            ))),
         },
         "name" => {
             // A by-path name matches the disk it points to, like the /dev name itself.
@@ -352,7 +368,10 @@ pub fn check(h: &Hint, d: &HintTarget) -> Result<(), String> {
             {
                 Ok(())
             } else {
-                Err(format!("name {:?} does not match {want:?}", d.name))
+                Err(Mismatch(format!(
+                    "name {:?} does not match {want:?}",
+                    d.name
+                )))
             }
         }
         "model" => single(&d.model),
@@ -364,7 +383,7 @@ pub fn check(h: &Hint, d: &HintTarget) -> Result<(), String> {
         "hctl" => single(&d.hctl),
         "by_path" => single(&d.by_path),
         "tran" => single(&d.tran),
-        other => Err(format!("unknown hint {other}")),
+        other => Err(Mismatch(format!("unknown hint {other}"))),
     }
 }
 
@@ -458,7 +477,7 @@ mod tests {
         }
         // wwn_vendor_extension is unknown on this disk: never matches, and says so.
         let h = &parse(&json!({"wwn_vendor_extension": "0x1"})).unwrap()[0];
-        assert!(check(h, &a).unwrap_err().contains("unknown"));
+        assert!(check(h, &a).unwrap_err().0.contains("unknown"));
     }
 
     #[test]

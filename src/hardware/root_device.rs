@@ -154,7 +154,10 @@ pub fn choose(
         match &parsed {
             Some(hs) => {
                 let t = d.hint_target();
-                reasons.extend(hs.iter().filter_map(|h| hints::check(h, &t).err()));
+                reasons.extend(
+                    hs.iter()
+                        .filter_map(|h| hints::check(h, &t).err().map(|m| m.0)),
+                );
             }
             None if d.size < MIN_SIZE => {
                 reasons.push(format!("smaller than {} GiB", MIN_SIZE >> 30))

@@ -175,9 +175,20 @@ pub fn fetch_small(url: &str, o: &FetchOptions, max: usize) -> Result<Vec<u8>, F
 /// How much of a body [`fetch_sniffed`] looks at before deciding.
 pub const SNIFF_AT: usize = 128 << 10;
 
-/// Judges the first bytes of a body: refuses it (not what was expected), or gives the size it
-/// may have at most.
-pub type Sniff<'a> = &'a (dyn Fn(&[u8]) -> Result<usize, String> + Sync);
+/// Why a sniffer refused a body (not what was expected).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+impl Refusal {
+    /// Any error as a refusal (a sniffer written for another purpose).
+    pub fn from_error(e: impl std::fmt::Display) -> Refusal {
+        Refusal(e.to_string())
+    }
+}
+
+/// Judges the first bytes of a body: refuses it, or gives the size it may have at most.
+pub type Sniff<'a> = &'a (dyn Fn(&[u8]) -> Result<usize, Refusal> + Sync);
 
 /// Like [`fetch_small`], with `sniff` shown the first [`SNIFF_AT`] bytes (or the whole body,
 /// if shorter): an endless stream of something else is refused after 128 KiB, not at `max`.
@@ -250,7 +261,12 @@ async fn read_capped(
     let mut sniffed = sniff.is_none();
     let judge = |body: &[u8], max: &mut usize| -> Result<(), Option<FetchError>> {
         if let Some(s) = sniff {
-            let allowed = s(body).map_err(|why| Some(FetchError::Refused { url: shown(), why }))?;
+            let allowed = s(body).map_err(|why| {
+                Some(FetchError::Refused {
+                    url: shown(),
+                    why: why.0,
+                })
+            })?;
             *max = allowed.min(*max);
         }
         Ok(())

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::fetch::{Auth, FetchOptions};
 use super::pipeline::{self, ImageError, ImageRequest};
 use crate::config::Config;
+use crate::disk::table::Label;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ImageInfo {
@@ -42,6 +43,76 @@ pub struct ImageInfo {
     /// Everything else (stream_raw_images, container_format, partition sizes, …).
     #[serde(flatten)]
     pub other: serde_json::Map<String, Value>,
+    /// The layout options of a partition image, parsed with the rest (`None` for a whole disk).
+    #[serde(skip)]
+    pub partition: Option<PartitionOptions>,
+}
+
+/// What a partition image asks of the disk's layout: `deploy_boot_mode`, `disk_label`,
+/// `root_mb`, `swap_mb`, `ephemeral_mb`, `ephemeral_format`, `preserve_ephemeral`. Sizes are
+/// checked against the disk when the layout is planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionOptions {
+    pub uefi: bool,
+    pub label: Label,
+    pub root_mb: u64,
+    pub swap_mb: u64,
+    pub ephemeral_mb: u64,
+    pub ephemeral_format: String,
+    pub preserve_ephemeral: bool,
+}
+
+fn whole_mib(o: &serde_json::Map<String, Value>, key: &str) -> Result<u64, InfoError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n.as_u64().ok_or(()),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| ()),
+        Some(_) => Err(()),
+    }
+    .map_err(|_| InfoError::Invalid(format!("image_info {key} must be a whole number of MiB")))
+}
+
+fn text<'a>(o: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a str> {
+    o.get(key)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+impl PartitionOptions {
+    pub fn parse(o: &serde_json::Map<String, Value>) -> Result<PartitionOptions, InfoError> {
+        let uefi = text(o, "deploy_boot_mode").unwrap_or("uefi") == "uefi";
+        let label = match (uefi, text(o, "disk_label")) {
+            (true, _) | (false, Some("gpt")) => Label::Gpt,
+            (false, None | Some("msdos")) => Label::Msdos,
+            (false, Some(other)) => {
+                return Err(InfoError::Invalid(format!(
+                    "unknown disk_label {other:?} (gpt or msdos)"
+                )))
+            }
+        };
+        let preserve_ephemeral = match o.get("preserve_ephemeral") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes")
+            }
+            Some(other) => {
+                return Err(InfoError::Invalid(format!(
+                    "preserve_ephemeral must be true or false, got {other}"
+                )))
+            }
+        };
+        Ok(PartitionOptions {
+            uefi,
+            label,
+            root_mb: whole_mib(o, "root_mb")?,
+            swap_mb: whole_mib(o, "swap_mb")?,
+            ephemeral_mb: whole_mib(o, "ephemeral_mb")?,
+            ephemeral_format: text(o, "ephemeral_format").unwrap_or("ext4").to_string(),
+            preserve_ephemeral,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +123,7 @@ pub enum InfoError {
 
 impl ImageInfo {
     pub fn parse(v: &Value) -> Result<ImageInfo, InfoError> {
-        let info: ImageInfo =
+        let mut info: ImageInfo =
             serde_json::from_value(v.clone()).map_err(|e| InfoError::Invalid(e.to_string()))?;
         if info.id.trim().is_empty() {
             return Err(InfoError::Invalid("Image is missing 'id' field.".into()));
@@ -69,6 +140,9 @@ impl ImageInfo {
                 "Image checksum is not available: give os_hash_algo/os_hash_value or checksum"
                     .into(),
             ));
+        }
+        if info.is_partition_image() {
+            info.partition = Some(PartitionOptions::parse(&info.other)?);
         }
         Ok(info)
     }

@@ -587,39 +587,53 @@ impl<R: Read> Window<R> {
     }
 }
 
+/// Why a compressed cluster did not decompress to exactly one cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    Codec(String),
+    #[error("{codec} gave {got} bytes, not {want}")]
+    Length {
+        codec: &'static str,
+        got: u64,
+        want: usize,
+    },
+}
+
 /// Decompress one cluster into `out` (exactly one cluster long).
-pub fn decompress(c: ClusterCompression, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub fn decompress(c: ClusterCompression, input: &[u8], out: &mut [u8]) -> Result<(), ClusterError> {
+    let codec = |e: &dyn std::fmt::Display| ClusterError::Codec(e.to_string());
     match c {
         ClusterCompression::Deflate => {
             let mut d = flate2::Decompress::new(false);
             d.decompress(input, out, flate2::FlushDecompress::Finish)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| codec(&e))?;
             if d.total_out() as usize != out.len() {
-                return Err(format!(
-                    "inflated to {} bytes, not {}",
-                    d.total_out(),
-                    out.len()
-                ));
+                return Err(ClusterError::Length {
+                    codec: "deflate",
+                    got: d.total_out(),
+                    want: out.len(),
+                });
             }
         }
         ClusterCompression::Zstd => {
             use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
-            let mut d = Decoder::new().map_err(|e| e.to_string())?;
+            let mut d = Decoder::new().map_err(|e| codec(&e))?;
             let mut inb = InBuffer::around(input);
             let mut outb = OutBuffer::around(out);
             loop {
                 let before = (inb.pos(), outb.pos());
-                let hint = d.run(&mut inb, &mut outb).map_err(|e| e.to_string())?;
+                let hint = d.run(&mut inb, &mut outb).map_err(|e| codec(&e))?;
                 if hint == 0 || outb.pos() == outb.capacity() || before == (inb.pos(), outb.pos()) {
                     break;
                 }
             }
             if outb.pos() != outb.capacity() {
-                return Err(format!(
-                    "zstd gave {} bytes, not {}",
-                    outb.pos(),
-                    outb.capacity()
-                ));
+                return Err(ClusterError::Length {
+                    codec: "zstd",
+                    got: outb.pos() as u64,
+                    want: outb.capacity(),
+                });
             }
         }
     }
@@ -758,7 +772,8 @@ pub fn guest_head(
         let plain = match e.kind {
             Kind::Compressed => {
                 let mut c = vec![0u8; cs];
-                decompress(map.header.compression, &bytes, &mut c).map_err(corrupt)?;
+                decompress(map.header.compression, &bytes, &mut c)
+                    .map_err(|e| corrupt(e.to_string()))?;
                 c
             }
             Kind::Partial(alloc) => {

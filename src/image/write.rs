@@ -10,28 +10,17 @@
 //! * Writes are large (4 MiB), O_DIRECT and aligned; the disk is flushed and the kernel told
 //!   to re-read the partition table at the end.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::system::blockdev;
+use crate::disk::device::{zeros, Device, DeviceError, ZERO_CHUNK as CHUNK};
 
 /// The held-back head of the image, also the size of the wiped areas.
 pub const HEAD: usize = 1 << 20;
-const CHUNK: usize = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("{path}: {what}: {source}")]
-    Io {
-        path: String,
-        what: &'static str,
-        source: std::io::Error,
-    },
-    #[error("refusing to write {path}: {why}")]
-    InUse { path: String, why: String },
-    #[error("{path} is neither a block device nor a regular file")]
-    NotADisk { path: String },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("the image ({image} bytes{more}) is larger than the disk {path} ({disk} bytes)")]
     TooLarge {
         path: String,
@@ -48,6 +37,8 @@ pub enum WriteError {
         image_sector: u32,
         disk_sector: u32,
     },
+    #[error("writer thread: {0}")]
+    Thread(String),
 }
 
 pub use crate::disk::device::{AlignedBuf, ALIGN};
@@ -58,107 +49,75 @@ pub trait Sink {
     fn zero(&mut self, off: u64, len: u64) -> Result<(), WriteError>;
 }
 
-/// An opened write target.
+/// The image's destination: the whole device, or a byte window of it (a partition written
+/// through its disk: no partition device node needed).
 pub struct Target {
-    pub path: PathBuf,
-    direct: File,
-    buffered: File,
-    /// Capacity in bytes; `None` for a regular file that may grow.
+    dev: Device,
+    /// Capacity in bytes; `None` for an empty regular file that may grow.
     pub size: Option<u64>,
     pub sector: u32,
-    pub is_block: bool,
-    write_zeroes: bool,
-    /// Offset of the target within `path`: a partition written through its disk.
+    /// Offset of the target within the device.
     base: u64,
-}
-
-fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> WriteError + 'a {
-    move |source| WriteError::Io {
-        path: path.display().to_string(),
-        what,
-        source,
-    }
 }
 
 impl Target {
     pub fn open(path: &Path) -> Result<Target, WriteError> {
-        let meta = std::fs::metadata(path).map_err(io(path, "stat"))?;
-        let is_block = meta.file_type().is_block_device();
-        if !is_block && !meta.is_file() {
-            return Err(WriteError::NotADisk {
-                path: path.display().to_string(),
-            });
-        }
-        let buffered = crate::disk::device::open_write(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::ResourceBusy {
-                WriteError::InUse {
-                    path: path.display().to_string(),
-                    why: e.to_string(),
-                }
-            } else {
-                io(path, "open")(e)
-            }
-        })?;
-        // A second descriptor with O_DIRECT for the aligned bulk; file systems that refuse it
-        // (tmpfs) get buffered writes instead.
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .or_else(|_| buffered.try_clone())
-            .map_err(io(path, "open"))?;
-        let (size, sector) = if is_block {
-            (
-                Some(blockdev::size(&buffered).map_err(io(path, "BLKGETSIZE64"))?),
-                blockdev::logical_sector_size(&buffered).map_err(io(path, "BLKSSZGET"))?,
-            )
-        } else {
-            (Some(meta.len()).filter(|n| *n > 0), 512)
-        };
-        let write_zeroes = if is_block {
-            blockdev::advertises_write_zeroes(meta.rdev())
-        } else {
-            true
-        };
-        Ok(Target {
-            path: path.to_path_buf(),
-            direct,
-            buffered,
-            size,
-            sector,
-            is_block,
-            write_zeroes,
-            base: 0,
-        })
+        Ok(Target::whole(Device::open(path)?))
     }
 
-    /// The byte range `[start, start+len)` of `path` as the target (a partition, written
-    /// through the whole disk: no partition device node needed).
+    /// The whole of an opened device.
+    pub fn whole(dev: Device) -> Target {
+        let size = Some(dev.size()).filter(|n| *n > 0 || dev.is_block());
+        Target {
+            sector: dev.logical_sector(),
+            size,
+            dev,
+            base: 0,
+        }
+    }
+
+    /// The byte range `[start, start+len)` of `path` as the target.
     pub fn open_window(path: &Path, start: u64, len: u64) -> Result<Target, WriteError> {
-        let mut t = Target::open(path)?;
-        if t.size.is_some_and(|s| start + len > s) {
+        Target::window(Device::open(path)?, start, len)
+    }
+
+    /// The byte range `[start, start+len)` of an opened device.
+    pub fn window(dev: Device, start: u64, len: u64) -> Result<Target, WriteError> {
+        let end = start.checked_add(len);
+        if end.is_none_or(|e| e > dev.size()) {
             return Err(WriteError::TooLarge {
-                path: path.display().to_string(),
-                image: start + len,
-                disk: t.size.unwrap_or(0),
+                path: dev.name(),
+                image: end.unwrap_or(u64::MAX),
+                disk: dev.size(),
                 more: "",
             });
         }
-        t.base = start;
-        t.size = Some(len);
-        Ok(t)
+        Ok(Target {
+            sector: dev.logical_sector(),
+            size: Some(len),
+            dev,
+            base: start,
+        })
     }
 
-    fn err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> WriteError + '_ {
-        io(&self.path, what)
+    pub fn path(&self) -> &Path {
+        self.dev.path()
+    }
+
+    pub fn is_block(&self) -> bool {
+        self.dev.is_block()
+    }
+
+    /// Give the device back (to lay out partitions after wiping, say).
+    pub fn into_device(self) -> Device {
+        self.dev
     }
 
     /// Refuse an image known in advance to be larger than the disk.
     pub fn check_size(&self, image: u64, exact: bool) -> Result<(), WriteError> {
         match self.size {
             Some(disk) if image > disk => Err(WriteError::TooLarge {
-                path: self.path.display().to_string(),
+                path: self.dev.name(),
                 image,
                 disk,
                 more: if exact { "" } else { " at least" },
@@ -170,78 +129,42 @@ impl Target {
     /// Zero the first and last MiB: old partition tables (primary and backup GPT), boot code,
     /// and the superblocks that live at either end (md 0.90/1.0 at the end).
     pub fn wipe_ends(&self) -> Result<(), WriteError> {
-        let zeros = AlignedBuf::new(HEAD);
+        let zeros = &crate::disk::device::zeros()[..HEAD];
         let at_start = self.size.map_or(HEAD, |end| HEAD.min(end as usize));
-        self.pwrite_any(&zeros.get()[..at_start], 0)?;
+        self.pwrite_any(&zeros[..at_start], 0)?;
         if let Some(end) = self.size.filter(|e| *e > HEAD as u64) {
             let start = (end - HEAD as u64).max(HEAD as u64);
-            self.pwrite_any(&zeros.get()[..(end - start) as usize], start)?;
+            self.pwrite_any(&zeros[..(end - start) as usize], start)?;
         }
         self.sync()
     }
 
     /// Write at `offset`, O_DIRECT when aligned, buffered otherwise.
     fn pwrite_any(&self, data: &[u8], offset: u64) -> Result<(), WriteError> {
-        let aligned = offset % ALIGN as u64 == 0
-            && data.len() % self.sector.max(512) as usize == 0
-            && data.as_ptr() as usize % ALIGN == 0;
-        let f = if aligned {
-            &self.direct
-        } else {
-            &self.buffered
-        };
-        f.write_all_at(data, self.base + offset)
-            .map_err(self.err("write"))
+        Ok(self.dev.write_at(data, self.base + offset)?)
     }
 
     /// Write at `offset` without O_DIRECT (unaligned heads and tails).
     fn pwrite_buffered(&self, data: &[u8], offset: u64) -> Result<(), WriteError> {
-        self.buffered
-            .write_all_at(data, self.base + offset)
-            .map_err(self.err("write"))
+        Ok(self.dev.write_buffered_at(data, self.base + offset)?)
     }
 
-    /// Whether zeroing is cheaper than writing zeros: a device that advertises write-zeroes
-    /// (or a file, which can allocate zeros without writing them).
+    /// Whether zeroing is cheaper than writing zeros.
     pub fn zeroes_cheaply(&self) -> bool {
-        self.write_zeroes
+        self.dev.zeroes_cheaply()
     }
 
-    /// Make `[off, off+len)` read as zeros: BLKZEROOUT on a device that advertises
-    /// write-zeroes, fallocate on a file, else plain zero writes.
+    /// Make `[off, off+len)` of the target read as zeros.
     pub fn zero_range(&self, off: u64, len: u64) -> Result<(), WriteError> {
-        let sector = u64::from(self.sector.max(512));
-        let aligned = off % sector == 0 && len % sector == 0;
-        if self.write_zeroes && aligned {
-            let done = if self.is_block {
-                blockdev::zeroout(&self.buffered, self.base + off, len)
-            } else {
-                blockdev::fallocate_zero(&self.buffered, self.base + off, len)
-            };
-            match done {
-                Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(error = %e, "zeroing offload failed; writing zeros"),
-            }
-        }
-        let mut at = off;
-        while at < off + len {
-            let n = (off + len - at).min(CHUNK as u64) as usize;
-            self.pwrite_any(&zeros()[..n], at)?;
-            at += n as u64;
-        }
-        Ok(())
+        Ok(self.dev.zero(self.base + off, len)?)
     }
 
     /// A second handle on the same target, for the writer thread.
     fn try_clone(&self) -> Result<Target, WriteError> {
         Ok(Target {
-            path: self.path.clone(),
-            direct: self.direct.try_clone().map_err(self.err("dup"))?,
-            buffered: self.buffered.try_clone().map_err(self.err("dup"))?,
+            dev: self.dev.try_clone()?,
             size: self.size,
             sector: self.sector,
-            is_block: self.is_block,
-            write_zeroes: self.write_zeroes,
             base: self.base,
         })
     }
@@ -264,14 +187,13 @@ impl Target {
     }
 
     pub fn sync(&self) -> Result<(), WriteError> {
-        self.buffered.sync_all().map_err(self.err("fsync"))?;
-        self.direct.sync_all().map_err(self.err("fsync"))
+        Ok(self.dev.sync()?)
     }
 
     /// Bring the kernel's partitions in line with the table now on the disk.
     pub fn reread_partitions(&self) {
-        if self.is_block && self.base == 0 {
-            crate::disk::partitions::refresh(&self.buffered, &self.path);
+        if self.dev.is_block() && self.base == 0 {
+            crate::disk::table::refresh(&self.dev);
         }
     }
 }
@@ -340,11 +262,7 @@ impl Pipe {
                 }
                 Ok(())
             })
-            .map_err(|e| WriteError::Io {
-                path: String::new(),
-                what: "starting the writer thread",
-                source: e,
-            })?;
+            .map_err(|e| WriteError::Thread(format!("cannot start: {e}")))?;
         Ok(Pipe {
             jobs: Some(jobs),
             free,
@@ -359,11 +277,7 @@ impl Pipe {
         match self.handle.take().map(|h| h.join()) {
             None | Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(e),
-            Some(Err(_)) => Err(WriteError::Io {
-                path: String::new(),
-                what: "writer thread",
-                source: std::io::Error::other("panicked"),
-            }),
+            Some(Err(_)) => Err(WriteError::Thread("panicked".into())),
         }
     }
 
@@ -372,11 +286,7 @@ impl Pipe {
         match sent {
             Some(Ok(())) => Ok(()),
             // The thread stopped: it failed, and says why.
-            _ => self.join().and(Err(WriteError::Io {
-                path: String::new(),
-                what: "writer thread",
-                source: std::io::Error::other("stopped"),
-            })),
+            _ => self.join().and(Err(WriteError::Thread("stopped".into()))),
         }
     }
 
@@ -390,11 +300,7 @@ impl Pipe {
         }
         match self.free.recv() {
             Ok(b) => Ok(b),
-            Err(_) => self.join().and(Err(WriteError::Io {
-                path: String::new(),
-                what: "writer thread",
-                source: std::io::Error::other("stopped"),
-            })),
+            Err(_) => self.join().and(Err(WriteError::Thread("stopped".into()))),
         }
     }
 }
@@ -406,13 +312,6 @@ impl Drop for DiskWriter<'_> {
             let _ = p.join();
         }
     }
-}
-
-/// One aligned chunk of zeros, allocated on first use (an immutable static array would sit in
-/// the binary's read-only data: 4 MiB of file).
-fn zeros() -> &'static [u8] {
-    static Z: std::sync::OnceLock<AlignedBuf> = std::sync::OnceLock::new();
-    Z.get_or_init(|| AlignedBuf::new(CHUNK)).get()
 }
 
 impl<'t> DiskWriter<'t> {
@@ -433,7 +332,7 @@ impl<'t> DiskWriter<'t> {
     pub fn check_head(&self, head: &[u8]) -> Result<(), WriteError> {
         match gpt_sector_size(head) {
             Some(img) if img != self.t.sector => Err(WriteError::SectorMismatch {
-                path: self.t.path.display().to_string(),
+                path: self.t.path().display().to_string(),
                 image_sector: img,
                 disk_sector: self.t.sector,
             }),
@@ -455,7 +354,7 @@ impl<'t> DiskWriter<'t> {
     fn room(&self, end: u64) -> Result<(), WriteError> {
         match self.t.size {
             Some(cap) if end > cap => Err(WriteError::TooLarge {
-                path: self.t.path.display().to_string(),
+                path: self.t.path().display().to_string(),
                 image: end,
                 disk: cap,
                 more: " at least",
@@ -622,7 +521,7 @@ impl<'t> StreamWriter<'t> {
 /// After a failure: make sure nothing bootable or half-written is left.
 pub fn abort(t: &Target) {
     if let Err(e) = t.wipe_ends() {
-        tracing::error!(path = %t.path.display(), error = %e, "could not wipe the disk after a failed write");
+        tracing::error!(path = %t.path().display(), error = %e, "could not wipe the disk after a failed write");
     }
     t.reread_partitions();
 }
@@ -630,6 +529,8 @@ pub fn abort(t: &Target) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
 
     fn file_target(dir: &Path, size: u64) -> Target {
         let p = dir.join("disk.img");
@@ -650,7 +551,7 @@ mod tests {
             w.write(c).unwrap();
         }
         assert_eq!(w.finish().unwrap(), image.len() as u64);
-        let disk = std::fs::read(&t.path).unwrap();
+        let disk = std::fs::read(t.path()).unwrap();
         assert!(
             disk[..HEAD].iter().all(|b| *b == 0),
             "head held back and the old head wiped"
@@ -661,7 +562,7 @@ mod tests {
             "end wiped"
         );
         w.commit().unwrap();
-        let disk = std::fs::read(&t.path).unwrap();
+        let disk = std::fs::read(t.path()).unwrap();
         assert_eq!(&disk[..image.len()], &image[..]);
     }
 
@@ -675,7 +576,7 @@ mod tests {
             Err(WriteError::TooLarge { .. })
         ));
         assert!(
-            std::fs::read(&t.path).unwrap().iter().all(|b| *b == 0xAA),
+            std::fs::read(t.path()).unwrap().iter().all(|b| *b == 0xAA),
             "nothing written"
         );
         assert!(t.check_size(3 << 20, true).is_err());
@@ -698,7 +599,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            std::fs::read(&t.path).unwrap().iter().all(|b| *b == 0xAA),
+            std::fs::read(t.path()).unwrap().iter().all(|b| *b == 0xAA),
             "nothing written"
         );
     }
@@ -711,10 +612,10 @@ mod tests {
         w.write(&[7u8; 1000]).unwrap();
         w.finish().unwrap();
         w.commit().unwrap();
-        let disk = std::fs::read(&t.path).unwrap();
+        let disk = std::fs::read(t.path()).unwrap();
         assert_eq!(&disk[..1000], &[7u8; 1000][..]);
         abort(&t);
-        let disk = std::fs::read(&t.path).unwrap();
+        let disk = std::fs::read(t.path()).unwrap();
         assert!(
             disk[..HEAD].iter().all(|b| *b == 0)
                 && disk[disk.len() - HEAD..].iter().all(|b| *b == 0)
