@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fast deploy ramdisk, no distribution inside: Debian's kernel, the modules a deploy needs
-# (virtio, NVMe, AHCI/SCSI, USB storage, common NICs, vfat/ext4/iso9660, loop), busybox-static
-# for the shell tools, the static rivet binary, and a small /init (scripts/ramdisk/init.sh) that mounts
-# the pseudo file systems, loads the modules, runs DHCP on every NIC and keeps the agent running.
+# (virtio, NVMe, AHCI/SCSI, USB storage, common NICs, vfat/ext4/iso9660, loop, md RAID),
+# busybox-static for the shell tools, mdadm (with the libraries it links), the static rivet
+# binary, and a small /init (scripts/ramdisk/init.sh) that mounts the pseudo file systems,
+# loads the modules, runs DHCP on every NIC and keeps the agent running.
 #
 # usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk)
 #   -> OUT_DIR/rivet.kernel (bzImage), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
@@ -35,12 +36,20 @@ if [[ ! -f "kernel-$KVER/lib/modules/$KVER/modules.dep" ]]; then
   depmod -b "kernel-$KVER" "$KVER"
 fi
 KDIR=$CACHE/kernel-$KVER
+# mdadm for software RAID, from its Debian package (not installed on the build machine).
+ls mdadm_*.deb >/dev/null 2>&1 || apt-get download -qq mdadm
+[[ -x mdadm/sbin/mdadm ]] || { rm -rf mdadm; dpkg -x mdadm_*.deb mdadm; }
 
 R=$(mktemp -d)
 trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,usr/bin,usr/sbin,var/log,lib/modules/"$KVER"}
 cp /bin/busybox "$R/bin/busybox"
 install -m 0755 "$RIVET" "$R/usr/bin/rivet"
+install -m 0755 "$CACHE/mdadm/sbin/mdadm" "$R/sbin/mdadm"
+# The libraries mdadm links (glibc, libudev), at the paths its loader expects.
+for lib in $(ldd "$CACHE/mdadm/sbin/mdadm" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
+  install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"
+done
 install -m 0755 "$ROOT/scripts/ramdisk/init.sh" "$R/init"
 install -m 0755 "$ROOT/scripts/ramdisk/udhcpc.sh" "$R/etc/udhcpc.sh"
 printf 'root:x:0:0:root:/:/bin/sh\n' > "$R/etc/passwd"
@@ -53,7 +62,8 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
 # missing from this kernel (built in, or renamed) is skipped.
 MODULES=(virtio_pci virtio_blk virtio_net virtio_scsi nvme ahci ata_piix sd_mod sr_mod
          usb_storage uas xhci_pci ehci_pci e1000 e1000e igb ixgbe i40e bnxt_en tg3
-         vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs ${EXTRA_MODULES:-})
+         vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs
+         md_mod raid0 raid1 raid10 raid456 ${EXTRA_MODULES:-})
 : > "$R/etc/modules.order"
 for m in "${MODULES[@]}"; do
   modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true

@@ -53,6 +53,6 @@ echo
 echo "== the product as operators meet it: QEMU VMs (TCG) boot Rivet's ramdisk and the real Ironic"
 echo "   deploys them: a whole-disk image onto the NVMe disk (UEFI), a partition image onto the 4Kn"
 echo "   disk with GRUB installed by the agent; each VM then boots from its disk and prints its"
-echo "   marker (tests/vm/deploy.sh, ~3 min; FLOWS=\"wholedisk partition bios dib\" for all flows)"
+echo "   marker (tests/vm/deploy.sh, ~3 min; FLOWS=\"wholedisk partition bios dib inspect raid\" for all flows)"
 scripts/ironic/run-ironic.sh stop >/dev/null 2>&1 || true
 RIVET="$RIVET" FLOWS="${FLOWS:-wholedisk partition}" tests/vm/deploy.sh

@@ -7,7 +7,7 @@
 #
 # The real-Ironic suites mostly wait (on heartbeats, on the conductor), so they run at once,
 # each with its own Ironic on its own ports, while the diskimage-builder ramdisk the VM test
-# boots is built beside them.
+# boots is built beside them, and beside the VM flows that boot the minimal ramdisk.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -71,12 +71,15 @@ ironic "real Ironic: qcow2, zstd and partition-image deploys" 7303 tests/ironic/
 ironic "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" 7304 tests/ironic/inspect.sh
 for s in "real Ironic: whole-disk deploy and failed deploy" "real Ironic: automated cleaning" \
          "real Ironic: qcow2, zstd and partition-image deploys" \
-         "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" \
-         "DIB ramdisk build (for the VM test)"; do
+         "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery"; do
   collect "$s"
 done
-step "VM: real Ironic deploys QEMU VMs booted from the Rivet ramdisks" \
-  env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" tests/vm/deploy.sh
+# The VM flows that boot the minimal ramdisk need no DIB image: they run while it builds.
+step "VM: real Ironic deploys QEMU VMs booted from the minimal ramdisk (incl. software RAID)" \
+  env RIVET="$RIVET_STATIC" FLOWS="wholedisk partition bios inspect raid" tests/vm/deploy.sh
+collect "DIB ramdisk build (for the VM test)"
+step "VM: the DIB ramdisk boots and cleans for the real Ironic" \
+  env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" FLOWS=dib tests/vm/deploy.sh
 
 echo
 echo "suite times:"

@@ -225,6 +225,12 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
             root_device::wait_for_disks(&disks::Sources::default(), allow, attempts, delay)
         })
         .await;
+        // Arrays a previous deploy built are assembled once the disks are there, so they are
+        // root candidates (and their members are not); beside lookup, not before it. Never
+        // under --simulate-power: a test must not assemble the arrays of the machine it runs on.
+        if !cfg.simulate_power && crate::system::tools::which("mdadm").is_some() {
+            tokio::task::spawn_blocking(crate::disk::md::assemble_scan);
+        }
     }
     let client = Arc::new(ApiClient::new(&cfg)?);
     let macs = lookup_macs(&cfg).await;

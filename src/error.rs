@@ -35,6 +35,8 @@ pub enum ErrorKind {
     InvalidImage,
     /// erase_devices could not erase (and verify) a disk (IPA `BlockDeviceEraseError`).
     BlockDeviceErase,
+    /// A software RAID step failed (IPA `SoftwareRAIDError`).
+    SoftwareRaid,
 }
 
 impl ErrorKind {
@@ -54,6 +56,7 @@ impl ErrorKind {
             ErrorKind::ImageWrite => "ImageWriteError",
             ErrorKind::InvalidImage => "InvalidImage",
             ErrorKind::BlockDeviceErase => "BlockDeviceEraseError",
+            ErrorKind::SoftwareRaid => "SoftwareRAIDError",
         }
     }
 
@@ -85,6 +88,7 @@ impl ErrorKind {
             ErrorKind::ImageWrite => "Error writing image to device",
             ErrorKind::InvalidImage => "Invalid image",
             ErrorKind::BlockDeviceErase => "Error erasing block device",
+            ErrorKind::SoftwareRaid => "Software RAID caused unknown error",
         }
     }
 }

@@ -240,6 +240,7 @@ fn run_one(fx: &Fx, c: &Case, t: &mut Tally) {
     .args(&c.extra)
     .stdout(Stdio::null())
     .stderr(Stdio::piped());
+    let rivet_exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_rivet")).unwrap();
     let start = Instant::now();
     let mut child = cmd.spawn().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -250,9 +251,15 @@ fn run_one(fx: &Fx, c: &Case, t: &mut Tally) {
     });
     let mut hwm_kib = 0u64;
     let status = loop {
-        // The agent's own peak RSS, sampled while it runs (VmHWM only grows).
-        if let Some(v) = crate::common::peak_rss_kib(child.id()) {
-            hwm_kib = hwm_kib.max(v);
+        // The agent's own peak RSS, sampled while it runs (VmHWM only grows). Only once the
+        // child runs rivet: between fork and exec it shares this test process's memory, whose
+        // high-water mark (every image of the suite) it would report.
+        let runs_rivet =
+            std::fs::read_link(format!("/proc/{}/exe", child.id())).is_ok_and(|e| e == rivet_exe);
+        if runs_rivet {
+            if let Some(v) = crate::common::peak_rss_kib(child.id()) {
+                hwm_kib = hwm_kib.max(v);
+            }
         }
         if let Some(st) = child.try_wait().unwrap() {
             break Some(st);

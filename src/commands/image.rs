@@ -22,6 +22,16 @@ struct Args {
     target_boot_mode: Option<String>,
     #[serde(default)]
     ignore_bootloader_failure: Option<bool>,
+    #[serde(default)]
+    software_raid: Option<bool>,
+}
+
+/// Whether `disk` is an md array (`/sys/block/<name>/md` exists).
+fn is_md(disk: &Path) -> bool {
+    std::fs::canonicalize(disk)
+        .ok()
+        .and_then(|c| c.file_name().map(|n| n.to_owned()))
+        .is_some_and(|n| Path::new("/sys/block").join(n).join("md").is_dir())
 }
 
 pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
@@ -37,6 +47,9 @@ pub fn install_bootloader(ctx: &Context, params: Params) -> Result<Outcome, Comm
         uefi,
         nvram: !ctx.config.simulate_power,
         bios_allowed: ctx.config.enable_bios_bootloader_install,
+        // Ironic 39 no longer sends software_raid; as IPA does, the target being an md array
+        // says it.
+        software_raid: a.software_raid.unwrap_or(false) || is_md(&disk),
     };
     match bootloader::install(&disk, &request) {
         Ok(msg) => {

@@ -7,6 +7,7 @@ pub mod image;
 pub mod inject_files;
 pub mod log;
 pub mod poll;
+pub mod raid;
 pub mod rescue;
 pub mod standby;
 pub mod steps;
@@ -151,7 +152,12 @@ impl Context {
     pub fn root_disk(&self, strict: bool) -> Result<crate::hardware::disks::Disk, CommandError> {
         use crate::hardware::{disks, root_device};
         let found = disks::discover(&disks::Sources::default(), self.config.allow_loop_devices);
-        root_device::select_for_node(&found, &self.node_value(), strict)
+        let node = self.node_value();
+        if let Some(md) = raid_root(&node, &found) {
+            tracing::info!(device = %md.name, "root device: the software RAID root volume");
+            return Ok(md);
+        }
+        root_device::select_for_node(&found, &node, strict)
             .map(|d| d.device)
             .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))
     }
@@ -277,6 +283,57 @@ static COMMANDS: &[Spec] = &[
     asynchronous(TEST_EXTENSION, "fail", testing::fail),
     sync(TEST_EXTENSION, "echo", testing::echo),
 ];
+
+/// With software RAID, the deploy goes onto an md array: the one the node's RAID
+/// configuration marks `is_root_volume` (found by its volume name), else, when no root device
+/// hints are given, the smallest array. `None` without arrays (or with hints and no root
+/// volume): the ordinary choice applies.
+fn raid_root(
+    node: &Value,
+    found: &[crate::hardware::disks::Disk],
+) -> Option<crate::hardware::disks::Disk> {
+    let arrays: Vec<&crate::hardware::disks::Disk> =
+        found.iter().filter(|d| d.kind == "raid").collect();
+    if arrays.is_empty() {
+        return None;
+    }
+    let named = crate::disk::md::arrays(std::path::Path::new("/sys/block"));
+    let name_of = |d: &crate::hardware::disks::Disk| {
+        named
+            .iter()
+            .find(|a| a.device == d.name)
+            .and_then(|a| a.name.clone())
+    };
+    let root_name = [
+        "/raid_config/logical_disks",
+        "/target_raid_config/logical_disks",
+    ]
+    .iter()
+    .filter_map(|p| node.pointer(p).and_then(Value::as_array))
+    .flatten()
+    .find(|l| l.get("is_root_volume").and_then(Value::as_bool) == Some(true))
+    .and_then(|l| {
+        l.get("volume_name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    if let Some(name) = root_name {
+        return arrays
+            .into_iter()
+            .find(|d| name_of(d).as_deref() == Some(name.as_str()))
+            .cloned();
+    }
+    let (hints, _) = crate::hardware::root_device::node_hints(node);
+    if hints.is_some() {
+        return None;
+    }
+    // The ESP mirror is never a root.
+    arrays
+        .into_iter()
+        .filter(|d| name_of(d).as_deref() != Some("esp"))
+        .min_by_key(|d| d.size)
+        .cloned()
+}
 
 /// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).
 pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spec, ApiError> {

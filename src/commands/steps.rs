@@ -148,6 +148,24 @@ static STEPS: &[StepDef] = &[
         erase_devices_express,
     ),
     step(Kind::Clean, "erase_pstore", 0, true, erase_pstore),
+    raid_step(
+        Kind::Deploy,
+        "apply_configuration",
+        super::raid::apply_configuration,
+        Some(super::raid::apply_argsinfo),
+    ),
+    raid_step(
+        Kind::Clean,
+        "delete_configuration",
+        super::raid::delete_configuration,
+        None,
+    ),
+    raid_step(
+        Kind::Clean,
+        "create_configuration",
+        super::raid::create_configuration,
+        None,
+    ),
     step(
         Kind::Service,
         "write_image",
@@ -155,7 +173,44 @@ static STEPS: &[StepDef] = &[
         false,
         super::write_image::write_image_step,
     ),
+    raid_step(
+        Kind::Service,
+        "apply_configuration",
+        super::raid::apply_configuration,
+        Some(super::raid::apply_argsinfo),
+    ),
+    raid_step(
+        Kind::Service,
+        "delete_configuration",
+        super::raid::delete_configuration,
+        None,
+    ),
+    raid_step(
+        Kind::Service,
+        "create_configuration",
+        super::raid::create_configuration,
+        None,
+    ),
 ];
+
+/// A row of [`STEPS`]: a step of the `raid` interface at priority 0 (the conductor sets the
+/// priorities it wants), not abortable (an array half made is worse than one finished).
+const fn raid_step(
+    kind: Kind,
+    name: &'static str,
+    run: StepFn,
+    argsinfo: Option<fn() -> Value>,
+) -> StepDef {
+    StepDef {
+        kind,
+        name,
+        interface: "raid",
+        priority: Priority::Fixed(0),
+        abortable: false,
+        argsinfo,
+        run,
+    }
+}
 
 fn table(kind: Kind) -> impl Iterator<Item = &'static StepDef> {
     STEPS.iter().filter(move |s| s.kind == kind)

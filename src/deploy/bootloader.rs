@@ -47,6 +47,8 @@ pub enum BootloaderError {
     ImageFiles(String),
     #[error("the EFI system partition: {0}")]
     EspWrite(String),
+    #[error("software RAID: {0}")]
+    SoftwareRaid(String),
     #[error(transparent)]
     Grub(#[from] grub::GrubError),
     #[error(transparent)]
@@ -63,12 +65,29 @@ pub struct Request {
     pub nvram: bool,
     /// The conductor's `enable_bios_bootloader_install`.
     pub bios_allowed: bool,
+    /// `software_raid`: the image was written onto an md array.
+    pub software_raid: bool,
 }
 
 /// Make `disk` bootable as asked; says what was done.
 pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
     let whole_disk = r.root_uuid.as_deref().is_none_or(|u| u.starts_with("0x"));
     let root = r.root_uuid.as_deref().unwrap_or_default();
+    if r.software_raid {
+        return match (r.uefi, whole_disk) {
+            (true, true) => super::raid_boot::install_uefi(disk, r.nvram),
+            (false, true) => Err(BootloaderError::SoftwareRaid(
+                "BIOS boot from a software RAID (GRUB on every member) is not supported by \
+                 this agent yet; deploy in UEFI mode"
+                    .into(),
+            )),
+            (_, false) => Err(BootloaderError::SoftwareRaid(
+                "partition images cannot be deployed onto a software RAID (Ironic requires \
+                 whole-disk images there)"
+                    .into(),
+            )),
+        };
+    }
     match (r.uefi, whole_disk) {
         (true, true) => uefi(disk, r.nvram),
         // A whole-disk image in BIOS mode carries its own boot code in the first MiB.
@@ -82,14 +101,23 @@ pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
 /// Register `loaders` (UEFI paths on ESP partition `part` of `disk`) as ironic1, ironic2, …
-fn register(disk: &Path, part: u32, loaders: &[String]) -> Result<(), BootloaderError> {
+/// (`member`: followed by the disk's name, one set of entries per RAID member).
+pub(super) fn register(
+    disk: &Path,
+    part: u32,
+    loaders: &[String],
+    member: bool,
+) -> Result<(), BootloaderError> {
     let t = Duration::from_secs(30);
     let nvram = |e: String| BootloaderError::Nvram(e);
     let (_, listing) =
         run_capture("efibootmgr", &[], t, 1 << 16).map_err(|e| nvram(e.to_string()))?;
     let listing = String::from_utf8_lossy(&listing).to_string();
     for (i, loader) in loaders.iter().enumerate() {
-        let label = format!("ironic{}", i + 1);
+        let label = match disk.file_name().filter(|_| member) {
+            Some(n) => format!("ironic{} ({})", i + 1, n.to_string_lossy()),
+            None => format!("ironic{}", i + 1),
+        };
         // Remove entries with this label first, so repeated deploys do not pile them up.
         for l in listing.lines() {
             if let Some(rest) = l.strip_prefix("Boot") {
@@ -144,7 +172,7 @@ fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
         });
     }
     if nvram && Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some() {
-        register(disk, esp.number, &loaders)?;
+        register(disk, esp.number, &loaders, false)?;
         return Ok(format!(
             "registered {} with the firmware",
             loaders.join(", ")

@@ -7,4 +7,6 @@ pub mod bootloader;
 pub mod grub;
 pub mod inject_files;
 pub mod partition_image;
+pub mod raid;
+pub mod raid_boot;
 pub mod whole_disk;

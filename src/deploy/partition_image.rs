@@ -243,7 +243,7 @@ pub fn write(
                         .map_err(|e| fail(deploy_err(format!("writing the config drive: {e}"))))?;
                 }
             }
-            Role::BiosBoot | Role::Root => {}
+            Role::BiosBoot | Role::Root | Role::RaidMember => {}
         }
     }
     // mkfs claims the disk (or the partition) exclusively itself: the agent lets go for it,

@@ -172,6 +172,43 @@ impl Device {
         })
     }
 
+    /// Open a disk whose partitions are in use (members of md arrays) to add a partition in
+    /// its free space: neither refused for those holders nor exclusive (the kernel would refuse
+    /// an exclusive open while a partition is claimed). Only the table and the new
+    /// partition's range may be written through it.
+    pub fn open_to_add_partition(path: &Path) -> Result<Device, DeviceError> {
+        let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
+        let block = meta.file_type().is_block_device();
+        if !block && !meta.is_file() {
+            return Err(DeviceError::NotADisk {
+                path: path.display().to_string(),
+            });
+        }
+        let buffered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "open"))?;
+        let direct = buffered.try_clone().map_err(io_err(path, "dup"))?;
+        let (size, sector) = if block {
+            (
+                blockdev::size(&buffered).map_err(io_err(path, "BLKGETSIZE64"))?,
+                blockdev::logical_sector_size(&buffered).map_err(io_err(path, "BLKSSZGET"))?,
+            )
+        } else {
+            (meta.len(), 512)
+        };
+        Ok(Device {
+            path: path.to_path_buf(),
+            buffered,
+            direct,
+            size,
+            sector,
+            block,
+            write_zeroes: false,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

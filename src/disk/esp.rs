@@ -39,13 +39,20 @@ pub fn find(disk: &Path) -> Result<Option<Partition>, EspError> {
 
 /// Every boot loader file on the ESP, as UEFI paths (`\EFI\BOOT\BOOTX64.EFI`).
 pub fn loaders(disk: &Path, esp: &Partition) -> Result<Vec<String>, EspError> {
-    let name = disk.display().to_string();
     let f = open_read(disk)?;
-    let fs = fatfs::FileSystem::new(
+    loaders_in(
         Slice::new(f, esp.start, esp.len),
-        fatfs::FsOptions::new().update_accessed_date(false),
+        &disk.display().to_string(),
     )
-    .map_err(|e| EspError::NotFat(name.clone(), e.to_string()))?;
+}
+
+/// Every boot loader file on the FAT file system `io` (named `name` in errors).
+pub fn loaders_in<T>(io: T, name: &str) -> Result<Vec<String>, EspError>
+where
+    T: std::io::Read + std::io::Write + std::io::Seek,
+{
+    let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new().update_accessed_date(false))
+        .map_err(|e| EspError::NotFat(name.to_string(), e.to_string()))?;
     let mut out = Vec::new();
     // Depth-limited walk: loaders live in \EFI\<vendor>\.
     let mut stack = vec![(fs.root_dir(), String::new(), 0)];
@@ -65,6 +72,81 @@ pub fn loaders(disk: &Path, esp: &Partition) -> Result<Vec<String>, EspError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// What [`mirror`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// Deepest directory [`mirror`] follows: a FAT tree from an image is input, and a loop of
+/// directories (a damaged file system) must end.
+const MAX_DEPTH: usize = 16;
+
+/// Make a FAT file system on `dst` (the whole of it) that carries the volume id, the label and
+/// every file and directory of the FAT file system on `src`: an image's ESP copied onto the
+/// ESP mirror of a software RAID, where boot loaders may look for the file system by its UUID.
+/// `sector`: the logical sector size of the device under `dst`.
+pub fn mirror<S, D>(src: S, mut dst: D, sector: u16) -> Result<Copied, std::io::Error>
+where
+    S: std::io::Read + std::io::Write + std::io::Seek,
+    D: std::io::Read + std::io::Write + std::io::Seek,
+{
+    let from = fatfs::FileSystem::new(src, fatfs::FsOptions::new().update_accessed_date(false))?;
+    let mut label = [b' '; 11];
+    let l = from.volume_label_as_bytes();
+    label[..l.len().min(11)].copy_from_slice(&l[..l.len().min(11)]);
+    fatfs::format_volume(
+        &mut dst,
+        fatfs::FormatVolumeOptions::new()
+            .volume_id(from.volume_id())
+            .volume_label(label)
+            .bytes_per_sector(sector),
+    )?;
+    let to = fatfs::FileSystem::new(dst, fatfs::FsOptions::new())?;
+    let mut done = Copied { files: 0, bytes: 0 };
+    copy_dirs(from.root_dir(), to.root_dir(), &mut done)?;
+    to.unmount()?;
+    Ok(done)
+}
+
+/// Copy the tree under `src` into `dst` (depth-limited), counting into `done`.
+fn copy_dirs<'a, S, D>(
+    src: fatfs::Dir<'a, S>,
+    dst: fatfs::Dir<'_, D>,
+    done: &mut Copied,
+) -> Result<(), std::io::Error>
+where
+    S: std::io::Read + std::io::Write + std::io::Seek,
+    D: std::io::Read + std::io::Write + std::io::Seek,
+{
+    let mut stack = vec![(src, dst, 0usize)];
+    while let Some((src_dir, dst_dir, depth)) = stack.pop() {
+        for e in src_dir.iter() {
+            let e = e?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if e.is_dir() {
+                if depth >= MAX_DEPTH {
+                    return Err(std::io::Error::other(format!(
+                        "directories nested deeper than {MAX_DEPTH} on the source ESP"
+                    )));
+                }
+                let sub = dst_dir.create_dir(&name)?;
+                stack.push((e.to_dir(), sub, depth + 1));
+            } else if e.is_file() {
+                let mut out = dst_dir.create_file(&name)?;
+                out.truncate()?;
+                done.bytes += std::io::copy(&mut e.to_file(), &mut out)?;
+                done.files += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The removable-media path the firmware boots without any NVRAM entry.
@@ -125,6 +207,61 @@ pub(crate) mod tests {
                 .arg("::/EFI/BOOT/BOOTX64.EFI")));
         }
         true
+    }
+
+    #[test]
+    fn mirrors_a_tree_with_its_id_and_label() {
+        use std::io::{Cursor, Read, Write};
+        let mut src = Cursor::new(vec![0u8; 40 << 20]);
+        fatfs::format_volume(
+            &mut src,
+            fatfs::FormatVolumeOptions::new()
+                .volume_id(0x1234_abcd)
+                .volume_label(*b"ESP        "),
+        )
+        .unwrap();
+        {
+            let fs = fatfs::FileSystem::new(&mut src, fatfs::FsOptions::new()).unwrap();
+            let root = fs.root_dir();
+            let boot = root.create_dir("EFI").unwrap().create_dir("BOOT").unwrap();
+            boot.create_file("BOOTX64.EFI")
+                .unwrap()
+                .write_all(b"MZ loader")
+                .unwrap();
+            let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+            root.create_file("rivet-test-kernel")
+                .unwrap()
+                .write_all(&big)
+                .unwrap();
+        }
+        src.set_position(0);
+        let mut dst = Cursor::new(vec![0u8; 64 << 20]);
+        let done = mirror(&mut src, &mut dst, 512).unwrap();
+        assert_eq!(done.files, 2);
+        assert_eq!(done.bytes, 3_000_000 + 9);
+        dst.set_position(0);
+        let fs = fatfs::FileSystem::new(&mut dst, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fs.volume_id(), 0x1234_abcd);
+        assert_eq!(fs.volume_label(), "ESP");
+        let mut got = Vec::new();
+        fs.root_dir()
+            .open_file("EFI/BOOT/BOOTX64.EFI")
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, b"MZ loader");
+        got.clear();
+        fs.root_dir()
+            .open_file("rivet-test-kernel")
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert!(
+            got.len() == 3_000_000 && got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8)
+        );
+        // Not a FAT file system: an error, not a panic.
+        let mut junk = Cursor::new(vec![0x5au8; 1 << 20]);
+        assert!(mirror(&mut junk, Cursor::new(vec![0u8; 1 << 20]), 512).is_err());
     }
 
     #[test]

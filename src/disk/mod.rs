@@ -6,6 +6,7 @@ pub mod configdrive;
 pub mod device;
 pub mod erase;
 pub mod esp;
+pub mod md;
 pub mod mount;
 pub mod nodes;
 pub mod partitions;

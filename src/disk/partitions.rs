@@ -7,7 +7,7 @@
 use super::device::{Device, DeviceError};
 use super::slice::Slice;
 pub use super::table::{Label, Partition};
-use super::table::{TYPE_BIOS, TYPE_ESP, TYPE_LINUX, TYPE_SWAP};
+use super::table::{TYPE_BIOS, TYPE_ESP, TYPE_LINUX, TYPE_RAID, TYPE_SWAP};
 
 const MIB: u64 = 1 << 20;
 const ESP_MB: u64 = 550;
@@ -32,6 +32,8 @@ pub enum Role {
     Swap,
     ConfigDrive,
     Root,
+    /// A member of a software RAID array.
+    RaidMember,
 }
 
 impl Role {
@@ -44,6 +46,7 @@ impl Role {
             Role::Swap => "swap",
             Role::ConfigDrive => "configdrive",
             Role::Root => "root",
+            Role::RaidMember => "raid member",
         }
     }
 }
@@ -149,6 +152,7 @@ pub fn write_table(
                     Role::Esp => TYPE_ESP,
                     Role::BiosBoot => TYPE_BIOS,
                     Role::Swap => TYPE_SWAP,
+                    Role::RaidMember => TYPE_RAID,
                     _ => TYPE_LINUX,
                 };
                 let pname = match role {
@@ -158,6 +162,7 @@ pub fn write_table(
                     Role::Swap => "swap1",
                     Role::ConfigDrive => "config-2",
                     Role::Root => "root",
+                    Role::RaidMember => "raid",
                 };
                 gpt[n] = gptman::GPTPartitionEntry {
                     partition_type_guid: guid_bytes(ty),
@@ -201,7 +206,11 @@ pub fn write_table(
                         mbrman::BOOT_INACTIVE
                     },
                     first_chs: mbrman::CHS::empty(),
-                    sys: if *role == Role::Swap { 0x82 } else { 0x83 },
+                    sys: match role {
+                        Role::Swap => 0x82,
+                        Role::RaidMember => 0xfd,
+                        _ => 0x83,
+                    },
                     last_chs: mbrman::CHS::empty(),
                     starting_lba: lba(*start)?,
                     sectors: lba(*len)?,
@@ -229,6 +238,73 @@ pub fn write_table(
         .collect();
     dev.refresh_partitions(&listed);
     Ok(parts)
+}
+
+/// Add one partition for `role` at `[start, start+len)` to the GPT already on `dev`, in
+/// space no partition uses; the kernel learns of it partition by partition (the disk may be
+/// busy: its other partitions held by md arrays). Returns the new partition.
+pub fn add_partition(
+    dev: &Device,
+    role: Role,
+    start: u64,
+    len: u64,
+) -> Result<Partition, LayoutError> {
+    let name = dev.name();
+    let table = |e: String| LayoutError::Table(name.clone(), e);
+    let sector = u64::from(dev.logical_sector());
+    let mut f = dev.file()?;
+    let mut gpt = gptman::GPT::find_from(&mut f).map_err(|e| table(format!("no GPT: {e}")))?;
+    let end = start
+        .checked_add(len)
+        .filter(|e| start % sector == 0 && e % sector == 0 && len > 0)
+        .ok_or_else(|| LayoutError::Invalid(format!("bad range {start}+{len}")))?;
+    let (first, last) = (gpt.header.first_usable_lba, gpt.header.last_usable_lba);
+    if start / sector < first || (end / sector).saturating_sub(1) > last {
+        return Err(LayoutError::Invalid(format!(
+            "bytes {start}..{end} are outside the usable space of {name}"
+        )));
+    }
+    let overlaps = gpt.iter().filter(|(_, p)| p.is_used()).any(|(_, p)| {
+        super::table::gpt_extent(p, sector)
+            .is_none_or(|(s, l)| s < end && start < s.saturating_add(l))
+    });
+    if overlaps {
+        return Err(LayoutError::Invalid(format!(
+            "bytes {start}..{end} of {name} are not free"
+        )));
+    }
+    let n = gpt
+        .iter()
+        .find(|(_, p)| p.is_unused())
+        .map(|(n, _)| n)
+        .ok_or_else(|| table("no free partition entry".into()))?;
+    let (ty, pname) = match role {
+        Role::Esp => (TYPE_ESP, "efi-part"),
+        Role::BiosBoot => (TYPE_BIOS, "bios-boot"),
+        Role::RaidMember => (TYPE_RAID, "raid"),
+        _ => (TYPE_LINUX, "data"),
+    };
+    let uuid = uuid::Uuid::new_v4();
+    gpt[n] = gptman::GPTPartitionEntry {
+        partition_type_guid: guid_bytes(ty),
+        unique_partition_guid: uuid.to_bytes_le(),
+        starting_lba: start / sector,
+        ending_lba: end / sector - 1,
+        attribute_bits: 0,
+        partition_name: pname.into(),
+    };
+    gpt.write_into(&mut f).map_err(|e| table(e.to_string()))?;
+    dev.sync()?;
+    super::table::refresh(dev);
+    Ok(Partition {
+        number: n,
+        start,
+        len,
+        type_id: ty.to_string(),
+        part_uuid: uuid.to_string(),
+        name: pname.to_string(),
+        table: Label::Gpt,
+    })
 }
 
 /// Format an ESP (vfat, label `efi-part`); returns its UUID as blkid shows it (`XXXX-XXXX`).
@@ -270,6 +346,41 @@ pub fn make_swap(dev: &Device, p: &Partition) -> Result<String, LayoutError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_is_added_in_free_space_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("member.img");
+        std::fs::File::create(&p).unwrap().set_len(1 << 30).unwrap();
+        let dev = Device::open(&p).unwrap();
+        let placed = write_table(
+            &dev,
+            Label::Gpt,
+            &[(Role::RaidMember, 551 * MIB, 300 * MIB)],
+        )
+        .unwrap();
+        assert_eq!(placed[0].part.type_id, super::super::table::TYPE_RAID);
+        let esp = add_partition(&dev, Role::Esp, MIB, 550 * MIB).unwrap();
+        assert_eq!((esp.number, esp.start, esp.len), (2, MIB, 550 * MIB));
+        let listed = super::super::table::read(&mut dev.file().unwrap());
+        assert_eq!(listed.len(), 2);
+        assert!(listed
+            .iter()
+            .any(|l| l.is_esp() && l.start == MIB && l.part_uuid == esp.part_uuid));
+        // Overlapping a partition, outside the disk, or unaligned: refused, table unchanged.
+        for (start, len) in [
+            (500 * MIB, 100 * MIB),
+            (1020 * MIB, 8 * MIB),
+            (MIB + 1, MIB),
+            (0, MIB),
+        ] {
+            assert!(
+                add_partition(&dev, Role::Esp, start, len).is_err(),
+                "{start}+{len}"
+            );
+        }
+        assert_eq!(super::super::table::read(&mut dev.file().unwrap()).len(), 2);
+    }
 
     #[test]
     fn layout_order_sizes_and_limits() {

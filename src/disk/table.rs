@@ -12,6 +12,7 @@ pub const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 pub const TYPE_BIOS: &str = "21686148-6449-6E6F-744E-656564454649";
 pub const TYPE_LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 pub const TYPE_SWAP: &str = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F";
+pub const TYPE_RAID: &str = "A19D880F-05FC-4D3B-A006-743F0F84911E";
 
 /// The kind of partition table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

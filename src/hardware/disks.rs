@@ -29,7 +29,7 @@ impl Default for Sources {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Disk {
     pub name: String,
     pub model: Option<String>,

@@ -11,7 +11,12 @@
 #     manual cleaning (erase_devices_metadata) for the real conductor;
 #  5. inspection and fast-track: the conductor inspects a VM booted from the minimal ramdisk
 #     (its NVMe and 4Kn disks and its NIC land in the stored inventory), then the same agent
-#     cleans and deploys it without a reboot, and the VM boots its disk.
+#     cleans and deploys it without a reboot, and the VM boots its disk;
+#  6. software RAID (raid interface agent): a VM with two NVMe disks and the 4Kn one; a manual
+#     cleaning creates RAID-1 root (3 GiB) + RAID-0 data (MAX) on the NVMe disks, the same
+#     agent (fast-track) deploys the whole-disk image onto the root array with a config drive,
+#     and the VM boots with either NVMe disk removed; then delete_configuration leaves both
+#     without RAID signatures, and the 4Kn disk is never written.
 # Flows 1-3 end with the node active, the agent powering the VM off for real, the other disk
 # untouched, and the VM booting its deployed disk to the test image's RIVET-BOOT-MARKER.
 #
@@ -21,7 +26,7 @@
 # and the ramdisk's rivet.forward= makes those ports answer on the guest's own 127.0.0.1, so
 # the node's URLs (API, image) are the same inside and outside.
 # usage: tests/vm/deploy.sh    (RAMDISK=dir with rivet.kernel/rivet.initramfs; RIVET for its build;
-#                               FLOWS="wholedisk partition bios dib inspect" to choose flows;
+#                               FLOWS="wholedisk partition bios dib inspect raid" to choose flows;
 #                               DIB_RAMDISK=dir with a prebuilt DIB rivet.kernel/rivet.initramfs)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -52,7 +57,7 @@ qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
-FLOWS=${FLOWS:-wholedisk partition bios dib inspect}
+FLOWS=${FLOWS:-wholedisk partition bios dib inspect raid}
 want() { [[ " $FLOWS " == *" $1 "* ]]; }
 MAC=52:54:00:12:34:60
 NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
@@ -332,5 +337,127 @@ cmp -n "$(stat -c %s "$I/boot.raw")" "$I/boot.raw" "$WORK/vm-disk.raw" || fail "
 rm -f "$WORK/vm-disk.raw"
 echo "ok: inspect: the NVMe disk the hint named holds the image byte for byte"
 boot_disk inspect "rivet.flow=uefi"
+fi
+# --- 6. software RAID: create (manual cleaning), deploy onto the root array, boot with either
+# --- member gone, delete ----------------------------------------------------------------------
+if want raid; then
+FW=uefi
+RMAC=52:54:00:12:34:62
+for d in raida raidb; do qemu-img create -q -f qcow2 "$WORK/$d.qcow2" 8G; done
+qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
+MEMBERS="raida raidb"
+disks() { # the NVMe members present ($MEMBERS) and the 4Kn disk, which no step may touch
+  local d
+  for d in $MEMBERS; do echo "-drive file=$WORK/$d.qcow2,if=none,id=$d,format=qcow2 -device nvme,drive=$d,serial=$d"; done
+  echo "-drive file=$WORK/v4k.qcow2,if=none,id=d1,format=qcow2"
+  echo "-device virtio-blk-pci,drive=d1,serial=v4ktarget,logical_block_size=4096,physical_block_size=4096"
+}
+# md superblocks: v1.2 4 KiB into the array partitions (root at 551 MiB, data 3 GiB later),
+# v1.0 8 KiB before the end of the ESP mirror's partition (1 MiB + 550 MiB).
+md_magic() { # RAW: how many of the three superblocks carry md's magic
+  "$PY" - "$1" <<'PY'
+import sys
+f = open(sys.argv[1], "rb"); M = 1 << 20
+n = 0
+for off in (551 * M + 4096, 551 * M + (3 << 30) + 4096, 551 * M - 8192):
+    f.seek(off); n += f.read(4) == bytes.fromhex("fc4e2ba9")
+print(n)
+PY
+}
+# vendor lenovo: in UEFI mode the conductor then sets no boot device (fake management has no
+# "disk"), as for the inspection node.
+RNODE=$(api POST /v1/nodes "{\"name\": \"vm-raid\", \"driver\": \"fake-hardware\",
+    \"boot_interface\": \"fake\", \"deploy_interface\": \"direct\", \"power_interface\": \"fake\",
+    \"management_interface\": \"fake\", \"network_interface\": \"noop\", \"raid_interface\": \"agent\",
+    \"driver_info\": {\"fast_track\": true},
+    \"properties\": {\"vendor\": \"lenovo\", \"capabilities\": \"boot_mode:uefi\"}}" | field "['uuid']")
+api POST /v1/ports "{\"node_uuid\": \"$RNODE\", \"address\": \"$RMAC\"}" >/dev/null
+api PUT "/v1/nodes/$RNODE/states/raid" '{"logical_disks": [
+  {"size_gb": 3, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
+   "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]},
+  {"size_gb": "MAX", "raid_level": "0", "controller": "software", "volume_name": "data",
+   "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]}]}' >/dev/null
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$RNODE" manageable 60 || fail "raid: node did not become manageable"
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "create_configuration"}]}' >/dev/null
+wait_state "$RNODE" "clean wait" 60 || fail "raid: node did not wait for the agent"
+rstart=$SECONDS
+boot_ramdisk raid "$RMAC" "ipa-api-url=http://127.0.0.1:6385"
+wait_state "$RNODE" manageable 600 || fail "raid: create_configuration failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid.log")"
+echo "ok: raid: create_configuration done $((SECONDS - rstart)) s after QEMU started"
+echo "time raid_create $((SECONDS - rstart))s"
+node_field "$RNODE" "['raid_config']" | "$PY" -c "import json,sys
+c=json.load(sys.stdin); l=c['logical_disks']
+assert [x['volume_name'] for x in l] == ['root', 'data'] and l[0]['raid_level'] == '1', c
+assert c.get('last_updated'), c
+print('raid_config stored by the conductor:', [(x['volume_name'], x['raid_level'], x['size_gb']) for x in l])" \
+  || fail "raid: the conductor did not store the RAID configuration"
+props=$(node_field "$RNODE" "['properties']")
+[[ "$props" == *"raid_level:1"* && "$props" == *'"local_gb": 3'* ]] || fail "raid: properties not updated: $props"
+grep -a "RAID array created" "$WORK/serial-raid.log" | tr -d '\r' | sed 's/^/  /' || true
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "provide"}' >/dev/null
+wait_state "$RNODE" available 120 || fail "raid: node did not become available"
+api PATCH "/v1/nodes/$RNODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
+  \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
+dstart=$SECONDS
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "active", "configdrive": {"meta_data": {"hostname": "raid.rivet.example"}}}' >/dev/null
+wait_state "$RNODE" active 600 || fail "raid: deploy failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid.log")"
+echo "ok: raid: the same agent deployed onto the root array ($((SECONDS - dstart)) s)"
+echo "time raid_deploy $((SECONDS - dstart))s"
+for _ in $(seq 1 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$QEMU_PID" 2>/dev/null && fail "raid: the VM did not power off after the deploy"
+wait "$QEMU_PID" || true
+QEMU_PID=
+grep -a -q "the software RAID root volume" "$WORK/serial-raid.log" || fail "raid: the agent did not choose the root array"
+grep -a "ESP mirror created\|image ESP copied" "$WORK/serial-raid.log" | tr -d '\r' | sed 's/^/  /' || true
+for d in raida raidb; do
+  qemu-img convert -f qcow2 -O raw "$WORK/$d.qcow2" "$WORK/$d.raw"
+  [[ "$(md_magic "$WORK/$d.raw")" == 3 ]] || fail "raid: $d does not carry the root, data and ESP members"
+  # Each root member holds the image with its config drive, from the superblock's data offset.
+  "$PY" - "$WORK/$d.raw" "$WORK/$d-root.raw" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "rb"); M = 1 << 20
+f.seek(551 * M + 4096 + 128); data = struct.unpack("<Q", f.read(8))[0] * 512
+f.seek(551 * M + data); open(sys.argv[2], "wb").write(f.read(64 * M))
+PY
+  cmp -i 1048576:1048576 -n $(($(stat -c %s "$I/boot.raw") - 1048576)) "$I/boot.raw" "$WORK/$d-root.raw" \
+    || fail "raid: the root member on $d does not hold the image"
+  sgdisk -p "$WORK/$d-root.raw" 2>/dev/null | grep -q "config-2" || fail "raid: no config drive in the image on $d"
+  rm -f "$WORK/$d.raw" "$WORK/$d-root.raw"
+done
+blank "$WORK/v4k.qcow2" || fail "raid: the 4Kn disk was written"
+echo "ok: raid: both NVMe disks carry root (the image and a config drive), data and ESP members; the 4Kn disk is untouched"
+boot_disk raid "rivet.flow=uefi"
+MEMBERS=raida boot_disk raid-without-b "rivet.flow=uefi"
+MEMBERS=raidb boot_disk raid-without-a "rivet.flow=uefi"
+undeploy_raid() {
+  api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "deleted"}' >/dev/null
+  wait_state "$RNODE" available 120 || fail "raid: node did not return to available"
+}
+undeploy_raid
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$RNODE" manageable 60 || fail "raid: node did not become manageable"
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "delete_configuration"}]}' >/dev/null
+wait_state "$RNODE" "clean wait" 60 || fail "raid: node did not wait for the agent"
+xstart=$SECONDS
+MEMBERS="raida raidb"
+boot_ramdisk raid-delete "$RMAC" "ipa-api-url=http://127.0.0.1:6385"
+wait_state "$RNODE" manageable 600 || fail "raid: delete_configuration failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-delete.log")"
+echo "time raid_delete $((SECONDS - xstart))s"
+kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+[[ "$(node_field "$RNODE" "['raid_config']")" == "{}" ]] || fail "raid: the conductor kept a RAID configuration"
+for d in raida raidb; do
+  qemu-img convert -f qcow2 -O raw "$WORK/$d.qcow2" "$WORK/$d.raw"
+  [[ "$(md_magic "$WORK/$d.raw")" == 0 ]] || fail "raid: $d still carries md superblocks"
+  sig=$(blkid -p -o value -s TYPE "$WORK/$d.raw" || true)
+  [[ -z "$sig" ]] || fail "raid: $d still carries $sig"
+  rm -f "$WORK/$d.raw"
+done
+blank "$WORK/v4k.qcow2" || fail "raid: the 4Kn disk was written"
+echo "ok: raid: delete_configuration left both members without RAID signatures or tables; the 4Kn disk is untouched"
 fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"

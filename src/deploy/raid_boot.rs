@@ -1,0 +1,164 @@
+//! Booting a whole-disk image written onto a software RAID (`install_bootloader` with
+//! `software_raid`). The firmware cannot look inside an md array, so, as IPA does, every
+//! member disk gets an EFI system partition in the room left before the arrays (1–551 MiB),
+//! the partitions are mirrored by an md RAID-1 named `esp` with metadata 1.0 (its superblock at
+//! the end: each member reads as a plain FAT file system to the firmware), and the image's own
+//! ESP is copied onto it file by file, keeping its volume id and label. Then each member gets
+//! a firmware boot entry, or, where this ramdisk cannot write EFI variables, the image's
+//! removable-media loader must be there. Any member alone boots the node.
+
+use std::path::Path;
+
+use super::bootloader::BootloaderError;
+use crate::disk::device::{open_read, Device};
+use crate::disk::md;
+use crate::disk::partitions::{self, Role};
+use crate::disk::slice::Slice;
+use crate::disk::{esp, table};
+
+const MIB: u64 = 1 << 20;
+/// IPA's ESP: 550 MiB from 1 MiB, the room `deploy::raid` leaves before the arrays.
+const ESP_START: u64 = MIB;
+const ESP_LEN: u64 = 550 * MIB;
+
+fn fail(m: impl std::fmt::Display) -> BootloaderError {
+    BootloaderError::SoftwareRaid(m.to_string())
+}
+
+/// The member disks under the md array `root` (`/dev/md0`, or `/dev/md/root`).
+fn member_disks(root: &Path) -> Result<Vec<String>, BootloaderError> {
+    let canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let arrays = md::arrays(Path::new("/sys/block"));
+    let array = arrays
+        .iter()
+        .find(|a| Path::new(&a.device) == canon)
+        .ok_or_else(|| fail(format!("{} is not an md array", root.display())))?;
+    let mut disks: Vec<String> = array.members.iter().map(|m| md::holder_disk(m)).collect();
+    disks.sort();
+    disks.dedup();
+    if disks.iter().any(|d| array.members.contains(d)) {
+        return Err(fail(format!(
+            "{} is built on whole disks: there is no room for an ESP on its members",
+            root.display()
+        )));
+    }
+    Ok(disks)
+}
+
+/// The first md device number no array uses.
+fn free_md() -> Result<String, BootloaderError> {
+    (0..128)
+        .map(|n| format!("md{n}"))
+        .find(|n| !Path::new("/sys/block").join(n).exists())
+        .map(|n| format!("/dev/{n}"))
+        .ok_or_else(|| fail("no free md device"))
+}
+
+/// The ESP partition of `disk` in the room before the arrays: an existing one there is
+/// reused (a repeated install), else one is added.
+fn member_esp(disk: &str) -> Result<table::Partition, BootloaderError> {
+    let path = Path::new(disk);
+    if let Some(p) = table::read_disk(path)
+        .map_err(fail)?
+        .into_iter()
+        .find(|p| p.is_esp() && p.start == ESP_START)
+    {
+        return Ok(p);
+    }
+    let dev = Device::open_to_add_partition(path).map_err(fail)?;
+    partitions::add_partition(&dev, Role::Esp, ESP_START, ESP_LEN).map_err(fail)
+}
+
+/// Wait (briefly, without a fixed sleep) for the partition nodes the kernel adds.
+fn wait_for(nodes: &[String]) -> Result<(), BootloaderError> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let missing: Vec<&String> = nodes
+            .iter()
+            .filter(|n| !crate::disk::device::is_block(Path::new(n)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= end {
+            return Err(fail(format!("partition nodes did not appear: {missing:?}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Make the whole-disk image on md array `root` bootable in UEFI mode from every member.
+pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, BootloaderError> {
+    let disks = member_disks(root)?;
+    let image_esp = table::find_esp(root)
+        .map_err(fail)?
+        .ok_or_else(|| BootloaderError::NoEsp(root.display().to_string()))?;
+    let mut parts = Vec::new();
+    for d in &disks {
+        let p = member_esp(d)?;
+        parts.push((d.clone(), p.number));
+    }
+    let nodes: Vec<String> = parts
+        .iter()
+        .map(|(d, n)| crate::disk::nodes::partition_name(Path::new(d), *n))
+        .collect();
+    wait_for(&nodes)?;
+    let mirror = free_md()?;
+    md::create(&mirror, "1", "esp", "1.0", &nodes).map_err(fail)?;
+    tracing::info!(device = %mirror, members = ?nodes, "ESP mirror created");
+    // The image's ESP onto the mirror, file by file.
+    let dev = Device::open(Path::new(&mirror)).map_err(fail)?;
+    let src = Slice::new(
+        open_read(root).map_err(fail)?,
+        image_esp.start,
+        image_esp.len,
+    );
+    let dst = Slice::new(dev.file().map_err(fail)?, 0, dev.size());
+    let sector = u16::try_from(dev.logical_sector()).unwrap_or(512);
+    let copied = esp::mirror(src, dst, sector)
+        .map_err(|e| fail(format!("copying the image's ESP onto {mirror}: {e}")))?;
+    dev.sync().map_err(fail)?;
+    tracing::info!(
+        files = copied.files,
+        bytes = copied.bytes,
+        "image ESP copied to the mirror"
+    );
+    // Each member: a boot entry, or the firmware's fallback loader. Read back through the
+    // mirror (what every member holds): the member disks' own page cache may still hold what
+    // was there before the mirror was written.
+    let loaders = esp::loaders_in(
+        Slice::new(dev.file().map_err(fail)?, 0, dev.size()),
+        &mirror,
+    )?;
+    drop(dev);
+    if loaders.is_empty() {
+        return Err(BootloaderError::NoLoader {
+            disk: mirror,
+            number: 0,
+        });
+    }
+    let efivars = Path::new("/sys/firmware/efi/efivars").is_dir();
+    if nvram && efivars && crate::system::tools::which("efibootmgr").is_some() {
+        for (d, n) in &parts {
+            super::bootloader::register(Path::new(d), *n, &loaders, true)?;
+        }
+        return Ok(format!(
+            "ESP mirrored on {} ({} files); registered {} on each member",
+            disks.join(", "),
+            copied.files,
+            loaders.join(", ")
+        ));
+    }
+    let fallback = esp::fallback_loader();
+    if !loaders.iter().any(|l| l.eq_ignore_ascii_case(fallback)) {
+        return Err(BootloaderError::NoFallback {
+            fallback,
+            found: loaders.join(", "),
+        });
+    }
+    Ok(format!(
+        "ESP mirrored on {} ({} files); no EFI variables here, the firmware boots {fallback} from any member",
+        disks.join(", "),
+        copied.files
+    ))
+}
