@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::imgserver::ImageServer;
 use common::install_util::{
-    assert_blank, blkid_at, config_drive_iso, gpt_image, sha256, skip, MIB,
+    assert_blank, blkid_at, config_drive_iso, ext4_image, gpt_image, sha256, skip, MIB,
 };
 use common::loopdev::Loop;
 use common::*;
@@ -194,17 +194,8 @@ fn partition_image_uefi_deploy_and_bootloader() {
     std::fs::create_dir_all(tree.join("boot/efi/EFI/BOOT")).unwrap();
     std::fs::write(tree.join("boot/efi/EFI/BOOT/BOOTX64.EFI"), "MZ loader").unwrap();
     std::fs::write(tree.join("hello"), "partition image").unwrap();
-    let part = d.path().join("part.raw");
     let uuid = "1e2d3c4b-0000-4000-8000-00000000beef";
-    assert!(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-U", uuid, "-d"])
-        .arg(&tree)
-        .arg(&part)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success());
-    let data = std::fs::read(&part).unwrap();
+    let data = ext4_image(d.path(), &tree, uuid);
     let srv = ImageServer::start();
     let url = srv.add("part.raw", data.clone());
     // ESP 550 + swap 8 + root 32 MiB, plus margins.
@@ -437,16 +428,7 @@ fn deploy_partition_image() -> PartitionDeploy {
             tree.join("etc/resolv.conf"),
         )
         .unwrap();
-        let img = d.path().join(format!("{name}.raw"));
-        assert!(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-U", uuid, "-d"])
-            .arg(&tree)
-            .arg(&img)
-            .arg("16M")
-            .status()
-            .unwrap()
-            .success());
-        std::fs::read(&img).unwrap()
+        ext4_image(d.path(), &tree, uuid)
     };
     let uuid1 = "1e2d3c4b-0000-4000-8000-00000000c001";
     let uuid2 = "1e2d3c4b-0000-4000-8000-00000000c002";

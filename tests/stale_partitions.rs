@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::imgserver::ImageServer;
-use common::install_util::{sha256, skip, MIB};
+use common::install_util::{ext4_image, sha256, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
 use rivet::disk::nodes::{partition_io, registered, PartitionIo};
@@ -72,16 +72,7 @@ fn a_stale_layout_held_open_is_not_trusted() {
     std::fs::create_dir_all(tree.join("boot/efi/EFI/BOOT")).unwrap();
     std::fs::write(tree.join("boot/efi/EFI/BOOT/BOOTX64.EFI"), "MZ new loader").unwrap();
     let uuid = "1e2d3c4b-0000-4000-8000-00000000057a";
-    let part = d.path().join("part.raw");
-    assert!(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-U", uuid, "-d"])
-        .arg(&tree)
-        .arg(&part)
-        .arg("16M")
-        .status()
-        .unwrap()
-        .success());
-    let data = std::fs::read(&part).unwrap();
+    let data = ext4_image(d.path(), &tree, uuid);
     let srv = ImageServer::start();
     let url = srv.add("part.raw", data.clone());
     let (_ironic, agent, api) = agent_with_disk(

@@ -10,14 +10,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::imgserver::ImageServer;
-use common::install_util::{sha256, skip, MIB};
+use common::install_util::{ext4_image, sha256, skip, MIB};
 use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
@@ -261,24 +260,6 @@ fn an_endless_injected_file_is_cut_off_and_the_agent_stays_small() {
         t.elapsed().as_secs_f64(),
         hwm / 1024
     );
-}
-
-/// A partition image built from `tree` (ext4 with that UUID).
-fn ext4_image(d: &Path, tree: &Path, uuid: &str) -> Vec<u8> {
-    let part = d.join(format!("{uuid}.raw"));
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-U", uuid, "-d"])
-        .arg(tree)
-        .arg(&part)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mkfs.ext4: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(&part).unwrap()
 }
 
 /// Deploy `data` as a UEFI partition image onto `dev`, then install the boot loader; returns

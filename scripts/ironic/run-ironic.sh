@@ -10,6 +10,7 @@
 #        API_PORT (6385) IMG_PORT (8089)
 #        AUTOMATED_CLEAN (false)  ERASE_META_PRIO (0, e.g. 99 to clean)
 #        FAST_TRACK (false)  -> [deploy]fast_track
+#        BIOS_BOOTLOADER (false) -> [agent]enable_bios_bootloader_install
 #        AUTO_DISCOVERY (false) -> [auto_discovery]enabled (unknown nodes that post
 #                                  inspection data are enrolled)
 #        INSTALL (1): create the venv and pip install ironic when missing
@@ -24,6 +25,7 @@ IMG_PORT="${IMG_PORT:-8089}"
 AUTOMATED_CLEAN="${AUTOMATED_CLEAN:-false}"
 ERASE_META_PRIO="${ERASE_META_PRIO:-0}"
 FAST_TRACK="${FAST_TRACK:-false}"
+BIOS_BOOTLOADER="${BIOS_BOOTLOADER:-false}"
 AUTO_DISCOVERY="${AUTO_DISCOVERY:-false}"
 IRONIC_VERSION="${IRONIC_VERSION:-39.0.0}"
 cmd="${1:-start}"
@@ -77,7 +79,7 @@ mkdir -p "$STATE/httproot" "$STATE/locks" "$STATE/images" "$STATE/certificates"
 sed -e "s#@STATE@#$STATE#g" -e "s#@API_PORT@#$API_PORT#g" \
     -e "s#@IMG_PORT@#$IMG_PORT#g" -e "s#@AUTOMATED_CLEAN@#$AUTOMATED_CLEAN#g" \
     -e "s#@ERASE_META_PRIO@#$ERASE_META_PRIO#g" -e "s#@FAST_TRACK@#$FAST_TRACK#g" \
-    -e "s#@AUTO_DISCOVERY@#$AUTO_DISCOVERY#g" \
+    -e "s#@AUTO_DISCOVERY@#$AUTO_DISCOVERY#g" -e "s#@BIOS_BOOTLOADER@#$BIOS_BOOTLOADER#g" \
     -e "s#@REQUIRE_TLS@#$REQUIRE_TLS#g" -e "s#@HEARTBEAT_TIMEOUT@#$HEARTBEAT_TIMEOUT#g" \
     "$HERE/ironic.conf.in" > "$STATE/ironic.conf"
 

@@ -9,14 +9,13 @@
 //! without grub-install, the EFI files it brings, copied onto the new ESP.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::grub;
 use crate::disk::esp;
 use crate::disk::mount::{Access, Mounted};
 use crate::disk::table::Partition;
 use crate::system::inroot::{Item, Root};
-use crate::system::tools::{run_capture, which};
+use crate::system::tools::which;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootloaderError {
@@ -26,8 +25,8 @@ pub enum BootloaderError {
     Esp(#[from] esp::EspError),
     #[error("the EFI system partition {number} of {disk} holds no boot loader")]
     NoLoader { disk: String, number: u32 },
-    #[error("registering the boot loader with the firmware: {0}")]
-    Nvram(String),
+    #[error(transparent)]
+    Nvram(#[from] super::nvram::NvramError),
     #[error(
         "this ramdisk cannot write EFI variables (no efibootmgr or not booted through UEFI) and \
          the image has no fallback loader {fallback}; found {found}"
@@ -39,8 +38,8 @@ pub enum BootloaderError {
     #[error("the image has no grub-install (or grub2-install) to boot it in BIOS mode")]
     NoGrubForBios,
     #[error(
-        "BIOS boot loader installation for partition images is disabled \
-         (enable_bios_bootloader_install is off, as in Ironic's default)"
+        "BIOS boot loader installation is disabled (enable_bios_bootloader_install is off, \
+         as in Ironic's default)"
     )]
     BiosDisabled,
     #[error("the image's boot files: {0}")]
@@ -49,6 +48,8 @@ pub enum BootloaderError {
     EspWrite(String),
     #[error("software RAID: {0}")]
     SoftwareRaid(String),
+    #[error(transparent)]
+    RaidBoot(#[from] super::raid_boot::RaidBootError),
     #[error(transparent)]
     Grub(#[from] grub::GrubError),
     #[error(transparent)]
@@ -75,12 +76,12 @@ pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
     let root = r.root_uuid.as_deref().unwrap_or_default();
     if r.software_raid {
         return match (r.uefi, whole_disk) {
-            (true, true) => super::raid_boot::install_uefi(disk, r.nvram),
-            (false, true) => Err(BootloaderError::SoftwareRaid(
-                "BIOS boot from a software RAID (GRUB on every member) is not supported by \
-                 this agent yet; deploy in UEFI mode"
-                    .into(),
-            )),
+            (true, true) => Ok(super::raid_boot::install_uefi(disk, r.nvram)?),
+            (false, true) if !r.bios_allowed => Err(BootloaderError::BiosDisabled),
+            (false, true) => Ok(super::raid_boot::install_bios(
+                disk,
+                r.root_uuid.as_deref(),
+            )?),
             (_, false) => Err(BootloaderError::SoftwareRaid(
                 "partition images cannot be deployed onto a software RAID (Ironic requires \
                  whole-disk images there)"
@@ -100,66 +101,6 @@ pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
 
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
-/// Register `loaders` (UEFI paths on ESP partition `part` of `disk`) as ironic1, ironic2, …
-/// (`member`: followed by the disk's name, one set of entries per RAID member).
-pub(super) fn register(
-    disk: &Path,
-    part: u32,
-    loaders: &[String],
-    member: bool,
-) -> Result<(), BootloaderError> {
-    let t = Duration::from_secs(30);
-    let nvram = |e: String| BootloaderError::Nvram(e);
-    let (_, listing) =
-        run_capture("efibootmgr", &[], t, 1 << 16).map_err(|e| nvram(e.to_string()))?;
-    let listing = String::from_utf8_lossy(&listing).to_string();
-    for (i, loader) in loaders.iter().enumerate() {
-        let label = match disk.file_name().filter(|_| member) {
-            Some(n) => format!("ironic{} ({})", i + 1, n.to_string_lossy()),
-            None => format!("ironic{}", i + 1),
-        };
-        // Remove entries with this label first, so repeated deploys do not pile them up.
-        for l in listing.lines() {
-            if let Some(rest) = l.strip_prefix("Boot") {
-                let (num, name) = rest.split_at(
-                    rest.find(|c: char| !c.is_ascii_hexdigit())
-                        .unwrap_or(rest.len()),
-                );
-                if num.len() == 4 && name.trim_start_matches('*').trim().starts_with(&label) {
-                    let _ = run_capture("efibootmgr", &["-b", num, "-B"], t, 1 << 16);
-                }
-            }
-        }
-        let (ok, out) = run_capture(
-            "efibootmgr",
-            &[
-                "-v",
-                "-c",
-                "-d",
-                &disk.display().to_string(),
-                "-p",
-                &part.to_string(),
-                "-w",
-                "-L",
-                &label,
-                "-l",
-                loader,
-            ],
-            t,
-            1 << 16,
-        )
-        .map_err(|e| nvram(e.to_string()))?;
-        if !ok {
-            return Err(nvram(format!(
-                "efibootmgr failed: {}",
-                String::from_utf8_lossy(&out)
-            )));
-        }
-        tracing::info!(%label, %loader, "UEFI boot entry registered");
-    }
-    Ok(())
-}
-
 /// `nvram`: whether EFI variables may be written (never with `--simulate-power`: a test must
 /// not change the boot entries of the machine it runs on).
 fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
@@ -172,7 +113,7 @@ fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
         });
     }
     if nvram && Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some() {
-        register(disk, esp.number, &loaders, false)?;
+        super::nvram::register(disk, esp.number, &loaders, false)?;
         return Ok(format!(
             "registered {} with the firmware",
             loaders.join(", ")

@@ -139,6 +139,27 @@ pub fn install(
     esp: Option<&Partition>,
     fw: Firmware,
 ) -> Result<String, GrubError> {
+    install_to(disk, root, esp, fw, &[disk.display().to_string()])
+}
+
+/// BIOS GRUB from the image whose root file system is `root` (a partition of the md array
+/// `md`) onto the boot sector of every disk of `members`: any of them boots the node.
+pub fn install_bios_on_members(
+    md: &Path,
+    root: &Partition,
+    members: &[String],
+) -> Result<String, GrubError> {
+    install_to(md, root, None, Firmware::Bios, members)
+}
+
+/// [`install`], with BIOS GRUB written to each of `bios_targets`.
+fn install_to(
+    disk: &Path,
+    root: &Partition,
+    esp: Option<&Partition>,
+    fw: Firmware,
+    bios_targets: &[String],
+) -> Result<String, GrubError> {
     let mut m = Mounted::partition(disk, root, Access::Chroot)?;
     let grub_install = image_tool(m.path(), GRUB_INSTALL).ok_or(GrubError::NoGrubInstall)?;
     let mkconfig = image_tool(m.path(), &["grub-mkconfig", "grub2-mkconfig"]);
@@ -156,7 +177,6 @@ pub fn install(
         m.mount_inside("boot/efi", disk, esp, Access::Chroot)?;
     }
     m.bind_system()?;
-    let disk_s = disk.display().to_string();
     let target = if cfg!(target_arch = "aarch64") {
         "--target=arm64-efi"
     } else {
@@ -179,11 +199,10 @@ pub fn install(
             ));
         }
         Firmware::Bios => {
-            chroot(
-                m.path(),
-                &[grub_install.as_str(), "--target=i386-pc", &disk_s],
-            )?;
-            done.push(format!("{grub_install} for BIOS on {disk_s}"));
+            for t in bios_targets {
+                chroot(m.path(), &[grub_install.as_str(), "--target=i386-pc", t])?;
+                done.push(format!("{grub_install} for BIOS on {t}"));
+            }
         }
     }
     let cfg = if grub2 {

@@ -6,6 +6,7 @@
 pub mod bootloader;
 pub mod grub;
 pub mod inject_files;
+pub mod nvram;
 pub mod partition_image;
 pub mod raid;
 pub mod raid_boot;

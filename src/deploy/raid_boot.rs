@@ -9,7 +9,6 @@
 
 use std::path::Path;
 
-use super::bootloader::BootloaderError;
 use crate::disk::device::{open_read, Device};
 use crate::disk::md;
 use crate::disk::partitions::{self, Role};
@@ -17,16 +16,42 @@ use crate::disk::slice::Slice;
 use crate::disk::{esp, table};
 
 const MIB: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RaidBootError {
+    #[error("software RAID boot: {0}")]
+    Failed(String),
+    #[error("{0} has no EFI system partition")]
+    NoEsp(String),
+    #[error("the image's ESP on {0} holds no boot loader")]
+    NoLoader(String),
+    #[error(
+        "this ramdisk cannot write EFI variables (no efibootmgr or not booted through UEFI) and \
+         the image has no fallback loader {fallback}; found {found}"
+    )]
+    NoFallback {
+        fallback: &'static str,
+        found: String,
+    },
+    #[error("the image on the array has no grub-install to boot it in BIOS mode")]
+    NoGrubForBios,
+    #[error(transparent)]
+    Esp(#[from] esp::EspError),
+    #[error(transparent)]
+    Grub(#[from] super::grub::GrubError),
+    #[error(transparent)]
+    Nvram(#[from] super::nvram::NvramError),
+}
 /// IPA's ESP: 550 MiB from 1 MiB, the room `deploy::raid` leaves before the arrays.
 const ESP_START: u64 = MIB;
 const ESP_LEN: u64 = 550 * MIB;
 
-fn fail(m: impl std::fmt::Display) -> BootloaderError {
-    BootloaderError::SoftwareRaid(m.to_string())
+fn fail(m: impl std::fmt::Display) -> RaidBootError {
+    RaidBootError::Failed(m.to_string())
 }
 
 /// The member disks under the md array `root` (`/dev/md0`, or `/dev/md/root`).
-fn member_disks(root: &Path) -> Result<Vec<String>, BootloaderError> {
+fn member_disks(root: &Path) -> Result<Vec<String>, RaidBootError> {
     let canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let arrays = md::arrays(Path::new("/sys/block"));
     let array = arrays
@@ -46,7 +71,7 @@ fn member_disks(root: &Path) -> Result<Vec<String>, BootloaderError> {
 }
 
 /// The first md device number no array uses.
-fn free_md() -> Result<String, BootloaderError> {
+fn free_md() -> Result<String, RaidBootError> {
     (0..128)
         .map(|n| format!("md{n}"))
         .find(|n| !Path::new("/sys/block").join(n).exists())
@@ -56,7 +81,7 @@ fn free_md() -> Result<String, BootloaderError> {
 
 /// The ESP partition of `disk` in the room before the arrays: an existing one there is
 /// reused (a repeated install), else one is added.
-fn member_esp(disk: &str) -> Result<table::Partition, BootloaderError> {
+fn member_esp(disk: &str) -> Result<table::Partition, RaidBootError> {
     let path = Path::new(disk);
     if let Some(p) = table::read_disk(path)
         .map_err(fail)?
@@ -70,7 +95,7 @@ fn member_esp(disk: &str) -> Result<table::Partition, BootloaderError> {
 }
 
 /// Wait (briefly, without a fixed sleep) for the partition nodes the kernel adds.
-fn wait_for(nodes: &[String]) -> Result<(), BootloaderError> {
+fn wait_for(nodes: &[String]) -> Result<(), RaidBootError> {
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let missing: Vec<&String> = nodes
@@ -87,12 +112,43 @@ fn wait_for(nodes: &[String]) -> Result<(), BootloaderError> {
     }
 }
 
+/// Make the whole-disk image on md array `md` bootable in BIOS mode from every member: the
+/// image's own grub-install, run in a chroot of its root file system (the partition of the
+/// array whose file-system UUID or PARTUUID is `root_uuid`, else the one that carries
+/// grub-install), writes GRUB to each member disk's boot sector and BIOS boot partition.
+pub fn install_bios(md: &Path, root_uuid: Option<&str>) -> Result<String, RaidBootError> {
+    let disks = member_disks(md)?;
+    let root = match root_uuid.filter(|u| !u.starts_with("0x")) {
+        Some(u) => super::grub::partition_with_uuid(md, u)?,
+        None => image_root_with_grub(md)?,
+    };
+    Ok(super::grub::install_bios_on_members(md, &root, &disks)?)
+}
+
+/// The partition of the image on `md` whose file system carries grub-install (looked at
+/// read-only, one by one).
+fn image_root_with_grub(md: &Path) -> Result<table::Partition, RaidBootError> {
+    use crate::disk::mount::{Access, Mounted};
+    for p in table::read_disk(md).map_err(fail)? {
+        if p.is_esp() || p.type_id == table::TYPE_BIOS || p.len < 16 * MIB {
+            continue;
+        }
+        let found = Mounted::partition(md, &p, Access::Inspect)
+            .map(|m| super::grub::has_grub_install(m.path()))
+            .unwrap_or(false);
+        if found {
+            return Ok(p);
+        }
+    }
+    Err(RaidBootError::NoGrubForBios)
+}
+
 /// Make the whole-disk image on md array `root` bootable in UEFI mode from every member.
-pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, BootloaderError> {
+pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, RaidBootError> {
     let disks = member_disks(root)?;
     let image_esp = table::find_esp(root)
         .map_err(fail)?
-        .ok_or_else(|| BootloaderError::NoEsp(root.display().to_string()))?;
+        .ok_or_else(|| RaidBootError::NoEsp(root.display().to_string()))?;
     let mut parts = Vec::new();
     for d in &disks {
         let p = member_esp(d)?;
@@ -132,15 +188,12 @@ pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, BootloaderError>
     )?;
     drop(dev);
     if loaders.is_empty() {
-        return Err(BootloaderError::NoLoader {
-            disk: mirror,
-            number: 0,
-        });
+        return Err(RaidBootError::NoLoader(mirror));
     }
     let efivars = Path::new("/sys/firmware/efi/efivars").is_dir();
     if nvram && efivars && crate::system::tools::which("efibootmgr").is_some() {
         for (d, n) in &parts {
-            super::bootloader::register(Path::new(d), *n, &loaders, true)?;
+            super::nvram::register(Path::new(d), *n, &loaders, true)?;
         }
         return Ok(format!(
             "ESP mirrored on {} ({} files); registered {} on each member",
@@ -151,7 +204,7 @@ pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, BootloaderError>
     }
     let fallback = esp::fallback_loader();
     if !loaders.iter().any(|l| l.eq_ignore_ascii_case(fallback)) {
-        return Err(BootloaderError::NoFallback {
+        return Err(RaidBootError::NoFallback {
             fallback,
             found: loaders.join(", "),
         });

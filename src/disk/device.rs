@@ -95,6 +95,18 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> D
     }
 }
 
+/// Size in bytes and logical sector size of an open disk (a regular file: its length, 512).
+fn geometry(f: &File, path: &Path, meta: &std::fs::Metadata) -> Result<(u64, u32), DeviceError> {
+    if meta.file_type().is_block_device() {
+        Ok((
+            blockdev::size(f).map_err(io_err(path, "BLKGETSIZE64"))?,
+            blockdev::logical_sector_size(f).map_err(io_err(path, "BLKSSZGET"))?,
+        ))
+    } else {
+        Ok((meta.len(), 512))
+    }
+}
+
 /// A disk (or an image file) opened for writing under the rule above.
 #[derive(Debug)]
 pub struct Device {
@@ -152,15 +164,8 @@ impl Device {
             .open(path)
             .or_else(|_| buffered.try_clone())
             .map_err(io_err(path, "open"))?;
-        let (size, sector, write_zeroes) = if block {
-            (
-                blockdev::size(&buffered).map_err(io_err(path, "BLKGETSIZE64"))?,
-                blockdev::logical_sector_size(&buffered).map_err(io_err(path, "BLKSSZGET"))?,
-                blockdev::advertises_write_zeroes(meta.rdev()),
-            )
-        } else {
-            (meta.len(), 512, true)
-        };
+        let (size, sector) = geometry(&buffered, path, &meta)?;
+        let write_zeroes = !block || blockdev::advertises_write_zeroes(meta.rdev());
         Ok(Device {
             path: path.to_path_buf(),
             buffered,
@@ -190,14 +195,7 @@ impl Device {
             .open(path)
             .map_err(io_err(path, "open"))?;
         let direct = buffered.try_clone().map_err(io_err(path, "dup"))?;
-        let (size, sector) = if block {
-            (
-                blockdev::size(&buffered).map_err(io_err(path, "BLKGETSIZE64"))?,
-                blockdev::logical_sector_size(&buffered).map_err(io_err(path, "BLKSSZGET"))?,
-            )
-        } else {
-            (meta.len(), 512)
-        };
+        let (size, sector) = geometry(&buffered, path, &meta)?;
         Ok(Device {
             path: path.to_path_buf(),
             buffered,

@@ -196,6 +196,32 @@ fn excluded_kind(name: &str, allow_loop: bool) -> bool {
         || (name.starts_with("loop") && !allow_loop)
 }
 
+/// The md arrays built on disk `d` (`/sys/block/<name>`) or on its partitions: software RAID
+/// puts its members in partitions, whose `holders` name the arrays.
+fn md_holders(d: &Path, name: &str) -> Vec<String> {
+    let holders = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir.join("holders"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("md"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = holders(d);
+    if let Ok(rd) = fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(name) {
+                out.extend(holders(&e.path()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Every whole disk (and md array) in the order the kernel names them.
 pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
     let Ok(entries) = fs::read_dir(&src.sys_block) else {
@@ -296,14 +322,7 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
                             .any(|v| l.eq_ignore_ascii_case(v))
                     })
             }),
-            md_holders: fs::read_dir(d.join("holders"))
-                .map(|rd| {
-                    rd.flatten()
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.starts_with("md"))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            md_holders: md_holders(&d, &name),
             all_serials,
             all_wwns,
             name: dev_name,
@@ -393,6 +412,9 @@ pub(crate) mod fixtures {
                 ("device/model", "WDC WD20 4Kn\n"),
                 ("queue/rotational", "1\n"),
                 ("device/scsi_device/1:0:0:0/x", ""),
+                // Its first partition is a member of md0 (software RAID uses partitions).
+                ("sdc1/partition", "1\n"),
+                ("sdc1/holders/md0", ""),
             ],
         );
         mk(
@@ -473,6 +495,8 @@ mod tests {
         assert_eq!((usb.tran.as_deref(), usb.removable), (Some("usb"), true));
         assert_eq!(get("/md0").kind, "raid");
         let sdc = get("/sdc");
+        assert_eq!(sdc.md_holders, ["md0"], "a partition's array counts");
+        assert!(get("/sda").md_holders.is_empty());
         assert_eq!(
             (sdc.logical_sectors, sdc.physical_sectors, sdc.rotational),
             (4096, 4096, true)

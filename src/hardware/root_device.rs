@@ -321,8 +321,9 @@ mod tests {
     fn strict_mode_refuses_to_guess() {
         let (_t, l) = disks();
         let e = choose(&l, None, None, true).unwrap_err();
+        // md0, nvme0n1, sda; sdc is a member of md0 (through its partition).
         assert!(
-            matches!(e, RootDeviceError::Ambiguous { count: 4, .. }),
+            matches!(e, RootDeviceError::Ambiguous { count: 3, .. }),
             "{e}"
         );
         // With hints strict mode is satisfied.
@@ -358,10 +359,11 @@ mod tests {
             assert!(msg.contains(n), "{msg}");
         }
         assert!(msg.contains("does not match"), "{msg}");
-        // sdc is rotational but its model fails: exactly that reason.
+        // sdc is rotational but a member of md0 and its model fails: exactly those reasons.
         if let RootDeviceError::NoMatch { table, .. } = e {
             let sdc = table.iter().find(|r| r.name.ends_with("sdc")).unwrap();
-            assert_eq!(sdc.reasons.len(), 1, "{:?}", sdc.reasons);
+            assert_eq!(sdc.reasons.len(), 2, "{:?}", sdc.reasons);
+            assert_eq!(sdc.reasons[0], "member of md0", "{:?}", sdc.reasons);
         } else {
             panic!("wrong error");
         }

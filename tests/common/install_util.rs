@@ -9,6 +9,24 @@ use super::loopdev::{is_root, Loop};
 
 pub const MIB: u64 = 1 << 20;
 
+/// A 16 MiB ext4 partition image of `tree` with file-system UUID `uuid`, made in `d`.
+pub fn ext4_image(d: &Path, tree: &Path, uuid: &str) -> Vec<u8> {
+    let part = d.join(format!("{uuid}.raw"));
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", uuid, "-d"])
+        .arg(tree)
+        .arg(&part)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&part).unwrap()
+}
+
 /// A GPT disk image with data in its partitions: `sector`-byte sectors, `mib` MiB.
 pub fn gpt_image(dir: &Path, name: &str, mib: u64, sector: u32) -> Vec<u8> {
     let p = dir.join(name);

@@ -16,7 +16,8 @@
 #     cleaning creates RAID-1 root (3 GiB) + RAID-0 data (MAX) on the NVMe disks, the same
 #     agent (fast-track) deploys the whole-disk image onto the root array with a config drive,
 #     and the VM boots with either NVMe disk removed; then delete_configuration leaves both
-#     without RAID signatures, and the 4Kn disk is never written.
+#     without RAID signatures, and the 4Kn disk is never written. Then the BIOS variant: a
+#     RAID-1 root under SeaBIOS, GRUB from the image on both members, either one boots.
 # Flows 1-3 end with the node active, the agent powering the VM off for real, the other disk
 # untouched, and the VM booting its deployed disk to the test image's RIVET-BOOT-MARKER.
 #
@@ -47,7 +48,7 @@ vm_cleanup() {
 }
 trap vm_cleanup EXIT
 
-REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
+REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 BIOS_BOOTLOADER=true "$ROOT/scripts/ironic/run-ironic.sh" start
 I=$STATE/images
 "$ROOT/tests/vm/make-boot-image.sh" "$I/boot.raw" "$RAMDISK/rivet.kernel"
 qemu-img convert -f raw -O qcow2 -c "$I/boot.raw" "$I/boot.qcow2"
@@ -459,5 +460,39 @@ for d in raida raidb; do
 done
 blank "$WORK/v4k.qcow2" || fail "raid: the 4Kn disk was written"
 echo "ok: raid: delete_configuration left both members without RAID signatures or tables; the 4Kn disk is untouched"
+# BIOS (SeaBIOS): a RAID-1 root; the image's own grub-install writes GRUB to both members.
+# The VM is off: tell the conductor, which then drops the fast-track agent's token.
+api PUT "/v1/nodes/$RNODE/states/power" '{"target": "power off"}' >/dev/null
+for _ in $(seq 1 60); do [[ "$(node_field "$RNODE" "['power_state']")" == "power off" ]] && break; sleep 0.5; done
+FW=bios
+BIOS_UUID=4d6f6e21-0000-4000-8000-0000000000b5
+"$ROOT/tests/vm/make-raid-bios-image.sh" "$I/raidbios.raw" "$RAMDISK/rivet.kernel" "$BIOS_UUID"
+api PATCH "/v1/nodes/$RNODE" '[{"op": "replace", "path": "/management_interface", "value": "noop"},
+  {"op": "replace", "path": "/properties/capabilities", "value": "boot_mode:bios,disk_label:gpt"}]' >/dev/null
+api PUT "/v1/nodes/$RNODE/states/raid" '{"logical_disks": [
+  {"size_gb": 3, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
+   "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]}]}' >/dev/null
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "create_configuration"}]}' >/dev/null
+wait_state "$RNODE" "clean wait" 60 || fail "raid-bios: node did not wait for the agent"
+bstart=$SECONDS
+boot_ramdisk raid-bios "$RMAC" "ipa-api-url=http://127.0.0.1:6385"
+wait_state "$RNODE" manageable 600 || fail "raid-bios: create_configuration failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-bios.log")"
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "provide"}' >/dev/null
+wait_state "$RNODE" available 120 || fail "raid-bios: node did not become available"
+api PATCH "/v1/nodes/$RNODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/raidbios.raw\",
+  \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/raidbios.raw")\", \"image_disk_format\": \"raw\"}}]" >/dev/null
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "active"}' >/dev/null
+wait_state "$RNODE" active 600 || fail "raid-bios: deploy failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-bios.log")"
+for _ in $(seq 1 120); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.5; done
+kill -0 "$QEMU_PID" 2>/dev/null && fail "raid-bios: the VM did not power off after the deploy"
+wait "$QEMU_PID" || true
+QEMU_PID=
+echo "ok: raid-bios: RAID-1 created and the image deployed onto it in $((SECONDS - bstart)) s"
+echo "time raid-bios_create_and_deploy $((SECONDS - bstart))s"
+grep -a "grub-install.*for BIOS" "$WORK/serial-raid-bios.log" | tr -d '\r' | tail -1 | cut -c1-300 || true
+MEMBERS=raida boot_disk raid-bios-without-b "rivet.flow=raid-bios"
+MEMBERS=raidb boot_disk raid-bios-without-a "rivet.flow=raid-bios"
+blank "$WORK/v4k.qcow2" || fail "raid-bios: the 4Kn disk was written"
 fi
 echo "PASS vm deploy ($((SECONDS - t0)) s)"
