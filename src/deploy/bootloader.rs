@@ -15,7 +15,6 @@ use crate::disk::esp;
 use crate::disk::mount::{Access, Mounted};
 use crate::disk::table::Partition;
 use crate::system::inroot::{Item, Root};
-use crate::system::tools::which;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootloaderError {
@@ -27,14 +26,8 @@ pub enum BootloaderError {
     NoLoader { disk: String, number: u32 },
     #[error(transparent)]
     Nvram(#[from] super::nvram::NvramError),
-    #[error(
-        "this ramdisk cannot write EFI variables (no efibootmgr or not booted through UEFI) and \
-         the image has no fallback loader {fallback}; found {found}"
-    )]
-    NoFallback {
-        fallback: &'static str,
-        found: String,
-    },
+    #[error(transparent)]
+    NoFallback(#[from] super::nvram::NoFallback),
     #[error("the image has no grub-install (or grub2-install) to boot it in BIOS mode")]
     NoGrubForBios,
     #[error(
@@ -99,8 +92,6 @@ pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
     }
 }
 
-const EFIVARS: &str = "/sys/firmware/efi/efivars";
-
 /// `nvram`: whether EFI variables may be written (never with `--simulate-power`: a test must
 /// not change the boot entries of the machine it runs on).
 fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
@@ -112,27 +103,18 @@ fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
             number: esp.number,
         });
     }
-    if nvram && Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some() {
+    if super::nvram::writable(nvram) {
         super::nvram::register(disk, esp.number, &loaders, false)?;
         return Ok(format!(
             "registered {} with the firmware",
             loaders.join(", ")
         ));
     }
-    let fallback = esp::fallback_loader();
-    if loaders.iter().any(|l| l.eq_ignore_ascii_case(fallback)) {
-        tracing::warn!(
-            "this ramdisk cannot write EFI variables; the firmware will boot {fallback}"
-        );
-        Ok(format!(
-            "no EFI variables here; the image's fallback loader {fallback} will boot"
-        ))
-    } else {
-        Err(BootloaderError::NoFallback {
-            fallback,
-            found: loaders.join(", "),
-        })
-    }
+    let fallback = super::nvram::require_fallback(&loaders)?;
+    tracing::warn!("this ramdisk cannot write EFI variables; the firmware will boot {fallback}");
+    Ok(format!(
+        "no EFI variables here; the image's fallback loader {fallback} will boot"
+    ))
 }
 
 /// Most of an image's EFI tree held in memory on its way to the ESP.

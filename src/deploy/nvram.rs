@@ -4,7 +4,39 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::system::tools::run_capture;
+use crate::system::tools::{run_capture, which};
+
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+
+/// Whether boot entries can be written here: `allowed` (never with `--simulate-power`: a test
+/// must not change the boot entries of the machine it runs on), EFI variables, efibootmgr.
+pub fn writable(allowed: bool) -> bool {
+    allowed && Path::new(EFIVARS).is_dir() && which("efibootmgr").is_some()
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this ramdisk cannot write EFI variables (no efibootmgr or not booted through UEFI) and the \
+     image has no fallback loader {fallback}; found {found}"
+)]
+pub struct NoFallback {
+    pub fallback: &'static str,
+    pub found: String,
+}
+
+/// Without boot entries the firmware boots the removable-media path: it must be among
+/// `loaders`. Returns it.
+pub fn require_fallback(loaders: &[String]) -> Result<&'static str, NoFallback> {
+    let fallback = crate::disk::esp::fallback_loader();
+    if loaders.iter().any(|l| l.eq_ignore_ascii_case(fallback)) {
+        Ok(fallback)
+    } else {
+        Err(NoFallback {
+            fallback,
+            found: loaders.join(", "),
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("registering the boot loader with the firmware: {0}")]

@@ -25,14 +25,8 @@ pub enum RaidBootError {
     NoEsp(String),
     #[error("the image's ESP on {0} holds no boot loader")]
     NoLoader(String),
-    #[error(
-        "this ramdisk cannot write EFI variables (no efibootmgr or not booted through UEFI) and \
-         the image has no fallback loader {fallback}; found {found}"
-    )]
-    NoFallback {
-        fallback: &'static str,
-        found: String,
-    },
+    #[error(transparent)]
+    NoFallback(#[from] super::nvram::NoFallback),
     #[error("the image on the array has no grub-install to boot it in BIOS mode")]
     NoGrubForBios,
     #[error(transparent)]
@@ -190,8 +184,7 @@ pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, RaidBootError> {
     if loaders.is_empty() {
         return Err(RaidBootError::NoLoader(mirror));
     }
-    let efivars = Path::new("/sys/firmware/efi/efivars").is_dir();
-    if nvram && efivars && crate::system::tools::which("efibootmgr").is_some() {
+    if super::nvram::writable(nvram) {
         for (d, n) in &parts {
             super::nvram::register(Path::new(d), *n, &loaders, true)?;
         }
@@ -202,13 +195,7 @@ pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, RaidBootError> {
             loaders.join(", ")
         ));
     }
-    let fallback = esp::fallback_loader();
-    if !loaders.iter().any(|l| l.eq_ignore_ascii_case(fallback)) {
-        return Err(RaidBootError::NoFallback {
-            fallback,
-            found: loaders.join(", "),
-        });
-    }
+    let fallback = super::nvram::require_fallback(&loaders)?;
     Ok(format!(
         "ESP mirrored on {} ({} files); no EFI variables here, the firmware boots {fallback} from any member",
         disks.join(", "),
