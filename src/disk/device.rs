@@ -95,6 +95,19 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> D
     }
 }
 
+/// `path`'s metadata and whether it is a block device; anything but a block device or a
+/// regular file is refused.
+fn stat_disk(path: &Path) -> Result<(std::fs::Metadata, bool), DeviceError> {
+    let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
+    let block = meta.file_type().is_block_device();
+    if !block && !meta.is_file() {
+        return Err(DeviceError::NotADisk {
+            path: path.display().to_string(),
+        });
+    }
+    Ok((meta, block))
+}
+
 /// Size in bytes and logical sector size of an open disk (a regular file: its length, 512).
 fn geometry(f: &File, path: &Path, meta: &std::fs::Metadata) -> Result<(u64, u32), DeviceError> {
     if meta.file_type().is_block_device() {
@@ -129,13 +142,7 @@ pub struct Device {
 impl Device {
     /// Open `path` for writing: refused when in use, exclusive on a block device.
     pub fn open(path: &Path) -> Result<Device, DeviceError> {
-        let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
-        let block = meta.file_type().is_block_device();
-        if !block && !meta.is_file() {
-            return Err(DeviceError::NotADisk {
-                path: path.display().to_string(),
-            });
-        }
+        let (meta, block) = stat_disk(path)?;
         if block {
             if let Some(why) = in_use(path) {
                 return Err(DeviceError::InUse {
@@ -182,13 +189,7 @@ impl Device {
     /// an exclusive open while a partition is claimed). Only the table and the new
     /// partition's range may be written through it.
     pub fn open_to_add_partition(path: &Path) -> Result<Device, DeviceError> {
-        let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
-        let block = meta.file_type().is_block_device();
-        if !block && !meta.is_file() {
-            return Err(DeviceError::NotADisk {
-                path: path.display().to_string(),
-            });
-        }
+        let (meta, block) = stat_disk(path)?;
         let buffered = OpenOptions::new()
             .read(true)
             .write(true)
