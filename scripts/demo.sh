@@ -46,6 +46,9 @@ for c in json.load(open(sys.argv[1])):
 echo "== the disk ($LOOP) now:"
 sgdisk -p "$LOOP" | sed -n '/^Number/,$p'
 qemu-img compare -f raw -F raw "$STATE/images/wholedisk.raw" "$LOOP"
+echo "== where the time went, agent start to node active (host clock; the VM flows below print"
+echo "   the same table from the guest's power-on)"
+scripts/boot-timeline.sh "$WORK/rivet.log" "host agent"
 echo "== Rivet log (excerpt)"
 grep -E "lookup succeeded|agent API serving|root device chosen|image written|UEFI|fallback|system event" "$WORK/rivet.log" | cut -c1-200
 

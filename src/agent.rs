@@ -30,6 +30,7 @@ use crate::hardware::{disks, net, root_device};
 use crate::inspect;
 use crate::state::{AgentToken, Session, StateDir, StateError};
 use crate::system::power;
+use crate::timeline;
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +59,10 @@ pub enum AgentError {
     },
 }
 
-/// Wait (up to 60 s, like IPA) for a NIC with a MAC address; BOOTIF alone is enough.
+/// Wait (up to 60 s, like IPA) for a NIC with a MAC address; BOOTIF alone is enough. Polled
+/// every 100 ms: a NIC whose driver loads late is used the moment it appears.
 async fn lookup_macs(cfg: &Config) -> Vec<String> {
-    for _ in 0..60 {
+    for _ in 0..600 {
         let macs = net::lookup_macs(
             cfg.bootif.as_deref(),
             &net::interfaces(
@@ -71,7 +73,7 @@ async fn lookup_macs(cfg: &Config) -> Vec<String> {
         if !macs.is_empty() {
             return macs;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Vec::new()
 }
@@ -122,7 +124,9 @@ async fn advertise_ip(cfg: &Config, client: &ApiClient) -> Result<IpAddr, AgentE
             });
     }
     let mut last = String::from("no API URL");
-    for attempt in 0..6 {
+    // A minute, as before, but retried every second: the route appears when DHCP completes,
+    // and nothing is gained by sleeping past that moment.
+    for attempt in 0..60 {
         for u in client.urls() {
             let Ok(url) = url::Url::parse(&u) else {
                 continue;
@@ -160,8 +164,8 @@ async fn advertise_ip(cfg: &Config, client: &ApiClient) -> Result<IpAddr, AgentE
                 Err(e) => last = format!("resolving {host}: {e}"),
             }
         }
-        if attempt < 5 {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+        if attempt < 59 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
     Err(AgentError::Advertise(last))
@@ -215,26 +219,46 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     if !cfg.hardware_initialization_delay.is_zero() {
         tokio::time::sleep(cfg.hardware_initialization_delay).await;
     }
+    // Disks are waited for beside the NIC wait and the lookup, not before them: only the
+    // inventory and the commands need disks, and the conductor sends no command before the
+    // first heartbeat, which waits for them.
+    let (disks_tx, mut disks_ready) = watch::channel(false);
     {
         let (allow, attempts, delay) = (
             cfg.allow_loop_devices,
             cfg.disk_wait_attempts,
             cfg.disk_wait_delay,
         );
-        let _ = tokio::task::spawn_blocking(move || {
-            root_device::wait_for_disks(&disks::Sources::default(), allow, attempts, delay)
-        })
-        .await;
         // Arrays a previous deploy built are assembled once the disks are there, so they are
-        // root candidates (and their members are not); beside lookup, not before it. Never
-        // under --simulate-power: a test must not assemble the arrays of the machine it runs on.
-        if !cfg.simulate_power && crate::system::tools::which("mdadm").is_some() {
-            tokio::task::spawn_blocking(crate::disk::md::assemble_scan);
-        }
+        // root candidates (and their members are not). Never under --simulate-power: a test
+        // must not assemble the arrays of the machine it runs on.
+        let assemble = !cfg.simulate_power && crate::system::tools::which("mdadm").is_some();
+        tokio::task::spawn_blocking(move || {
+            root_device::wait_for_disks(&disks::Sources::default(), allow, attempts, delay);
+            timeline::mark("disks_found");
+            if assemble
+                && crate::disk::md::any_member(
+                    std::path::Path::new("/sys/block"),
+                    std::path::Path::new("/dev"),
+                )
+            {
+                crate::disk::md::assemble_scan();
+                timeline::mark("arrays_assembled");
+            }
+            let _ = disks_tx.send(true);
+        });
     }
+    // The auto-TLS key is made while the NIC, the network and the conductor are waited for.
+    let keygen = (cfg.enable_auto_tls && cfg.tls_cert_file.is_none()).then(|| {
+        let curve = cfg.tls_certificate_curve;
+        tokio::task::spawn_blocking(move || tls::KeyPair::generate(curve).ok())
+    });
     let client = Arc::new(ApiClient::new(&cfg)?);
     let macs = lookup_macs(&cfg).await;
+    timeline::mark("nic_found");
     let (inspected, heard) = if cfg.inspection.enabled() {
+        // The inventory describes the disks: they must be there first.
+        let _ = disks_ready.wait_for(|r| *r).await;
         inspect_once(&cfg, &client, &state).await
     } else {
         (None, None)
@@ -263,6 +287,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
                 uuid.as_deref(),
                 cfg.lookup_interval,
                 cfg.lookup_timeout,
+                crate::hardware::net::local_addresses,
             )
             .await?
         }
@@ -282,15 +307,21 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     let identity = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
         (Some(c), Some(k)) => Some(tls::static_identity(c, k)?),
         _ if cfg.enable_auto_tls && lk.version >= ApiVersion::AGENT_VERIFY_CA => {
+            let pregenerated = match keygen {
+                Some(k) => k.await.ok().flatten(),
+                None => None,
+            };
             Some(tls::auto_identity(
                 &state,
                 ip,
                 cfg.tls_certificate_curve,
                 cfg.auto_tls_allowed_clock_skew,
+                pregenerated,
             )?)
         }
         _ => None,
     };
+    timeline::mark("tls_identity");
     let server_tls = identity
         .as_ref()
         .map(|id| tls::server_config(id, cfg.tls_min_version))
@@ -330,6 +361,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         }
     };
     tracing::info!(listen = %srv.local_addr, %callback, node = %lk.node_uuid, api_version = %lk.version.header(), "agent API serving");
+    timeline::mark("api_serving");
 
     let hb = Heartbeat {
         node_uuid: lk.node_uuid.clone(),
@@ -342,6 +374,10 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         version: lk.version,
         timeout: cfg.heartbeat_timeout,
     };
+    if !*disks_ready.borrow() {
+        tracing::info!("waiting for the disks before the first heartbeat");
+    }
+    let _ = disks_ready.wait_for(|r| *r).await;
     let (stop_hb, stop_rx) = watch::channel(false);
     let (refused_tx, mut refused) = mpsc::unbounded_channel();
     let hb_task = tokio::spawn(heartbeat::run(
@@ -349,6 +385,7 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         hb,
         status_fn(exec.clone()),
         exec.finished(),
+        exec.polled(),
         stop_rx,
         refused_tx,
     ));
@@ -440,6 +477,7 @@ async fn inspect_once(
         }
     };
     let failed = report.body.get("error").and_then(|e| e.as_str());
+    timeline::mark("inventory_collected");
     tracing::info!(collected_in = ?started.elapsed(), bytes = body.len(), error = ?failed,
         "inspection data collected");
     let version = inspection_version(cfg, client).await;
@@ -513,6 +551,7 @@ async fn relookup(
         Some(&lk.node_uuid),
         cfg.lookup_interval,
         cfg.lookup_timeout.min(RELOOKUP_GAP),
+        crate::hardware::net::local_addresses,
     )
     .await;
     match found {

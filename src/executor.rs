@@ -80,6 +80,9 @@ pub struct Executor {
     changed: watch::Sender<u64>,
     /// Bumped whenever an *async* command finishes (drives the early heartbeat).
     finished: watch::Sender<u64>,
+    /// Bumped whenever the command list is read: what the conductor does when it acts on a
+    /// heartbeat (ends the early heartbeat's follow-ups).
+    polled: watch::Sender<u64>,
     ctx: Arc<Context>,
     state: Option<StateDir>,
 }
@@ -111,6 +114,7 @@ impl Executor {
             dispatch: tokio::sync::Mutex::new(()),
             changed: watch::channel(0).0,
             finished: watch::channel(0).0,
+            polled: watch::channel(0).0,
             ctx,
             state,
         });
@@ -127,6 +131,11 @@ impl Executor {
         self.finished.subscribe()
     }
 
+    /// A receiver that changes each time the command list is read.
+    pub fn polled(&self) -> watch::Receiver<u64> {
+        self.polled.subscribe()
+    }
+
     /// The last command, with its progress if it runs.
     pub fn last(&self) -> Option<CommandResult> {
         let mut r = self
@@ -140,6 +149,7 @@ impl Executor {
 
     /// The history as `GET /v1/commands/` answers it: `{"commands": [...]}`, encoded.
     pub fn list_json(&self) -> Vec<u8> {
+        self.polled.send_modify(|n| *n = n.wrapping_add(1));
         let mut out = b"{\"commands\":[".to_vec();
         let mut running = None;
         if let Ok(t) = self.table.lock() {

@@ -170,21 +170,25 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
             .collect(),
     };
     let progress = Arc::new(Progress::default());
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let ticker = (!a.quiet).then(|| {
-        let (p, done) = (progress.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                eprint!("\r\x1b[K{}", p.line());
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            eprintln!("\r\x1b[K{}", p.line());
-        })
+    let bar = (!a.quiet).then(|| {
+        let p = progress.clone();
+        let style = indicatif::ProgressStyle::with_template("{line}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+            .with_key(
+                "line",
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&p.line());
+                },
+            );
+        let bar = indicatif::ProgressBar::new_spinner().with_style(style);
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
     });
     let result = pipeline::run(&req, &opts, &target, &progress);
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    if let Some(t) = ticker {
-        let _ = t.join();
+    if let Some(bar) = bar {
+        // The final figures stay on the console, terminal or not.
+        bar.finish_and_clear();
+        eprintln!("{}", progress.line());
     }
     let report = result?;
     // The disk stays open (and claimed) for the config drive.

@@ -21,7 +21,7 @@
 //!    `conductor` (the Ironic API client: inspection, lookup, heartbeat).
 //! 10. `logging`, `tls`.
 //! 11. `config`.
-//! 12. `error`, `redact`, `fsread`, `state`.
+//! 12. `error`, `redact`, `fsread`, `state`, `timeline` (the boot timeline every layer marks).
 
 pub mod agent;
 pub mod api;
@@ -41,4 +41,5 @@ pub mod logging;
 pub mod redact;
 pub mod state;
 pub mod system;
+pub mod timeline;
 pub mod tls;

@@ -227,6 +227,7 @@ fn run_agent(args: AgentArgs) -> ExitCode {
         }
     };
     rivet::logging::init(args.log_format, cfg.debug);
+    rivet::timeline::mark("agent_start");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -65,12 +65,38 @@ pub fn generate(
     skew: Duration,
     hostname: &str,
 ) -> Result<(String, String), TlsError> {
-    let alg = match curve {
-        Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        Curve::P521 => &rcgen::PKCS_ECDSA_P521_SHA512,
-    };
-    let key = rcgen::KeyPair::generate_for(alg)?;
+    generate_with(ip, KeyPair::generate(curve)?, skew, hostname)
+}
+
+/// A private key made ahead of time: generating one (and the crypto library's first use)
+/// takes about half a second under emulation, so the agent makes it while it waits for its
+/// NIC and the lookup, before it knows the address the certificate names.
+pub struct KeyPair {
+    curve: Curve,
+    key: rcgen::KeyPair,
+}
+
+impl KeyPair {
+    pub fn generate(curve: Curve) -> Result<KeyPair, TlsError> {
+        let alg = match curve {
+            Curve::P256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+            Curve::P384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+            Curve::P521 => &rcgen::PKCS_ECDSA_P521_SHA512,
+        };
+        Ok(KeyPair {
+            curve,
+            key: rcgen::KeyPair::generate_for(alg)?,
+        })
+    }
+}
+
+fn generate_with(
+    ip: IpAddr,
+    key: KeyPair,
+    skew: Duration,
+    hostname: &str,
+) -> Result<(String, String), TlsError> {
+    let key = key.key;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     let mut dn = rcgen::DistinguishedName::new();
     dn.push(rcgen::DnType::CommonName, hostname);
@@ -118,6 +144,7 @@ pub fn auto_identity(
     ip: IpAddr,
     curve: Curve,
     skew: Duration,
+    pregenerated: Option<KeyPair>,
 ) -> Result<Identity, TlsError> {
     let ip_s = ip.to_string();
     if let (Some(c), Some(k), Some(for_ip)) = (
@@ -136,7 +163,12 @@ pub fn auto_identity(
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into());
-    let (cert_pem, key_pem) = generate(ip, curve, skew, &hostname)?;
+    // The key made ahead of time, unless the lookup changed the curve since.
+    let key = match pregenerated {
+        Some(k) if k.curve == curve => k,
+        _ => KeyPair::generate(curve)?,
+    };
+    let (cert_pem, key_pem) = generate_with(ip, key, skew, &hostname)?;
     state.write("agent.key", key_pem.as_bytes())?;
     state.write("agent.crt", cert_pem.as_bytes())?;
     state.write("agent.ip", ip_s.as_bytes())?;
@@ -286,16 +318,21 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = StateDir::open(d.path()).unwrap();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = auto_identity(&s, ip, Curve::P256, Duration::from_secs(60)).unwrap();
-        let b = auto_identity(&s, ip, Curve::P256, Duration::from_secs(60)).unwrap();
+        let a = auto_identity(&s, ip, Curve::P256, Duration::from_secs(60), None).unwrap();
+        let b = auto_identity(&s, ip, Curve::P256, Duration::from_secs(60), None).unwrap();
         assert_eq!(a.cert_pem, b.cert_pem);
         let c = auto_identity(
             &s,
             "127.0.0.2".parse().unwrap(),
             Curve::P256,
             Duration::from_secs(60),
+            Some(KeyPair::generate(Curve::P384).unwrap()),
         )
         .unwrap();
         assert_ne!(a.cert_pem, c.cert_pem);
+        // A key made ahead for another curve is not used: the certificate has the curve asked.
+        let der = c.certs[0].as_ref();
+        let p256_oid = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+        assert!(der.windows(p256_oid.len()).any(|w| w == p256_oid));
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first; a module may use only lower layers (and itself).
 const LAYERS: &[&[&str]] = &[
-    &["error", "redact", "fsread", "state"],
+    &["error", "redact", "fsread", "state", "timeline"],
     &["config"],
     &["logging", "tls"],
     &["system", "conductor"],

@@ -11,25 +11,59 @@
 /bin/busybox --install -s
 exec </dev/console >/dev/console 2>&1
 up() { cut -d' ' -f1 /proc/uptime; }
-echo "[rivet-init] kernel up at $(up) s"
-# Drivers for the devices present (PCI, USB, virtio, … by modalias), then what the agent
-# itself may need whatever the hardware.
-for a in $(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u); do modprobe -q "$a" 2>/dev/null; done
-for m in sd_mod sr_mod vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs; do modprobe -q "$m" 2>/dev/null; done
-# Disks behind controllers probed just now (virtio, NVMe) appear as their modules load;
-# devices found later by the kernel get theirs here too.
-for a in $(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u); do modprobe -q "$a" 2>/dev/null; done
-[ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
-echo "[rivet-init] modules loaded at $(up) s; disks: $(ls /sys/block | tr '\n' ' ')"
+# The boot timeline (scripts/boot-timeline.sh reads these lines beside the agent's).
+mark() { echo "rivet-timeline $1 $(up)"; }
+mark init_start
+# Drivers first for the NICs (PCI network class), which are on the way to the first address;
+# then, beside the agent (which waits for its NIC and disks by itself), for every other device
+# (PCI, USB, … by modalias) in one modprobe, a second pass for the devices found behind those
+# (NVMe namespaces, virtio disks, USB storage), and the file systems last (the kernel would
+# also ask for them at the first mount). One modprobe per pass: dependencies are resolved once
+# and no process is started per device. virtio_net comes with the NICs: a virtio NIC only
+# appears once virtio_pci has probed.
+aliases() { cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u; }
+nic_aliases() {
+  for d in /sys/bus/pci/devices/*; do
+    case "$(cat "$d/class" 2>/dev/null)" in 0x02*) cat "$d/modalias" ;; esac
+  done
+}
+# shellcheck disable=SC2046
+modprobe -qa $(nic_aliases) virtio_net 2>/dev/null
+mark nic_drivers_loaded
+(
+  # shellcheck disable=SC2046
+  modprobe -qa $(aliases) virtio_blk virtio_scsi 2>/dev/null
+  mark modules_loaded
+  # shellcheck disable=SC2046
+  modprobe -qa $(aliases) 2>/dev/null
+  mark modules_second_pass
+  modprobe -qa sd_mod sr_mod vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs 2>/dev/null
+  [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+  mark modules_all
+) &
+# Every NIC is brought up and asked for an address the moment it appears, each on its own:
+# the agent finds its conductor as soon as one NIC has an address.
 ip link set lo up
-for n in /sys/class/net/*; do
-  i=${n##*/}
-  [ "$i" = lo ] && continue
-  ip link set "$i" up
-  udhcpc -i "$i" -n -q -t 10 -T 1 -s /etc/udhcpc.sh >/dev/null 2>&1 &
-done
-wait
-echo "[rivet-init] network up at $(up) s: $(ip -4 -o addr show | awk '$2!="lo"{print $2, $4}' | tr '\n' ' ')"
+(
+  started=" " linked="" addressed=""
+  for _ in $(seq 1 600); do
+    for n in /sys/class/net/*; do
+      i=${n##*/}
+      [ "$i" = lo ] && continue
+      case "$started" in *" $i "*) continue ;; esac
+      started="$started$i "
+      ip link set "$i" up
+      udhcpc -i "$i" -n -q -t 10 -T 1 -s /etc/udhcpc.sh >/dev/null 2>&1 &
+      [ -n "$linked" ] || { mark link_up; linked=1; }
+    done
+    if [ -z "$addressed" ]; then
+      ip -4 -o addr show scope global | grep -q inet && { mark address; addressed=1; }
+      sleep 0.1
+    else
+      sleep 1
+    fi
+  done
+) &
 # Test plumbing only (QEMU user networking, where the conductor and image server listen on
 # the host's 127.0.0.1): rivet.forward=PORT,PORT makes 127.0.0.1:PORT here reach the host
 # through QEMU's guestfwd alias 10.0.2.100:PORT.
@@ -44,6 +78,7 @@ done
 (
   while :; do
     echo "[rivet-init] starting rivet at $(up) s"
+    mark agent_exec
     /usr/bin/rivet --state-dir /run/rivet
     echo "[rivet-init] rivet exited ($?); again in 5 s"
     sleep 5

@@ -47,23 +47,28 @@ fn create(ctx: &Context, node: &Value, config: &Value) -> Result<Value, CommandE
     let skip = raid::skipped_volumes(node);
     let mut lds: Vec<LogicalDisk> = raid::validate(config, uuid, &skip).map_err(err)?;
     // Arrays kept through skip_block_devices stay, and their logical disks are not made again;
-    // any other array must be deleted first.
-    let existing = crate::disk::md::arrays(Path::new("/sys/block"));
+    // so do the arrays beside them (wiped by delete_configuration, reused here) and the ESP
+    // mirror beside them. Any other array must be deleted first.
     let mut others = Vec::new();
-    for a in &existing {
-        match &a.name {
-            Some(n) if skip.contains(n) => {
-                lds.retain(|l| l.volume_name.as_deref() != Some(n.as_str()));
-                tracing::info!(device = %a.device, name = %n, "kept (skip_block_devices)");
+    for e in raid::existing(Path::new("/sys/block"), &skip) {
+        let name = e.array.name.as_deref();
+        let wanted = lds
+            .iter()
+            .any(|l| l.volume_name.is_some() && l.volume_name.as_deref() == name);
+        match e.disposition {
+            raid::Disposition::Keep | raid::Disposition::Wipe if wanted || name == Some("esp") => {
+                lds.retain(|l| l.volume_name.is_none() || l.volume_name.as_deref() != name);
+                tracing::info!(device = %e.array.device, ?name, "kept (skip_block_devices)");
             }
-            _ => others.push(a.device.clone()),
+            raid::Disposition::Keep => {
+                tracing::info!(device = %e.array.device, ?name, "kept (skip_block_devices)")
+            }
+            _ => others.push(e.array.device.clone()),
         }
     }
-    if !others.is_empty() {
-        return Err(err(format!(
-            "existing software RAID devices {} must be deleted first (raid.delete_configuration)",
-            others.join(", ")
-        )));
+    if lds.is_empty() {
+        tracing::info!("every logical disk exists already");
+        return Ok(config.clone());
     }
     let cands = candidates(ctx, node)?;
     let members = raid::members(&lds, &cands).map_err(err)?;

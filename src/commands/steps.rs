@@ -218,8 +218,9 @@ fn table(kind: Kind) -> impl Iterator<Item = &'static StepDef> {
 
 /// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
 /// what must survive a cleaning: removable media and virtual media (unless the root device
-/// hints name them) and the members of an md array (the array is erased, not its members
-/// behind its back). With --simulate-power (tests) only the node's root device, and it must
+/// hints name them), the members of an md array (the array is erased through the md device,
+/// which reaches every member and keeps the array), and the arrays `skip_block_devices` keeps
+/// by volume name with the ESP mirror beside them (see `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device, and it must
 /// be a loop device.
 fn erase_targets(ctx: &Context) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
     use crate::hardware::{disks, root_device};
@@ -229,10 +230,25 @@ fn erase_targets(ctx: &Context) -> Result<Vec<crate::hardware::disks::Disk>, Com
             .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.details))?;
         vec![d]
     } else {
-        let (hints, skip) = root_device::node_hints(&ctx.node_value());
+        let node = ctx.node_value();
+        let (hints, skip) = root_device::node_hints(&node);
+        let volumes = crate::deploy::raid::skipped_volumes(&node);
+        let kept_arrays: Vec<String> = if volumes.is_empty() {
+            Vec::new()
+        } else {
+            crate::deploy::raid::existing(std::path::Path::new("/sys/block"), &volumes)
+                .into_iter()
+                .filter(|e| e.disposition == crate::deploy::raid::Disposition::Keep)
+                .map(|e| e.array.device)
+                .collect()
+        };
         let mut out = Vec::new();
         for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
             if d.read_only {
+                continue;
+            }
+            if kept_arrays.contains(&d.name) {
+                tracing::info!(disk = %d.name, reason = "kept by volume name (skip_block_devices)", "not erased");
                 continue;
             }
             let bad = |e: root_device::RootDeviceError| {

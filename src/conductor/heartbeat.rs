@@ -1,9 +1,14 @@
 //! `POST /v1/heartbeat/{node}`: the conductor's only trigger to look at the agent.
 //!
 //! The first heartbeat goes out at once, then every U(0.3, 0.6) × heartbeat_timeout (at least
-//! 5 s), or 5–10 s after a failure the conductor may get over (no answer, 5xx, 409 locked).
-//! When an async command ends, an early heartbeat goes out as soon as 5 s have passed since
-//! the previous one, so the conductor moves on without waiting a full interval.
+//! 5 s), or 5–10 s after a failure the conductor may get over (no answer, 5xx).
+//!
+//! When an async command ends, a heartbeat goes out at once, so the conductor moves on without
+//! waiting a full interval (IPA waits 5 s first). The conductor handles a heartbeat under the
+//! node's lock and silently drops one that arrives while it still holds it (the API answers
+//! 202 all the same), so an early heartbeat is followed by others 1, 2 and 4 s later until the
+//! conductor reads the command list, which is what it does when it acts on one. A 409 (node
+//! locked) is retried after 1 then 2 s before the usual 5–10 s.
 //!
 //! A refusal is not a failure to hurry after: a heartbeat refused for its token (the conductor
 //! wiped it, as it does between fast-track flows) is reported to the agent, which looks the
@@ -22,8 +27,12 @@ use super::backoff::{heartbeat_interval, heartbeat_retry};
 use super::client::{ironic_faultstring, ApiClient, ApiVersion, ClientError};
 use crate::state::AgentToken;
 
-/// Minimum gap before an early heartbeat.
-pub const EARLY_GAP: Duration = Duration::from_secs(5);
+/// Gaps between the follow-ups of an early heartbeat, while the conductor has not polled.
+const FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
 
 #[derive(Debug, Clone)]
 pub struct Heartbeat {
@@ -122,22 +131,35 @@ pub async fn run(
     hb: Heartbeat,
     status: StatusFn,
     mut finished: watch::Receiver<u64>,
+    mut polled: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     token_refused: tokio::sync::mpsc::UnboundedSender<()>,
 ) {
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut next = Instant::now();
-    let mut last_sent: Option<Instant> = None;
+    // Follow-ups still due after an early heartbeat (index into FOLLOW_UPS), and when the
+    // regular heartbeat after the last accepted one would have gone.
+    let mut follow_up: Option<usize> = None;
+    let mut regular = Instant::now();
+    let mut conflicts = 0usize;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             r = finished.changed() => {
                 if r.is_ok() {
-                    let early = last_sent.map_or(Instant::now(), |t| t + EARLY_GAP).max(Instant::now());
-                    if early < next {
-                        tracing::debug!(in_ = ?early.saturating_duration_since(Instant::now()), "early heartbeat after a command finished");
-                        next = early;
-                    }
+                    tracing::debug!("early heartbeat: a command finished");
+                    next = Instant::now();
+                    follow_up = Some(0);
+                    polled.borrow_and_update();
+                }
+                continue;
+            }
+            r = polled.changed(), if follow_up.is_some() => {
+                if r.is_ok() {
+                    // The conductor is reading our commands: it acted on the heartbeat.
+                    tracing::debug!("the conductor polled after the early heartbeat");
+                    follow_up = None;
+                    next = regular.max(Instant::now());
                 }
                 continue;
             }
@@ -147,13 +169,27 @@ pub async fn run(
             tracing::info!("heartbeats stopped");
             return;
         }
-        last_sent = Some(Instant::now());
+        crate::timeline::mark("heartbeat_sent");
         let sent = hb.send(&client, status()).await;
+        let conflict = matches!(&sent, Err(e) if e.status() == Some(409));
+        conflicts = if conflict { conflicts + 1 } else { 0 };
         let d = match (verdict(&sent), sent) {
             (Verdict::Accepted, _) => {
+                crate::timeline::mark("heartbeat_accepted");
                 let d = heartbeat_interval(hb.timeout, &mut rng);
-                tracing::info!(next_in = ?d, "heartbeat accepted");
-                d
+                regular = Instant::now() + d;
+                match follow_up.and_then(|i| FOLLOW_UPS.get(i).map(|g| (i, *g))) {
+                    Some((i, gap)) => {
+                        follow_up = Some(i + 1);
+                        tracing::info!(next_in = ?gap, "heartbeat accepted; again soon unless the conductor polls");
+                        gap
+                    }
+                    None => {
+                        follow_up = None;
+                        tracing::info!(next_in = ?d, "heartbeat accepted");
+                        d
+                    }
+                }
             }
             (Verdict::TokenRefused, Err(e)) => {
                 let d = heartbeat_retry(&mut rng);
@@ -164,6 +200,11 @@ pub async fn run(
             (Verdict::Refused, Err(e)) => {
                 let d = heartbeat_interval(hb.timeout, &mut rng);
                 tracing::warn!(error = %e, next_in = ?d, "heartbeat refused");
+                d
+            }
+            (_, Err(e)) if conflict && conflicts <= 2 => {
+                let d = Duration::from_secs(conflicts as u64);
+                tracing::info!(error = %e, retry_in = ?d, "node locked by the conductor; heartbeat again shortly");
                 d
             }
             (_, Err(e)) => {

@@ -36,6 +36,7 @@ async fn attempt(
     macs: &str,
     node_uuid: Option<&str>,
 ) -> Result<Lookup, ClientError> {
+    crate::timeline::mark("lookup_sent");
     let mut path = format!("/v1/lookup?addresses={macs}");
     if let Some(u) = node_uuid {
         // The UUID inspection returned: the conductor then finds the node even if its ports
@@ -95,6 +96,26 @@ pub fn from_answer(doc: Value, version: ApiVersion) -> Result<Lookup, AnswerErro
     })
 }
 
+/// Sleep up to `max`, ending early when the machine's addresses differ from `before` (DHCP
+/// completed on some NIC: the conductor may be reachable now).
+async fn wait_for_address_change(
+    addresses: fn() -> Vec<std::net::IpAddr>,
+    before: &[std::net::IpAddr],
+    max: Duration,
+) {
+    let end = Instant::now() + max;
+    while Instant::now() < end {
+        tokio::time::sleep(
+            Duration::from_millis(100).min(end.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        if addresses() != before {
+            tracing::info!("an address changed: trying the conductor again now");
+            return;
+        }
+    }
+}
+
 /// Retry discovery and lookup until a node is found or the time is up.
 pub async fn run(
     client: &ApiClient,
@@ -103,6 +124,7 @@ pub async fn run(
     node_uuid: Option<&str>,
     interval: Duration,
     timeout: Duration,
+    addresses: fn() -> Vec<std::net::IpAddr>,
 ) -> Result<Lookup, LookupError> {
     if macs.is_empty() {
         return Err(LookupError::NoMacs);
@@ -116,6 +138,11 @@ pub async fn run(
     loop {
         attempts += 1;
         let mut extra = Duration::ZERO;
+        let before = addresses();
+        // Set when the conductor could not be reached at all: the network may still be coming
+        // up, so the next try comes at the shortest interval or when an address changes,
+        // never after a growing back-off.
+        let unreachable;
         let err: String = match version {
             None => match client.discover_version().await {
                 Ok(v) => {
@@ -125,14 +152,19 @@ pub async fn run(
                     attempts -= 1;
                     continue;
                 }
-                Err(e) => format!("API version discovery: {e}"),
+                Err(e) => {
+                    unreachable = matches!(e, ClientError::Unreachable { .. });
+                    format!("API version discovery: {e}")
+                }
             },
             Some(v) => match attempt(client, v, &joined, node_uuid).await {
                 Ok(found) => {
+                    crate::timeline::mark("lookup_answered");
                     tracing::info!(node = %found.node_uuid, attempts, "lookup succeeded");
                     return Ok(found);
                 }
                 Err(e) => {
+                    unreachable = matches!(e, ClientError::Unreachable { .. });
                     if e.status() == Some(409) {
                         conflicts += 1;
                         extra = conflict_pause(conflicts);
@@ -141,7 +173,12 @@ pub async fn run(
                 }
             },
         };
-        let delay = lookup_delay(attempts, interval, &mut rng) + extra;
+        let delay = if unreachable {
+            attempts -= 1;
+            interval
+        } else {
+            lookup_delay(attempts, interval, &mut rng) + extra
+        };
         if start.elapsed() + delay > timeout {
             return Err(LookupError::Timeout {
                 macs: joined,
@@ -150,6 +187,10 @@ pub async fn run(
             });
         }
         tracing::warn!(error = %err, retry_in = ?delay, "lookup failed, retrying");
-        tokio::time::sleep(delay).await;
+        if unreachable {
+            wait_for_address_change(addresses, &before, delay).await;
+        } else {
+            tokio::time::sleep(delay).await;
+        }
     }
 }

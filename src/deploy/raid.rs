@@ -528,30 +528,119 @@ fn wait_for_nodes(nodes: &[String]) {
     }
 }
 
+/// What a delete, a create or an erase does to an array that exists, when
+/// `skip_block_devices` names volumes (IPA's rules, so a node keeps behaving the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Named in `skip_block_devices`, or the `esp` mirror beside a kept array (the kept
+    /// array's node must still boot): untouched.
+    Keep,
+    /// On a disk that also carries a kept array: deleting it would mean re-partitioning that
+    /// disk, so the array stays and only its contents go; a create reuses it.
+    Wipe,
+    /// Stopped, its members' superblocks zeroed and its member disks wiped.
+    Delete,
+}
+
+/// An array as it exists, the disks under it and what happens to it.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    pub array: md::Array,
+    pub disks: Vec<String>,
+    pub disposition: Disposition,
+}
+
+/// The dispositions of arrays given as (volume name, disks under it), in the same order.
+fn classify(arrays: &[(Option<&str>, &[String])], skip: &[String]) -> Vec<Disposition> {
+    let kept = |name: Option<&str>| name.is_some_and(|n| skip.iter().any(|s| s == n));
+    let kept_disks: Vec<&String> = arrays
+        .iter()
+        .filter(|(n, _)| kept(*n))
+        .flat_map(|(_, d)| d.iter())
+        .collect();
+    arrays
+        .iter()
+        .map(|(name, disks)| {
+            if kept(*name) {
+                Disposition::Keep
+            } else if disks.iter().any(|d| kept_disks.contains(&d)) {
+                if *name == Some("esp") {
+                    Disposition::Keep
+                } else {
+                    Disposition::Wipe
+                }
+            } else {
+                Disposition::Delete
+            }
+        })
+        .collect()
+}
+
+/// Every array the kernel has (from `sys_block`), with its disks and disposition.
+pub fn existing(sys_block: &std::path::Path, skip: &[String]) -> Vec<Existing> {
+    let arrays = md::arrays(sys_block);
+    let disks: Vec<Vec<String>> = arrays
+        .iter()
+        .map(|a| {
+            let mut d: Vec<String> = a.members.iter().map(|m| md::holder_disk(m)).collect();
+            d.sort();
+            d.dedup();
+            d
+        })
+        .collect();
+    let keys: Vec<(Option<&str>, &[String])> = arrays
+        .iter()
+        .zip(&disks)
+        .map(|(a, d)| (a.name.as_deref(), d.as_slice()))
+        .collect();
+    let dispositions = classify(&keys, skip);
+    arrays
+        .into_iter()
+        .zip(disks)
+        .zip(dispositions)
+        .map(|((array, disks), disposition)| Existing {
+            array,
+            disks,
+            disposition,
+        })
+        .collect()
+}
+
 /// Delete every array (assembled first from what the disks describe) except those whose
 /// volume name `skip` lists: stop it, zero its members' superblocks, and wipe the tables of
-/// the member disks (their partitions held the arrays). Tried twice, as IPA does. Returns the
-/// arrays deleted.
+/// the member disks (their partitions held the arrays). An array sharing a disk with a kept
+/// one only loses its contents (see [`Disposition`]). Tried twice, as IPA does. Returns the
+/// arrays deleted or wiped.
 pub fn delete(sys_block: &std::path::Path, skip: &[String]) -> Result<Vec<String>, RaidError> {
     let mut deleted = Vec::new();
     for attempt in 0..2 {
         md::assemble_scan();
-        let all = md::arrays(sys_block);
-        let (kept, to_delete): (Vec<_>, Vec<_>) = all
-            .into_iter()
-            .partition(|a| a.name.as_ref().is_some_and(|n| skip.contains(n)));
+        let all = existing(sys_block, skip);
+        if attempt == 0 {
+            for e in all.iter().filter(|e| e.disposition == Disposition::Wipe) {
+                tracing::info!(device = %e.array.device, "shares a disk with a kept array: contents wiped, array kept");
+                crate::disk::wipe::erase_metadata(std::path::Path::new(&e.array.device))?;
+                deleted.push(e.array.device.clone());
+            }
+        }
+        let keep_disks: Vec<&String> = all
+            .iter()
+            .filter(|e| e.disposition != Disposition::Delete)
+            .flat_map(|e| e.disks.iter())
+            .collect();
+        let to_delete: Vec<&Existing> = all
+            .iter()
+            .filter(|e| e.disposition == Disposition::Delete)
+            .collect();
         if to_delete.is_empty() {
             return Ok(deleted);
         }
         if attempt == 1 {
             tracing::warn!(remaining = ?to_delete, "arrays still there; trying once more");
         }
-        let keep_disks: Vec<String> = kept
-            .iter()
-            .flat_map(|a| a.members.iter().map(|m| md::holder_disk(m)))
-            .collect();
         let mut disks = Vec::new();
-        for a in &to_delete {
+        for e in &to_delete {
+            let a = &e.array;
             // An array without members is a partition of another array: it goes with it.
             if a.members.is_empty() {
                 continue;
@@ -564,8 +653,8 @@ pub fn delete(sys_block: &std::path::Path, skip: &[String]) -> Result<Vec<String
                 if let Err(e) = md::zero_superblock(m) {
                     tracing::warn!(member = %m, error = %e, "cannot zero the superblock");
                 }
-                disks.push(md::holder_disk(m));
             }
+            disks.extend(e.disks.iter().cloned());
             deleted.push(a.device.clone());
         }
         disks.sort();
@@ -577,10 +666,10 @@ pub fn delete(sys_block: &std::path::Path, skip: &[String]) -> Result<Vec<String
             }
         }
     }
-    let left: Vec<String> = md::arrays(sys_block)
+    let left: Vec<String> = existing(sys_block, skip)
         .into_iter()
-        .filter(|a| !a.name.as_ref().is_some_and(|n| skip.contains(n)))
-        .map(|a| a.device)
+        .filter(|e| e.disposition == Disposition::Delete)
+        .map(|e| e.array.device)
         .collect();
     if left.is_empty() {
         Ok(deleted)
@@ -861,6 +950,33 @@ mod tests {
             skipped_volumes(&json!({"properties": {"skip_block_devices": [
                 {"volume_name": "keep"}, {"name": "/dev/sda"}]}})),
             ["keep"]
+        );
+    }
+
+    #[test]
+    fn kept_arrays_and_their_neighbours() {
+        use Disposition::*;
+        let ab = ["/dev/sda".to_string(), "/dev/sdb".to_string()];
+        let cd = ["/dev/sdc".to_string(), "/dev/sdd".to_string()];
+        let arrays: [(Option<&str>, &[String]); 5] = [
+            (Some("root"), &ab),
+            (Some("data"), &ab),
+            (Some("esp"), &ab),
+            (Some("scratch"), &cd),
+            (None, &cd),
+        ];
+        // Nothing named: everything goes.
+        assert_eq!(classify(&arrays, &[]), [Delete; 5]);
+        // "root" kept: its neighbours on sda/sdb only lose their contents, its ESP mirror
+        // stays so the node still boots; the arrays on other disks go.
+        assert_eq!(
+            classify(&arrays, &["root".to_string()]),
+            [Keep, Wipe, Keep, Delete, Delete]
+        );
+        // A kept array elsewhere does not protect an ESP that is not beside it.
+        assert_eq!(
+            classify(&arrays, &["scratch".to_string()]),
+            [Delete, Delete, Delete, Keep, Wipe]
         );
     }
 }

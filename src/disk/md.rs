@@ -159,6 +159,45 @@ pub fn arrays(sys_block: &Path) -> Vec<Array> {
     out
 }
 
+/// Whether any block device the kernel lists in `sys_block` (whole disks and their
+/// partitions, opened under `dev`) carries an md superblock, as libblkid sees it. Assembling
+/// (`mdadm --assemble --scan`) costs about a second under emulation and delays the first
+/// heartbeat, so it is skipped when there is nothing to assemble.
+pub fn any_member(sys_block: &Path, dev: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(sys_block) else {
+        return false;
+    };
+    let is_member = |name: &str| {
+        crate::hardware::probe::probe(&dev.join(name))
+            .ok()
+            .and_then(|p| p.fs_type)
+            .is_some_and(|t| t == "linux_raid_member")
+    };
+    for disk in rd.flatten() {
+        let name = disk.file_name().to_string_lossy().into_owned();
+        // Arrays themselves, RAM disks and optical drives hold no members to assemble.
+        if ["md", "ram", "zram", "sr"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            continue;
+        }
+        if is_member(&name) {
+            return true;
+        }
+        let parts = std::fs::read_dir(disk.path())
+            .into_iter()
+            .flatten()
+            .flatten();
+        for part in parts.filter(|p| p.path().join("partition").exists()) {
+            if is_member(&part.file_name().to_string_lossy()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// A whole disk of a member partition (`/dev/nvme0n1p2` → `/dev/nvme0n1`, `/dev/sda1` →
 /// `/dev/sda`), from sysfs; the member itself when it is a whole disk.
 pub fn holder_disk(member: &str) -> String {
@@ -193,5 +232,6 @@ mod tests {
         assert_eq!(name_from_export("MD_LEVEL=raid0\n"), None);
         // No sysfs tree, no arrays (and no panic).
         assert!(arrays(Path::new("/nonexistent")).is_empty());
+        assert!(!any_member(Path::new("/nonexistent"), Path::new("/dev")));
     }
 }

@@ -57,9 +57,14 @@ pub struct Disk {
     /// ISO): never a deploy target or erased unless a hint names it.
     #[serde(skip)]
     pub virtual_media: bool,
-    /// The md arrays this disk is a member of (`/sys/block/X/holders`).
-    #[serde(skip)]
+    /// The md arrays this disk (or one of its partitions) is a member of, as device paths
+    /// (`/sys/block/X/holders`); such a disk is never a deploy target or erased on its own.
+    #[serde(rename = "holders", skip_serializing_if = "Vec::is_empty")]
     pub md_holders: Vec<String>,
+    /// For an md array: the disks its members live on, so an operator (and inspection rules)
+    /// can see which physical disks carry which array.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     /// Every serial and WWN known for the disk (sysfs and udev); hints match any of them.
     #[serde(skip)]
     pub all_serials: Vec<String>,
@@ -322,11 +327,28 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
                             .any(|v| l.eq_ignore_ascii_case(v))
                     })
             }),
-            md_holders: md_holders(&d, &name),
+            md_holders: md_holders(&d, &name)
+                .into_iter()
+                .map(|h| src.dev.join(h).display().to_string())
+                .collect(),
             all_serials,
             all_wwns,
             name: dev_name,
+            members: Vec::new(),
         });
+    }
+    // An array's members are the disks that name it as a holder (members sit in partitions,
+    // so the array's own `slaves` names partitions, not disks).
+    let holders: Vec<(String, Vec<String>)> = out
+        .iter()
+        .map(|d| (d.name.clone(), d.md_holders.clone()))
+        .collect();
+    for array in out.iter_mut().filter(|d| d.kind == "raid") {
+        array.members = holders
+            .iter()
+            .filter(|(_, hs)| hs.contains(&array.name))
+            .map(|(n, _)| n.clone())
+            .collect();
     }
     out
 }
@@ -493,10 +515,24 @@ mod tests {
         );
         let usb = get("/sdb");
         assert_eq!((usb.tran.as_deref(), usb.removable), (Some("usb"), true));
-        assert_eq!(get("/md0").kind, "raid");
+        let md0 = get("/md0");
+        assert_eq!(md0.kind, "raid");
         let sdc = get("/sdc");
-        assert_eq!(sdc.md_holders, ["md0"], "a partition's array counts");
+        assert_eq!(
+            sdc.md_holders,
+            std::slice::from_ref(&md0.name),
+            "a partition's array counts"
+        );
+        assert_eq!(md0.members, std::slice::from_ref(&sdc.name));
         assert!(get("/sda").md_holders.is_empty());
+        // The inventory shows both sides; plain disks keep IPA's keys only.
+        let md_json = serde_json::to_value(md0).unwrap();
+        assert_eq!(md_json["type"], "raid");
+        assert_eq!(md_json["members"], serde_json::json!([sdc.name]));
+        let sdc_json = serde_json::to_value(sdc).unwrap();
+        assert_eq!(sdc_json["holders"], serde_json::json!([md0.name]));
+        let sda_json = serde_json::to_value(get("/sda")).unwrap();
+        assert!(sda_json.get("holders").is_none() && sda_json.get("members").is_none());
         assert_eq!(
             (sdc.logical_sectors, sdc.physical_sectors, sdc.rotational),
             (4096, 4096, true)

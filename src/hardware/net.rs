@@ -54,6 +54,27 @@ fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
     out
 }
 
+/// Every address the machine has beyond loopback, sorted: what changes when DHCP (or SLAAC)
+/// completes on any NIC.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|addrs| {
+            addrs
+                .filter_map(|a| a.address)
+                .filter_map(|sa| {
+                    sa.as_sockaddr_in()
+                        .map(|s| IpAddr::V4(s.ip()))
+                        .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                })
+                .filter(|ip| !ip.is_loopback())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Physical NICs (those with a `device` link), VLANs and bonds; never `lo`. With
 /// `allow_virtual` (tests in a network namespace) veth pairs count as NICs too.
 pub fn interfaces(sys_class_net: &Path, allow_virtual: bool) -> Vec<Interface> {

@@ -51,6 +51,25 @@ echo "ok: conductor recorded agent_url $agent_url and Rivet's auto-TLS certifica
 wait_state "$NODE" active 180 || fail "node did not become active"
 echo "ok: node active ($((SECONDS - DSTART)) s after the agent started)"
 agent_done
+"$ROOT/scripts/boot-timeline.sh" "$WORK/rivet-good.log" "agent on the host"
+# From the first accepted heartbeat to the conductor's power-off (the deploy's last command),
+# on the agent's clock: the pace the conductor and the agent's heartbeats set together.
+"$PY" - "$WORK/rivet-good.log" <<'PY' || fail "cannot read the deploy's pace from the agent log"
+import re, sys
+from datetime import datetime
+t = {}
+for line in open(sys.argv[1], errors="replace"):
+    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+    m = re.match(r"(\S+Z)\s", line)
+    if not m:
+        continue
+    ts = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+    if "phase=heartbeat_accepted" in line:
+        t.setdefault("hb", ts)
+    if "power_off" in line:
+        t.setdefault("off", ts)
+print("   first heartbeat accepted -> power-off asked: %.2f s" % (t["off"] - t["hb"]))
+PY
 grep -q "Agent command deploy.get_deploy_steps for node $NODE returned result {'deploy_steps': {'GenericHardwareManager': \[{[^]]*'step': 'write_image'.*error None, HTTP status code 200" "$STATE/ironic.log" \
   || fail "conductor log does not show a successful deploy.get_deploy_steps"
 "$PY" - "$WORK/state-good/commands.json" <<'PY' || fail "unexpected command history"

@@ -91,6 +91,17 @@ boot_ramdisk() {
   QEMU_PID=$!
 }
 
+# hb_after NODE START_EPOCH: seconds (0.1) from START to the heartbeat the conductor recorded
+# last (its own clock, not this script's polling); at the first sight of agent_url, the first.
+hb_after() {
+  api GET "/v1/nodes/$1" | "$PY" -c "
+import datetime, json, sys
+d = json.load(sys.stdin)['driver_internal_info']['agent_last_heartbeat']
+t = datetime.datetime.fromisoformat(d.replace('Z', '+00:00'))
+t = t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+print('%.1f' % (t.timestamp() - float(sys.argv[1])))" "$2"
+}
+
 # deploy_vm LABEL HINT_SERIAL INSTANCE_INFO PROVISION_BODY: fresh blank disks, a VM booted
 # from the ramdisk, the node deployed and the VM powered off by the agent.
 deploy_vm() {
@@ -104,7 +115,7 @@ deploy_vm() {
     {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": $info}]" >/dev/null
   api PUT "/v1/nodes/$NODE/states/provision" "$body" >/dev/null
   wait_state "$NODE" "wait call-back" 60
-  local boot_start=$SECONDS
+  local qemu_t0; qemu_t0=$(date +%s.%N)
   boot_ramdisk "$label" "$MAC" "ipa-api-url=http://127.0.0.1:6385"
   # First heartbeat: the conductor records the agent's URL.
   for _ in $(seq 1 600); do
@@ -112,10 +123,10 @@ deploy_vm() {
     kill -0 "$QEMU_PID" 2>/dev/null || fail "$label: QEMU exited: $(tail -20 "$WORK/serial-$label.log")"
     sleep 0.5
   done
-  local hb=$((SECONDS - boot_start))
   [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == "https://127.0.0.1:$PORT" ]] \
     || fail "$label: no heartbeat from the VM: $(tail -30 "$WORK/serial-$label.log")"
-  echo "ok: $label: VM booted the ramdisk and heartbeat over HTTPS ${hb} s after QEMU started"
+  local hbp hb; hbp=$(hb_after "$NODE" "$qemu_t0"); hb=$(printf '%.0f' "$hbp")
+  echo "ok: $label: VM booted the ramdisk and heartbeat over HTTPS ${hbp} s after QEMU started"
   echo "time ${label}_boot_to_heartbeat ${hb}s"
   local dstart=$SECONDS
   wait_state "$NODE" active 600 || fail "$label: node did not become active: $(tail -30 "$WORK/serial-$label.log")"
@@ -241,7 +252,7 @@ api PUT "/v1/nodes/$NODE/states/provision" \
   '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
 wait_state "$NODE" "clean wait" 60 || fail "dib: node did not wait for the agent"
 PORT=$(free_port)
-boot_start=$SECONDS
+qemu_t0=$(date +%s.%N)
 # shellcheck disable=SC2046
 qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 -nodefaults -no-reboot \
   $(firmware "$WORK/vars.fd") \
@@ -258,8 +269,8 @@ for _ in $(seq 1 1200); do
 done
 [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == "https://127.0.0.1:$PORT" ]] \
   || fail "dib: no heartbeat from the VM: $(tail -c 3000 "$WORK/serial-dib.log")"
-hb=$((SECONDS - boot_start))
-echo "ok: dib: the DIB ramdisk booted (systemd, rivet.service) and heartbeat over HTTPS ${hb} s after QEMU started"
+hbp=$(hb_after "$NODE" "$qemu_t0"); hb=$(printf '%.0f' "$hbp")
+echo "ok: dib: the DIB ramdisk booted (systemd, rivet.service) and heartbeat over HTTPS ${hbp} s after QEMU started"
 echo "time dib_boot_to_heartbeat ${hb}s"
 cstart=$SECONDS
 wait_state "$NODE" manageable 600 || fail "dib: cleaning did not finish: $(tail -c 3000 "$WORK/serial-dib.log")"
@@ -440,12 +451,33 @@ undeploy_raid() {
 undeploy_raid
 api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "manage"}' >/dev/null
 wait_state "$RNODE" manageable 60 || fail "raid: node did not become manageable"
+# A metadata erase with the "data" volume kept by skip_block_devices: the root array (beside
+# it) is erased through the md device, "data" and the ESP mirror beside it are kept, and the
+# member disks are never erased behind their arrays' backs.
+api PATCH "/v1/nodes/$RNODE" '[{"op": "add", "path": "/properties/skip_block_devices", "value": [{"volume_name": "data"}]}]' >/dev/null
 api PUT "/v1/nodes/$RNODE/states/provision" \
-  '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "delete_configuration"}]}' >/dev/null
+  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
 wait_state "$RNODE" "clean wait" 60 || fail "raid: node did not wait for the agent"
 xstart=$SECONDS
 MEMBERS="raida raidb"
 boot_ramdisk raid-delete "$RMAC" "ipa-api-url=http://127.0.0.1:6385"
+wait_state "$RNODE" manageable 600 || fail "raid: erase_devices_metadata failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-delete.log")"
+echo "time raid_erase_metadata $((SECONDS - xstart))s"
+# The serial console is a terminal: the agent's log lines carry colours.
+elog=$(tr -d '\r' <"$WORK/serial-raid-delete.log" | sed 's/\x1b\[[0-9;]*m//g')
+disks_in() { grep -a "$1" <<<"$elog" | grep -a "${2:-}" | grep -o 'disk=/dev/[a-z0-9]*' | sort | tr '\n' ' ' || true; }
+erased=$(disks_in "metadata erased")
+kept=$(disks_in "kept by volume name")
+members=$(disks_in "not erased" "member of")
+echo "  erased: $erased; kept by volume name: $kept; members left to their arrays: $members"
+[[ "$erased" == "disk=/dev/md"[0-9]*" disk=/dev/vda " ]] || fail "raid: the metadata erase did not erase exactly the root array and the 4Kn disk: $erased"
+[[ "$kept" == "disk=/dev/md"[0-9]*" disk=/dev/md"[0-9]*" " ]] || fail "raid: the data array and the ESP mirror were not both kept: $kept"
+[[ "$members" == "disk=/dev/nvme0n1 disk=/dev/nvme1n1 " ]] || fail "raid: the member disks were not left to their arrays: $members"
+# The same agent (fast track) deletes the arrays once nothing is kept.
+api PATCH "/v1/nodes/$RNODE" '[{"op": "remove", "path": "/properties/skip_block_devices"}]' >/dev/null
+xstart=$SECONDS
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "delete_configuration"}]}' >/dev/null
 wait_state "$RNODE" manageable 600 || fail "raid: delete_configuration failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-delete.log")"
 echo "time raid_delete $((SECONDS - xstart))s"
 kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
@@ -495,4 +527,12 @@ MEMBERS=raida boot_disk raid-bios-without-b "rivet.flow=raid-bios"
 MEMBERS=raidb boot_disk raid-bios-without-a "rivet.flow=raid-bios"
 blank "$WORK/v4k.qcow2" || fail "raid-bios: the 4Kn disk was written"
 fi
+# Where each ramdisk boot spent its time, from its console (guest clock).
+for log in "$WORK"/serial-*.log; do
+  grep -a -q "boot timeline" "$log" || continue
+  flow=${log##*/serial-}; flow=${flow%.log}
+  "$ROOT/scripts/boot-timeline.sh" "$log" "$flow"
+  grep -a -q -E "phase=\"?heartbeat_accepted" <(sed 's/\x1b\[[0-9;]*m//g' "$log") \
+    || fail "$flow: the agent did not log its first accepted heartbeat in the timeline"
+done
 echo "PASS vm deploy ($((SECONDS - t0)) s)"

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Fleet benchmark (a program that prints figures, not a test): the real Ironic 39 conductor
+# (standalone, sqlite, on 127.0.0.1) deploys N Rivet agents at once. Each agent runs on this
+# host with its own MAC, API port, state directory and loop-device disk (in /dev/shm); every
+# image comes from one nginx. For each image format and N it prints:
+#   - seconds from the first provision request to the last node "active";
+#   - per node, agent start → the conductor's power-off at the end of its deploy: p50, p95;
+#   - the agents' summed peak RSS and CPU seconds; the conductor's CPU seconds;
+#   - bytes the image server sent.
+# usage: scripts/bench-fleet.sh            env: NS ("1 4 16"), FORMATS ("raw zstd"),
+#        IMAGE_MIB (256), RIVET (default: the static build, made if missing)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NS=${NS:-1 4 16}
+FORMATS=${FORMATS:-raw zstd}
+IMAGE_MIB=${IMAGE_MIB:-256}
+RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
+export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-bench-fleet}
+export API_PORT=${API_PORT:-6395} IMG_PORT=${IMG_PORT:-8099}
+export API="http://127.0.0.1:$API_PORT"
+NGINX_PORT=${NGINX_PORT:-8098}
+export IMG="http://127.0.0.1:$NGINX_PORT"
+"$ROOT/scripts/deps.sh"
+dpkg -s nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+[[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh"
+# shellcheck source=ironic/lib.sh
+source "$ROOT/scripts/ironic/lib.sh"
+init_session
+LOOPS=() PIDS=() NODES=() NGINX_PID=
+bench_cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [[ -n "$NGINX_PID" ]] && kill "$NGINX_PID" 2>/dev/null || true
+  for p in "${LOOPS[@]}"; do losetup -d "$p" 2>/dev/null || true; done
+  rm -f /dev/shm/rivet-fleet-*.img
+  session_cleanup
+}
+trap bench_cleanup EXIT
+
+REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
+I=$STATE/images
+"$ROOT/scripts/ironic/make-test-image.sh" "$I/fleet.raw" "$IMAGE_MIB"
+zstd -q -f -3 "$I/fleet.raw" -o "$I/fleet.raw.zst"
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log $WORK/nginx/access.log bytes;
+  log_format bytes '\$bytes_sent';
+  sendfile on;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  types { application/octet-stream raw zst; }
+  server { listen 127.0.0.1:$NGINX_PORT; root $I; }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+NGINX_PID=$!
+for _ in $(seq 1 50); do curl -sf -o /dev/null "$IMG/fleet.raw.zst" -r 0-0 && break; sleep 0.1; done
+IRONIC_PID=$(cat "$STATE/ironic.pid")
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+now() { date +%s.%N; }
+
+echo "fleet benchmark: ${IMAGE_MIB} MiB whole-disk image (zstd $(stat -c %s "$I/fleet.raw.zst") bytes), $(nproc) cores, Rivet $(stat -c %s "$RIVET") bytes"
+printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)"
+run() { # FORMAT N
+  local fmt=$1 n=$2 file sum i
+  case "$fmt" in raw) file=fleet.raw ;; zstd) file=fleet.raw.zst ;; esac
+  sum=$(sha256sum "$I/$file" | cut -d' ' -f1)
+  LOOPS=() PIDS=() NODES=()
+  local macs=()
+  for ((i = 0; i < n; i++)); do
+    truncate -s $((IMAGE_MIB + 64))M "/dev/shm/rivet-fleet-$i.img"
+    LOOPS+=("$(losetup --find --show "/dev/shm/rivet-fleet-$i.img")")
+    macs+=("$(printf '52:54:00:f1:%02x:%02x' $((i / 256)) $((i % 256)))")
+    NODES+=("$(enroll_available "fleet-$i" "${macs[$i]}" "{\"name\": \"${LOOPS[$i]}\"}")")
+    api PATCH "/v1/nodes/${NODES[$i]}" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/$file\",
+      \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$sum\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null
+  done
+  : > "$WORK/nginx/access.log"
+  local c0 t0
+  c0=$(ticks "$IRONIC_PID")
+  t0=$(now)
+  for ((i = 0; i < n; i++)); do
+    api PUT "/v1/nodes/${NODES[$i]}/states/provision" '{"target": "active"}' >/dev/null
+  done
+  for ((i = 0; i < n; i++)); do
+    wait_state "${NODES[$i]}" "wait call-back" 120 >/dev/null || fail "fleet-$i did not wait for its agent"
+  done
+  for ((i = 0; i < n; i++)); do
+    local port; port=$(free_port)
+    echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port" > "$WORK/cmdline-$i"
+    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time-$i" \
+      "$RIVET" --cmdline-file "$WORK/cmdline-$i" --state-dir "$WORK/state-$fmt-$n-$i" --simulate-power --allow-loop-devices \
+      > "$WORK/rivet-$fmt-$n-$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  # Every node's state in one request, twice a second, until all are active.
+  local left=$n end=$((SECONDS + 900)) last
+  while ((left > 0 && SECONDS < end)); do
+    local states
+    states=$(api GET "/v1/nodes?fields=uuid,provision_state&limit=1000" | "$PY" -c "
+import json, sys
+d = {x['uuid']: x['provision_state'] for x in json.load(sys.stdin)['nodes']}
+print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
+    last=$(now)
+    [[ "$states" == *failed* ]] && fail "a node failed: $states"
+    left=$(tr ' ' '\n' <<<"$states" | grep -vc '^active$' || true)
+    sleep 0.5
+  done
+  ((left == 0)) || fail "$left nodes did not become active in 900 s"
+  local c1; c1=$(ticks "$IRONIC_PID")
+  for p in "${PIDS[@]}"; do wait "$p" || fail "an agent exited non-zero"; done
+  PIDS=()
+  # Per node: agent start to its exit, which is the conductor powering it off at the end of
+  # the deploy (measured by time(1), not by polling).
+  local sorted p50 p95
+  sorted=$(cat "$WORK"/time-* | awk '{print $1}' | sort -n)
+  p50=$(awk -v n="$n" 'NR == int((n + 1) / 2) {print}' <<<"$sorted")
+  p95=$(awk -v n="$n" 'BEGIN{k = int(n * 0.95 + 0.999)} NR == (k < 1 ? 1 : k) {print}' <<<"$sorted")
+  local rss cpu served
+  rss=$(cat "$WORK"/time-* | awk '{s += $4} END {printf "%.0f MiB", s / 1024}')
+  cpu=$(cat "$WORK"/time-* | awk '{s += $2 + $3} END {printf "%.2f s", s}')
+  served=$(awk '{s += $1} END {printf "%.1f", s / 1048576}' "$WORK/nginx/access.log")
+  printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s\n' "$fmt" "$n" \
+    "$(awk -v a="$last" -v b="$t0" 'BEGIN{print a - b}')" "$p50" "$p95" "$rss" "$cpu" \
+    "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f s", (b - a) / hz}')" "$served"
+  rm -f "$WORK"/time-*
+  for ((i = 0; i < n; i++)); do
+    api PUT "/v1/nodes/${NODES[$i]}/maintenance" '{"reason": "bench done"}' >/dev/null
+    api DELETE "/v1/nodes/${NODES[$i]}" >/dev/null
+    losetup -d "${LOOPS[$i]}"
+    rm -f "/dev/shm/rivet-fleet-$i.img"
+  done
+  LOOPS=()
+}
+for fmt in $FORMATS; do
+  for n in $NS; do run "$fmt" "$n"; done
+done
