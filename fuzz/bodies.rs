@@ -206,3 +206,24 @@ pub fn step_sizes(data: &[u8]) {
         }
     }
 }
+
+/// Custom step manifests (`/etc/rivet/steps.d/*.toml`): any text parses to a valid step or a
+/// clear error. Invariants: a parsed step has a safe name, a bounded timeout, an absolute path.
+pub fn step_manifest(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let dir = std::path::Path::new("/etc/rivet/steps.d");
+    if let Ok(s) = rivet::config::steps_d::parse(&text, dir, &dir.join("m.toml")) {
+        assert!(
+            !s.name.is_empty()
+                && s.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "unsafe name {:?}",
+            s.name
+        );
+        assert!(s.timeout.as_secs() >= 1 && s.timeout.as_secs() <= 7 * 24 * 3600);
+        assert!(s.exec.is_absolute(), "{:?}", s.exec);
+        assert!(!s.kinds.is_empty());
+        let _ = s.argsinfo_json();
+    }
+}

@@ -41,6 +41,8 @@ trap bench_cleanup EXIT
 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
 I=$STATE/images
 "$ROOT/scripts/ironic/make-test-image.sh" "$I/fleet.raw" "$IMAGE_MIB"
+# Half of the data partition random, as an OS image's contents compress about 2:1.
+dd if=/dev/urandom of="$I/fleet.raw" bs=1M seek=40 count=$(((IMAGE_MIB - 40) / 2)) conv=notrunc status=none
 zstd -q -f -3 "$I/fleet.raw" -o "$I/fleet.raw.zst"
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<EOF
@@ -50,8 +52,8 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log;
 events { worker_connections 1024; }
 http {
-  access_log $WORK/nginx/access.log bytes;
   log_format bytes '\$bytes_sent';
+  access_log $WORK/nginx/access.log bytes;
   sendfile on;
   client_body_temp_path $WORK/nginx;
   proxy_temp_path $WORK/nginx;
@@ -65,13 +67,22 @@ EOF
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NGINX_PID=$!
 for _ in $(seq 1 50); do curl -sf -o /dev/null "$IMG/fleet.raw.zst" -r 0-0 && break; sleep 0.1; done
+curl -sf -o /dev/null "$IMG/fleet.raw.zst" -r 0-0 || fail "nginx does not serve the images"
 IRONIC_PID=$(cat "$STATE/ironic.pid")
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ticks of a process and its children (Ironic's master forks the worker that runs the API
+# and the conductor).
+ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1"); do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$t"
+}
 HZ=$(getconf CLK_TCK)
 now() { date +%s.%N; }
 
 echo "fleet benchmark: ${IMAGE_MIB} MiB whole-disk image (zstd $(stat -c %s "$I/fleet.raw.zst") bytes), $(nproc) cores, Rivet $(stat -c %s "$RIVET") bytes"
-printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)"
+printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s %8s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)" "hb/node"
 run() { # FORMAT N
   local fmt=$1 n=$2 file sum i
   case "$fmt" in raw) file=fleet.raw ;; zstd) file=fleet.raw.zst ;; esac
@@ -131,9 +142,12 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
   rss=$(cat "$WORK"/time-* | awk '{s += $4} END {printf "%.0f MiB", s / 1024}')
   cpu=$(cat "$WORK"/time-* | awk '{s += $2 + $3} END {printf "%.2f s", s}')
   served=$(awk '{s += $1} END {printf "%.1f", s / 1048576}' "$WORK/nginx/access.log")
-  printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s\n' "$fmt" "$n" \
+  # Heartbeats each agent sent (what the conductor handled for it, besides its commands).
+  local hbs; hbs=$(cat "$WORK"/rivet-"$fmt-$n"-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -c "heartbeat accepted" || true)
+  printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s %8.1f\n' "$fmt" "$n" \
     "$(awk -v a="$last" -v b="$t0" 'BEGIN{print a - b}')" "$p50" "$p95" "$rss" "$cpu" \
-    "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f s", (b - a) / hz}')" "$served"
+    "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f s", (b - a) / hz}')" "$served" \
+    "$(awk -v h="$hbs" -v n="$n" 'BEGIN{print h / n}')"
   rm -f "$WORK"/time-*
   for ((i = 0; i < n; i++)); do
     api PUT "/v1/nodes/${NODES[$i]}/maintenance" '{"reason": "bench done"}' >/dev/null

@@ -4,6 +4,7 @@
 # usage: scripts/build-dib-ramdisk.sh [OUT_DIR]     (default target/dib; root, network to
 #        deb.debian.org and PyPI). COMPRESS overrides the initramfs compressor ("zstd -19 -T0";
 #        Debian's kernel unpacks zstd initramfs images, and smaller than gzip, faster too).
+#        RIVET_STEPS_DIR: custom steps (NAME.toml + executables) to ship in /etc/rivet/steps.d.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/target/dib}" && cd "${1:-$ROOT/target/dib}" && pwd)
@@ -26,6 +27,8 @@ BIN=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 export PATH="$VENV/bin:$PATH"
 export ELEMENTS_PATH="$ROOT/dib-element"
 export DIB_RIVET_BINARY="$BIN" DIB_RIVET_UNIT="$ROOT/systemd/rivet.service"
+# RIVET_STEPS_DIR: a directory of custom steps (NAME.toml + executables) for /etc/rivet/steps.d.
+export DIB_RIVET_STEPS_DIR=${RIVET_STEPS_DIR:-}
 export DIB_RIVET_COMPRESS=${COMPRESS:-zstd -19 -T0 -q}
 # debian-minimal follows "stable" unless pinned; security.debian.org is not reachable from
 # every build network, deb.debian.org serves the same archive.

@@ -8,7 +8,8 @@
 # usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk)
 #   -> OUT_DIR/rivet.kernel (bzImage), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
 # env: RIVET (binary, default the static release build), KVER (kernel ABI, default Debian's),
-#      EXTRA_MODULES, CACHE (downloaded .debs, default ~/.cache/rivet-ramdisk)
+#      EXTRA_MODULES, CACHE (downloaded .debs, default ~/.cache/rivet-ramdisk),
+#      RIVET_STEPS_DIR (custom steps to ship in /etc/rivet/steps.d)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/target/ramdisk}" && cd "${1:-$ROOT/target/ramdisk}" && pwd)
@@ -51,6 +52,12 @@ for lib in $(ldd "$CACHE/mdadm/sbin/mdadm" | awk '$2 == "=>" && $3 ~ /^\// {prin
   install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"
 done
 install -m 0755 "$ROOT/scripts/ramdisk/init.sh" "$R/init"
+# RIVET_STEPS_DIR: custom steps (NAME.toml + executables), read from /etc/rivet/steps.d.
+if [[ -n "${RIVET_STEPS_DIR:-}" ]]; then
+  [[ -d "$RIVET_STEPS_DIR" ]] || { echo "RIVET_STEPS_DIR $RIVET_STEPS_DIR is not a directory" >&2; exit 2; }
+  mkdir -p "$R/etc/rivet/steps.d"
+  cp -a "$RIVET_STEPS_DIR"/. "$R/etc/rivet/steps.d/"
+fi
 install -m 0755 "$ROOT/scripts/ramdisk/udhcpc.sh" "$R/etc/udhcpc.sh"
 printf 'root:x:0:0:root:/:/bin/sh\n' > "$R/etc/passwd"
 printf 'root:x:0:\n' > "$R/etc/group"

@@ -48,6 +48,7 @@ if [[ ! -d "$C" ]]; then
   printf '"name": "s== /dev/sda", "size": "<range-in> [100 200]", "rotational": false, "serial": "<or> A <or> B"' | seed root_hints ops
   cat "$ROOT/tests/fixtures/captured_lookup.json" | seed lookup_config captured
   printf '{"root_mb": 1024, "swap_mb": 512, "ephemeral_mb": "2048", "deploy_boot_mode": "bios", "disk_label": "msdos", "configdrive_bytes": 65536}' | seed step_sizes bios
+  printf 'step = "write_marker"\nkinds = ["clean", "service"]\ntimeout = 60\nexec = "marker.sh"\n[argsinfo.text]\ndescription = "What to write"\nrequired = true\n' | seed step_manifest example
   rm -rf "$tmp"
 fi
 # One build for every target (its time is printed apart from the fuzzing).

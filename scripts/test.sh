@@ -63,6 +63,7 @@ DIB_OUT="$LOGS/dib"
 # The test boots this image; it does not measure its size. A light zstd level keeps the build
 # off the critical path while the VM flows share the cores (the default, -19, is for shipping).
 bg "DIB ramdisk build (for the VM test)" env RIVET="$RIVET_STATIC" COMPRESS="zstd -3 -T0 -q" \
+  RIVET_STEPS_DIR="$ROOT/tests/fixtures/steps.d" \
   scripts/build-dib-ramdisk.sh "$DIB_OUT"
 ironic() { # NAME PORT SCRIPT: one real-Ironic suite with its own conductor on PORT (images on PORT+1000)
   bg "$1" env RIVET="$RIVET_STATIC" API_PORT="$2" IMG_PORT=$(($2 + 1000)) API="http://127.0.0.1:$2" \

@@ -216,6 +216,10 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         tracing::warn!("this machine was locked down in this boot: not serving, not heartbeating");
         return idle(&cfg).await;
     }
+    // Custom steps are read once: a bad manifest is logged and skipped here, not at the first
+    // cleaning.
+    cfg.custom_steps =
+        crate::config::steps_d::load(&cfg.steps_dir, &crate::commands::steps::builtin_taken);
     if !cfg.hardware_initialization_delay.is_zero() {
         tokio::time::sleep(cfg.hardware_initialization_delay).await;
     }

@@ -252,7 +252,7 @@ fn sync_commands_as_the_conductor_sends_them() {
     assert!(v["command_result"]["deploy_steps"]["GenericHardwareManager"].is_array());
     assert_eq!(
         v["command_result"]["hardware_manager_version"],
-        json!({"generic_hardware_manager": "1.2"})
+        json!({"generic_hardware_manager": "1.3"})
     );
     for (name, key) in [
         ("clean.get_clean_steps", "clean_steps"),
@@ -404,7 +404,7 @@ fn failures_history_and_lockdown() {
     let (_, v) = api.post(
         "clean.execute_clean_step",
         json!({"step": {"interface": "deploy", "step": "no_such_step"}, "node": node, "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "clean_version": {"generic_hardware_manager": "1.3"}}),
         true,
     );
     assert_eq!(v["command_status"], "FAILED");

@@ -92,7 +92,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info.clone(), "configdrive": configdrive}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "clean_version": {"generic_hardware_manager": "1.3"}}),
     );
     succeeded(&done);
     assert_eq!(done["command_result"]["deploy_step"]["step"], "write_image");
@@ -161,7 +161,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "clean.execute_clean_step",
         json!({"step": {"step": "erase_devices_metadata", "interface": "deploy", "priority": 99},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "clean_version": {"generic_hardware_manager": "1.3"}}),
     );
     succeeded(&done);
     let out = Command::new("blkid")
@@ -174,7 +174,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "clean.execute_clean_step",
         json!({"step": {"step": "erase_devices", "interface": "deploy", "priority": 10},
                "node": node(&disk.dev, json!({"driver_internal_info": {"agent_erase_devices_iterations": 1}})),
-               "ports": [], "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "ports": [], "clean_version": {"generic_hardware_manager": "1.3"}}),
     );
     succeeded(&done);
     assert_eq!(
@@ -213,7 +213,7 @@ fn partition_image_uefi_deploy_and_bootloader() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "clean_version": {"generic_hardware_manager": "1.3"}}),
     );
     succeeded(&done);
     let (_, uuids) = api.post("standby.get_partition_uuids", json!({}), true);
@@ -264,7 +264,7 @@ fn partition_image_uefi_deploy_and_bootloader() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": big}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.2"}}),
+               "clean_version": {"generic_hardware_manager": "1.3"}}),
     );
     assert_eq!(done["command_status"], "FAILED");
     let msg = done["command_error"]["details"]
@@ -374,7 +374,7 @@ fn deploy_step(api: &Api, dev: &str, step: &str, args: Value, node_extra: Value)
         "deploy.execute_deploy_step",
         json!({"step": {"step": step, "interface": "deploy", "priority": 80, "args": args},
                "node": node(dev, node_extra), "ports": [{"address": "52:54:00:12:34:56"}],
-               "deploy_version": {"generic_hardware_manager": "1.2"}}),
+               "deploy_version": {"generic_hardware_manager": "1.3"}}),
     )
 }
 
@@ -633,4 +633,84 @@ fn preserve_ephemeral_keeps_the_data_or_refuses() {
     );
     let eph = RangeMount::new(&disk.dev, eph_at, 16 * MIB);
     assert_eq!(std::fs::read(eph.path("data.txt")).unwrap(), b"keep me");
+}
+
+/// Burn-in through the agent API, as a manual cleaning runs it: fio read-write-verify on the
+/// node's disk (a loop device) for two seconds, stress-ng on one CPU for one; the values come
+/// from driver_info and are checked; network burn-in without a partner is a clear error.
+#[test]
+fn burn_in_steps_run_the_real_tools() {
+    if skip() {
+        return;
+    }
+    for tool in ["fio", "stress-ng"] {
+        assert!(
+            rivet::system::tools::which(tool).is_some(),
+            "{tool} is missing: scripts/deps.sh installs it"
+        );
+    }
+    let d = tempfile::tempdir().unwrap();
+    let disk = Loop::new(d.path(), "t.img", 64 * MIB, 512);
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+    let step = |name: &str, driver_info: Value| {
+        run(
+            &api,
+            "clean.execute_clean_step",
+            json!({"step": {"step": name, "interface": "deploy", "priority": 0},
+                   "node": node(&disk.dev, json!({"driver_info": driver_info})), "ports": [],
+                   "clean_version": {"generic_hardware_manager": "1.3"}}),
+        )
+    };
+    let t = std::time::Instant::now();
+    let done = step(
+        "burnin_disk",
+        json!({"agent_burnin_fio_disk_runtime": 2, "agent_burnin_fio_disk_loops": "1"}),
+    );
+    succeeded(&done);
+    let r = &done["command_result"]["clean_result"];
+    assert_eq!(r["tool"], "fio", "{done}");
+    assert_eq!(
+        r["disks"][0]["device"],
+        disk.dev.as_str(),
+        "only the node's disk: {r}"
+    );
+    assert_eq!(r["disks"].as_array().unwrap().len(), 1, "{r}");
+    assert!(r["disks"][0]["write"]["bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["disks"][0]["read"]["bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    // fio wrote its verification pattern onto the disk.
+    assert!(std::fs::read(&disk.dev).unwrap().iter().any(|b| *b != 0));
+
+    let done = step(
+        "burnin_cpu",
+        json!({"agent_burnin_cpu_timeout": 1, "agent_burnin_cpu_cpu": 1}),
+    );
+    succeeded(&done);
+    let r = &done["command_result"]["clean_result"];
+    assert_eq!(
+        (r["stressor"].as_str(), r["seconds"].as_u64()),
+        (Some("cpu"), Some(1)),
+        "{r}"
+    );
+    assert!(
+        r["metrics"].to_string().contains("cpu"),
+        "stress-ng's metrics: {r}"
+    );
+
+    let done = step(
+        "burnin_disk",
+        json!({"agent_burnin_fio_disk_loops": "lots"}),
+    );
+    assert_eq!(done["command_status"], "FAILED");
+    assert_eq!(
+        done["command_error"]["type"], "InvalidCommandParamsError",
+        "{done}"
+    );
+    assert!(error_details(&done).contains("agent_burnin_fio_disk_loops"));
+    let done = step("burnin_network", json!({}));
+    assert_eq!(done["command_status"], "FAILED");
+    assert!(
+        error_details(&done).contains("agent_burnin_fio_network_config"),
+        "{done}"
+    );
 }

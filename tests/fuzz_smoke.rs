@@ -241,6 +241,15 @@ fn fuzz_bodies_survive_a_bounded_mutation_run() {
         ]),
         b,
     );
+    total += run(
+        "step_manifest",
+        bodies::step_manifest,
+        text(&[
+            "step = \"write_marker\"\nkinds = [\"clean\", \"service\"]\ninterface = \"deploy\"\npriority = 0\nabortable = true\nreboot_requested = false\ntimeout = 60\nexec = \"marker.sh\"\n\n[argsinfo.text]\ndescription = \"What to write\"\nrequired = true\n",
+            "step = \"x\"\nkinds = [\"deploy\"]\ntimeout = 604800\nexec = \"/usr/local/bin/x\"\npriority = 1000\n",
+        ]),
+        b,
+    );
     figure(&format!("fuzz_smoke total_executions {total} crashes 0"));
 }
 

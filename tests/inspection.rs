@@ -376,9 +376,14 @@ fn the_body_has_the_shape_ipa13_posts() {
         ours["configuration"]["collectors"],
         ipa["configuration"]["collectors"]
     );
+    // The same manager, under its own version (Rivet's step list differs from IPA 13's).
     assert_eq!(
-        ours["configuration"]["managers"],
-        ipa["configuration"]["managers"]
+        ours["configuration"]["managers"][0]["name"],
+        ipa["configuration"]["managers"][0]["name"]
+    );
+    assert_eq!(
+        ours["configuration"]["managers"][0]["version"],
+        rivet::hardware::MANAGER_VERSION
     );
     assert_eq!(ours["error"], Value::Null, "{}", ours["error"]);
     assert!(ours["lldp_raw"].is_object());

@@ -3,6 +3,7 @@
 //! the request's `params`; they parse those into their own typed structs and return an
 //! [`Outcome`] or a [`CommandError`]. They never see HTTP or the command table.
 
+pub mod burnin;
 pub mod image;
 pub mod inject_files;
 pub mod log;
@@ -349,6 +350,59 @@ pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spe
     }
     rows.find(|s| s.name == cmd)
         .ok_or_else(|| ApiError::new(400, format!("Invalid command: Unknown command: {cmd}")))
+}
+
+/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
+/// what must survive a cleaning: removable media and virtual media (unless the root device
+/// hints name them), the members of an md array (the array is erased through the md device,
+/// which reaches every member and keeps the array), and the arrays `skip_block_devices` keeps
+/// by volume name with the ESP mirror beside them (see `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device, and it must
+/// be a loop device.
+pub(crate) fn erase_targets(
+    ctx: &Context,
+) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
+    use crate::hardware::{disks, root_device};
+    Ok(if ctx.config.simulate_power {
+        let d = ctx.root_disk(false)?;
+        ctx.check_test_disk(std::path::Path::new(&d.name))
+            .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.details))?;
+        vec![d]
+    } else {
+        let node = ctx.node_value();
+        let (hints, skip) = root_device::node_hints(&node);
+        let volumes = crate::deploy::raid::skipped_volumes(&node);
+        let kept_arrays: Vec<String> = if volumes.is_empty() {
+            Vec::new()
+        } else {
+            crate::deploy::raid::existing(std::path::Path::new("/sys/block"), &volumes)
+                .into_iter()
+                .filter(|e| e.disposition == crate::deploy::raid::Disposition::Keep)
+                .map(|e| e.array.device)
+                .collect()
+        };
+        let mut out = Vec::new();
+        for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
+            if d.read_only {
+                continue;
+            }
+            if kept_arrays.contains(&d.name) {
+                tracing::info!(disk = %d.name, reason = "kept by volume name (skip_block_devices)", "not erased");
+                continue;
+            }
+            let bad = |e: root_device::RootDeviceError| {
+                CommandError::new(ErrorKind::Cleaning, e.to_string())
+            };
+            let why = match root_device::skipped(skip.as_ref(), &d).map_err(bad)? {
+                Some(w) => Some(w),
+                None => root_device::protected(&d, hints.as_ref()).map_err(bad)?,
+            };
+            match why {
+                Some(w) => tracing::info!(disk = %d.name, reason = %w, "not erased"),
+                None => out.push(d),
+            }
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{args, Context, Outcome, Params};
+use crate::config::steps_d::{CustomStep, StepKind};
 use crate::error::{CommandError, ErrorKind};
 
 /// The manager name and version the conductor stores and checks (opaque to it). Bump the
@@ -148,6 +149,42 @@ static STEPS: &[StepDef] = &[
         erase_devices_express,
     ),
     step(Kind::Clean, "erase_pstore", 0, true, erase_pstore),
+    StepDef {
+        argsinfo: Some(clean_uefi_nvram_argsinfo),
+        ..step(Kind::Clean, "clean_uefi_nvram", 0, true, clean_uefi_nvram)
+    },
+    StepDef {
+        argsinfo: Some(clean_uefi_nvram_argsinfo),
+        ..step(Kind::Deploy, "clean_uefi_nvram", 0, true, clean_uefi_nvram)
+    },
+    step(
+        Kind::Clean,
+        "burnin_cpu",
+        0,
+        true,
+        super::burnin::burnin_cpu,
+    ),
+    step(
+        Kind::Clean,
+        "burnin_disk",
+        0,
+        true,
+        super::burnin::burnin_disk,
+    ),
+    step(
+        Kind::Clean,
+        "burnin_memory",
+        0,
+        true,
+        super::burnin::burnin_memory,
+    ),
+    step(
+        Kind::Clean,
+        "burnin_network",
+        0,
+        true,
+        super::burnin::burnin_network,
+    ),
     raid_step(
         Kind::Deploy,
         "apply_configuration",
@@ -191,6 +228,28 @@ static STEPS: &[StepDef] = &[
         super::raid::create_configuration,
         None,
     ),
+    // On an active node the tenant's disks stay: no burnin_disk among the service steps.
+    step(
+        Kind::Service,
+        "burnin_cpu",
+        0,
+        true,
+        super::burnin::burnin_cpu,
+    ),
+    step(
+        Kind::Service,
+        "burnin_memory",
+        0,
+        true,
+        super::burnin::burnin_memory,
+    ),
+    step(
+        Kind::Service,
+        "burnin_network",
+        0,
+        true,
+        super::burnin::burnin_network,
+    ),
 ];
 
 /// A row of [`STEPS`]: a step of the `raid` interface at priority 0 (the conductor sets the
@@ -216,55 +275,81 @@ fn table(kind: Kind) -> impl Iterator<Item = &'static StepDef> {
     STEPS.iter().filter(move |s| s.kind == kind)
 }
 
-/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
-/// what must survive a cleaning: removable media and virtual media (unless the root device
-/// hints name them), the members of an md array (the array is erased through the md device,
-/// which reaches every member and keeps the array), and the arrays `skip_block_devices` keeps
-/// by volume name with the ESP mirror beside them (see `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device, and it must
-/// be a loop device.
-fn erase_targets(ctx: &Context) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
-    use crate::hardware::{disks, root_device};
-    Ok(if ctx.config.simulate_power {
-        let d = ctx.root_disk(false)?;
-        ctx.check_test_disk(std::path::Path::new(&d.name))
-            .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.details))?;
-        vec![d]
-    } else {
-        let node = ctx.node_value();
-        let (hints, skip) = root_device::node_hints(&node);
-        let volumes = crate::deploy::raid::skipped_volumes(&node);
-        let kept_arrays: Vec<String> = if volumes.is_empty() {
-            Vec::new()
-        } else {
-            crate::deploy::raid::existing(std::path::Path::new("/sys/block"), &volumes)
-                .into_iter()
-                .filter(|e| e.disposition == crate::deploy::raid::Disposition::Keep)
-                .map(|e| e.array.device)
-                .collect()
-        };
-        let mut out = Vec::new();
-        for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
-            if d.read_only {
-                continue;
-            }
-            if kept_arrays.contains(&d.name) {
-                tracing::info!(disk = %d.name, reason = "kept by volume name (skip_block_devices)", "not erased");
-                continue;
-            }
-            let bad = |e: root_device::RootDeviceError| {
-                CommandError::new(ErrorKind::Cleaning, e.to_string())
-            };
-            let why = match root_device::skipped(skip.as_ref(), &d).map_err(bad)? {
-                Some(w) => Some(w),
-                None => root_device::protected(&d, hints.as_ref()).map_err(bad)?,
-            };
-            match why {
-                Some(w) => tracing::info!(disk = %d.name, reason = %w, "not erased"),
-                None => out.push(d),
-            }
+fn custom_kind(kind: Kind) -> StepKind {
+    match kind {
+        Kind::Clean => StepKind::Clean,
+        Kind::Deploy => StepKind::Deploy,
+        Kind::Service => StepKind::Service,
+    }
+}
+
+/// Whether a built-in step of this kind has the name: a custom step may not take it.
+pub fn builtin_taken(kind: StepKind, name: &str) -> bool {
+    STEPS
+        .iter()
+        .any(|s| custom_kind(s.kind) == kind && s.name == name)
+}
+
+/// The custom steps of this kind (loaded from the steps directory at start-up).
+fn custom(ctx: &Context, kind: Kind) -> impl Iterator<Item = &CustomStep> {
+    ctx.config
+        .custom_steps
+        .iter()
+        .filter(move |c| c.kinds.contains(&custom_kind(kind)))
+}
+
+/// Run a custom step's executable for this node, with the root device (when one is chosen)
+/// and the node in its environment.
+fn run_custom(
+    ctx: &Context,
+    c: &CustomStep,
+    kind: Kind,
+    args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    let fail = |msg: String| CommandError::new(kind.error_kind(), msg);
+    let missing = c.missing_args(args);
+    if !missing.is_empty() {
+        return Err(CommandError::new(
+            ErrorKind::InvalidParams,
+            format!(
+                "{} step {} needs the argument(s) {} (its manifest {} marks them required)",
+                kind.word(),
+                c.name,
+                missing.join(", "),
+                c.manifest.display()
+            ),
+        ));
+    }
+    let device = match ctx.root_disk(false) {
+        Ok(d) => {
+            ctx.check_test_disk(std::path::Path::new(&d.name))?;
+            d.name
         }
-        out
-    })
+        Err(e) => {
+            tracing::info!(error = %e.details, "no root device for the custom step: RIVET_DEVICE is empty");
+            String::new()
+        }
+    };
+    let node_uuid = ctx.node_value()["uuid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let env = [
+        ("RIVET_DEVICE", device),
+        ("RIVET_NODE_UUID", node_uuid),
+        ("RIVET_STEP", c.name.clone()),
+        ("RIVET_STEP_KIND", kind.word().to_string()),
+    ];
+    tracing::info!(step = %c.name, exec = %c.exec.display(), "custom step started");
+    crate::system::custom_step::run(
+        &c.exec,
+        &c.name,
+        &Value::Object(args.clone()),
+        &env,
+        c.timeout,
+    )
+    .map(Some)
+    .map_err(|e| fail(format!("custom step {} failed: {e}", c.name)))
 }
 
 /// Erase partition tables and file-system/RAID signatures on every disk cleaning erases.
@@ -272,7 +357,7 @@ fn erase_devices_metadata(
     ctx: &Context,
     _args: &Map<String, Value>,
 ) -> Result<Option<Value>, CommandError> {
-    let targets = erase_targets(ctx)?;
+    let targets = super::erase_targets(ctx)?;
     let mut report = serde_json::Map::new();
     let mut errors = Vec::new();
     for d in &targets {
@@ -314,7 +399,7 @@ fn erase_policy(ctx: &Context, express: bool) -> crate::disk::erase::Policy {
 }
 
 fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError> {
-    let targets = erase_targets(ctx)?;
+    let targets = super::erase_targets(ctx)?;
     let mut policy = erase_policy(ctx, express);
     // Everything else is kept: an NVMe format must not reach a kept namespace.
     policy.keep = crate::hardware::disks::discover(
@@ -378,6 +463,76 @@ fn erase_pstore(ctx: &Context, _args: &Map<String, Value>) -> Result<Option<Valu
         .map_err(|e| CommandError::exec(format!("erasing pstore: {e}")))
 }
 
+/// IPA's default patterns: entries for disks (device paths starting `HD(`), shim and GRUB.
+const NVRAM_DEFAULT_PATTERNS: [&str; 3] = [r"^HD\(", r"shim.*\.efi", r"grub.*\.efi"];
+
+fn clean_uefi_nvram_argsinfo() -> Value {
+    json!({"match_patterns": {
+        "description": format!(
+            "A list of regular expressions (case-insensitive); every UEFI boot entry whose \
+             device path matches one is deleted. Default: {}",
+            serde_json::to_string(&NVRAM_DEFAULT_PATTERNS).unwrap_or_default()
+        ),
+        "required": false,
+    }})
+}
+
+/// `match_patterns` as a list of regular expressions (also accepted as a JSON string holding
+/// the list, as operators pass it on the command line).
+fn nvram_patterns(args: &Map<String, Value>) -> Result<Vec<regex::Regex>, CommandError> {
+    let v = match args.get("match_patterns") {
+        None | Some(Value::Null) => json!(NVRAM_DEFAULT_PATTERNS),
+        Some(Value::String(s)) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+        Some(v) => v.clone(),
+    };
+    let invalid = |why: String| {
+        CommandError::new(
+            ErrorKind::InvalidParams,
+            format!("The match_patterns must be a list of strings: {v}: {why}"),
+        )
+    };
+    let items = v.as_array().ok_or_else(|| invalid("not a list".into()))?;
+    if items.len() > 64 {
+        return Err(invalid("more than 64 patterns".into()));
+    }
+    items
+        .iter()
+        .map(|p| {
+            let s = p
+                .as_str()
+                .ok_or_else(|| invalid(format!("{p} is not a string")))?;
+            regex::RegexBuilder::new(s)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| invalid(e.to_string()))
+        })
+        .collect()
+}
+
+/// Delete the firmware boot entries a previous tenant's OS (or an earlier deploy) left, by
+/// pattern. Not with `--simulate-power`: the entries are the test machine's own.
+fn clean_uefi_nvram(
+    ctx: &Context,
+    args: &Map<String, Value>,
+) -> Result<Option<Value>, CommandError> {
+    let patterns = nvram_patterns(args)?;
+    if ctx.config.simulate_power {
+        tracing::info!("--simulate-power: UEFI boot entries left alone");
+        return Ok(Some(json!({ "deleted": [], "simulated": true })));
+    }
+    if !crate::deploy::nvram::writable(true) {
+        return Err(CommandError::exec(
+            "cannot clean UEFI boot entries: not booted through UEFI, or no efibootmgr in this ramdisk",
+        ));
+    }
+    let gone = crate::deploy::nvram::clean("efibootmgr", &patterns)
+        .map_err(|e| CommandError::exec(e.to_string()))?;
+    Ok(Some(json!({
+        "deleted": gone.iter().map(|r| json!({"entry": r.num, "label": r.label, "path": r.path})).collect::<Vec<_>>(),
+    })))
+}
+
 fn step_list(ctx: &Context, kind: Kind) -> Value {
     let steps: Vec<Value> = table(kind)
         .map(|s| {
@@ -396,6 +551,19 @@ fn step_list(ctx: &Context, kind: Kind) -> Value {
             }
             v
         })
+        .chain(custom(ctx, kind).map(|c| {
+            let mut v = json!({
+                "step": c.name,
+                "priority": c.priority,
+                "interface": c.interface,
+                "reboot_requested": c.reboot_requested,
+                "abortable": c.abortable,
+            });
+            if let Some(info) = c.argsinfo_json() {
+                v["argsinfo"] = info;
+            }
+            v
+        }))
         .collect();
     json!({
         format!("{}_steps", kind.word()): { MANAGER_CLASS: steps },
@@ -464,15 +632,15 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
         .get("interface")
         .and_then(Value::as_str)
         .unwrap_or("deploy");
-    let def = table(kind)
-        .find(|s| s.name == name && s.interface == interface)
-        .ok_or_else(|| {
-            fail(format!(
-                "{} step {interface}.{name} is not supported by this agent (Rivet {})",
-                kind.word(),
-                env!("CARGO_PKG_VERSION")
-            ))
-        })?;
+    let def = table(kind).find(|s| s.name == name && s.interface == interface);
+    let custom_def = custom(ctx, kind).find(|c| c.name == name && c.interface == interface);
+    if def.is_none() && custom_def.is_none() {
+        return Err(fail(format!(
+            "{} step {interface}.{name} is not supported by this agent (Rivet {})",
+            kind.word(),
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     // Step arguments, then any extra keyword arguments of the command, as IPA merges them.
     let mut step_args = step
         .get("args")
@@ -480,7 +648,12 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
         .cloned()
         .unwrap_or_default();
     step_args.extend(params);
-    let result = (def.run)(ctx, &step_args).map_err(|e| {
+    let result = match (def, custom_def) {
+        (Some(def), _) => (def.run)(ctx, &step_args),
+        (None, Some(c)) => run_custom(ctx, c, kind, &step_args),
+        (None, None) => Ok(None),
+    }
+    .map_err(|e| {
         if e.kind == ErrorKind::CommandExecution {
             fail(format!(
                 "Error performing {} step {name}: {}",
@@ -524,7 +697,7 @@ mod tests {
             assert!(v[key][MANAGER_CLASS].is_array(), "{v}");
             assert_eq!(
                 v["hardware_manager_version"],
-                json!({"generic_hardware_manager": "1.2"})
+                json!({"generic_hardware_manager": "1.3"})
             );
             for s in v[key][MANAGER_CLASS].as_array().unwrap() {
                 assert!(

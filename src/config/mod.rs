@@ -3,6 +3,7 @@
 //! flag; vmedia parameters override the kernel command line, as in IPA).
 
 pub mod cmdline;
+pub mod steps_d;
 pub mod vmedia;
 
 use std::collections::HashMap;
@@ -227,6 +228,11 @@ pub struct Config {
     pub disk_wait_attempts: u32,
     pub disk_wait_delay: Duration,
     pub inject_files_priority: i64,
+    /// Where custom step manifests are read from (`rivet-steps-dir=`, else
+    /// `<etc>/rivet/steps.d`).
+    pub steps_dir: PathBuf,
+    /// The custom steps found there at start-up (the agent loads them; empty otherwise).
+    pub custom_steps: Vec<steps_d::CustomStep>,
     pub strict_root_device: bool,
     pub ntp_server: Option<String>,
     pub state_dir: PathBuf,
@@ -403,6 +409,10 @@ impl Config {
                 })
                 .transpose()?
                 .unwrap_or(0),
+            steps_dir: get("rivet-steps-dir")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| args.etc_dir.join("rivet/steps.d")),
+            custom_steps: Vec::new(),
             strict_root_device: boolean("ipa-strict-root-device", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
             state_dir: args.state_dir.clone(),

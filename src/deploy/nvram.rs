@@ -101,3 +101,158 @@ pub fn register(
     }
     Ok(())
 }
+
+/// One firmware boot entry as `efibootmgr -v` lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// `0001`.
+    pub num: String,
+    pub label: String,
+    /// The device path (`HD(1,GPT,…)/File(\EFI\…)`, `PciRoot(…)`, …).
+    pub path: String,
+}
+
+/// The entries of an `efibootmgr -v` listing whose device path efibootmgr printed (as IPA
+/// reads them: the label runs up to the first device-path node).
+pub fn parse_records(listing: &str) -> Vec<Record> {
+    const NODES: [&str; 8] = [
+        "BBS(",
+        "HD(",
+        "FvFile(",
+        "FvVol(",
+        "PciRoot(",
+        "VenMsg(",
+        "VenHw(",
+        "UsbClass(",
+    ];
+    listing
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("Boot")?;
+            let hex = rest
+                .find(|c: char| !c.is_ascii_hexdigit())
+                .unwrap_or(rest.len());
+            let (num, rest) = rest.split_at(hex);
+            if num.is_empty() {
+                return None;
+            }
+            let rest = rest.strip_prefix('*').unwrap_or(rest);
+            if !rest.starts_with(char::is_whitespace) {
+                return None;
+            }
+            let at = NODES.iter().filter_map(|n| rest.find(n)).min()?;
+            Some(Record {
+                num: num.to_string(),
+                label: rest[..at].trim().to_string(),
+                path: rest[at..].trim_end().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Delete every boot entry whose device path matches one of `patterns` (`tool`: efibootmgr,
+/// or a stand-in in tests). Returns the entries deleted.
+pub fn clean(tool: &str, patterns: &[regex::Regex]) -> Result<Vec<Record>, NvramError> {
+    let t = Duration::from_secs(30);
+    let (ok, listing) =
+        run_capture(tool, &["-v"], t, 1 << 20).map_err(|e| NvramError(e.to_string()))?;
+    if !ok {
+        return Err(NvramError(format!(
+            "efibootmgr -v failed: {}",
+            String::from_utf8_lossy(&listing)
+        )));
+    }
+    let mut deleted = Vec::new();
+    for r in parse_records(&String::from_utf8_lossy(&listing)) {
+        if let Some(p) = patterns.iter().find(|p| p.is_match(&r.path)) {
+            let (ok, out) = run_capture(tool, &["-b", &r.num, "-B"], t, 1 << 16)
+                .map_err(|e| NvramError(e.to_string()))?;
+            if !ok {
+                return Err(NvramError(format!(
+                    "deleting Boot{} ({}): {}",
+                    r.num,
+                    r.label,
+                    String::from_utf8_lossy(&out).trim()
+                )));
+            }
+            tracing::info!(entry = %r.num, label = %r.label, path = %r.path, pattern = %p, "UEFI boot entry deleted");
+            deleted.push(r);
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING: &str = "BootCurrent: 0001\nTimeout: 0 seconds\nBootOrder: 0001,0000,0002,0003\n\
+Boot0000* UiApp\tFvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)\n\
+Boot0001* debian\tHD(1,GPT,1a2b,0x800,0x100000)/File(\\EFI\\debian\\shimx64.efi)\n\
+Boot0002* UEFI PXEv4 (MAC:525400123456)\tPciRoot(0x0)/Pci(0x3,0x0)/MAC(525400123456,1)/IPv4(0.0.0.0,0,DHCP)\n\
+Boot0003  ironic1 (nvme0n1)\tHD(3,GPT,9f,0x800,0x44800)/File(\\EFI\\BOOT\\grubx64.efi)\n\
+Boot0004* no device path\n";
+
+    #[test]
+    fn records_as_ipa_reads_them() {
+        let r = parse_records(LISTING);
+        let labels: Vec<&str> = r.iter().map(|r| r.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "UiApp",
+                "debian",
+                "UEFI PXEv4 (MAC:525400123456)",
+                "ironic1 (nvme0n1)"
+            ]
+        );
+        assert_eq!(r[1].num, "0001");
+        assert!(r[1].path.starts_with("HD(1,GPT"));
+        assert!(parse_records("garbage\nBootXYZ* x\tHD(1)\n").is_empty());
+    }
+
+    #[test]
+    fn clean_deletes_what_matches_through_efibootmgr() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("calls");
+        let listing = d.path().join("listing");
+        std::fs::write(&listing, LISTING).unwrap();
+        // A stand-in efibootmgr: lists the entries above, records every other call.
+        let fake = d.path().join("efibootmgr");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = -v ]; then cat '{}'; else echo \"$@\" >> '{}'; fi\n",
+                listing.display(),
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // IPA's default patterns: disk entries, shim and GRUB loaders; firmware and PXE stay.
+        let patterns: Vec<regex::Regex> = [r"^HD\(", r"shim.*\.efi", r"grub.*\.efi"]
+            .iter()
+            .map(|p| {
+                regex::RegexBuilder::new(p)
+                    .case_insensitive(true)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let gone = clean(&fake.display().to_string(), &patterns).unwrap();
+        let nums: Vec<&str> = gone.iter().map(|r| r.num.as_str()).collect();
+        assert_eq!(nums, ["0001", "0003"]);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-b 0001 -B\n-b 0003 -B\n"
+        );
+        // A pattern matching nothing deletes nothing.
+        std::fs::remove_file(&log).unwrap();
+        let none = [regex::Regex::new("^Nothing").unwrap()];
+        assert!(clean(&fake.display().to_string(), &none)
+            .unwrap()
+            .is_empty());
+        assert!(!log.exists());
+    }
+}

@@ -2,6 +2,8 @@
 //! power the machine off.
 
 pub mod blockdev;
+pub mod burnin;
+pub mod custom_step;
 pub mod inroot;
 pub mod logs;
 pub mod packet;

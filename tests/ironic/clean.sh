@@ -63,4 +63,44 @@ manual_clean() { # STEP
 }
 manual_clean erase_devices
 manual_clean erase_devices_express
+
+# --- custom steps (drop-ins in a steps directory): one writes a marker onto the node's root
+# device and returns JSON, which the conductor reads; one fails, and so does the cleaning.
+STEPS=$WORK/steps.d
+mkdir -p "$STEPS"
+cp "$ROOT"/tests/fixtures/steps.d/* "$STEPS/"
+cat > "$STEPS/check_firmware.toml" <<'EOF'
+step = "check_firmware"
+kinds = ["clean"]
+timeout = 30
+exec = "check-firmware.sh"
+EOF
+printf '#!/bin/sh\necho "BMC firmware 1.2.3 is older than the required 2.0" >&2\nexit 1\n' > "$STEPS/check-firmware.sh"
+# A broken manifest is skipped (and logged), never fatal.
+printf 'step = "broken"\nkinds = ["clean"]\n' > "$STEPS/broken.toml"
+chmod +x "$STEPS"/*.sh
+custom_clean() { # LABEL STEPS_JSON END_STATE
+  api PUT "/v1/nodes/$NODE/states/provision" "{\"target\": \"clean\", \"clean_steps\": $2}" >/dev/null
+  wait_state "$NODE" "clean wait" 60
+  "$RIVET" --cmdline-file "$WORK/cmdline-steps" --state-dir "$WORK/state-$1" --simulate-power --allow-loop-devices > "$WORK/rivet-$1.log" 2>&1 &
+  AGENT_PID=$!
+  wait_state "$NODE" "$3" 180 || fail "$1: the cleaning did not end $3"
+  kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
+}
+plain() { sed 's/\x1b\[[0-9;]*m//g' "$1"; }
+sed "s|\$| rivet-steps-dir=$STEPS|" "$WORK/cmdline" > "$WORK/cmdline-steps"
+custom_clean marker '[{"interface": "deploy", "step": "write_marker", "args": {"text": "hello-from-ironic"}}]' manageable
+[[ "$(dd if="$LOOP" bs=1M skip=1 count=1 status=none | head -c 30)" == "RIVET-MARKER hello-from-ironic" ]] \
+  || fail "the custom step's marker is not on $LOOP"
+plain "$WORK/rivet-marker.log" | grep -q "custom step skipped: invalid manifest.*broken.toml" \
+  || fail "the broken manifest was not reported"
+plain "$WORK/rivet-marker.log" | grep -q "marker written to $LOOP" \
+  || fail "the custom step's stderr is not in the agent log"
+grep -q "execute_clean_step: result \"{'clean_result': {'device': '$LOOP', 'node': '$NODE', 'text': 'hello-from-ironic'}" "$STATE/ironic.log" \
+  || fail "the conductor did not receive the custom step's result"
+echo "ok: custom step write_marker ran through the conductor: marker on $LOOP, its JSON result read by the conductor, a broken manifest skipped"
+custom_clean failing '[{"interface": "deploy", "step": "check_firmware"}]' "clean failed"
+err=$(node_field "$NODE" "['last_error']")
+[[ "$err" == *"check_firmware"*"BMC firmware 1.2.3 is older than the required 2.0"* ]] || fail "last_error: $err"
+echo "ok: a failing custom step failed the cleaning with its message: $err"
 echo "PASS clean ($((SECONDS - t0)) s)"

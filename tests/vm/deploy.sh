@@ -238,18 +238,25 @@ FW=uefi
 DIB=${DIB_RAMDISK:-$WORK/dib}
 if [[ ! -f "$DIB/rivet.initramfs" ]]; then
   bstart=$SECONDS
-  "$ROOT/scripts/build-dib-ramdisk.sh" "$DIB" | tail -1
+  RIVET_STEPS_DIR="$ROOT/tests/fixtures/steps.d" "$ROOT/scripts/build-dib-ramdisk.sh" "$DIB" | tail -1
   echo "time dib_build $((SECONDS - bstart))s"
 fi
 echo "dib ramdisk: initramfs $(($(stat -c %s "$DIB/rivet.initramfs") >> 20)) MiB, kernel $(($(stat -c %s "$DIB/rivet.kernel") >> 20)) MiB"
 qemu-img create -q -f qcow2 "$WORK/nvme.qcow2" 8G
 qemu-img create -q -f qcow2 "$WORK/v4k.qcow2" 8G
+# Burn-in as operators configure it (driver_info), a few seconds each: stress-ng and fio ship
+# in the DIB ramdisk.
 api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/management_interface", "value": "fake"},
-  {"op": "add", "path": "/properties/capabilities", "value": "boot_mode:uefi"}]' >/dev/null
+  {"op": "add", "path": "/properties/capabilities", "value": "boot_mode:uefi"},
+  {"op": "add", "path": "/driver_info/agent_burnin_cpu_timeout", "value": 3},
+  {"op": "add", "path": "/driver_info/agent_burnin_vm_timeout", "value": 3},
+  {"op": "add", "path": "/driver_info/agent_burnin_vm_vm-bytes", "value": "10%"}]' >/dev/null
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "manage"}' >/dev/null
 wait_state "$NODE" manageable 60 || fail "dib: node did not become manageable"
 api PUT "/v1/nodes/$NODE/states/provision" \
-  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
+  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"},
+    {"interface": "deploy", "step": "burnin_cpu"}, {"interface": "deploy", "step": "burnin_memory"},
+    {"interface": "deploy", "step": "write_marker", "args": {"text": "from-the-dib-ramdisk"}}]}' >/dev/null
 wait_state "$NODE" "clean wait" 60 || fail "dib: node did not wait for the agent"
 PORT=$(free_port)
 qemu_t0=$(date +%s.%N)
@@ -274,11 +281,19 @@ echo "ok: dib: the DIB ramdisk booted (systemd, rivet.service) and heartbeat ove
 echo "time dib_boot_to_heartbeat ${hb}s"
 cstart=$SECONDS
 wait_state "$NODE" manageable 600 || fail "dib: cleaning did not finish: $(tail -c 3000 "$WORK/serial-dib.log")"
-echo "ok: dib: manual cleaning (erase_devices_metadata) done $((SECONDS - cstart)) s after the first heartbeat"
+echo "ok: dib: manual cleaning (erase_devices_metadata, burnin_cpu, burnin_memory) done $((SECONDS - cstart)) s after the first heartbeat"
 echo "time dib_clean $((SECONDS - cstart))s"
 kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
 QEMU_PID=
 grep -a -q "metadata erased" "$WORK/serial-dib.log" || fail "dib: the agent's console output does not show the erase"
+for s in cpu vm; do
+  grep -a "execute_clean_step: result" "$STATE/ironic.log" | grep "'tool': 'stress-ng'" | grep -q "'stressor': '$s'" \
+    || fail "dib: the conductor did not get stress-ng's $s burn-in result"
+done
+echo "ok: dib: stress-ng burnt in the CPUs and the memory for 3 s each; the conductor read both results"
+grep -a "execute_clean_step: result" "$STATE/ironic.log" | grep -q "'text': 'from-the-dib-ramdisk'" \
+  || fail "dib: the custom step shipped in the ramdisk (RIVET_STEPS_DIR) did not run"
+echo "ok: dib: the custom step shipped through RIVET_STEPS_DIR ran: $(tr -d '\r' <"$WORK/serial-dib.log" | grep -a -o "marker written to [a-z/0-9]*" | head -1)"
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
 wait_state "$NODE" available 120 || fail "dib: node did not return to available"
 fi
