@@ -6,7 +6,8 @@
 #   - seconds from the first provision request to the last node "active";
 #   - per node, agent start → the conductor's power-off at the end of its deploy: p50, p95;
 #   - the agents' summed peak RSS and CPU seconds; the conductor's CPU seconds;
-#   - bytes the image server sent.
+#   - bytes the image server sent, heartbeats per node, and how busy the whole machine's CPUs
+#     were (the loop devices' writes run in kernel threads no process is charged for).
 # usage: scripts/bench-fleet.sh            env: NS ("1 4 16"), FORMATS ("raw zstd"),
 #        IMAGE_MIB (256), RIVET (default: the static build, made if missing)
 set -euo pipefail
@@ -79,10 +80,12 @@ ticks() {
   echo "$t"
 }
 HZ=$(getconf CLK_TCK)
+# The whole machine's busy and total CPU ticks (/proc/stat), to tell a CPU-bound run.
+cpu_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
 now() { date +%s.%N; }
 
 echo "fleet benchmark: ${IMAGE_MIB} MiB whole-disk image (zstd $(stat -c %s "$I/fleet.raw.zst") bytes), $(nproc) cores, Rivet $(stat -c %s "$RIVET") bytes"
-printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s %8s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)" "hb/node"
+printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s %8s %9s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)" "hb/node" "CPU busy"
 run() { # FORMAT N
   local fmt=$1 n=$2 file sum i
   case "$fmt" in raw) file=fleet.raw ;; zstd) file=fleet.raw.zst ;; esac
@@ -100,21 +103,35 @@ run() { # FORMAT N
   : > "$WORK/nginx/access.log"
   local c0 t0
   c0=$(ticks "$IRONIC_PID")
+  local m0; m0=$(cpu_ticks)
   t0=$(now)
   for ((i = 0; i < n; i++)); do
     api PUT "/v1/nodes/${NODES[$i]}/states/provision" '{"target": "active"}' >/dev/null
   done
-  for ((i = 0; i < n; i++)); do
-    wait_state "${NODES[$i]}" "wait call-back" 120 >/dev/null || fail "fleet-$i did not wait for its agent"
+  # Each agent starts the moment its node waits for it (as a machine boots once powered on).
+  states_of() {
+    api GET "/v1/nodes?fields=uuid,provision_state&limit=1000" | "$PY" -c "
+import json, sys
+d = {x['uuid']: x['provision_state'] for x in json.load(sys.stdin)['nodes']}
+print(' '.join(d.get(u, '?').replace(' ', '_') for u in sys.argv[1:]))" "${NODES[@]}"
+  }
+  local started=() todo=$n end=$((SECONDS + 120))
+  while ((todo > 0 && SECONDS < end)); do
+    local st; read -r -a st <<<"$(states_of)"
+    for ((i = 0; i < n; i++)); do
+      [[ -n "${started[$i]:-}" || "${st[$i]}" != "wait_call-back" ]] && continue
+      local port; port=$(free_port)
+      echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port" > "$WORK/cmdline-$i"
+      /usr/bin/time -f "%e %U %S %M" -o "$WORK/time-$i" \
+        "$RIVET" --cmdline-file "$WORK/cmdline-$i" --state-dir "$WORK/state-$fmt-$n-$i" --simulate-power --allow-loop-devices \
+        > "$WORK/rivet-$fmt-$n-$i.log" 2>&1 &
+      PIDS+=($!)
+      started[i]=1
+      todo=$((todo - 1))
+    done
+    ((todo > 0)) && sleep 0.2
   done
-  for ((i = 0; i < n; i++)); do
-    local port; port=$(free_port)
-    echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port" > "$WORK/cmdline-$i"
-    /usr/bin/time -f "%e %U %S %M" -o "$WORK/time-$i" \
-      "$RIVET" --cmdline-file "$WORK/cmdline-$i" --state-dir "$WORK/state-$fmt-$n-$i" --simulate-power --allow-loop-devices \
-      > "$WORK/rivet-$fmt-$n-$i.log" 2>&1 &
-    PIDS+=($!)
-  done
+  ((todo == 0)) || fail "$todo nodes did not wait for their agent within 120 s"
   # Every node's state in one request, twice a second, until all are active.
   local left=$n end=$((SECONDS + 900)) last
   while ((left > 0 && SECONDS < end)); do
@@ -130,6 +147,7 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
   done
   ((left == 0)) || fail "$left nodes did not become active in 900 s"
   local c1; c1=$(ticks "$IRONIC_PID")
+  local m1; m1=$(cpu_ticks)
   for p in "${PIDS[@]}"; do wait "$p" || fail "an agent exited non-zero"; done
   PIDS=()
   # Per node: agent start to its exit, which is the conductor powering it off at the end of
@@ -144,10 +162,11 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
   served=$(awk '{s += $1} END {printf "%.1f", s / 1048576}' "$WORK/nginx/access.log")
   # Heartbeats each agent sent (what the conductor handled for it, besides its commands).
   local hbs; hbs=$(cat "$WORK"/rivet-"$fmt-$n"-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -c "heartbeat accepted" || true)
-  printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s %8.1f\n' "$fmt" "$n" \
+  printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s %8.1f %8.0f%%\n' "$fmt" "$n" \
     "$(awk -v a="$last" -v b="$t0" 'BEGIN{print a - b}')" "$p50" "$p95" "$rss" "$cpu" \
     "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f s", (b - a) / hz}')" "$served" \
-    "$(awk -v h="$hbs" -v n="$n" 'BEGIN{print h / n}')"
+    "$(awk -v h="$hbs" -v n="$n" 'BEGIN{print h / n}')" \
+    "$(awk -v a="$m0" -v b="$m1" 'BEGIN{split(a, x, " "); split(b, y, " "); print 100 * (y[1] - x[1]) / (y[2] - x[2])}')"
   rm -f "$WORK"/time-*
   for ((i = 0; i < n; i++)); do
     api PUT "/v1/nodes/${NODES[$i]}/maintenance" '{"reason": "bench done"}' >/dev/null

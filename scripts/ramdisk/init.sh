@@ -14,22 +14,20 @@ up() { cut -d' ' -f1 /proc/uptime; }
 # The boot timeline (scripts/boot-timeline.sh reads these lines beside the agent's).
 mark() { echo "rivet-timeline $1 $(up)"; }
 mark init_start
-# Drivers first for the NICs (PCI network class), which are on the way to the first address;
-# then, beside the agent (which waits for its NIC and disks by itself), for every other device
-# (PCI, USB, … by modalias) in one modprobe, a second pass for the devices found behind those
-# (NVMe namespaces, virtio disks, USB storage), and the file systems last (the kernel would
-# also ask for them at the first mount). One modprobe per pass: dependencies are resolved once
-# and no process is started per device. virtio_net comes with the NICs: a virtio NIC only
-# appears once virtio_pci has probed.
+# Drivers for every device (PCI, USB, … by modalias) in one modprobe, beside the agent (which
+# waits for its NIC and disks by itself); a second pass for the devices found behind those
+# (NVMe namespaces, virtio disks, USB storage); the file systems last (the kernel would also
+# ask for them at the first mount). One modprobe per pass: dependencies are resolved once and
+# no process is started per device. In the foreground and at the same time, the NIC drivers
+# alone (PCI network class), which are on the way to the first address; virtio_net comes with
+# them, as a virtio NIC only appears once virtio_pci has probed. A module both passes ask for
+# is loaded once (the kernel makes the second wait for the first).
 aliases() { cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u; }
 nic_aliases() {
   for d in /sys/bus/pci/devices/*; do
     case "$(cat "$d/class" 2>/dev/null)" in 0x02*) cat "$d/modalias" ;; esac
   done
 }
-# shellcheck disable=SC2046
-modprobe -qa $(nic_aliases) virtio_net 2>/dev/null
-mark nic_drivers_loaded
 (
   # shellcheck disable=SC2046
   modprobe -qa $(aliases) virtio_blk virtio_scsi 2>/dev/null
@@ -41,6 +39,9 @@ mark nic_drivers_loaded
   [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
   mark modules_all
 ) &
+# shellcheck disable=SC2046
+modprobe -qa $(nic_aliases) virtio_net 2>/dev/null
+mark nic_drivers_loaded
 # Every NIC is brought up and asked for an address the moment it appears, each on its own:
 # the agent finds its conductor as soon as one NIC has an address.
 ip link set lo up

@@ -157,34 +157,10 @@ static STEPS: &[StepDef] = &[
         argsinfo: Some(clean_uefi_nvram_argsinfo),
         ..step(Kind::Deploy, "clean_uefi_nvram", 0, true, clean_uefi_nvram)
     },
-    step(
-        Kind::Clean,
-        "burnin_cpu",
-        0,
-        true,
-        super::burnin::burnin_cpu,
-    ),
-    step(
-        Kind::Clean,
-        "burnin_disk",
-        0,
-        true,
-        super::burnin::burnin_disk,
-    ),
-    step(
-        Kind::Clean,
-        "burnin_memory",
-        0,
-        true,
-        super::burnin::burnin_memory,
-    ),
-    step(
-        Kind::Clean,
-        "burnin_network",
-        0,
-        true,
-        super::burnin::burnin_network,
-    ),
+    on_request(Kind::Clean, "burnin_cpu", super::burnin::burnin_cpu),
+    on_request(Kind::Clean, "burnin_disk", super::burnin::burnin_disk),
+    on_request(Kind::Clean, "burnin_memory", super::burnin::burnin_memory),
+    on_request(Kind::Clean, "burnin_network", super::burnin::burnin_network),
     raid_step(
         Kind::Deploy,
         "apply_configuration",
@@ -229,28 +205,20 @@ static STEPS: &[StepDef] = &[
         None,
     ),
     // On an active node the tenant's disks stay: no burnin_disk among the service steps.
-    step(
-        Kind::Service,
-        "burnin_cpu",
-        0,
-        true,
-        super::burnin::burnin_cpu,
-    ),
-    step(
-        Kind::Service,
-        "burnin_memory",
-        0,
-        true,
-        super::burnin::burnin_memory,
-    ),
-    step(
+    on_request(Kind::Service, "burnin_cpu", super::burnin::burnin_cpu),
+    on_request(Kind::Service, "burnin_memory", super::burnin::burnin_memory),
+    on_request(
         Kind::Service,
         "burnin_network",
-        0,
-        true,
         super::burnin::burnin_network,
     ),
 ];
+
+/// A row of [`STEPS`]: a step of the `deploy` interface run only when asked for (priority 0),
+/// abortable (burn-in: stopping early loses nothing).
+const fn on_request(kind: Kind, name: &'static str, run: StepFn) -> StepDef {
+    step(kind, name, 0, true, run)
+}
 
 /// A row of [`STEPS`]: a step of the `raid` interface at priority 0 (the conductor sets the
 /// priorities it wants), not abortable (an array half made is worse than one finished).
