@@ -29,6 +29,8 @@ export ELEMENTS_PATH="$ROOT/dib-element"
 export DIB_RIVET_BINARY="$BIN" DIB_RIVET_UNIT="$ROOT/systemd/rivet.service"
 # RIVET_STEPS_DIR: a directory of custom steps (NAME.toml + executables) for /etc/rivet/steps.d.
 export DIB_RIVET_STEPS_DIR=${RIVET_STEPS_DIR:-}
+# BURNIN_TOOLS=0: no stress-ng and fio (about 30 MB less; the burn-in steps report them missing).
+export DIB_RIVET_BURNIN_TOOLS=${BURNIN_TOOLS:-1}
 export DIB_RIVET_COMPRESS=${COMPRESS:-zstd -19 -T0 -q}
 # debian-minimal follows "stable" unless pinned; security.debian.org is not reachable from
 # every build network, deb.debian.org serves the same archive.

@@ -46,11 +46,8 @@ trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,usr/bin,usr/sbin,var/log,lib/modules/"$KVER"}
 cp /bin/busybox "$R/bin/busybox"
 install -m 0755 "$RIVET" "$R/usr/bin/rivet"
-install -m 0755 "$CACHE/mdadm/sbin/mdadm" "$R/sbin/mdadm"
-# The libraries mdadm links (glibc, libudev), at the paths its loader expects.
-for lib in $(ldd "$CACHE/mdadm/sbin/mdadm" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'); do
-  install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"
-done
+# mdadm with the libraries it links (glibc, libudev), at the paths its loader expects.
+"$ROOT/scripts/ramdisk/copy-with-libs.sh" "$R" "$CACHE/mdadm/sbin/mdadm" /sbin/mdadm
 install -m 0755 "$ROOT/scripts/ramdisk/init.sh" "$R/init"
 # RIVET_STEPS_DIR: custom steps (NAME.toml + executables), read from /etc/rivet/steps.d.
 if [[ -n "${RIVET_STEPS_DIR:-}" ]]; then

@@ -714,3 +714,40 @@ fn burn_in_steps_run_the_real_tools() {
         "{done}"
     );
 }
+
+/// The README's "Custom steps" example is the one the tests run (tests/fixtures/steps.d): the
+/// same manifest once parsed, the same script but for its comments.
+#[test]
+fn the_readme_custom_step_example_is_the_tested_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("### Custom steps")
+        .expect("README has a Custom steps section")..];
+    let block = |lang: &str| {
+        let start = section.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
+        let len = section[start..].find("```").unwrap();
+        section[start..start + len].to_string()
+    };
+    let fixtures = root.join("tests/fixtures/steps.d");
+    let dir = Path::new("/etc/rivet/steps.d");
+    let parse = |text: &str| {
+        let mut s = rivet::config::steps_d::parse(text, dir, &dir.join("m.toml")).unwrap();
+        s.manifest = std::path::PathBuf::new();
+        s
+    };
+    assert_eq!(
+        parse(&block("toml")),
+        parse(&std::fs::read_to_string(fixtures.join("write_marker.toml")).unwrap())
+    );
+    let code = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        code(&block("sh")),
+        code(&std::fs::read_to_string(fixtures.join("write-marker.sh")).unwrap())
+    );
+}

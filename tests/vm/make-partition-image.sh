@@ -10,12 +10,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 r=$tmp/root
 mkdir -p "$r"/{boot/grub,boot/efi,dev,proc,sys,tmp,etc,usr/sbin,usr/lib/grub,bin}
-cp /usr/sbin/grub-install "$r/usr/sbin/"
-# Its shared libraries and loader, at the same paths.
-for lib in $(ldd /usr/sbin/grub-install | grep -o '/[^ ]*'); do
-  mkdir -p "$r$(dirname "$lib")"
-  cp -L "$lib" "$r$lib"
-done
+# With its shared libraries and loader, at the same paths.
+"$(dirname "$0")/../../scripts/ramdisk/copy-with-libs.sh" "$r" /usr/sbin/grub-install /usr/sbin/grub-install
 cp -a /usr/lib/grub/x86_64-efi "$r/usr/lib/grub/"
 cp "$kernel" "$r/boot/vmlinuz"
 "$(dirname "$0")/make-marker-initrd.sh" "$r/boot/initrd.img"

@@ -10,11 +10,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 r=$tmp/root
 mkdir -p "$r"/{boot/grub,dev,proc,sys,tmp,etc,usr/sbin,usr/lib/grub,bin}
-cp /usr/sbin/grub-install "$r/usr/sbin/"
-for lib in $(ldd /usr/sbin/grub-install | grep -o '/[^ ]*'); do
-  mkdir -p "$r$(dirname "$lib")"
-  cp -L "$lib" "$r$lib"
-done
+with_libs="$(dirname "$0")/../../scripts/ramdisk/copy-with-libs.sh"
+"$with_libs" "$r" /usr/sbin/grub-install /usr/sbin/grub-install
 cp -a /usr/lib/grub/i386-pc "$r/usr/lib/grub/"
 # mdadm, as a distribution with software RAID has it: grub-install asks it for the array's
 # UUID, by which GRUB finds the array at boot.
@@ -23,12 +20,7 @@ if [[ ! -x "$md" ]]; then
   (cd "$tmp" && apt-get download -qq mdadm 2>/dev/null && dpkg -x mdadm_*.deb mdadm-deb)
   md=$tmp/mdadm-deb/sbin/mdadm
 fi
-mkdir -p "$r/sbin"
-cp "$md" "$r/sbin/mdadm"
-for lib in $(ldd "$md" | grep -o '/[^ ]*'); do
-  mkdir -p "$r$(dirname "$lib")"
-  cp -L "$lib" "$r$lib"
-done
+"$with_libs" "$r" "$md" /sbin/mdadm
 cp "$kernel" "$r/boot/vmlinuz"
 "$(dirname "$0")/make-marker-initrd.sh" "$r/boot/initrd.img"
 printf 'ID=rivettest\nNAME="Rivet test image"\n' > "$r/etc/os-release"
