@@ -352,12 +352,13 @@ pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spe
         .ok_or_else(|| ApiError::new(400, format!("Invalid command: Unknown command: {cmd}")))
 }
 
-/// The disks cleaning erases (IPA's list: writable disks not in skip_block_devices), less
-/// what must survive a cleaning: removable media and virtual media (unless the root device
-/// hints name them), the members of an md array (the array is erased through the md device,
-/// which reaches every member and keeps the array), and the arrays `skip_block_devices` keeps
-/// by volume name with the ESP mirror beside them (see `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device, and it must
-/// be a loop device.
+/// The disks cleaning erases and burns in (IPA's list: writable disks not in
+/// skip_block_devices), less what must survive a cleaning: removable media and virtual media
+/// (unless the root device hints name them), the members of an md array (the array is erased
+/// through the md device, which reaches every member and keeps the array), and the arrays
+/// `skip_block_devices` keeps by volume name with the ESP mirror beside them (see
+/// `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device,
+/// and it must be a loop device.
 pub(crate) fn erase_targets(
     ctx: &Context,
 ) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {

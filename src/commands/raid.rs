@@ -66,6 +66,12 @@ fn create(ctx: &Context, node: &Value, config: &Value) -> Result<Value, CommandE
             _ => others.push(e.array.device.clone()),
         }
     }
+    if !others.is_empty() {
+        return Err(err(format!(
+            "existing software RAID devices {} must be deleted first (raid.delete_configuration)",
+            others.join(", ")
+        )));
+    }
     if lds.is_empty() {
         tracing::info!("every logical disk exists already");
         return Ok(config.clone());

@@ -32,6 +32,14 @@ fn link_name(p: &Path) -> Option<String> {
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
+/// The IP address of an interface address entry, if it is an IPv4 or IPv6 one.
+fn ip_of(a: &nix::ifaddrs::InterfaceAddress) -> Option<IpAddr> {
+    let sa = a.address.as_ref()?;
+    sa.as_sockaddr_in()
+        .map(|s| IpAddr::V4(s.ip()))
+        .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+}
+
 /// First IPv4 and IPv6 address of each interface.
 fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
     let mut out: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
@@ -39,11 +47,10 @@ fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
         return out;
     };
     for a in addrs {
-        let Some(sa) = a.address else { continue };
-        let ip: Option<IpAddr> = sa
-            .as_sockaddr_in()
-            .map(|s| IpAddr::V4(s.ip()))
-            .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())));
+        if a.address.is_none() {
+            continue;
+        }
+        let ip = ip_of(&a);
         let e = out.entry(a.interface_name).or_default();
         match ip {
             Some(IpAddr::V4(v4)) if e.0.is_none() => e.0 = Some(v4.to_string()),
@@ -60,12 +67,7 @@ pub fn local_addresses() -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
         .map(|addrs| {
             addrs
-                .filter_map(|a| a.address)
-                .filter_map(|sa| {
-                    sa.as_sockaddr_in()
-                        .map(|s| IpAddr::V4(s.ip()))
-                        .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-                })
+                .filter_map(|a| ip_of(&a))
                 .filter(|ip| !ip.is_loopback())
                 .collect()
         })

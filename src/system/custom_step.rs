@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::tools::{kill_group, DRAIN};
+
 /// The largest result a step may print.
 const MAX_STDOUT: usize = 1 << 20;
 /// How much of stderr's end an error quotes.
@@ -105,8 +107,11 @@ pub fn run(
             let _ = s.write_all(&input);
         }
     });
+    // The readers hand over what they kept through channels: once the step has ended, what is
+    // still unread is waited for only briefly (a process that left the group may hold a pipe).
+    let (out_tx, out_rx) = mpsc::channel();
     let name = step.to_string();
-    let out_reader = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut out = Vec::new();
         let mut too_large = false;
         if let Some(s) = stdout {
@@ -118,10 +123,11 @@ pub fn run(
                 }
             });
         }
-        (out, too_large)
+        let _ = out_tx.send((out, too_large));
     });
+    let (err_tx, err_rx) = mpsc::channel();
     let name = step.to_string();
-    let err_reader = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut tail: Vec<u8> = Vec::new();
         if let Some(s) = stderr {
             pump(s, &name, "stderr", |chunk| {
@@ -131,32 +137,29 @@ pub fn run(
                 }
             });
         }
-        String::from_utf8_lossy(&tail).into_owned()
+        let _ = err_tx.send(String::from_utf8_lossy(&tail).into_owned());
     });
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait());
     });
-    let status = match rx.recv_timeout(timeout) {
+    let waited = rx.recv_timeout(timeout);
+    // Whatever the step started and left behind goes with it (a step is not a daemon), so no
+    // background process keeps its pipes open, or the disk busy, after it has answered.
+    kill_group(pid);
+    let _ = writer.join();
+    let stderr = err_rx.recv_timeout(DRAIN).unwrap_or_default();
+    let (out, too_large) = out_rx.recv_timeout(DRAIN).unwrap_or_default();
+    let status = match waited {
         Ok(s) => s.ok(),
         Err(_) => {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
             let _ = rx.recv();
-            let _ = writer.join();
-            let _ = out_reader.join();
-            let stderr = err_reader.join().unwrap_or_default();
             return Err(StepRunError::Timeout {
                 secs: timeout.as_secs(),
                 stderr,
             });
         }
     };
-    let _ = writer.join();
-    let (out, too_large) = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
     match status {
         Some(s) if s.success() => {}
         Some(s) => {
@@ -213,6 +216,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(v, json!({"got": {"a": 1}, "node": "n-1"}));
+        // A step that leaves a process behind (holding its stdout) answers at once, and what
+        // it left is gone.
+        let p = script(d.path(), "sleep 30 & echo '{\"done\": true}'");
+        let t = std::time::Instant::now();
+        let v = run(&p, "s", &json!({}), &[], Duration::from_secs(20)).unwrap();
+        assert_eq!(v, json!({"done": true}));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         // Nothing printed: a null result.
         let p = script(d.path(), "exit 0");
         assert_eq!(

@@ -71,9 +71,10 @@ pub fn run_split(
 }
 
 /// How long the output may take to arrive once the tool has exited.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
-fn kill_group(pid: u32) {
+/// Kill a process group started with `process_group(0)` (the leader's pid), and everything in it.
+pub(crate) fn kill_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),

@@ -13,18 +13,7 @@ mkdir -p "$r"/{boot/grub,boot/efi,dev,proc,sys,tmp,etc,usr/sbin,usr/lib/grub,bin
 # With its shared libraries and loader, at the same paths.
 "$(dirname "$0")/../../scripts/ramdisk/copy-with-libs.sh" "$r" /usr/sbin/grub-install /usr/sbin/grub-install
 cp -a /usr/lib/grub/x86_64-efi "$r/usr/lib/grub/"
-cp "$kernel" "$r/boot/vmlinuz"
-"$(dirname "$0")/make-marker-initrd.sh" "$r/boot/initrd.img"
-printf 'ID=rivettest\nNAME="Rivet test image"\n' > "$r/etc/os-release"
-cat > "$r/boot/grub/grub.cfg" <<'CFG'
-set timeout=0
-serial --unit=0 --speed=115200
-terminal_output serial console
-echo "RIVET-GRUB: the partition image's own menu"
-linux /boot/vmlinuz console=ttyS0 quiet panic=-1 rivet.flow=partition-grub
-initrd /boot/initrd.img
-boot
-CFG
+"$(dirname "$0")/image-root.sh" "$r" "$kernel" "the partition image" partition-grub
 size=$(( $(du -sm "$r" | cut -f1) + 24 ))
 rm -f "$out"
 mkfs.ext4 -q -F -b 4096 -U "$uuid" -L root -d "$r" "$out" "${size}M"

@@ -21,18 +21,7 @@ if [[ ! -x "$md" ]]; then
   md=$tmp/mdadm-deb/sbin/mdadm
 fi
 "$with_libs" "$r" "$md" /sbin/mdadm
-cp "$kernel" "$r/boot/vmlinuz"
-"$(dirname "$0")/make-marker-initrd.sh" "$r/boot/initrd.img"
-printf 'ID=rivettest\nNAME="Rivet test image"\n' > "$r/etc/os-release"
-cat > "$r/boot/grub/grub.cfg" <<'CFG'
-set timeout=0
-serial --unit=0 --speed=115200
-terminal_output serial console
-echo "RIVET-GRUB: the RAID image's own menu"
-linux /boot/vmlinuz console=ttyS0 quiet panic=-1 rivet.flow=raid-bios
-initrd /boot/initrd.img
-boot
-CFG
+"$(dirname "$0")/image-root.sh" "$r" "$kernel" "the RAID image" raid-bios
 mib=$(( $(du -sm "$r" | cut -f1) + 24 ))
 mkfs.ext4 -q -F -b 4096 -U "$uuid" -L root -d "$r" "$tmp/root.ext4" "${mib}M"
 rm -f "$out"; truncate -s $(( (mib + 3) << 20 )) "$out"
