@@ -227,3 +227,126 @@ pub fn step_manifest(data: &[u8]) {
         let _ = s.argsinfo_json();
     }
 }
+
+/// Secret masking, which every result, error and log line passes through: any text, valid
+/// UTF-8 or bytes made lossy (a conductor's step name, an image's file names, a tool's
+/// output). Invariants: it never panics, and a secret `key=value` put after any text is
+/// masked.
+pub fn redact(data: &[u8]) {
+    let text = match std::str::from_utf8(data) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(data),
+    };
+    let _ = rivet::redact::text(&text);
+    let _ = rivet::redact::url(&text);
+    if let Ok(mut v) = serde_json::from_slice::<Value>(data) {
+        rivet::redact::value(&mut v);
+    }
+    // A secret made from the input (so it is not in it), after the input and a space.
+    let secret: String = data
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        })
+        .to_string()
+        .chars()
+        .map(|c| (b'g' + (c as u8 - b'0')) as char)
+        .collect();
+    if !text.contains(&secret) {
+        let line = format!("{text} ipa-agent-token={secret} password={secret}");
+        let masked = rivet::redact::text(&line);
+        assert!(!masked.contains(&secret), "{secret} left in {masked:?}");
+    }
+}
+
+/// URL templates in inject_files and deploy templates (`{node[a][b]}`, `{ports[0][address]}`)
+/// against a node and ports. Invariant: no panic, and the result is never over the cap.
+pub fn url_template(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let node = serde_json::json!({
+        "uuid": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123",
+        "properties": {"capabilities": "boot_mode:uefi", "cpus": 8, "«": ["ü", null, 1.5]},
+        "extra": {"big": "x".repeat(40_000)},
+    });
+    let ports = serde_json::json!([{"address": "52:54:00:12:34:56"}, {"address": null}]);
+    if let Ok(out) = inject_files::expand(&text, &node, &ports) {
+        assert!(out.len() <= inject_files::MAX_EXPANDED);
+    }
+}
+
+/// What the agent reads from tools and conductors as text: `efibootmgr -v`, `ipmitool lan
+/// print`, `mdadm --export`, /proc/cpuinfo, fio's JSON, Ironic's error bodies and version
+/// headers. The first byte picks the reader.
+pub fn tool_output(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match sel % 7 {
+        0 => {
+            for r in rivet::deploy::nvram::parse_records(&text) {
+                assert!(text.contains(r.path.as_str()));
+            }
+        }
+        1 => {
+            let _ = rivet::hardware::bmc::parse_lan_print(&text);
+            let _ = rivet::hardware::bmc::parse_lan6_print(&text);
+        }
+        2 => {
+            let _ = rivet::disk::md::name_from_export(&text);
+        }
+        3 => {
+            let _ = rivet::hardware::inventory::cpu(&text);
+        }
+        4 => {
+            if let Ok(v) = serde_json::from_slice::<Value>(rest) {
+                let _ = rivet::system::burnin::fio_summary(&v);
+            }
+        }
+        5 => {
+            let _ = rivet::conductor::client::ironic_faultstring(rest);
+        }
+        _ => {
+            let _ = ApiVersion::parse(&text);
+        }
+    }
+}
+
+/// LLDP frames from the wire and SMBIOS tables from firmware: binary, from outside. The first
+/// byte picks the reader.
+pub fn frames_and_tables(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    if sel & 1 == 0 {
+        if let Some(tlvs) = rivet::hardware::lldp::parse_frame(rest) {
+            let _ = rivet::hardware::lldp::decode(&tlvs);
+        }
+        if let Some(tlvs) = rivet::hardware::lldp::parse_tlvs(rest) {
+            let _ = rivet::hardware::lldp::decode(&tlvs);
+        }
+    } else {
+        let _ = rivet::hardware::smbios::structures(rest);
+        let _ = rivet::hardware::smbios::dmi(rest);
+        let _ = rivet::hardware::smbios::physical_mb(rest);
+    }
+}
+
+/// Walks of file-system trees from tenants and conductors: an ISO9660 config drive made into
+/// a vfat one, an ESP searched for boot loaders and mirrored. The first byte picks the walk.
+/// Invariant: each ends (a loop in the tree is an error), never a panic.
+pub fn fs_walks(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    if sel & 1 == 0 {
+        let _ = rivet::disk::configdrive::iso_to_vfat(rest, 1 << 20, 512);
+    } else {
+        let _ = rivet::disk::esp::loaders_in(std::io::Cursor::new(rest.to_vec()), "fuzz");
+        let _ = rivet::disk::esp::mirror(
+            std::io::Cursor::new(rest.to_vec()),
+            std::io::Cursor::new(vec![0u8; 1 << 20]),
+            512,
+        );
+    }
+}

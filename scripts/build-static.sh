@@ -2,7 +2,7 @@
 # Build the statically linked release binary:
 #   target/x86_64-unknown-linux-gnu/release/rivet
 # glibc static-pie (+crt-static); the release profile is tuned for size and speed (fat LTO, one
-# codegen unit, panic=abort, stripped). Installs its build dependencies when missing.
+# codegen unit, unwinding panics, stripped). Installs its build dependencies when missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

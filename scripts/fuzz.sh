@@ -7,7 +7,8 @@
 # crashes per target and fails if any target crashed (the crashing input is kept under
 # fuzz/artifacts/TARGET/ to become a regression test in fuzz/regressions/).
 # usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 60; installs nightly and cargo-fuzz)
-# The test command runs it for a short time. FUZZ_SANITIZER (default none) picks cargo-fuzz's
+# The test command does not run it (nightly and a build of minutes); it runs every target's body
+# under `cargo test` instead (tests/fuzz_smoke.rs, seeded mutations). FUZZ_SANITIZER (default none) picks cargo-fuzz's
 # sanitizer: the fuzzed code is safe Rust (unsafe_code is denied), where AddressSanitizer finds
 # nothing the language does not already stop, and cargo-fuzz does not build the C decoders
 # (zstd, liblzma) with it; without it the build takes ~6 min instead of ~9 on two cores and

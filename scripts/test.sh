@@ -12,6 +12,15 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never
+# A test whose precondition (root, a tool, a namespace) is missing fails here instead of
+# skipping: a green run means every test ran.
+export RIVET_REQUIRE_ALL=1
+# What a run may leave in the checkout: nothing but build output.
+checkout_files() {
+  git -C "$ROOT" status --porcelain --ignored --untracked-files=all 2>/dev/null \
+    | grep -v -E '^!! (target|fuzz/target|fuzz/corpus|fuzz/artifacts)/' | sort || true
+}
+FILES_BEFORE=$(checkout_files)
 passed=0; failed=0
 summary=()
 record() { # NAME STATUS SECONDS
@@ -55,8 +64,13 @@ step "dependencies (Debian packages)" scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
 step "cargo test" cargo test --locked --no-fail-fast
+step "harness self-test (a test that could pass without testing fails)" tests/harness/selftest.sh
 step "static release build" scripts/build-static.sh
 RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
+# The node runs the release build: a panicking command must fail alone there too (unwinding).
+step "release binary: a panicking command fails alone, the agent goes on" \
+  env RIVET_AGENT_BIN="$RIVET_STATIC" cargo test --locked --test agent_api -- --exact \
+  panics_fail_one_command_and_the_agent_goes_on
 # The Ironic venv is made once, before the suites that share it start.
 step "Ironic 39 venv" scripts/ironic/run-ironic.sh install
 DIB_OUT="$LOGS/dib"
@@ -84,6 +98,15 @@ step "VM: real Ironic deploys QEMU VMs booted from the minimal ramdisk (incl. so
 collect "DIB ramdisk build (for the VM test)"
 step "VM: the DIB ramdisk boots and cleans for the real Ironic" \
   env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" FLOWS=dib tests/vm/deploy.sh
+
+leftovers() { # the run left no file in the checkout (tools that write where they run)
+  local now; now=$(checkout_files)
+  if [[ "$now" != "$FILES_BEFORE" ]]; then
+    echo "files the run left in the checkout:"; comm -13 <(echo "$FILES_BEFORE") <(echo "$now")
+    return 1
+  fi
+}
+step "no files left in the checkout" leftovers
 
 echo
 echo "suite times:"

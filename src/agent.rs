@@ -184,7 +184,7 @@ fn status_fn(exec: Arc<Executor>) -> StatusFn {
     Arc::new(move || {
         let last = exec.last()?;
         Some(match last.command_status {
-            Status::Running => match exec.context().progress.lock().ok().and_then(|p| p.clone()) {
+            Status::Running => match crate::panics::lock(&exec.context().progress).clone() {
                 Some(p) => (
                     "start",
                     format!("{} running: {}", last.command_name, p.line()),
@@ -384,15 +384,20 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
     let _ = disks_ready.wait_for(|r| *r).await;
     let (stop_hb, stop_rx) = watch::channel(false);
     let (refused_tx, mut refused) = mpsc::unbounded_channel();
-    let hb_task = tokio::spawn(heartbeat::run(
-        client.clone(),
-        hb,
-        status_fn(exec.clone()),
-        exec.finished(),
-        exec.polled(),
-        stop_rx,
-        refused_tx,
-    ));
+    let hb_task = {
+        let (client, exec) = (client.clone(), exec.clone());
+        tokio::spawn(supervised("heartbeat loop", move || {
+            heartbeat::run(
+                client.clone(),
+                hb.clone(),
+                status_fn(exec.clone()),
+                exec.finished(),
+                exec.polled(),
+                stop_rx.clone(),
+                refused_tx.clone(),
+            )
+        }))
+    };
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -430,6 +435,25 @@ pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// Run the task `make` builds until it returns; if it panics (a bug), log it and start it
+/// again a second later. Without its heartbeats the conductor would declare a working agent
+/// dead and fail the deploy.
+async fn supervised<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match tokio::spawn(make()).await {
+            Err(e) if e.is_panic() => {
+                tracing::error!(task = name, "task panicked (a bug); starting it again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Stay up doing nothing: until a signal with `--simulate-power`, for good otherwise (a

@@ -138,11 +138,9 @@ impl Executor {
 
     /// The last command, with its progress if it runs.
     pub fn last(&self) -> Option<CommandResult> {
-        let mut r = self
-            .table
-            .lock()
-            .ok()
-            .and_then(|t| t.last().map(|row| row.result.clone()))?;
+        let mut r = crate::panics::lock(&self.table)
+            .last()
+            .map(|row| row.result.clone())?;
         self.with_progress(&mut r);
         Some(r)
     }
@@ -152,7 +150,8 @@ impl Executor {
         self.polled.send_modify(|n| *n = n.wrapping_add(1));
         let mut out = b"{\"commands\":[".to_vec();
         let mut running = None;
-        if let Ok(t) = self.table.lock() {
+        {
+            let t = crate::panics::lock(&self.table);
             out.reserve(
                 t.iter()
                     .map(|r| r.json.as_ref().map_or(256, |j| j.len() + 1))
@@ -183,18 +182,17 @@ impl Executor {
     /// A running image transfer shows its progress in the command's result.
     fn with_progress(&self, r: &mut CommandResult) {
         if r.command_status == Status::Running {
-            if let Some(p) = self.ctx.progress.lock().ok().and_then(|p| p.clone()) {
+            if let Some(p) = crate::panics::lock(&self.ctx.progress).clone() {
                 r.command_result = Some(serde_json::json!({ "progress": p.json() }));
             }
         }
     }
 
     fn find(&self, id: &str) -> Option<CommandResult> {
-        let mut r = self.table.lock().ok().and_then(|t| {
-            t.iter()
-                .find(|r| r.result.id == id)
-                .map(|r| r.result.clone())
-        })?;
+        let mut r = crate::panics::lock(&self.table)
+            .iter()
+            .find(|r| r.result.id == id)
+            .map(|r| r.result.clone())?;
         self.with_progress(&mut r);
         Some(r)
     }
@@ -220,12 +218,10 @@ impl Executor {
 
     fn persist(&self) {
         let Some(state) = &self.state else { return };
-        let data = match self.table.lock() {
-            Ok(t) => {
-                let rows: Vec<&CommandResult> = t.iter().map(|r| &r.result).collect();
-                serde_json::to_vec(&rows).unwrap_or_default()
-            }
-            Err(_) => return,
+        let data = {
+            let t = crate::panics::lock(&self.table);
+            let rows: Vec<&CommandResult> = t.iter().map(|r| &r.result).collect();
+            serde_json::to_vec(&rows).unwrap_or_default()
         };
         if let Err(e) = state.write(HISTORY_FILE, &data) {
             tracing::warn!(error = %e, "cannot save the command history");
@@ -233,14 +229,16 @@ impl Executor {
     }
 
     fn push(&self, r: CommandResult) {
-        if let Ok(mut t) = self.table.lock() {
+        {
+            let mut t = crate::panics::lock(&self.table);
             t.push(Row::new(r));
         }
         self.persist();
     }
 
     fn finish(&self, id: &str, status: Status, result: Option<Value>, error: Option<Value>) {
-        if let Ok(mut t) = self.table.lock() {
+        {
+            let mut t = crate::panics::lock(&self.table);
             if let Some(row) = t.iter_mut().find(|r| r.result.id == id) {
                 row.result.command_status = status;
                 row.result.command_result = result;
@@ -266,11 +264,10 @@ impl Executor {
                 "Invalid command: Command name must be of the form <extension>.<name>",
             )
         })?;
-        let busy = self.table.lock().ok().and_then(|t| {
-            t.last()
-                .filter(|r| r.result.command_status == Status::Running)
-                .map(|r| r.result.command_name.clone())
-        });
+        let busy = crate::panics::lock(&self.table)
+            .last()
+            .filter(|r| r.result.command_status == Status::Running)
+            .map(|r| r.result.command_name.clone());
         if let Some(name) = busy {
             return Err(ApiError::busy(&name));
         }
@@ -335,15 +332,21 @@ impl Executor {
     }
 }
 
+/// Run a handler on a blocking thread. A panic in it (a bug) fails this command with an
+/// error the conductor sees; the agent and its later commands go on.
 async fn run_blocking<F>(f: F) -> Result<Outcome, CommandError>
 where
     F: FnOnce() -> Result<Outcome, CommandError> + Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(CommandError::exec(format!(
-            "internal error in the command: {e}"
-        ))),
+        Err(e) => Err(CommandError::exec(match e.try_into_panic() {
+            Ok(payload) => format!(
+                "internal error in the agent (a bug; please report it): {}",
+                crate::panics::message(payload.as_ref())
+            ),
+            Err(e) => format!("internal error in the agent: {e}"),
+        })),
     }
 }
 
@@ -356,11 +359,28 @@ fn settle(
     cmd: &str,
     is_async: bool,
 ) -> (Status, Option<Value>, Option<Value>) {
-    let (status, mut result, mut error) = encode(outcome, cmd, is_async);
-    for v in [&mut result, &mut error].into_iter().flatten() {
-        crate::redact::value(v);
-    }
-    (status, result, error)
+    // Nothing a handler returns may panic the agent on its way out: if encoding or masking
+    // did, the command fails with a fixed message (the text that broke it is not repeated:
+    // it may hold the very secret the masking was for).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (status, mut result, mut error) = encode(outcome, cmd, is_async);
+        for v in [&mut result, &mut error].into_iter().flatten() {
+            crate::redact::value(v);
+        }
+        (status, result, error)
+    }))
+    .unwrap_or_else(|_| {
+        (
+            Status::Failed,
+            None,
+            Some(
+                CommandError::exec(
+                    "internal error in the agent while encoding the result (a bug; please report it)",
+                )
+                .to_json(),
+            ),
+        )
+    })
 }
 
 fn encode(

@@ -21,7 +21,9 @@
 //!    `conductor` (the Ironic API client: inspection, lookup, heartbeat).
 //! 10. `logging`, `tls`.
 //! 11. `config`.
-//! 12. `error`, `redact`, `fsread`, `state`, `timeline` (the boot timeline every layer marks).
+//! 12. `panics` (the panic hook, poison-tolerant locks).
+//! 13. `error`, `redact`, `fsread`, `state`, `timeline` (the boot timeline every layer marks),
+//!     `test_support` (unit tests only).
 
 pub mod agent;
 pub mod api;
@@ -38,8 +40,11 @@ pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod logging;
+pub mod panics;
 pub mod redact;
 pub mod state;
 pub mod system;
+#[cfg(test)]
+mod test_support;
 pub mod timeline;
 pub mod tls;

@@ -29,9 +29,7 @@ struct Ring {
 
 impl LogRing {
     pub fn push(&self, line: &[u8]) {
-        let Ok(mut r) = self.inner.lock() else {
-            return;
-        };
+        let mut r = crate::panics::lock(&self.inner);
         r.bytes += line.len();
         r.lines.push_back(line.to_vec());
         while r.bytes > RING_BYTES {
@@ -43,10 +41,8 @@ impl LogRing {
     }
 
     pub fn contents(&self) -> Vec<u8> {
-        match self.inner.lock() {
-            Ok(r) => r.lines.iter().flat_map(|l| l.iter().copied()).collect(),
-            Err(_) => Vec::new(),
-        }
+        let r = crate::panics::lock(&self.inner);
+        r.lines.iter().flat_map(|l| l.iter().copied()).collect()
     }
 }
 
@@ -120,6 +116,7 @@ pub fn init(format: LogFormat, debug: bool) {
         .with(console.with_filter(filter()))
         .with(ring_layer)
         .try_init();
+    crate::panics::install_hook();
 }
 
 #[cfg(test)]

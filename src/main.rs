@@ -228,6 +228,7 @@ fn run_agent(args: AgentArgs) -> ExitCode {
     };
     rivet::logging::init(args.log_format, cfg.debug);
     rivet::timeline::mark("agent_start");
+    let nofile = rivet::system::fdlimit::raise_nofile();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -238,7 +239,11 @@ fn run_agent(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "rivet starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        nofile,
+        "rivet starting"
+    );
     match rt.block_on(rivet::agent::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

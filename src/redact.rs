@@ -85,6 +85,15 @@ fn ends_token(c: char) -> bool {
     c.is_whitespace() || "\"'<>()[]{},;`".contains(c)
 }
 
+/// The byte index just past the last char of `s` that matches `pred` (0 when none does): a
+/// char boundary whatever the width of that char, so slicing there cannot panic.
+fn after_last(s: &str, pred: impl Fn(char) -> bool) -> usize {
+    s.char_indices()
+        .rev()
+        .find(|&(_, c)| pred(c))
+        .map_or(0, |(i, c)| i + c.len_utf8())
+}
+
 /// Free text (an error message, a log line, a command line) with every URL passed through
 /// [`url`] and secret `key=value` pairs masked.
 pub fn text(s: &str) -> Cow<'_, str> {
@@ -97,9 +106,9 @@ pub fn text(s: &str) -> Cow<'_, str> {
     while !rest.is_empty() {
         // The next URL: a scheme before "://", up to the next delimiter.
         if let Some(pos) = rest.find("://") {
-            let start = rest[..pos]
-                .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
-                .map_or(0, |i| i + 1);
+            let start = after_last(&rest[..pos], |c| {
+                !(c.is_ascii_alphanumeric() || "+-.".contains(c))
+            });
             let end = rest[pos..].find(ends_token).map_or(rest.len(), |i| pos + i);
             let before = &rest[..start];
             let masked = pairs(before);
@@ -138,10 +147,7 @@ fn pairs(s: &str) -> Cow<'_, str> {
             break;
         };
         // The key runs back from '=' to a delimiter.
-        let key_start = s[..eq]
-            .rfind(|c: char| c.is_whitespace() || "&?\"';,".contains(c))
-            .map_or(0, |p| p + 1)
-            .max(i);
+        let key_start = after_last(&s[..eq], |c| c.is_whitespace() || "&?\"';,".contains(c)).max(i);
         let key = &s[key_start..eq];
         let value_end = s[eq + 1..]
             .find(|c: char| ends_token(c) || c == '&' || c == '?')
@@ -238,6 +244,21 @@ mod tests {
         // base64 (the logs archive) carries no delimiters before '=': untouched.
         let b64 = "H4sIAAAAAAAAA+3BAQ0AAADCoPdPbQ8HFAAAAAAtokenAAAA==";
         assert!(matches!(text(b64), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn multibyte_chars_next_to_urls_and_keys() {
+        // A step name from the conductor once aborted the agent here: '«' is two bytes, and
+        // the scheme's start was taken one byte past it.
+        let t = text("unknown step «http://user:pw@example.invalid/x");
+        assert_eq!(t, "unknown step «http://user:***@example.invalid/x");
+        // A non-breaking space (two bytes, whitespace) before a secret key.
+        let t = text("args:\u{a0}token=abc other\u{a0}x=1");
+        assert_eq!(t, "args:\u{a0}token=*** other\u{a0}x=1");
+        // Wider characters on both sides of every delimiter.
+        let t = text("€😀http://a:b@h/😀 ü😀 password=😀x😀 😀=😀");
+        assert!(!t.contains(":b@"), "{t}");
+        assert!(t.contains("password=***"), "{t}");
     }
 
     #[test]

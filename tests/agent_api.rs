@@ -252,7 +252,7 @@ fn sync_commands_as_the_conductor_sends_them() {
     assert!(v["command_result"]["deploy_steps"]["GenericHardwareManager"].is_array());
     assert_eq!(
         v["command_result"]["hardware_manager_version"],
-        json!({"generic_hardware_manager": "1.3"})
+        json!({"generic_hardware_manager": "1.4"})
     );
     for (name, key) in [
         ("clean.get_clean_steps", "clean_steps"),
@@ -404,7 +404,7 @@ fn failures_history_and_lockdown() {
     let (_, v) = api.post(
         "clean.execute_clean_step",
         json!({"step": {"interface": "deploy", "step": "no_such_step"}, "node": node, "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
         true,
     );
     assert_eq!(v["command_status"], "FAILED");
@@ -651,4 +651,63 @@ fn command_list_follows_a_command_to_its_end() {
     for c in v["commands"].as_array().unwrap() {
         assert_result_shape(c);
     }
+}
+
+/// A conductor's string once aborted the agent (a step name with a two-byte character before
+/// `http://`); a command that panics (a bug) fails alone: the conductor sees the error, the
+/// agent serves and heartbeats on, and no secret of the text reaches the log or the result.
+#[test]
+fn panics_fail_one_command_and_the_agent_goes_on() {
+    let r = start();
+    let (ironic, agent, api) = (&r.ironic, &r.agent, &r.api);
+    let (_, v) = api.post(
+        "clean.execute_clean_step",
+        json!({"step": {"interface": "deploy", "step": "«http://user:pw0rd@example.invalid/x"},
+               "node": node(), "ports": [], "clean_version": {"generic_hardware_manager": "1.4"}}),
+        true,
+    );
+    assert_eq!(v["command_status"], "FAILED", "{v}");
+    assert_eq!(v["command_error"]["type"], "CleaningError", "{v}");
+    assert!(v.to_string().contains("«http://user:***@"), "{v}");
+
+    for name in ["test.panic", "test.panic_sync"] {
+        let (status, v) = api.post(
+            name,
+            json!({"message": "boom at https://u:s3cretpw@img.example/x?temp_url_sig=abc"}),
+            true,
+        );
+        assert_eq!(status, 200, "{name}: {v}");
+        assert_eq!(v["command_status"], "FAILED", "{name}: {v}");
+        let details = v["command_error"]["details"].as_str().unwrap();
+        assert!(
+            details.contains("internal error in the agent") && details.contains("boom at"),
+            "{name}: {details}"
+        );
+        assert!(!v.to_string().contains("s3cretpw"), "{name}: {v}");
+    }
+    // The agent is alive, serves, runs the next commands and still heartbeats.
+    let (_, v) = api.post("test.echo", json!({"x": 1}), true);
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+    let before = ironic.heartbeats().len();
+    let (_, v) = api.post("test.sleep", json!({"seconds": 0.1}), true);
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+    ironic.wait_heartbeats(before + 1, Duration::from_secs(20));
+    let (_, v) = api.get(&api.url("/v1/commands", ""));
+    let names: Vec<&str> = v["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["execute_clean_step", "panic", "panic_sync", "echo", "sleep"],
+        "{v}"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("internal error (panic)"), "{log}");
+    assert!(
+        !log.contains("s3cretpw") && !log.contains("pw0rd"),
+        "a secret reached the log:\n{log}"
+    );
 }

@@ -19,6 +19,26 @@ use common::loopdev::Loop;
 use common::*;
 use serde_json::{json, Value};
 
+/// A connection to `to` from the local address `from` (any 127/8 address works on lo).
+fn connect_from(from: &str, to: &str) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let c = s
+            .connect(to.parse().unwrap())
+            .await
+            .unwrap()
+            .into_std()
+            .unwrap();
+        c.set_nonblocking(false).unwrap();
+        c
+    })
+}
+
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent and
 /// how long it took to close.
 fn until_closed(s: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
@@ -82,9 +102,10 @@ fn slow_clients_idle_floods_and_bad_bodies() {
     assert!(resp.contains("faultstring"), "{resp}");
     crate::figure!("slow_body_408_after_ms {}", start.elapsed().as_millis());
 
-    // Hundreds of idle connections: a real request is still answered at once.
+    // Hundreds of idle connections (from 30 addresses: one address alone gets no more than its
+    // share, see the flood test): a real request is still answered at once.
     let idle: Vec<TcpStream> = (0..300)
-        .map(|_| TcpStream::connect(&addr).unwrap())
+        .map(|i| connect_from(&format!("127.0.1.{}", i % 30 + 1), &addr))
         .collect();
     let client = agent_client(None);
     let t = Instant::now();
@@ -168,6 +189,75 @@ fn slow_clients_idle_floods_and_bad_bodies() {
         .send()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
+}
+
+/// One client opening connections without end (here 1,100 idle ones from 127.0.0.2, past the
+/// ramdisk's descriptor limit of 1024) locks nobody out: the conductor (127.0.0.1) is answered
+/// at once, and the agent's own outgoing connections (its heartbeats) still work.
+#[test]
+fn a_connection_flood_from_one_address_leaves_the_conductor_served() {
+    let ironic = MockIronic::start(vec![], lookup_ok(&token(), 300));
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::spawn_launch(
+        &format!("ipa-api-url={}", ironic.url),
+        state.path(),
+        &[],
+        &Launch {
+            nofile: Some(1024),
+            ..Default::default()
+        },
+    );
+    let hb = ironic.wait_heartbeats(1, Duration::from_secs(20));
+    let ca = hb[0].body["agent_verify_ca"].as_str().unwrap().to_string();
+    let api = Api::over_tls(&agent, &ca);
+    let flood_script = r#"
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+held = []
+for _ in range(1100):
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    held.append(s)
+print("ready", len(held), flush=True)
+time.sleep(120)
+"#;
+    let mut flood = std::process::Command::new("python3")
+        .args(["-c", flood_script, &agent.port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready 1100", "the flood did not start");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (s, _) = api.get(&api.url("/v1/commands", ""));
+        assert_eq!(s, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    // A command finishing sends a heartbeat at once: the agent can still open connections.
+    let before = ironic.heartbeats().len();
+    let (_, v) = api.post("test.sleep", json!({"seconds": 0.1}), true);
+    assert_eq!(v["command_status"], "SUCCEEDED", "{v}");
+    ironic.wait_heartbeats(before + 1, Duration::from_secs(10));
+    let _ = flood.kill();
+    let _ = flood.wait();
+    crate::figure!("flood_1100_conductor_slowest_ms {}", slowest.as_millis());
+    assert!(
+        slowest < Duration::from_secs(2),
+        "the conductor waited {slowest:?} behind the flood"
+    );
+    assert!(
+        agent.log_text().contains("connections refused"),
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[test]

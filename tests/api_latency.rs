@@ -166,8 +166,11 @@ fn api_stays_fast_under_load_while_writing() {
             let u = api.url("/v1/commands/", "");
             hs.push(std::thread::spawn(move || {
                 let c = agent_client(Some(&ca));
-                assert_eq!(c.get(&u).send().unwrap().status().as_u16(), 200);
+                let first = c.get(&u).send().map(|r| r.status().as_u16());
+                // Past the barrier first: a failed connection must fail the test, not leave
+                // the others waiting for this thread for ever.
                 ready.wait();
+                assert_eq!(first.ok(), Some(200), "a poller's first request failed");
                 // Spread over the period, as independent clients are (not all at once).
                 std::thread::sleep(Duration::from_millis(i * period / 32));
                 while !stop.load(Ordering::Relaxed) {

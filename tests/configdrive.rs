@@ -32,8 +32,7 @@ fn sgdisk(args: &[&str], dev: &str) {
 
 #[test]
 fn config_drive_partitions() {
-    if !is_root() {
-        crate::figure!("SKIPPED: needs root for loop devices");
+    if !is_root() && common::skipped("needs root for loop devices") {
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -348,10 +348,24 @@ const CLASSES: &[&str] = &[
 ];
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={s:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// A run count from `name` (else `default`): fewer runs than fault classes would leave some
+/// class untried, and zero would pass without testing anything.
+fn runs_from(name: &str, default: u64) -> usize {
+    let runs = env_or(name, default) as usize;
+    assert!(
+        runs >= CLASSES.len(),
+        "{name}={runs}: the suite needs at least {} runs, one per fault class",
+        CLASSES.len()
+    );
+    runs
 }
 
 /// The image too large for the disk, and the image compressed three ways.
@@ -582,7 +596,7 @@ fn seeded_faults_never_corrupt_panic_or_hang() {
         return;
     }
     let seed = env_or("RIVET_FAULT_SEED", 0x5eed_2026);
-    let runs = env_or("RIVET_FAULT_RUNS", 216) as usize;
+    let runs = runs_from("RIVET_FAULT_RUNS", 216);
     let fx = fixture();
     let srv = ImageServer::start();
     let mut rng = Rng(seed | 1);
@@ -703,7 +717,7 @@ fn seeded_faults_through_the_agent_api() {
         return;
     }
     let seed = env_or("RIVET_FAULT_SEED", 0x0a9e_2026);
-    let runs = env_or("RIVET_FAULT_AGENT_RUNS", 2 * CLASSES.len() as u64) as usize;
+    let runs = runs_from("RIVET_FAULT_AGENT_RUNS", 2 * CLASSES.len() as u64);
     let fx = fixture();
     let srv = ImageServer::start();
     let disk = Loop::new(&fx.dir, "agent-disk.img", TARGET_MIB * MIB, 512);

@@ -92,7 +92,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info.clone(), "configdrive": configdrive}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
     );
     succeeded(&done);
     assert_eq!(done["command_result"]["deploy_step"]["step"], "write_image");
@@ -161,7 +161,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "clean.execute_clean_step",
         json!({"step": {"step": "erase_devices_metadata", "interface": "deploy", "priority": 99},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
     );
     succeeded(&done);
     let out = Command::new("blkid")
@@ -174,7 +174,7 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "clean.execute_clean_step",
         json!({"step": {"step": "erase_devices", "interface": "deploy", "priority": 10},
                "node": node(&disk.dev, json!({"driver_internal_info": {"agent_erase_devices_iterations": 1}})),
-               "ports": [], "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "ports": [], "clean_version": {"generic_hardware_manager": "1.4"}}),
     );
     succeeded(&done);
     assert_eq!(
@@ -182,6 +182,49 @@ fn whole_disk_qcow2_deploy_with_config_drive_then_cleaning() {
         "{done}"
     );
     assert!(std::fs::read(&disk.dev).unwrap().iter().all(|b| *b == 0));
+
+    // The image written last (`other`) again, after the erase (fast-track: a step failed,
+    // cleaning ran, the deploy is retried): written again, not "already present" on a blank
+    // disk; then once more with a new config drive: the image stays, the config drive is
+    // the new one.
+    let meta_at = |cd_start: u64| {
+        let iso = std::fs::read(&disk.dev).unwrap();
+        let iso = &iso[(cd_start * 512) as usize..];
+        String::from_utf8_lossy(&iso[..iso.len().min(1 << 20)]).into_owned()
+    };
+    let write_with = |meta: &str| {
+        let cd = config_drive_iso(d.path(), meta);
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, &std::fs::read(&cd).unwrap()).unwrap();
+        let done = run(
+            &api,
+            "deploy.execute_deploy_step",
+            json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
+                            "args": {"image_info": other.clone(),
+                                     "configdrive": base64_encode(&e.finish().unwrap())}},
+                   "node": node(&disk.dev, json!({})), "ports": [],
+                   "deploy_version": {"generic_hardware_manager": "1.4"}}),
+        );
+        succeeded(&done);
+        done["command_result"]["deploy_result"]["result"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let msg = write_with(r#"{"uuid": "n1", "rebuild": "second"}"#);
+    assert!(!msg.contains("already present"), "{msg}");
+    let disk_bytes = std::fs::read(&disk.dev).unwrap();
+    assert_eq!(&disk_bytes[MIB as usize..img.len()], &img[MIB as usize..]);
+    assert!(meta_at(cd_start).contains(r#""rebuild": "second""#));
+    let msg = write_with(r#"{"uuid": "n1", "rebuild": "third"}"#);
+    assert!(msg.contains("already present"), "{msg}");
+    let disk_bytes = std::fs::read(&disk.dev).unwrap();
+    assert_eq!(&disk_bytes[MIB as usize..img.len()], &img[MIB as usize..]);
+    let meta = meta_at(cd_start);
+    assert!(
+        meta.contains(r#""rebuild": "third""#) && !meta.contains("second"),
+        "the config drive was not written again"
+    );
 }
 
 #[test]
@@ -213,7 +256,7 @@ fn partition_image_uefi_deploy_and_bootloader() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
     );
     succeeded(&done);
     let (_, uuids) = api.post("standby.get_partition_uuids", json!({}), true);
@@ -264,7 +307,7 @@ fn partition_image_uefi_deploy_and_bootloader() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": big}},
                "node": node(&disk.dev, json!({})), "ports": [],
-               "clean_version": {"generic_hardware_manager": "1.3"}}),
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
     );
     assert_eq!(done["command_status"], "FAILED");
     let msg = done["command_error"]["details"]
@@ -374,7 +417,7 @@ fn deploy_step(api: &Api, dev: &str, step: &str, args: Value, node_extra: Value)
         "deploy.execute_deploy_step",
         json!({"step": {"step": step, "interface": "deploy", "priority": 80, "args": args},
                "node": node(dev, node_extra), "ports": [{"address": "52:54:00:12:34:56"}],
-               "deploy_version": {"generic_hardware_manager": "1.3"}}),
+               "deploy_version": {"generic_hardware_manager": "1.4"}}),
     )
 }
 
@@ -553,6 +596,13 @@ fn inject_files_refuses_bad_lists() {
     }
     let p = deploy_partition_image();
     let (api, disk) = (&p.api, &p.disk);
+    let digest = |dev: &Path| {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(dev).unwrap(), &mut h).unwrap();
+        hex::encode(h.finalize())
+    };
+    let before = digest(Path::new(&disk.dev));
     for (files, why) in [
         (json!([{"path": "/etc/../../x", "content": ""}]), "'..'"),
         (
@@ -571,6 +621,12 @@ fn inject_files_refuses_bad_lists() {
             json!([{"path": "/nosuchdir/x", "content": ""}]),
             "has a /nosuchdir",
         ),
+        // A good file before a bad one: nothing is written either.
+        (
+            json!([{"path": "/etc/ok", "content": "eA=="},
+                   {"path": "/nosuchdir/x", "content": ""}]),
+            "has a /nosuchdir",
+        ),
     ] {
         let done = deploy_step(
             api,
@@ -581,6 +637,11 @@ fn inject_files_refuses_bad_lists() {
         );
         let msg = error_details(&done);
         assert!(msg.contains(why), "{why}: {msg}");
+        assert_eq!(
+            digest(Path::new(&disk.dev)),
+            before,
+            "{why}: the refused step changed the disk"
+        );
     }
 }
 
@@ -658,17 +719,43 @@ fn burn_in_steps_run_the_real_tools() {
             "clean.execute_clean_step",
             json!({"step": {"step": name, "interface": "deploy", "priority": 0},
                    "node": node(&disk.dev, json!({"driver_info": driver_info})), "ports": [],
-                   "clean_version": {"generic_hardware_manager": "1.3"}}),
+                   "clean_version": {"generic_hardware_manager": "1.4"}}),
         )
     };
     let t = std::time::Instant::now();
+    let leftovers = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .chain(std::fs::read_dir(std::env::temp_dir()).unwrap())
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("verify.state") || n.starts_with("rivet-fio-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = leftovers();
+    let state = d.path().join("state");
     let done = step(
         "burnin_disk",
-        json!({"agent_burnin_fio_disk_runtime": 2, "agent_burnin_fio_disk_loops": "1"}),
+        // IPA's form of the key (a path anywhere): the report goes to the agent's own burn-in
+        // directory under that name, never to /var/log.
+        json!({"agent_burnin_fio_disk_runtime": 2, "agent_burnin_fio_disk_loops": "1",
+               "agent_burnin_fio_disk_outputfile": "/var/log/rivet-test-fio-report.json"}),
     );
     succeeded(&done);
     let r = &done["command_result"]["clean_result"];
     assert_eq!(r["tool"], "fio", "{done}");
+    let report = state.join("burnin/rivet-test-fio-report.json");
+    assert_eq!(r["log_file"], report.display().to_string(), "{r}");
+    let full: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(full["jobs"].is_array(), "fio's JSON report: {full}");
+    assert!(!Path::new("/var/log/rivet-test-fio-report.json").exists());
+    assert_eq!(
+        leftovers(),
+        before,
+        "fio left files where it ran (the agent's working directory or a scratch directory)"
+    );
     assert_eq!(
         r["disks"][0]["device"],
         disk.dev.as_str(),
@@ -696,6 +783,29 @@ fn burn_in_steps_run_the_real_tools() {
         r["metrics"].to_string().contains("cpu"),
         "stress-ng's metrics: {r}"
     );
+    // A report name that is a link (here to the agent's session file) is refused, not
+    // followed; a name that is no file name is refused before anything runs.
+    let victim = state.join("session.json");
+    let victim_before = std::fs::read(&victim).ok();
+    std::os::unix::fs::symlink(&victim, state.join("burnin/cpu.log")).unwrap();
+    let done = step(
+        "burnin_cpu",
+        json!({"agent_burnin_cpu_timeout": 1, "agent_burnin_cpu_cpu": 1,
+               "agent_burnin_cpu_outputfile": "cpu.log"}),
+    );
+    assert_eq!(done["command_status"], "FAILED", "{done}");
+    assert!(error_details(&done).contains("cpu.log"), "{done}");
+    assert_eq!(std::fs::read(&victim).ok(), victim_before);
+    for bad in ["/var/log/", "..", "a b", "x/.."] {
+        let done = step(
+            "burnin_cpu",
+            json!({"agent_burnin_cpu_timeout": 1, "agent_burnin_cpu_outputfile": bad}),
+        );
+        assert_eq!(
+            done["command_error"]["type"], "InvalidCommandParamsError",
+            "{bad}: {done}"
+        );
+    }
 
     let done = step(
         "burnin_disk",
@@ -750,4 +860,62 @@ fn the_readme_custom_step_example_is_the_tested_one() {
         code(&block("sh")),
         code(&std::fs::read_to_string(fixtures.join("write-marker.sh")).unwrap())
     );
+}
+
+/// A 4Kn disk with an msdos table: the table counts 4096-byte sectors, so the file systems of
+/// its partitions sit where those sectors say; erase_devices_metadata must wipe them there
+/// (read as 512-byte sectors, the wipe hit the wrong ranges and the signatures survived).
+#[test]
+fn metadata_erase_on_a_4kn_disk_with_an_msdos_table() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let disk = Loop::new(d.path(), "4k.img", 64 * MIB, 4096);
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", &disk.dev])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        sfdisk.stdin.as_mut().unwrap(),
+        b"label: dos\nstart=256, size=4096, type=83\nstart=4352, size=4096, type=83\n",
+    )
+    .unwrap();
+    drop(sfdisk.stdin.take());
+    assert!(sfdisk.wait().unwrap().success());
+    let starts = [256 * 4096u64, 4352 * 4096];
+    for at in starts {
+        assert!(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", &format!("offset={at}"), &disk.dev, "16M"])
+            .status()
+            .unwrap()
+            .success());
+        assert!(
+            blkid_at(&disk.dev, at).contains("TYPE=ext4"),
+            "no ext4 at {at}"
+        );
+    }
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+    let done = run(
+        &api,
+        "clean.execute_clean_step",
+        json!({"step": {"step": "erase_devices_metadata", "interface": "deploy", "priority": 99},
+               "node": node(&disk.dev, json!({})), "ports": [],
+               "clean_version": {"generic_hardware_manager": "1.4"}}),
+    );
+    succeeded(&done);
+    for at in starts {
+        let left = blkid_at(&disk.dev, at);
+        assert!(
+            left.trim().is_empty(),
+            "a signature survived at {at}: {left}"
+        );
+    }
+    let out = Command::new("blkid")
+        .args(["-p", &disk.dev])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "blkid still finds a table");
 }

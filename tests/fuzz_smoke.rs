@@ -1,13 +1,16 @@
 //! The fuzz targets' bodies (fuzz/bodies.rs) run briefly under `cargo test`, on the stable
 //! toolchain: seeded random mutations (bit flips, interesting integers at aligned offsets,
-//! truncations, splices) of a seed corpus, without libFuzzer's coverage guidance. This keeps
-//! the bodies honest for anyone running `cargo test` alone; the test command also runs the real
-//! thing (`scripts/fuzz.sh`, libFuzzer). Every input a libFuzzer run ever crashed on is kept
-//! under fuzz/regressions/TARGET/ and replayed here first. Prints executions per target.
+//! truncations, splices) of a seed corpus, without libFuzzer's coverage guidance. This is the
+//! fuzzing the test command does; libFuzzer itself (coverage-guided, nightly, a build of
+//! several minutes) is `scripts/fuzz.sh`, run apart. Every input a libFuzzer run ever crashed
+//! on is kept under fuzz/regressions/TARGET/ and replayed here first. Every target runs (a
+//! missing seed tool fails the test in CI), and each must get through at least MIN_MUTATED
+//! mutated inputs; executions are printed per target.
 #![allow(clippy::unwrap_used)]
 
 #[path = "../fuzz/bodies.rs"]
 mod bodies;
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -110,17 +113,66 @@ fn qcow2_seeds() -> Vec<Vec<u8>> {
         "compression_type=zstd",
     ] {
         let q = d.path().join("q");
-        let ok = Command::new("qemu-img")
+        match Command::new("qemu-img")
             .args(["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", o])
             .arg(&raw)
             .arg(&q)
             .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            out.push(std::fs::read(&q).unwrap());
+        {
+            Ok(s) => {
+                assert!(s.success(), "qemu-img convert -o {o} failed: {s}");
+                out.push(std::fs::read(&q).unwrap());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                common::skipped("qemu-img is not installed: no qcow2 seeds");
+                return Vec::new();
+            }
+            Err(e) => panic!("cannot run qemu-img: {e}"),
         }
     }
     out
+}
+
+/// A small config-drive ISO (selector 0) and a small FAT file system with an EFI tree
+/// (selector 1), made with the tools operators use.
+fn fs_seeds() -> Vec<Vec<u8>> {
+    let d = tempfile::tempdir().unwrap();
+    let tree = d.path().join("cd/openstack/latest");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("meta_data.json"), r#"{"uuid": "n1"}"#).unwrap();
+    let iso = d.path().join("cd.iso");
+    let fat = d.path().join("esp.img");
+    std::fs::File::create(&fat)
+        .unwrap()
+        .set_len(256 << 10)
+        .unwrap();
+    let img = fat.display().to_string();
+    let mut steps = [
+        Command::new("genisoimage"),
+        Command::new("mkfs.fat"),
+        Command::new("mmd"),
+    ];
+    steps[0]
+        .args(["-quiet", "-r", "-V", "config-2", "-o"])
+        .arg(&iso)
+        .arg(d.path().join("cd"));
+    steps[1].args(["-s", "1"]).arg(&fat);
+    steps[2].args(["-i", &img, "::/EFI", "::/EFI/BOOT"]);
+    for c in &mut steps {
+        let tool = c.get_program().to_string_lossy().into_owned();
+        match c.stdout(std::process::Stdio::null()).status() {
+            Ok(s) => assert!(s.success(), "{tool} failed: {s}"),
+            Err(_) => {
+                common::skipped(&format!("{tool} is not installed: no file-system seeds"));
+                return Vec::new();
+            }
+        }
+    }
+    let mut a = vec![0u8];
+    a.extend(std::fs::read(&iso).unwrap());
+    let mut b = vec![1u8];
+    b.extend(std::fs::read(&fat).unwrap());
+    vec![a, b]
 }
 
 fn regressions(target: &str) -> Vec<Vec<u8>> {
@@ -138,7 +190,16 @@ fn regressions(target: &str) -> Vec<Vec<u8>> {
     v
 }
 
+/// Mutated inputs every target must get through in its budget: far below what a debug build
+/// does in a second, far above nothing (a target that stopped running shows up here).
+const MIN_MUTATED: usize = 50;
+
+/// Targets run so far.
+static TARGETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn run(target: &str, body: fn(&[u8]), seeds: Vec<Vec<u8>>, budget: Duration) -> usize {
+    assert!(!seeds.is_empty(), "{target}: no seeds");
+    TARGETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut execs = 0;
     for input in regressions(target).iter().chain(seeds.iter()) {
         body(input);
@@ -146,7 +207,8 @@ fn run(target: &str, body: fn(&[u8]), seeds: Vec<Vec<u8>>, budget: Duration) -> 
     }
     let mut rng = Rng(0x5eed ^ target.len() as u64 ^ (execs as u64) << 32 | 1);
     let start = Instant::now();
-    while start.elapsed() < budget {
+    let mut mutated = 0;
+    while start.elapsed() < budget || mutated < MIN_MUTATED {
         let input = mutate(&mut rng, &seeds);
         let r = std::panic::catch_unwind(|| body(&input));
         if r.is_err() {
@@ -158,6 +220,7 @@ fn run(target: &str, body: fn(&[u8]), seeds: Vec<Vec<u8>>, budget: Duration) -> 
             );
         }
         execs += 1;
+        mutated += 1;
     }
     figure(&format!("fuzz_smoke {target} executions {execs}"));
     execs
@@ -250,7 +313,79 @@ fn fuzz_bodies_survive_a_bounded_mutation_run() {
         ]),
         b,
     );
-    figure(&format!("fuzz_smoke total_executions {total} crashes 0"));
+    total += run(
+        "redact",
+        bodies::redact,
+        text(&[
+            "unknown step «http://user:pw@example.invalid/x",
+            "args:\u{a0}token=abc GET https://u:p@h/x?temp_url_sig=0123&a=b failed (https://h/y)",
+            r#"{"image_server_password": "pw", "urls": ["https://u:p@h/i"], "n": [1, "ipa-agent-token=t"]}"#,
+            "BOOT_IMAGE=/vmlinuz ipa-agent-token=secret ipa-api-url=https://[fd00::1]:6385 €😀",
+        ]),
+        b,
+    );
+    total += run(
+        "url_template",
+        bodies::url_template,
+        text(&[
+            "http://h/{node[uuid]}/{ports[0][address]}?b={node[properties][cpus]}&{{x}}",
+            "{node[properties][«][0]}{node[extra][big]}{node}",
+            "http://h/{ports[1][address]}/{node[nope]}",
+        ]),
+        b,
+    );
+    total += run(
+        "tool_output",
+        bodies::tool_output,
+        text(&[
+            "\u{0}BootCurrent: 0001\nBoot0001* debian\tHD(1,GPT,0a1b,0x800,0x100000)/File(\\EFI\\debian\\shimx64.efi)\nBoot0002* UEFI PXE\tPciRoot(0x0)/Pci(0x3,0x0)/MAC(525400123456,1)\n",
+            "\u{1}IP Address Source       : Static Address\nIP Address              : 10.0.0.5\nMAC Address             : 52:54:00:aa:bb:cc\nIPv6 Static Address 0:\n    Address: fd00::5/64\n",
+            "\u{2}MD_LEVEL=raid1\nMD_DEVICES=2\nMD_NAME=host:root\nMD_UUID=1:2:3:4\n",
+            "\u{3}processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\ncpu MHz\t\t: 2100.000\nflags\t\t: fpu vme sse2\nphysical id\t: 0\n",
+            "\u{4}{\"jobs\": [{\"jobname\": \"/dev/sda\", \"error\": 0, \"read\": {\"io_bytes\": 1, \"bw\": 2}, \"write\": {\"io_bytes\": 3, \"bw\": 4}}]}",
+            "\u{5}{\"error_message\": \"{\\\"faultstring\\\": \\\"Node x is locked\\\"}\"}",
+            "\u{6}1.84",
+        ]),
+        b,
+    );
+    let mut lldp = vec![0u8];
+    lldp.extend(hex_fixture("lldp-switch-frame.hex"));
+    let mut smbios = vec![1u8];
+    smbios.extend(std::fs::read(fixture("smbios.bin")).unwrap());
+    total += run(
+        "frames_and_tables",
+        bodies::frames_and_tables,
+        vec![lldp, smbios],
+        b,
+    );
+    let walks = fs_seeds();
+    if !walks.is_empty() {
+        total += run("fs_walks", bodies::fs_walks, walks, b);
+    }
+    let targets = TARGETS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        total >= targets * MIN_MUTATED,
+        "{total} executions over {targets} targets"
+    );
+    figure(&format!(
+        "fuzz_smoke targets {targets} total_executions {total} crashes 0"
+    ));
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn hex_fixture(name: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(fixture(name)).unwrap();
+    let digits: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.chars().filter(char::is_ascii_hexdigit))
+        .collect();
+    hex::decode(digits).unwrap()
 }
 
 /// Print past the harness's output capture, so the test command's log shows the figures.

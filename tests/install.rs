@@ -268,8 +268,8 @@ fn a_disk_with_a_mounted_filesystem_is_refused() {
         .status()
         .unwrap()
         .success()
+        && common::skipped("cannot mount ext4 here")
     {
-        crate::figure!("SKIPPED: cannot mount ext4 here");
         return;
     }
     let o = install(&url, &sha256(&img), &disk.dev, &[]);

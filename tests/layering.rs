@@ -9,7 +9,15 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first; a module may use only lower layers (and itself).
 const LAYERS: &[&[&str]] = &[
-    &["error", "redact", "fsread", "state", "timeline"],
+    &[
+        "error",
+        "redact",
+        "fsread",
+        "state",
+        "timeline",
+        "test_support",
+    ],
+    &["panics"],
     &["config"],
     &["logging", "tls"],
     &["system", "conductor"],

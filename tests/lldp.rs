@@ -43,7 +43,7 @@ impl Netns {
     fn new(tag: &str) -> Option<Netns> {
         let name = format!("rivet-{tag}-{}", std::process::id());
         if !ip(&["netns", "add", &name]) {
-            figure!("SKIP: cannot create a network namespace (needs root and iproute2)");
+            common::skipped("cannot create a network namespace (needs root and iproute2)");
             return None;
         }
         let ns = Netns {

@@ -39,8 +39,7 @@ fn choose(hints: &str, dev_disk: &Path) -> (bool, Value, String) {
 
 #[test]
 fn root_device_on_loop_devices() {
-    if !is_root() {
-        crate::figure!("SKIPPED: needs root for loop devices");
+    if !is_root() && common::skipped("needs root for loop devices") {
         return;
     }
     let d = tempfile::tempdir().unwrap();

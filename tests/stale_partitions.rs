@@ -89,7 +89,7 @@ fn a_stale_layout_held_open_is_not_trusted() {
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info}},
                "node": {"uuid": NODE, "properties": {"root_device": {"name": disk.dev}}},
-               "ports": [], "deploy_version": {"generic_hardware_manager": "1.3"}}),
+               "ports": [], "deploy_version": {"generic_hardware_manager": "1.4"}}),
         false,
     );
     assert_eq!(s, 200, "{v}");

@@ -242,7 +242,7 @@ fn an_endless_injected_file_is_cut_off_and_the_agent_stays_small() {
                         "args": {"files": [{"path": "/etc/big", "partition": 1,
                                             "content": format!("{}/big", endless.url)}]}},
                "node": {"uuid": NODE, "properties": {"root_device": {"name": disk.dev}}},
-               "ports": [], "deploy_version": {"generic_hardware_manager": "1.3"}}),
+               "ports": [], "deploy_version": {"generic_hardware_manager": "1.4"}}),
         false,
     );
     assert_eq!(s, 200, "{v}");
@@ -281,7 +281,7 @@ fn deploy_partition(
         json!({"step": {"step": "write_image", "interface": "deploy", "priority": 80,
                         "args": {"image_info": info}},
                "node": {"uuid": NODE, "properties": {"root_device": {"name": dev}}},
-               "ports": [], "deploy_version": {"generic_hardware_manager": "1.3"}}),
+               "ports": [], "deploy_version": {"generic_hardware_manager": "1.4"}}),
         false,
     );
     assert_eq!(s, 200, "{v}");
@@ -452,7 +452,7 @@ fn secrets_never_leave_the_agent() {
                         "args": {"image_info": info, "configdrive": secrets[4]}},
                "node": {"uuid": NODE, "properties": {"root_device": {"name": disk.dev}},
                         "instance_info": {"image_server_password": "PW-SECRET-3", "configdrive": secrets[4]}},
-               "ports": [], "deploy_version": {"generic_hardware_manager": "1.3"}}),
+               "ports": [], "deploy_version": {"generic_hardware_manager": "1.4"}}),
         false,
     );
     assert_eq!(s, 200, "{v}");

@@ -1,5 +1,8 @@
 # Shell helpers for driving a standalone Ironic (see run-ironic.sh) from tests and demos.
 # Source it; it needs curl and the Ironic venv's python (for JSON).
+# Command substitutions keep `set -e` (NODE=$(enroll …) fails where the enrolment failed, not
+# later under another message).
+shopt -s inherit_errexit
 API="${API:-http://127.0.0.1:6385}"
 IMG="${IMG:-http://127.0.0.1:8089}"
 VENV="${VENV:-$HOME/.cache/rivet-ironic/venv}"
@@ -7,13 +10,16 @@ PY="${PY:-$VENV/bin/python}"
 STATE="${STATE:-${TMPDIR:-/tmp}/rivet-ironic-state}"
 IRONIC_H=(-H 'Content-Type: application/json' -H 'X-OpenStack-Ironic-API-Version: 1.115')
 
-api() { # METHOD PATH [JSON]
-  local m=$1 p=$2 d=${3:-}
-  if [[ -n "$d" ]]; then
-    curl -sS -X "$m" "${IRONIC_H[@]}" "$API$p" -d "$d"
-  else
-    curl -sS -X "$m" "${IRONIC_H[@]}" "$API$p"
+api() { # METHOD PATH [JSON]: the answer on stdout; a 4xx/5xx answer fails, with its body on stderr
+  local m=$1 p=$2 d=${3:-} out rc=0
+  local args=(-sS --fail-with-body -X "$m" "${IRONIC_H[@]}" "$API$p")
+  [[ -n "$d" ]] && args+=(-d "$d")
+  out=$(curl "${args[@]}") || rc=$?
+  if ((rc)); then
+    echo "Ironic API: $m $p failed (curl exit $rc): $out" >&2
+    return "$rc"
   fi
+  printf '%s\n' "$out"
 }
 
 # field EXPR: read JSON on stdin, print d<EXPR> (e.g. "['provision_state']")
@@ -45,10 +51,11 @@ enroll() {
       \"boot_interface\": \"fake\", \"deploy_interface\": \"direct\", \"power_interface\": \"fake\",
       \"management_interface\": \"fake\", \"network_interface\": \"noop\",
       \"properties\": {\"cpu_arch\": \"x86_64\", \"local_gb\": 10, \"memory_mb\": 4096, \"cpus\": 2,
-                       \"vendor\": \"lenovo\"}}" | field "['uuid']")
-  api POST /v1/ports "{\"node_uuid\": \"$uuid\", \"address\": \"$mac\"}" >/dev/null
-  api PUT "/v1/nodes/$uuid/states/provision" '{"target": "manage"}' >/dev/null
-  wait_state "$uuid" manageable 60 >&2
+                       \"vendor\": \"lenovo\"}}" | field "['uuid']") || return 1
+  [[ -n "$uuid" ]] || { echo "enroll $name: no node UUID" >&2; return 1; }
+  api POST /v1/ports "{\"node_uuid\": \"$uuid\", \"address\": \"$mac\"}" >/dev/null || return 1
+  api PUT "/v1/nodes/$uuid/states/provision" '{"target": "manage"}' >/dev/null || return 1
+  wait_state "$uuid" manageable 60 >&2 || return 1
   echo "$uuid"
 }
 
@@ -56,10 +63,10 @@ enroll() {
 # 'available' (without automated cleaning).
 enroll_available() {
   local uuid
-  uuid=$(enroll "$1" "$2")
-  api PATCH "/v1/nodes/$uuid" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": $3}]" >/dev/null
-  api PUT "/v1/nodes/$uuid/states/provision" '{"target": "provide"}' >/dev/null
-  wait_state "$uuid" available 60 >&2
+  uuid=$(enroll "$1" "$2") || return 1
+  api PATCH "/v1/nodes/$uuid" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": $3}]" >/dev/null || return 1
+  api PUT "/v1/nodes/$uuid/states/provision" '{"target": "provide"}' >/dev/null || return 1
+  wait_state "$uuid" available 60 >&2 || return 1
   echo "$uuid"
 }
 

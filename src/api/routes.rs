@@ -35,7 +35,7 @@ impl ApiState {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 fn json_response(status: u16, body: &Value) -> Resp {
     bytes_response(
@@ -53,7 +53,7 @@ fn bytes_response(status: u16, bytes: Vec<u8>) -> Resp {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn error_response(e: &ApiError) -> Resp {
+pub(super) fn error_response(e: &ApiError) -> Resp {
     json_response(e.status, &e.body())
 }
 

@@ -49,6 +49,21 @@ fn text(info: &Value, key: &str) -> Result<Option<String>, CommandError> {
     }
 }
 
+/// The report file `driver_info[key]` asks for, inside `<state dir>/burnin` (see
+/// `burnin::log_path`).
+fn log_file(
+    ctx: &Context,
+    info: &Value,
+    key: &str,
+) -> Result<Option<std::path::PathBuf>, CommandError> {
+    text(info, key)?
+        .map(|v| {
+            burnin::log_path(&ctx.config.state_dir.join("burnin"), &v)
+                .map_err(|e| bad(format!("driver_info {key}: {e}")))
+        })
+        .transpose()
+}
+
 /// stress-ng's `--vm-bytes`: a percentage or a size with an optional unit.
 fn vm_bytes(s: &str) -> bool {
     let digits = s.trim_end_matches(['%', 'b', 'B', 'k', 'K', 'm', 'M', 'g', 'G', 't', 'T']);
@@ -84,7 +99,7 @@ fn stress(ctx: &Context, stressor: &'static str) -> Result<Option<Value>, Comman
         } else {
             None
         },
-        log_file: text(info, &format!("agent_burnin_{stressor}_outputfile"))?,
+        log_file: log_file(ctx, info, &format!("agent_burnin_{stressor}_outputfile"))?,
     };
     burnin::stress(&s).map(Some).map_err(run_err)
 }
@@ -126,7 +141,7 @@ pub fn burnin_disk(
             CommandError::new(ErrorKind::CommandExecution, format!("burnin_disk: {e}"))
         })?;
     }
-    let log = text(info, "agent_burnin_fio_disk_outputfile")?;
+    let log = log_file(ctx, info, "agent_burnin_fio_disk_outputfile")?;
     burnin::fio_disk(&f, log.as_deref())
         .map(Some)
         .map_err(run_err)

@@ -65,6 +65,15 @@ pub enum SystemEvent {
     Rescue,
 }
 
+/// Where the last image went.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub device: std::path::PathBuf,
+    /// The image's id, as long as the disk holds exactly what was written (cleared by anything
+    /// else that may change it, and before every write).
+    pub image: Option<String>,
+}
+
 /// State shared by all commands of this agent process.
 pub struct Context {
     pub config: Config,
@@ -76,8 +85,9 @@ pub struct Context {
     pub partition_uuids: Mutex<Value>,
     pub events: mpsc::UnboundedSender<SystemEvent>,
     pub started_at: f64,
-    /// The disk the last image was written to, and that image's id (IPA's cache-by-id rule).
-    pub deployed: Mutex<Option<(std::path::PathBuf, String)>>,
+    /// The disk the last image was written to, and that image's id while nothing else has
+    /// changed the disk (IPA's cache-by-id rule).
+    pub deployed: Mutex<Option<Written>>,
     /// Progress of the image transfer in flight, for the running command and heartbeats.
     pub progress: Mutex<Option<std::sync::Arc<crate::image::progress::Progress>>>,
     /// LLDP heard at inspection (`ipa-collect-lldp`): later inventories report it instead of
@@ -110,31 +120,36 @@ impl Context {
 
     pub fn set_node(&self, node: &Value) {
         if node.is_object() {
-            if let Ok(mut n) = self.node.lock() {
-                *n = Some(node.clone());
-            }
+            *crate::panics::lock(&self.node) = Some(node.clone());
         }
     }
 
     pub fn set_ports(&self, ports: &Value) {
         if ports.is_array() {
-            if let Ok(mut p) = self.ports.lock() {
-                *p = ports.clone();
-            }
+            *crate::panics::lock(&self.ports) = ports.clone();
         }
     }
 
     pub fn ports_value(&self) -> Value {
-        self.ports
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or(Value::Array(Vec::new()))
+        crate::panics::lock(&self.ports).clone()
+    }
+
+    /// Forget which image is on the disk (IPA's cache rule: the same image id again is
+    /// already there): `why` changed, or may have changed, the disk. Which disk the image went
+    /// to is kept (install_bootloader, inject_files work on it).
+    pub fn forget_written(&self, why: &str) {
+        let mut d = crate::panics::lock(&self.deployed);
+        if let Some(w) = d.as_mut() {
+            if let Some(id) = w.image.take() {
+                tracing::info!(device = %w.device.display(), image = %id, by = why, "the disk may have changed: the image written before no longer counts as present");
+            }
+        }
     }
 
     /// The disk the last image went to, else the one the root device hints choose.
     pub fn target_disk(&self) -> Result<std::path::PathBuf, CommandError> {
-        if let Some((dev, _)) = self.deployed.lock().ok().and_then(|d| d.clone()) {
-            return Ok(dev);
+        if let Some(w) = crate::panics::lock(&self.deployed).clone() {
+            return Ok(w.device);
         }
         self.root_disk(self.config.strict_root_device)
             .map(|d| std::path::PathBuf::from(d.name))
@@ -142,10 +157,8 @@ impl Context {
 
     /// The node as last seen, or `null`.
     pub fn node_value(&self) -> Value {
-        self.node
-            .lock()
-            .ok()
-            .and_then(|n| n.clone())
+        crate::panics::lock(&self.node)
+            .clone()
             .unwrap_or(Value::Null)
     }
 
@@ -154,7 +167,7 @@ impl Context {
         use crate::hardware::{disks, root_device};
         let found = disks::discover(&disks::Sources::default(), self.config.allow_loop_devices);
         let node = self.node_value();
-        if let Some(md) = raid_root(&node, &found) {
+        if let Some(md) = raid_root(&node, &found)? {
             tracing::info!(device = %md.name, "root device: the software RAID root volume");
             return Ok(md);
         }
@@ -282,21 +295,31 @@ static COMMANDS: &[Spec] = &[
     sync("rescue", "finalize_rescue", rescue::finalize_rescue),
     asynchronous(TEST_EXTENSION, "sleep", testing::sleep),
     asynchronous(TEST_EXTENSION, "fail", testing::fail),
+    asynchronous(TEST_EXTENSION, "panic", testing::panic),
+    sync(TEST_EXTENSION, "panic_sync", testing::panic),
     sync(TEST_EXTENSION, "echo", testing::echo),
 ];
 
 /// With software RAID, the deploy goes onto an md array: the one the node's RAID
 /// configuration marks `is_root_volume` (found by its volume name), else, when no root device
-/// hints are given, the smallest array. `None` without arrays (or with hints and no root
+/// hints are given, the smallest array. Only for a node with a software RAID configuration:
+/// any other array is a previous tenant's (assembled at start-up from what the disks carry)
+/// and is never a root. The array chosen passes the checks any disk does (read-only,
+/// `skip_block_devices`, the minimum size): refused, it is an error, not a fall-back to a
+/// plain disk. `None` without a RAID configuration or arrays (or with hints and no root
 /// volume): the ordinary choice applies.
 fn raid_root(
     node: &Value,
     found: &[crate::hardware::disks::Disk],
-) -> Option<crate::hardware::disks::Disk> {
+) -> Result<Option<crate::hardware::disks::Disk>, CommandError> {
+    use crate::hardware::root_device;
+    if !root_device::has_software_raid(node) {
+        return Ok(None);
+    }
     let arrays: Vec<&crate::hardware::disks::Disk> =
         found.iter().filter(|d| d.kind == "raid").collect();
     if arrays.is_empty() {
-        return None;
+        return Ok(None);
     }
     let named = crate::disk::md::arrays(std::path::Path::new("/sys/block"));
     let name_of = |d: &crate::hardware::disks::Disk| {
@@ -318,22 +341,34 @@ fn raid_root(
             .and_then(Value::as_str)
             .map(str::to_string)
     });
-    if let Some(name) = root_name {
-        return arrays
+    let (hints, skip) = root_device::node_hints(node);
+    let chosen = if let Some(name) = root_name {
+        arrays
             .into_iter()
             .find(|d| name_of(d).as_deref() == Some(name.as_str()))
-            .cloned();
-    }
-    let (hints, _) = crate::hardware::root_device::node_hints(node);
-    if hints.is_some() {
-        return None;
-    }
-    // The ESP mirror is never a root.
-    arrays
-        .into_iter()
-        .filter(|d| name_of(d).as_deref() != Some("esp"))
-        .min_by_key(|d| d.size)
-        .cloned()
+            .cloned()
+    } else if hints.is_some() {
+        return Ok(None);
+    } else {
+        // The ESP mirror is never a root.
+        arrays
+            .into_iter()
+            .filter(|d| name_of(d).as_deref() != Some("esp"))
+            .min_by_key(|d| d.size)
+            .cloned()
+    };
+    let Some(md) = chosen else { return Ok(None) };
+    root_device::choose(std::slice::from_ref(&md), None, skip.as_ref(), false)
+        .map(|d| Some(d.device))
+        .map_err(|e| {
+            CommandError::new(
+                ErrorKind::DeviceNotFound,
+                format!(
+                    "the software RAID root volume {} cannot be used: {e}",
+                    md.name
+                ),
+            )
+        })
 }
 
 /// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).
@@ -354,10 +389,11 @@ pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spe
 
 /// The disks cleaning erases and burns in (IPA's list: writable disks not in
 /// skip_block_devices), less what must survive a cleaning: removable media and virtual media
-/// (unless the root device hints name them), the members of an md array (the array is erased
-/// through the md device, which reaches every member and keeps the array), and the arrays
-/// `skip_block_devices` keeps by volume name with the ESP mirror beside them (see
-/// `deploy::raid::Disposition`). With --simulate-power (tests) only the node's root device,
+/// (unless the root device hints name them), and the arrays `skip_block_devices` keeps by
+/// volume name with the ESP mirror beside them (see `deploy::raid::Disposition`). Every other
+/// array is stopped first (`deploy::raid::release_for_erase`) so its member disks are erased
+/// whole; an array that shares a disk with a kept one stays and is erased through its md
+/// device, its members left to it. With --simulate-power (tests) only the node's root device,
 /// and it must be a loop device.
 pub(crate) fn erase_targets(
     ctx: &Context,
@@ -372,6 +408,8 @@ pub(crate) fn erase_targets(
         let node = ctx.node_value();
         let (hints, skip) = root_device::node_hints(&node);
         let volumes = crate::deploy::raid::skipped_volumes(&node);
+        crate::deploy::raid::release_for_erase(std::path::Path::new("/sys/block"), &volumes)
+            .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.to_string()))?;
         let kept_arrays: Vec<String> = if volumes.is_empty() {
             Vec::new()
         } else {

@@ -1,18 +1,12 @@
 //! `standby.*`: partition UUIDs of the written image, sync, and the power actions.
 
-use serde_json::Value;
-
 use super::{no_args, Context, Outcome, Params, SystemEvent};
 use crate::error::CommandError;
 use crate::system::power;
 
 pub fn get_partition_uuids(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     no_args(&params)?;
-    let v = ctx
-        .partition_uuids
-        .lock()
-        .map(|v| v.clone())
-        .unwrap_or(Value::Object(Default::default()));
+    let v = crate::panics::lock(&ctx.partition_uuids).clone();
     Ok(Outcome::Json(v))
 }
 

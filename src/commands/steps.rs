@@ -108,6 +108,17 @@ const fn step(
     }
 }
 
+/// The steps that change nothing on the disks (or, `write_image`, keep track of what they
+/// write themselves): every other one ends IPA's cache rule (see `Context::forget_written`).
+const LEAVE_THE_IMAGE: &[&str] = &[
+    "write_image",
+    "clean_uefi_nvram",
+    "erase_pstore",
+    "burnin_cpu",
+    "burnin_memory",
+    "burnin_network",
+];
+
 /// Every step, as the conductor sees them, in the order they are listed.
 static STEPS: &[StepDef] = &[
     step(
@@ -186,6 +197,17 @@ static STEPS: &[StepDef] = &[
         false,
         super::write_image::write_image_step,
     ),
+    // IPA 13 lists it as a service step too (files into an active node's image), with the
+    // same priority option.
+    StepDef {
+        kind: Kind::Service,
+        name: "inject_files",
+        interface: "deploy",
+        priority: Priority::Configured(|ctx| ctx.config.inject_files_priority),
+        abortable: false,
+        argsinfo: Some(inject_files_argsinfo),
+        run: super::inject_files::inject_files_step,
+    },
     raid_step(
         Kind::Service,
         "apply_configuration",
@@ -616,6 +638,12 @@ fn execute(ctx: &Context, mut params: Params, kind: Kind) -> Result<Outcome, Com
         .cloned()
         .unwrap_or_default();
     step_args.extend(params);
+    if !LEAVE_THE_IMAGE.contains(&name) || custom_def.is_some() && def.is_none() {
+        // IPA's cache rule (the same image id again is already on the disk) holds only while
+        // nothing else has changed the disk: any other step may have (an erase, a RAID
+        // layout, a custom step with the disk in RIVET_DEVICE, files injected).
+        ctx.forget_written(name);
+    }
     let result = match (def, custom_def) {
         (Some(def), _) => (def.run)(ctx, &step_args),
         (None, Some(c)) => run_custom(ctx, c, kind, &step_args),
@@ -665,7 +693,7 @@ mod tests {
             assert!(v[key][MANAGER_CLASS].is_array(), "{v}");
             assert_eq!(
                 v["hardware_manager_version"],
-                json!({"generic_hardware_manager": "1.3"})
+                json!({"generic_hardware_manager": "1.4"})
             );
             for s in v[key][MANAGER_CLASS].as_array().unwrap() {
                 assert!(
@@ -673,6 +701,24 @@ mod tests {
                 );
             }
         }
+        // IPA 13's service steps: inject_files and write_image among them, never burnin_disk
+        // (an active node's disks are the tenant's).
+        let v = step_list(&c, Kind::Service);
+        let names: Vec<&str> = v["service_steps"][MANAGER_CLASS]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["step"].as_str())
+            .collect();
+        for want in [
+            "inject_files",
+            "write_image",
+            "burnin_cpu",
+            "create_configuration",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        assert!(!names.contains(&"burnin_disk"), "{names:?}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `test.*`: commands for exercising the executor and API from integration tests (a long
-//! async command for the busy rule, a failing one for error shapes). Only registered with the
+//! async command for the busy rule, a failing one for error shapes, panicking ones for the
+//! panic boundaries). Only registered with the
 //! hidden `--test-extension` flag.
 
 use std::time::Duration;
@@ -37,6 +38,19 @@ struct Fail {
 pub fn fail(_ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     let a: Fail = args(params)?;
     Err(CommandError::exec(a.message))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Panic {
+    message: String,
+}
+
+/// A bug on purpose: the command must fail with an error the conductor sees, and the agent,
+/// its log and its later commands must carry on (and never show a secret the message holds).
+pub fn panic(_ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
+    let a: Panic = args(params)?;
+    panic!("test.panic: {}", a.message);
 }
 
 pub fn echo(_ctx: &Context, params: Params) -> Result<Outcome, CommandError> {

@@ -46,18 +46,30 @@ pub fn write(
         .configdrive
         .as_ref()
         .filter(|v| has_configdrive(Some(v))));
-    // IPA's cache rule: the same image id again is already on the disk.
-    if let Some((dev, done)) = ctx.deployed.lock().ok().and_then(|d| d.clone()) {
-        if done == key {
+    let fetch = info
+        .fetch_options(&ctx.config)
+        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    // IPA's cache rule: the same image id again is already on the disk, as long as nothing
+    // changed the disk since it was written (see `Context::forget_written`). A whole-disk
+    // image's config drive is written again every time, as IPA does (a rebuild brings a new
+    // one); a partition image's config drive is part of its layout, so with one the whole
+    // image is written again.
+    let cached = crate::panics::lock(&ctx.deployed)
+        .clone()
+        .filter(|w| w.image.as_deref() == Some(key.as_str()));
+    if let Some(w) = cached {
+        if !info.is_partition_image() || configdrive.is_none() {
+            let dev = w.device;
+            if let Some(cd) = configdrive.filter(|_| !info.is_partition_image()) {
+                whole_disk::write_configdrive(&dev, cd, &fetch)?;
+            }
             // What get_partition_uuids answers (a partition image's root file system), else
             // the whole disk's identifier.
-            let known = ctx
-                .partition_uuids
-                .lock()
-                .ok()
-                .and_then(|p| p["root uuid"].as_str().map(str::to_string));
+            let known = crate::panics::lock(&ctx.partition_uuids)["root uuid"]
+                .as_str()
+                .map(str::to_string);
             let uuid = known.unwrap_or_else(|| disk_identifier(&dev).unwrap_or_default());
-            tracing::info!(device = %dev.display(), "image already written, skipping");
+            tracing::info!(device = %dev.display(), configdrive = configdrive.is_some(), "image already written, not written again");
             return Ok(format!(
                 "image ({id}) already present on device {} root_uuid={uuid}",
                 dev.display()
@@ -67,9 +79,8 @@ pub fn write(
     let device = ctx.root_disk(ctx.config.strict_root_device)?.name;
     let dev = std::path::PathBuf::from(&device);
     ctx.check_test_disk(&dev)?;
-    let fetch = info
-        .fetch_options(&ctx.config)
-        .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string()))?;
+    // From here the disk is being changed: a failure leaves no image that counts as present.
+    ctx.forget_written("write_image");
     let req = info.request(&ctx.config, &fetch).map_err(image_error)?;
     if info.is_partition_image() {
         return write_partition(ctx, &info, &dev, configdrive, key, &req, &fetch);
@@ -77,12 +88,14 @@ pub fn write(
     let uuid = with_progress(ctx, |p| {
         whole_disk::write(&dev, &req, &fetch, configdrive, p)
     })?;
-    if let Ok(mut p) = ctx.partition_uuids.lock() {
+    {
+        let mut p = crate::panics::lock(&ctx.partition_uuids);
         *p = json!({ "root uuid": uuid });
     }
-    if let Ok(mut d) = ctx.deployed.lock() {
-        *d = Some((dev, key.clone()));
-    }
+    *crate::panics::lock(&ctx.deployed) = Some(super::Written {
+        device: dev,
+        image: Some(key),
+    });
     Ok(format!(
         "image ({id}) written to device {device} root_uuid={uuid}"
     ))
@@ -92,11 +105,13 @@ pub fn write(
 /// heartbeats read meanwhile.
 fn with_progress<T>(ctx: &Context, f: impl FnOnce(&Arc<Progress>) -> T) -> T {
     let progress = Arc::new(Progress::default());
-    if let Ok(mut p) = ctx.progress.lock() {
+    {
+        let mut p = crate::panics::lock(&ctx.progress);
         *p = Some(progress.clone());
     }
     let out = f(&progress);
-    if let Ok(mut p) = ctx.progress.lock() {
+    {
+        let mut p = crate::panics::lock(&ctx.progress);
         *p = None;
     }
     out
@@ -118,12 +133,14 @@ fn write_partition(
     let w = with_progress(ctx, |p| {
         crate::deploy::partition_image::write(info, dev, req, fetch, iso, p)
     })?;
-    if let Ok(mut p) = ctx.partition_uuids.lock() {
+    {
+        let mut p = crate::panics::lock(&ctx.partition_uuids);
         *p = w.uuids;
     }
-    if let Ok(mut d) = ctx.deployed.lock() {
-        *d = Some((dev.to_path_buf(), key));
-    }
+    *crate::panics::lock(&ctx.deployed) = Some(super::Written {
+        device: dev.to_path_buf(),
+        image: Some(key),
+    });
     Ok(w.message)
 }
 
@@ -159,9 +176,7 @@ struct CacheArgs {
 pub fn cache_image(ctx: &Context, params: Params) -> Result<Outcome, CommandError> {
     let a: CacheArgs = args(params)?;
     if a.force {
-        if let Ok(mut d) = ctx.deployed.lock() {
-            *d = None;
-        }
+        ctx.forget_written("cache_image force");
     }
     write(ctx, &a.image_info, None).map(Outcome::Text)
 }

@@ -110,7 +110,7 @@ impl ApiClient {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.urls.lock().map(|u| u.clone()).unwrap_or_default()
+        crate::panics::lock(&self.urls).clone()
     }
 
     /// Send to each API URL in turn until one answers at the HTTP level. Returns the status
@@ -212,7 +212,8 @@ impl ApiClient {
     }
 
     fn promote(&self, base: &str) {
-        if let Ok(mut u) = self.urls.lock() {
+        {
+            let mut u = crate::panics::lock(&self.urls);
             if let Some(pos) = u.iter().position(|x| x == base) {
                 let b = u.remove(pos);
                 u.insert(0, b);

@@ -22,6 +22,8 @@ use crate::system::inroot::{Attrs, Root};
 /// network settings), and the ramdisk holds the body in memory before writing it; a larger
 /// or endless body is cut off there.
 const MAX_URL_FILE: usize = 16 << 20;
+/// Every file's bytes together: they are all held before the first is written.
+const MAX_TOTAL: usize = 64 << 20;
 
 const KEYS: &[&str] = &[
     "path",
@@ -201,10 +203,19 @@ pub enum TemplateError {
     Malformed(String),
     #[error("{{{field}}}: no {key:?} there")]
     Missing { field: String, key: String },
+    #[error("the expanded URL would be over {MAX_EXPANDED} bytes")]
+    TooLong,
 }
+
+/// Longest URL a template may expand to: `{node}` repeated in a template would otherwise copy
+/// the whole node (megabytes) once per reference.
+pub const MAX_EXPANDED: usize = 64 << 10;
 
 /// Python-style `{node[a][b]}` / `{ports[0][address]}` references in a URL (IPA formats
 /// URLs with `str.format(node=…, ports=…)`, so deploy templates can be node-specific).
+///
+/// Every slice index below sits on an ASCII `{`, `}`, `[` or `]` that `find` returned, or one
+/// byte past one: char boundaries by construction, whatever the template's other characters.
 pub fn expand(template: &str, node: &Value, ports: &Value) -> Result<String, TemplateError> {
     let mut out = String::new();
     let mut rest = template;
@@ -251,9 +262,15 @@ pub fn expand(template: &str, node: &Value, ports: &Value) -> Result<String, Tem
             Value::Null => out.push_str("None"),
             other => out.push_str(&other.to_string()),
         }
+        if out.len() > MAX_EXPANDED {
+            return Err(TemplateError::TooLong);
+        }
         rest = &rest[i + end + 1..];
     }
     out.push_str(rest);
+    if out.len() > MAX_EXPANDED {
+        return Err(TemplateError::TooLong);
+    }
     Ok(out)
 }
 
@@ -292,13 +309,14 @@ fn named_partition<'a>(disk: &Path, parts: &'a [Partition], spec: &str) -> Optio
     })
 }
 
-/// Mount the partition for `f` and return it with the path relative to its root.
-fn mount_for(
+/// The partition `f` goes to and its path relative to that file system's root. Looking is
+/// read-only: a file system is mounted for writing only once every file has its place.
+fn locate<'p>(
     disk: &Path,
-    parts: &[Partition],
+    parts: &'p [Partition],
     f: &FileSpec,
-) -> Result<(Mounted, String), CommandError> {
-    let mount = |p: &Partition| Mounted::partition(disk, p, Access::Change);
+) -> Result<(&'p Partition, String), CommandError> {
+    let mount = |p: &Partition| Mounted::partition(disk, p, Access::Inspect);
     if let Some(spec) = &f.partition {
         let p = named_partition(disk, parts, spec).ok_or_else(|| {
             CommandError::new(
@@ -310,8 +328,7 @@ fn mount_for(
                 ),
             )
         })?;
-        let m = mount(p).map_err(|e| failed(e.to_string()))?;
-        return Ok((m, f.rel.clone()));
+        return Ok((p, f.rel.clone()));
     }
     // No partition given: the first file system holding the path's top directory (IPA's
     // rule: `/etc/x` goes to the partition that has an `etc` directory).
@@ -329,7 +346,7 @@ fn mount_for(
         match mount(p) {
             Ok(m) if m.path().join(top).is_dir() => {
                 tracing::info!(partition = p.number, dir = top, "path found");
-                return Ok((m, format!("{top}/{rest}")));
+                return Ok((p, format!("{top}/{rest}")));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(partition = p.number, error = %e, "cannot inspect partition"),
@@ -403,8 +420,11 @@ fn body(
         .map_err(|e| invalid(format!("content of /{} is not base64: {e}", f.rel)))
 }
 
-/// Put `files` into the file systems of the table on `disk` (one mount per file, undone
-/// before the next). `node` and `ports` fill URL templates; `fetch` downloads URL contents.
+/// Put `files` into the file systems of the table on `disk`. `node` and `ports` fill URL
+/// templates; `fetch` downloads URL contents. Every file's bytes and place are found first
+/// (read-only), so a bad list (a template that does not expand, a URL that does not answer, a
+/// directory no partition has) fails before anything is written; then one mount per file,
+/// undone before the next.
 pub fn inject(
     disk: &Path,
     files: &[FileSpec],
@@ -413,9 +433,22 @@ pub fn inject(
     fetch: &FetchOptions,
 ) -> Result<(), CommandError> {
     let parts = table::read_disk(disk).map_err(|e| failed(e.to_string()))?;
+    let mut plan = Vec::with_capacity(files.len());
+    let mut total = 0usize;
     for f in files {
         let data = body(f, node, ports, fetch)?;
-        let (m, rel) = mount_for(disk, &parts, f)?;
+        total = total.saturating_add(data.as_ref().map_or(0, Vec::len));
+        if total > MAX_TOTAL {
+            return Err(invalid(format!(
+                "the files to inject come to more than {} MiB",
+                MAX_TOTAL >> 20
+            )));
+        }
+        let (p, rel) = locate(disk, &parts, f)?;
+        plan.push((f, p, rel, data));
+    }
+    for (f, p, rel, data) in plan {
+        let m = Mounted::partition(disk, p, Access::Change).map_err(|e| failed(e.to_string()))?;
         apply(m.path(), &rel, f, data.as_deref())
             .map_err(|e| failed(format!("Failed to process file /{}: {e}", f.rel)))?;
         tracing::info!(path = %f.rel, deleted = f.deleted, "file injected");

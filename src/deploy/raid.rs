@@ -606,6 +606,58 @@ pub fn existing(sys_block: &std::path::Path, skip: &[String]) -> Vec<Existing> {
         .collect()
 }
 
+/// Stop `a` and zero its members' superblocks; `false` when it could not be stopped (an array
+/// without members, a partition of another array, goes with that one and is skipped).
+fn stop_and_zero(a: &md::Array) -> bool {
+    if a.members.is_empty() {
+        return false;
+    }
+    if let Err(e) = md::stop(&a.device) {
+        tracing::warn!(device = %a.device, error = %e, "cannot stop the array");
+        return false;
+    }
+    for m in &a.members {
+        if let Err(e) = md::zero_superblock(m) {
+            tracing::warn!(member = %m, error = %e, "cannot zero the superblock");
+        }
+    }
+    true
+}
+
+/// Before an erase: every array that `skip` does not keep, and that shares no disk with a kept
+/// one, is stopped and its superblocks zeroed, so its member disks are erased whole like any
+/// other disk (IPA erases the disks under an array too; only the member partitions
+/// themselves are skipped). Without this a tenant's own array (`mdadm --create` on partitions
+/// of two disks), assembled at start-up, would keep its disks' tables, ESPs and other
+/// partitions from the erase and survive into the next deployment. Arrays sharing a disk with
+/// a kept one stay and are erased through their md device. Returns the arrays stopped; an
+/// array that cannot be stopped is an error (its disks would otherwise be skipped silently).
+pub fn release_for_erase(
+    sys_block: &std::path::Path,
+    skip: &[String],
+) -> Result<Vec<String>, RaidError> {
+    let mut stopped = Vec::new();
+    for e in existing(sys_block, skip)
+        .iter()
+        .filter(|e| e.disposition == Disposition::Delete)
+    {
+        if stop_and_zero(&e.array) {
+            tracing::info!(device = %e.array.device, disks = ?e.disks, "array not kept: stopped and its superblocks zeroed before the erase");
+            stopped.push(e.array.device.clone());
+        }
+    }
+    let left: Vec<String> = existing(sys_block, skip)
+        .into_iter()
+        .filter(|e| e.disposition == Disposition::Delete && !e.array.members.is_empty())
+        .map(|e| e.array.device)
+        .collect();
+    if left.is_empty() {
+        Ok(stopped)
+    } else {
+        Err(RaidError::Remaining(left.join(", ")))
+    }
+}
+
 /// Delete every array (assembled first from what the disks describe) except those whose
 /// volume name `skip` lists: stop it, zero its members' superblocks, and wipe the tables of
 /// the member disks (their partitions held the arrays). An array sharing a disk with a kept
@@ -640,22 +692,10 @@ pub fn delete(sys_block: &std::path::Path, skip: &[String]) -> Result<Vec<String
         }
         let mut disks = Vec::new();
         for e in &to_delete {
-            let a = &e.array;
-            // An array without members is a partition of another array: it goes with it.
-            if a.members.is_empty() {
-                continue;
+            if stop_and_zero(&e.array) {
+                disks.extend(e.disks.iter().cloned());
+                deleted.push(e.array.device.clone());
             }
-            if let Err(e) = md::stop(&a.device) {
-                tracing::warn!(device = %a.device, error = %e, "cannot stop the array");
-                continue;
-            }
-            for m in &a.members {
-                if let Err(e) = md::zero_superblock(m) {
-                    tracing::warn!(member = %m, error = %e, "cannot zero the superblock");
-                }
-            }
-            disks.extend(e.disks.iter().cloned());
-            deleted.push(a.device.clone());
         }
         disks.sort();
         disks.dedup();

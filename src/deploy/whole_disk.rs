@@ -41,6 +41,22 @@ pub fn fetch_configdrive(v: &Value, o: &FetchOptions) -> Result<Vec<u8>, Command
     }
 }
 
+/// Write the config drive `configdrive` (inline or a URL) onto `dev`, which holds an image
+/// already: into its config-2 partition when it has one, else a new one at the end.
+pub fn write_configdrive(
+    dev: &Path,
+    configdrive: &Value,
+    fetch: &FetchOptions,
+) -> Result<(), CommandError> {
+    let iso = fetch_configdrive(configdrive, fetch)?;
+    let disk = crate::disk::device::Device::open(dev)
+        .map_err(|e| CommandError::new(ErrorKind::Deployment, e.to_string()))?;
+    configdrive::write(&disk, &iso)
+        .map_err(|e| CommandError::new(ErrorKind::Deployment, e.to_string()))?;
+    tracing::info!(device = %dev.display(), "config drive written");
+    Ok(())
+}
+
 /// Write `req` onto `dev`, then the config drive `configdrive` (inline or a URL) if any;
 /// returns the disk identifier.
 pub fn write(

@@ -18,6 +18,10 @@ use super::device::{Device, DeviceError};
 use crate::fsread::iso9660::Iso;
 
 pub const MAX: u64 = 64 << 20;
+/// Entries and directory depth an ISO config drive may have when it is made into a vfat one
+/// (a config drive holds tens of files, two or three levels deep).
+const MAX_ISO_ENTRIES: usize = 10_000;
+const MAX_ISO_DEPTH: usize = 8;
 const LINUX_DATA: [u8; 16] = [
     0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4,
 ];
@@ -391,7 +395,7 @@ fn place_mbr(
 
 /// A vfat file system of `len` bytes (label CONFIG-2, `sector`-byte sectors) holding the ISO's
 /// files, built in memory (at most 64 MiB).
-fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDriveError> {
+pub fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDriveError> {
     let bad = |e: String| ConfigDriveError::Invalid(e);
     let size = len.min(MAX) as usize;
     let mut img = Cursor::new(vec![0u8; size]);
@@ -407,23 +411,54 @@ fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDrive
             .map_err(|e| bad(e.to_string()))?;
         let mut src =
             Iso::open(Cursor::new(iso)).map_err(|e| bad(format!("reading the ISO: {e}")))?;
-        let mut stack = vec![String::new()];
-        while let Some(dir) = stack.pop() {
+        // The ISO is input: a directory record may point at an ancestor (a loop), names may
+        // hold separators. Each directory is listed once (by its extent), the tree is
+        // depth-limited and the entries counted.
+        let mut listed = std::collections::HashSet::new();
+        let mut entries_seen = 0usize;
+        let mut stack = vec![(String::new(), 0usize)];
+        while let Some((dir, depth)) = stack.pop() {
             let entries = src
                 .list(&dir)
                 .map_err(|e| bad(e.to_string()))?
                 .unwrap_or_default();
             for e in entries {
+                entries_seen += 1;
+                if entries_seen > MAX_ISO_ENTRIES {
+                    return Err(bad(format!(
+                        "the config drive ISO has more than {MAX_ISO_ENTRIES} entries"
+                    )));
+                }
+                if e.name.is_empty()
+                    || e.name == "."
+                    || e.name == ".."
+                    || e.name.contains(['/', '\\', '\0'])
+                {
+                    return Err(bad(format!(
+                        "the config drive ISO has a bad name {:?}",
+                        e.name
+                    )));
+                }
                 let path = if dir.is_empty() {
                     e.name.clone()
                 } else {
                     format!("{dir}/{}", e.name)
                 };
                 if e.is_dir {
+                    if !listed.insert(e.lba) {
+                        return Err(bad(format!(
+                            "{path}: a directory of the config drive ISO is its own ancestor or listed twice"
+                        )));
+                    }
+                    if depth >= MAX_ISO_DEPTH {
+                        return Err(bad(format!(
+                            "{path}: directories nested deeper than {MAX_ISO_DEPTH} in the config drive ISO"
+                        )));
+                    }
                     fs.root_dir()
                         .create_dir(&path)
                         .map_err(|er| bad(format!("{path}: {er}")))?;
-                    stack.push(path);
+                    stack.push((path, depth + 1));
                 } else {
                     let data = src
                         .read_file(&e, MAX as u32)
@@ -444,6 +479,69 @@ fn iso_to_vfat(iso: &[u8], len: u64, sector: u64) -> Result<Vec<u8>, ConfigDrive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Run `f` on a thread; `None` if it has not ended within `secs` (a loop).
+    fn bounded<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
+    }
+
+    /// A config-drive ISO whose `openstack` directory record points back at the root: the
+    /// conversion to vfat ends with an error instead of walking a/a/a/… until memory runs out.
+    #[test]
+    fn an_iso_directory_that_is_its_own_ancestor_ends_the_conversion() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cd");
+        std::fs::create_dir_all(root.join("openstack/latest")).unwrap();
+        std::fs::write(root.join("openstack/latest/meta_data.json"), "{}").unwrap();
+        let iso_path = d.path().join("cd.iso");
+        let made = std::process::Command::new("genisoimage")
+            .args(["-quiet", "-r", "-V", "config-2", "-o"])
+            .arg(&iso_path)
+            .arg(&root)
+            .status();
+        if !made.is_ok_and(|s| s.success())
+            && crate::test_support::skipped("genisoimage not installed")
+        {
+            return;
+        }
+        let mut iso = std::fs::read(&iso_path).unwrap();
+        assert!(
+            iso_to_vfat(&iso, 4 << 20, 512).is_ok(),
+            "the sound ISO converts"
+        );
+        // The root directory's extent, from the primary volume descriptor.
+        let le = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let root_lba = le(&iso, 16 * 2048 + 156 + 2);
+        let root_size = le(&iso, 16 * 2048 + 156 + 10) as usize;
+        let at = root_lba as usize * 2048;
+        let listing = iso[at..at + root_size].to_vec();
+        let mut pos = 0;
+        let mut patched = false;
+        while pos < listing.len() && listing[pos] != 0 {
+            let len = listing[pos] as usize;
+            let rec = &listing[pos..pos + len];
+            let name = &rec[33..33 + rec[32] as usize];
+            // The first directory below the root (not "." or ".."): openstack.
+            if !patched && rec[25] & 2 != 0 && name != [0] && name != [1] {
+                let r = at + pos;
+                iso[r + 2..r + 6].copy_from_slice(&root_lba.to_le_bytes());
+                iso[r + 6..r + 10].copy_from_slice(&root_lba.to_be_bytes());
+                iso[r + 10..r + 14].copy_from_slice(&(root_size as u32).to_le_bytes());
+                iso[r + 14..r + 18].copy_from_slice(&(root_size as u32).to_be_bytes());
+                patched = true;
+            }
+            pos += len;
+        }
+        assert!(patched, "no directory record in the root directory");
+        let r = bounded(20, move || iso_to_vfat(&iso, 4 << 20, 512).map(|_| ()))
+            .expect("the conversion looped");
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("own ancestor"), "{e}");
+    }
 
     #[test]
     fn downloads_are_judged_by_their_first_bytes() {

@@ -54,10 +54,13 @@ where
     let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new().update_accessed_date(false))
         .map_err(|e| EspError::NotFat(name.to_string(), e.to_string()))?;
     let mut out = Vec::new();
+    let mut seen = 0usize;
     // Depth-limited walk: loaders live in \EFI\<vendor>\.
     let mut stack = vec![(fs.root_dir(), String::new(), 0)];
     while let Some((dir, path, depth)) = stack.pop() {
         for e in dir.iter().flatten() {
+            count_entry(&mut seen)
+                .map_err(|e| EspError::NotFat(name.to_string(), e.to_string()))?;
             let n = e.file_name();
             if n == "." || n == ".." {
                 continue;
@@ -84,6 +87,21 @@ pub struct Copied {
 /// Deepest directory [`mirror`] follows: a FAT tree from an image is input, and a loop of
 /// directories (a damaged file system) must end.
 const MAX_DEPTH: usize = 16;
+
+/// Most directory entries one walk reads. fatfs follows a directory's cluster chain as the
+/// FAT gives it, without noticing a cycle: a damaged or hostile ESP whose chain loops would
+/// list the same entries for ever. Real ESPs hold a few hundred entries.
+pub const MAX_ENTRIES: usize = 65_536;
+
+fn count_entry(seen: &mut usize) -> Result<(), std::io::Error> {
+    *seen += 1;
+    if *seen > MAX_ENTRIES {
+        return Err(std::io::Error::other(format!(
+            "more than {MAX_ENTRIES} directory entries: a damaged FAT file system (a loop in its clusters?)"
+        )));
+    }
+    Ok(())
+}
 
 /// Make a FAT file system on `dst` (the whole of it) that carries the volume id, the label and
 /// every file and directory of the FAT file system on `src`: an image's ESP copied onto the
@@ -123,8 +141,10 @@ where
     D: std::io::Read + std::io::Write + std::io::Seek,
 {
     let mut stack = vec![(src, dst, 0usize)];
+    let mut seen = 0usize;
     while let Some((src_dir, dst_dir, depth)) = stack.pop() {
         for e in src_dir.iter() {
+            count_entry(&mut seen)?;
             let e = e?;
             let name = e.file_name();
             if name == "." || name == ".." {
@@ -162,6 +182,7 @@ pub fn fallback_loader() -> &'static str {
 pub(crate) mod tests {
     use super::*;
     use std::fs::File;
+    use std::io::Cursor;
     use std::process::{Command, Stdio};
 
     /// A GPT disk image with a FAT ESP holding `\EFI\BOOT\BOOTX64.EFI` (sgdisk, mkfs.fat,
@@ -264,12 +285,95 @@ pub(crate) mod tests {
         assert!(mirror(&mut junk, Cursor::new(vec![0u8; 1 << 20]), 512).is_err());
     }
 
+    /// An ESP whose directory's cluster chain loops back on itself (fatfs follows it for
+    /// ever): the loader search and the mirror copy end with an error.
+    #[test]
+    fn a_fat_cluster_loop_ends_the_walks() {
+        let have = |t: &str| crate::system::tools::which(t).is_some();
+        if !(have("mkfs.fat") && have("mmd") && have("mcopy"))
+            && crate::test_support::skipped("dosfstools/mtools missing")
+        {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("esp.img");
+        File::create(&p).unwrap().set_len(8 << 20).unwrap();
+        let run = |c: &mut Command| {
+            assert!(c
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success())
+        };
+        run(Command::new("mkfs.fat")
+            .args(["-F", "16", "-s", "1"])
+            .arg(&p));
+        let img = p.display().to_string();
+        run(Command::new("mmd").args(["-i", &img, "::/EFI", "::/EFI/BOOT"]));
+        let loader = d.path().join("BOOTX64.EFI");
+        std::fs::write(&loader, b"MZ").unwrap();
+        run(Command::new("mcopy")
+            .args(["-i", &img])
+            .arg(&loader)
+            .arg("::/EFI/BOOT/BOOTX64.EFI"));
+        // Enough entries that \EFI fills its first cluster (16 entries of 512 bytes): the
+        // walk then follows the chain, which is where the loop will be.
+        for i in 0..30 {
+            run(Command::new("mcopy")
+                .args(["-i", &img])
+                .arg(&loader)
+                .arg(format!("::/EFI/F{i:02}.BIN")));
+        }
+        let mut fs = std::fs::read(&p).unwrap();
+        assert_eq!(
+            loaders_in(Cursor::new(fs.clone()), "esp").unwrap(),
+            vec!["\\EFI\\BOOT\\BOOTX64.EFI".to_string()]
+        );
+        // FAT16: the EFI directory's first cluster from its root entry, then every FAT's
+        // entry for that cluster pointed at itself.
+        let u16at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+        let (bps, reserved, fats, fat_size) = (
+            u16at(&fs, 11),
+            u16at(&fs, 14),
+            fs[16] as usize,
+            u16at(&fs, 22),
+        );
+        let root = (reserved + fats * fat_size) * bps;
+        let entry = (0..512)
+            .map(|i| root + i * 32)
+            .find(|&e| &fs[e..e + 11] == b"EFI        ")
+            .expect("no EFI entry in the root directory");
+        let cluster = u16at(&fs, entry + 26);
+        for f in 0..fats {
+            let at = (reserved + f * fat_size) * bps + cluster * 2;
+            fs[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs2 = fs.clone();
+        std::thread::spawn(move || {
+            let a = loaders_in(Cursor::new(fs2.clone()), "esp")
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let b = mirror(Cursor::new(fs2), Cursor::new(vec![0u8; 8 << 20]), 512)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = tx.send((a, b));
+        });
+        let (a, b) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a walk of the looping ESP did not end");
+        assert!(a.unwrap_err().contains("directory entries"));
+        assert!(b.unwrap_err().contains("directory entries"));
+    }
+
     #[test]
     fn finds_the_esp_and_its_loaders() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("disk.img");
-        if !make_disk_with_esp(&p, true) {
-            eprintln!("SKIPPED: sgdisk/dosfstools/mtools missing");
+        if !make_disk_with_esp(&p, true)
+            && crate::test_support::skipped("sgdisk/dosfstools/mtools missing")
+        {
             return;
         }
         let esp = find(&p).unwrap().unwrap();

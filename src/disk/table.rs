@@ -90,11 +90,19 @@ pub fn read(f: &mut File) -> Vec<Partition> {
         return Vec::new();
     }
     let sig = u32::from_le_bytes([mbr[440], mbr[441], mbr[442], mbr[443]]);
+    // MBR addresses count the disk's logical sectors: 4096 bytes on a 4Kn disk. An image file
+    // has no sector size of its own; 512 is what MBR images use.
+    let sector = match f.metadata() {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) => {
+            crate::system::blockdev::logical_sector_size(f).map_or(512, u64::from)
+        }
+        _ => 512,
+    };
     (0..4)
         .filter_map(|i| {
             let e = &mbr[446 + i * 16..446 + (i + 1) * 16];
-            let start = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]])) * 512;
-            let len = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]])) * 512;
+            let start = u64::from(u32::from_le_bytes([e[8], e[9], e[10], e[11]])) * sector;
+            let len = u64::from(u32::from_le_bytes([e[12], e[13], e[14], e[15]])) * sector;
             (e[4] != 0 && len > 0).then(|| Partition {
                 number: i as u32 + 1,
                 start,

@@ -74,8 +74,9 @@ mod tests {
     #[test]
     fn erases_partition_table_and_file_systems_inside_partitions() {
         let have = |t: &str| crate::system::tools::which(t).is_some();
-        if !(have("sgdisk") && have("mkfs.ext4") && have("blkid")) {
-            eprintln!("SKIPPED: tools missing");
+        if !(have("sgdisk") && have("mkfs.ext4") && have("blkid"))
+            && crate::test_support::skipped("sgdisk, mkfs.ext4 or blkid missing")
+        {
             return;
         }
         let d = tempfile::tempdir().unwrap();

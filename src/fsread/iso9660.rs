@@ -210,8 +210,8 @@ mod tests {
             .arg("-version")
             .output()
             .is_err()
+            && crate::test_support::skipped("genisoimage not installed")
         {
-            eprintln!("SKIPPED: genisoimage not installed");
             return;
         }
         let d = tempfile::tempdir().unwrap();

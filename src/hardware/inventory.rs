@@ -69,17 +69,20 @@ pub struct Memory {
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// Unknown values are `""`, as IPA reports them: Ironic's inspection rules read a `null` here
+/// as the text "None".
 pub struct Firmware {
-    pub vendor: Option<String>,
-    pub version: Option<String>,
-    pub build_date: Option<String>,
+    pub vendor: String,
+    pub version: String,
+    pub build_date: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
+/// Unknown values are `""`, as for [`Firmware`].
 pub struct SystemVendor {
-    pub product_name: Option<String>,
-    pub serial_number: Option<String>,
-    pub manufacturer: Option<String>,
+    pub product_name: String,
+    pub serial_number: String,
+    pub manufacturer: String,
     pub firmware: Firmware,
 }
 
@@ -205,13 +208,13 @@ use super::read_trim;
 
 fn system_vendor(dmi: &Path) -> SystemVendor {
     SystemVendor {
-        product_name: read_trim(&dmi.join("product_name")),
-        serial_number: read_trim(&dmi.join("product_serial")),
-        manufacturer: read_trim(&dmi.join("sys_vendor")),
+        product_name: read_trim(&dmi.join("product_name")).unwrap_or_default(),
+        serial_number: read_trim(&dmi.join("product_serial")).unwrap_or_default(),
+        manufacturer: read_trim(&dmi.join("sys_vendor")).unwrap_or_default(),
         firmware: Firmware {
-            vendor: read_trim(&dmi.join("bios_vendor")),
-            version: read_trim(&dmi.join("bios_version")),
-            build_date: read_trim(&dmi.join("bios_date")),
+            vendor: read_trim(&dmi.join("bios_vendor")).unwrap_or_default(),
+            version: read_trim(&dmi.join("bios_version")).unwrap_or_default(),
+            build_date: read_trim(&dmi.join("bios_date")).unwrap_or_default(),
         },
     }
 }
@@ -263,5 +266,17 @@ mod tests {
             v["boot"]["current_boot_mode"].as_str(),
             Some("uefi" | "bios")
         ));
+    }
+
+    #[test]
+    fn unknown_vendor_fields_are_empty_strings_as_ipa_reports_them() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("sys_vendor"), "QEMU\n").unwrap();
+        let v = serde_json::to_value(system_vendor(d.path())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"product_name": "", "serial_number": "", "manufacturer": "QEMU",
+                               "firmware": {"vendor": "", "version": "", "build_date": ""}})
+        );
     }
 }

@@ -18,7 +18,7 @@ pub mod usb;
 /// the version between step listing and execution, and inspection reports it).
 pub const MANAGER_CLASS: &str = "GenericHardwareManager";
 pub const MANAGER_NAME: &str = "generic_hardware_manager";
-pub const MANAGER_VERSION: &str = "1.3";
+pub const MANAGER_VERSION: &str = "1.4";
 
 /// A sysfs attribute, trimmed; `None` when absent, unreadable or empty.
 pub(crate) fn read_trim(p: &std::path::Path) -> Option<String> {

@@ -151,8 +151,9 @@ mod tests {
 
     #[test]
     fn probes_filesystems_and_partition_tables_like_blkid() {
-        if !(have("mkfs.ext4") && have("sgdisk") && have("blkid")) {
-            eprintln!("SKIPPED: e2fsprogs, gdisk or util-linux missing");
+        if !(have("mkfs.ext4") && have("sgdisk") && have("blkid"))
+            && crate::test_support::skipped("e2fsprogs, gdisk or util-linux missing")
+        {
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -119,12 +119,38 @@ pub fn protected(d: &Disk, root_hints: Option<&Value>) -> Result<Option<String>,
     })
 }
 
+/// Whether the node has a software RAID configuration (a logical disk with `controller:
+/// software` in `target_raid_config` or `raid_config`): only then is an md array a root
+/// candidate. An array the node did not ask for is a previous tenant's, and deploying onto it
+/// would hand one tenant's disks to the next.
+pub fn has_software_raid(node: &Value) -> bool {
+    [
+        "/target_raid_config/logical_disks",
+        "/raid_config/logical_disks",
+    ]
+    .iter()
+    .filter_map(|p| node.pointer(p).and_then(Value::as_array))
+    .flatten()
+    .any(|l| l.get("controller").and_then(Value::as_str) == Some("software"))
+}
+
 /// Choose among `disks` (already discovered, kernel order).
 pub fn choose(
     disks: &[Disk],
     root_hints: Option<&Value>,
     skip: Option<&Value>,
     strict: bool,
+) -> Result<Decision, RootDeviceError> {
+    choose_among(disks, root_hints, skip, strict, true)
+}
+
+/// [`choose`], with md arrays admitted or rejected (`arrays`).
+fn choose_among(
+    disks: &[Disk],
+    root_hints: Option<&Value>,
+    skip: Option<&Value>,
+    strict: bool,
+    arrays: bool,
 ) -> Result<Decision, RootDeviceError> {
     if disks.is_empty() {
         return Err(RootDeviceError::NoDisks);
@@ -140,6 +166,11 @@ pub fn choose(
         let mut reasons = Vec::new();
         if d.read_only {
             reasons.push("read-only".to_string());
+        }
+        if d.kind == "raid" && !arrays {
+            reasons.push(
+                "software RAID array, and the node has no software RAID configuration".into(),
+            );
         }
         if let Some(why) = skipped(skip, d)? {
             reasons.push(why);
@@ -228,14 +259,21 @@ pub fn node_hints(node: &Value) -> (Option<Value>, Option<Value>) {
     (hints, skip)
 }
 
-/// Choose the deploy target for `node` and log the decision table.
+/// Choose the deploy target for `node` and log the decision table. md arrays qualify only for
+/// a node with a software RAID configuration ([`has_software_raid`]).
 pub fn select_for_node(
     disks: &[Disk],
     node: &Value,
     strict: bool,
 ) -> Result<Decision, RootDeviceError> {
     let (hints, skip) = node_hints(node);
-    let r = choose(disks, hints.as_ref(), skip.as_ref(), strict);
+    let r = choose_among(
+        disks,
+        hints.as_ref(),
+        skip.as_ref(),
+        strict,
+        has_software_raid(node),
+    );
     match &r {
         Ok(d) => {
             tracing::info!(device = %d.device.name, hints = ?hints, "root device chosen:\n{}", render(&d.table))
@@ -396,6 +434,46 @@ mod tests {
             select_for_node(&l, &json!({}), true).is_err(),
             "strict without hints"
         );
+    }
+
+    #[test]
+    fn an_array_is_a_root_only_for_a_node_with_software_raid() {
+        let (_t, l) = disks();
+        let md_row = |node: &Value| {
+            let d = select_for_node(&l, node, false).unwrap();
+            let row = d
+                .table
+                .iter()
+                .find(|r| r.name.ends_with("md0"))
+                .unwrap()
+                .clone();
+            (base(&d.device).to_string(), row)
+        };
+        // No RAID configuration: a tenant's array is never a candidate.
+        let (chosen, row) = md_row(&json!({}));
+        assert_ne!(chosen, "md0");
+        assert!(
+            row.reasons
+                .iter()
+                .any(|r| r.contains("no software RAID configuration")),
+            "{row:?}"
+        );
+        // A hardware RAID configuration does not make md arrays candidates either.
+        let hw = json!({"target_raid_config": {"logical_disks": [{"controller": "RAID.Integrated.1-1", "raid_level": "1", "size_gb": 100}]}});
+        assert!(!has_software_raid(&hw));
+        assert!(md_row(&hw)
+            .1
+            .reasons
+            .iter()
+            .any(|r| r.contains("no software RAID")));
+        // With a software RAID configuration the array is a candidate like any disk.
+        let sw = json!({"raid_config": {"logical_disks": [{"controller": "software", "raid_level": "1", "size_gb": 10}]}});
+        assert!(has_software_raid(&sw));
+        assert!(md_row(&sw)
+            .1
+            .reasons
+            .iter()
+            .all(|r| !r.contains("software RAID")));
     }
 
     #[test]

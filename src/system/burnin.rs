@@ -3,11 +3,12 @@
 //! DIB ramdisk ships both; the minimal one does not). Every run is bounded: the tool's own
 //! time limit, then a margin, then it is killed.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::tools::{run_split, which};
+use super::tools::{run_split_in, which};
 
 /// What a tool may print that we keep (fio's JSON for many disks stays well below).
 const MAX_OUTPUT: usize = 4 << 20;
@@ -26,6 +27,98 @@ pub enum BurninError {
         what: String,
         detail: String,
     },
+    #[error(
+        "output file {0:?}: a file name is needed (letters, digits, '.', '_', '-'; up to 128)"
+    )]
+    BadLogName(String),
+    #[error("cannot write the burn-in report {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make a scratch directory for {tool}: {source}")]
+    Scratch {
+        tool: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Where a burn-in report goes. driver_info names it (IPA writes it, as root, to whatever path
+/// is given, following links); here only the name's last component is used, inside one
+/// directory the agent owns, so a value can neither leave that directory nor reach the
+/// agent's own files through a link.
+pub fn log_path(dir: &Path, requested: &str) -> Result<PathBuf, BurninError> {
+    let name = requested.rsplit('/').next().unwrap_or_default();
+    let plain = !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !plain {
+        return Err(BurninError::BadLogName(requested.to_string()));
+    }
+    Ok(dir.join(name))
+}
+
+/// Write a report made by [`log_path`]: the directory is made private (0700) if missing and
+/// must be a real directory; the file is opened without following a link and without blocking
+/// on a FIFO, and must be a regular file.
+pub fn write_log(path: &Path, data: &[u8]) -> Result<(), BurninError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let err = |source| BurninError::Log {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        if !std::fs::symlink_metadata(dir).map_err(err)?.is_dir() {
+            return Err(err(std::io::Error::other("not a directory")));
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(err)?;
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    f.write_all(data).map_err(err)
+}
+
+/// A private working directory for one tool run, removed afterwards: fio saves its verify
+/// state where it runs (and other tools may leave files too), which must be neither the
+/// agent's working directory (the ramdisk's root, a test's checkout) nor shared.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tool: &'static str) -> Result<Scratch, BurninError> {
+        use std::os::unix::fs::DirBuilderExt;
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rivet-{tool}-{}-{n}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| BurninError::Scratch { tool, source })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A stress-ng run: `--cpu N` or `--vm N --vm-bytes B` for `seconds`.
@@ -38,7 +131,9 @@ pub struct Stress {
     pub seconds: u64,
     /// For "vm": how much memory (`98%`, `2G`).
     pub vm_bytes: Option<String>,
-    pub log_file: Option<String>,
+    /// Where stress-ng's output is kept (made by [`log_path`]); the agent writes it, stress-ng
+    /// never opens it.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Stress {
@@ -53,9 +148,6 @@ impl Stress {
             a.extend(["--vm-bytes".into(), b.clone()]);
         }
         a.push("--metrics-brief".into());
-        if let Some(f) = &self.log_file {
-            a.extend(["--log-file".into(), f.clone()]);
-        }
         a
     }
 }
@@ -80,14 +172,19 @@ fn run(
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     tracing::info!(tool, args = ?argv, "burn-in started");
-    let (ok, out, err) =
-        run_split(tool, &argv, limit.saturating_add(MARGIN), MAX_OUTPUT).map_err(|e| {
-            BurninError::Failed {
-                tool,
-                what: what.into(),
-                detail: e.to_string(),
-            }
-        })?;
+    let scratch = Scratch::new(tool)?;
+    let (ok, out, err) = run_split_in(
+        tool,
+        &argv,
+        limit.saturating_add(MARGIN),
+        MAX_OUTPUT,
+        &scratch.0,
+    )
+    .map_err(|e| BurninError::Failed {
+        tool,
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
     if !ok {
         let mut detail = tail_lines(&err, 5);
         if detail.is_empty() {
@@ -115,10 +212,14 @@ pub fn stress(s: &Stress) -> Result<Value, BurninError> {
     for l in &lines {
         tracing::info!(stressor = s.stressor, "{l}");
     }
-    Ok(
-        json!({"tool": "stress-ng", "stressor": s.stressor, "workers": s.workers,
-               "seconds": s.seconds, "metrics": lines}),
-    )
+    let mut result = json!({"tool": "stress-ng", "stressor": s.stressor, "workers": s.workers,
+                            "seconds": s.seconds, "metrics": lines});
+    if let Some(p) = &s.log_file {
+        // stress-ng reports on stderr: the file holds what it printed, both streams.
+        write_log(p, &[err, out].concat())?;
+        result["log_file"] = json!(p.display().to_string());
+    }
+    Ok(result)
 }
 
 /// A fio read-write-verify run over whole disks (IPA's job: 4 KiB, direct, libaio, queue
@@ -152,6 +253,9 @@ impl FioDisk {
             "verify",
             "--output-format",
             "json",
+            // Nothing left behind: the verify state is only for resuming a verify run.
+            "--verify_state_save",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -203,8 +307,9 @@ pub fn fio_summary(report: &Value) -> Result<Value, String> {
     }
 }
 
-/// Run fio over the disks; `log_file` also receives fio's full JSON report.
-pub fn fio_disk(f: &FioDisk, log_file: Option<&str>) -> Result<Value, BurninError> {
+/// Run fio over the disks; `log_file` (made by [`log_path`]) also receives fio's full JSON
+/// report.
+pub fn fio_disk(f: &FioDisk, log_file: Option<&Path>) -> Result<Value, BurninError> {
     if f.devices.is_empty() {
         return Err(BurninError::Failed {
             tool: "fio",
@@ -220,9 +325,7 @@ pub fn fio_disk(f: &FioDisk, log_file: Option<&str>) -> Result<Value, BurninErro
     };
     let (out, _) = run("fio", "disk", &f.args(), limit)?;
     if let Some(p) = log_file {
-        if let Err(e) = std::fs::write(p, &out) {
-            tracing::warn!(file = p, error = %e, "cannot write fio's report");
-        }
+        write_log(p, &out)?;
     }
     let bad = |detail: String| BurninError::Failed {
         tool: "fio",
@@ -234,8 +337,11 @@ pub fn fio_disk(f: &FioDisk, log_file: Option<&str>) -> Result<Value, BurninErro
     let json_start = text.find('{').ok_or_else(|| bad("no JSON report".into()))?;
     let report: Value =
         serde_json::from_str(&text[json_start..]).map_err(|e| bad(e.to_string()))?;
-    let summary = fio_summary(&report).map_err(bad)?;
+    let mut summary = fio_summary(&report).map_err(bad)?;
     tracing::info!(%summary, "fio disk burn-in passed");
+    if let Some(p) = log_file {
+        summary["log_file"] = json!(p.display().to_string());
+    }
     Ok(summary)
 }
 

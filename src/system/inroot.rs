@@ -148,7 +148,9 @@ impl Root {
                 fchmod(d.as_raw_fd(), Mode::from_bits_truncate(m))?;
             }
         }
-        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC;
+        // Non-blocking: a FIFO the image put at this path would otherwise block the open until
+        // a reader came, which never happens (the command would stay RUNNING for good).
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NONBLOCK;
         let fd = match open_in(&self.fd, rel, flags, Mode::from_bits_truncate(0o644)) {
             // A link into a directory the image does not have (`/etc/resolv.conf ->
             // /run/systemd/...`, /run being empty in images): the file the operator asked
@@ -166,9 +168,20 @@ impl Root {
                     Mode::from_bits_truncate(0o644),
                 )?
             }
+            Err(Errno::ENXIO) => {
+                // What O_NONBLOCK gives for a FIFO without a reader.
+                return Err(std::io::Error::other(format!(
+                    "/{rel} is not a regular file"
+                )));
+            }
             r => r?,
         };
         let mut file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "/{rel} is not a regular file"
+            )));
+        }
         file.write_all(data)?;
         if let Some(m) = a.mode {
             fchmod(file.as_raw_fd(), Mode::from_bits_truncate(m))?;
@@ -216,7 +229,14 @@ impl Root {
     /// `None` when it is missing, not a regular file, or larger.
     pub fn read_file(&self, rel: &str, max: u64) -> Option<Vec<u8>> {
         use std::io::Read;
-        let fd = open_in(&self.fd, rel, OFlag::O_RDONLY, Mode::empty()).ok()?;
+        // Non-blocking, so a FIFO opens at once (and is then refused as no regular file).
+        let fd = open_in(
+            &self.fd,
+            rel,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
         let f = File::from(fd);
         let meta = f.metadata().ok()?;
         if !meta.is_file() || meta.len() > max {
@@ -314,8 +334,12 @@ fn walk_dir(
                 walk_dir(sub, child, depth + 1, seen, visit)?;
             }
             SFlag::S_IFREG => {
-                let f = File::from(open_at(&dir, &name, OFlag::O_RDONLY)?);
-                visit(Item::File(&child, f))?;
+                // Checked again on the descriptor: what was stat'ed is what is read, and a
+                // FIFO put there meanwhile cannot block the open.
+                let f = File::from(open_at(&dir, &name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?);
+                if f.metadata()?.is_file() {
+                    visit(Item::File(&child, f))?;
+                }
             }
             kind => {
                 tracing::warn!(path = %child, ?kind, "skipped: not a regular file or directory")
@@ -373,6 +397,30 @@ mod tests {
         r.remove("new/dir/z").unwrap();
         r.remove("missing/dir/z").unwrap();
         assert!(!root.join("new/dir/z").exists());
+    }
+
+    /// A FIFO in an image, where a file is to be written or read: refused at once, never a
+    /// command that blocks for good.
+    #[test]
+    fn fifos_are_refused_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        nix::unistd::mkfifo(&root.join("etc/motd"), Mode::from_bits_truncate(0o644)).unwrap();
+        let r = Root::open(&root).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r2 = Root::open(&root).unwrap();
+        std::thread::spawn(move || {
+            let w = r2.write_file("etc/motd", b"x", &Attrs::default());
+            let _ = tx.send(w.map_err(|e| e.to_string()));
+        });
+        let w = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("writing onto a FIFO blocked");
+        assert!(w.unwrap_err().contains("not a regular file"));
+        let t0 = std::time::Instant::now();
+        assert_eq!(r.read_file("etc/motd", 1 << 20), None);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The ramdisk's logs as one gzip tarball (base64 for JSON): the agent's own log ring (always
 //! there, even in a ramdisk without a journal), the journal and kernel log when available,
 //! and the system files an operator reads first. `log.collect_system_logs` answers with it
-//! and the `logs` inspection collector posts it. The kernel command line can carry a
-//! pregenerated agent token: its value is blanked in the copy.
+//! and the `logs` inspection collector posts it. Every entry is masked like a log line: the
+//! kernel command line (and the kernel's and the journal's copies of it) can carry a
+//! pregenerated agent token.
 
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,20 +22,48 @@ pub fn archive_base64() -> std::io::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(build_archive()?))
 }
 
-/// `key=value` tokens whose value is a secret, blanked in the archive's copy of the command line.
-fn redact_cmdline(line: &str) -> String {
-    line.split(' ')
-        .map(|t| match t.split_once('=') {
-            Some((k, _)) if k == "ipa-agent-token" => format!("{k}=***"),
-            _ => t.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Where an entry of the archive comes from.
+enum Source<'a> {
+    /// A tool's output (stdout and stderr).
+    Tool(&'a str, &'a [&'a str]),
+    /// A file's contents.
+    File(&'a Path),
+}
+
+/// What the archive holds besides the agent's own log ring.
+fn sources() -> Vec<(&'static str, Source<'static>)> {
+    vec![
+        (
+            "journal",
+            Source::Tool("journalctl", &["-b", "--no-pager", "-o", "short-precise"]),
+        ),
+        ("dmesg", Source::Tool("dmesg", &[])),
+        ("ip_addr", Source::Tool("ip", &["addr"])),
+        ("efibootmgr", Source::Tool("efibootmgr", &["-v"])),
+        ("proc_cmdline", Source::File(Path::new("/proc/cmdline"))),
+        ("proc_mounts", Source::File(Path::new("/proc/mounts"))),
+        (
+            "proc_partitions",
+            Source::File(Path::new("/proc/partitions")),
+        ),
+        ("proc_mdstat", Source::File(Path::new("/proc/mdstat"))),
+        ("proc_meminfo", Source::File(Path::new("/proc/meminfo"))),
+    ]
 }
 
 pub fn build_archive() -> std::io::Result<Vec<u8>> {
+    archive(&sources())
+}
+
+/// The archive of `sources`, every entry masked as a log line is (`redact::text`): the kernel
+/// logs its command line at boot (`Kernel command line: … ipa-agent-token=…` when the token
+/// came that way, as virtual media can bring it), and the journal repeats it; tools and files
+/// may quote URLs with passwords.
+fn archive(sources: &[(&str, Source<'_>)]) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(GzEncoder::new(Vec::new(), flate2::Compression::default()));
     let mut add = |name: &str, data: &[u8]| -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(data);
+        let data = crate::redact::text(&text);
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
@@ -44,35 +74,18 @@ pub fn build_archive() -> std::io::Result<Vec<u8>> {
                 .unwrap_or(0),
         );
         h.set_cksum();
-        tar.append_data(&mut h, name, data)
+        tar.append_data(&mut h, name, data.as_bytes())
     };
     add("rivet.log", &logging::ring().contents())?;
-    for (name, tool, args) in [
-        (
-            "journal",
-            "journalctl",
-            &["-b", "--no-pager", "-o", "short-precise"][..],
-        ),
-        ("dmesg", "dmesg", &[][..]),
-        ("ip_addr", "ip", &["addr"][..]),
-        ("efibootmgr", "efibootmgr", &["-v"][..]),
-    ] {
-        if let Ok((_, out)) = run_capture(tool, args, TOOL_TIMEOUT, TOOL_MAX) {
-            add(name, &out)?;
-        }
-    }
-    for f in [
-        "/proc/cmdline",
-        "/proc/mounts",
-        "/proc/partitions",
-        "/proc/mdstat",
-        "/proc/meminfo",
-    ] {
-        if let Ok(mut data) = std::fs::read(f) {
-            if f == "/proc/cmdline" {
-                data = redact_cmdline(&String::from_utf8_lossy(&data)).into_bytes();
-            }
-            add(&f[1..].replace('/', "_"), &data)?;
+    for (name, source) in sources {
+        let data = match source {
+            Source::Tool(tool, args) => run_capture(tool, args, TOOL_TIMEOUT, TOOL_MAX)
+                .ok()
+                .map(|(_, out)| out),
+            Source::File(path) => std::fs::read(path).ok(),
+        };
+        if let Some(data) = data {
+            add(name, &data)?;
         }
     }
     tar.into_inner()?.finish()
@@ -84,11 +97,52 @@ mod tests {
     use std::io::Read;
 
     #[test]
-    fn the_token_never_reaches_the_archive() {
-        assert_eq!(
-            redact_cmdline("ipa-api-url=http://a ipa-agent-token=s3cr3t BOOTIF=x\n"),
-            "ipa-api-url=http://a ipa-agent-token=*** BOOTIF=x\n"
-        );
+    fn the_token_never_reaches_the_archive_from_any_stream() {
+        let d = tempfile::tempdir().unwrap();
+        let kernel = d.path().join("dmesg");
+        std::fs::write(
+            &kernel,
+            [
+                &b"[    0.000000] Kernel command line: BOOT_IMAGE=/vmlinuz ipa-api-url=http://a \
+                   ipa-agent-token=s3cr3tTOKEN BOOTIF=x\n"[..],
+                &b"\xff\xfe binary too\n"[..],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let cmdline = d.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            "ipa-agent-token=s3cr3tTOKEN ipa-api-url=https://u:pw@h/\n",
+        )
+        .unwrap();
+        let tgz = archive(&[
+            ("dmesg", Source::File(&kernel)),
+            ("proc_cmdline", Source::File(&cmdline)),
+            (
+                "tool",
+                Source::Tool("sh", &["-c", "echo token=s3cr3tTOKEN >&2"]),
+            ),
+        ])
+        .unwrap();
+        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(&tgz[..]));
+        let mut seen = Vec::new();
+        for e in a.entries().unwrap() {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().display().to_string();
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            assert!(
+                !text.contains("s3cr3tTOKEN") && !text.contains(":pw@"),
+                "{name}: {text}"
+            );
+            seen.push((name, text));
+        }
+        let dmesg = &seen.iter().find(|(n, _)| n == "dmesg").unwrap().1;
+        assert!(dmesg.contains("ipa-agent-token=*** BOOTIF=x"), "{dmesg}");
+        assert!(seen
+            .iter()
+            .any(|(n, t)| n == "tool" && t.contains("token=***")));
     }
 
     #[test]

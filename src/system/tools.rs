@@ -54,7 +54,7 @@ pub fn run_clean(
     timeout: Duration,
     max: usize,
 ) -> Result<(bool, Vec<u8>), ToolError> {
-    let (ok, mut data, err) = run_with(tool, args, timeout, max, true)?;
+    let (ok, mut data, err) = run_with(tool, args, timeout, max, true, None)?;
     data.extend(err);
     data.truncate(max);
     Ok((ok, data))
@@ -67,7 +67,18 @@ pub fn run_split(
     timeout: Duration,
     max: usize,
 ) -> Result<(bool, Vec<u8>, Vec<u8>), ToolError> {
-    run_with(tool, args, timeout, max, false)
+    run_with(tool, args, timeout, max, false, None)
+}
+
+/// Like [`run_split`], in the working directory `cwd` (tools that leave files where they run).
+pub fn run_split_in(
+    tool: &str,
+    args: &[&str],
+    timeout: Duration,
+    max: usize,
+    cwd: &std::path::Path,
+) -> Result<(bool, Vec<u8>, Vec<u8>), ToolError> {
+    run_with(tool, args, timeout, max, false, Some(cwd))
 }
 
 /// How long the output may take to arrive once the tool has exited.
@@ -89,10 +100,14 @@ fn run_with(
     timeout: Duration,
     max: usize,
     clean_env: bool,
+    cwd: Option<&std::path::Path>,
 ) -> Result<(bool, Vec<u8>, Vec<u8>), ToolError> {
     use std::os::unix::process::CommandExt;
     let exe = which(tool).ok_or_else(|| ToolError::Missing(tool.to_string()))?;
     let mut cmd = Command::new(exe);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     if clean_env {
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -162,11 +162,7 @@ pub fn assert_blank(device: &str) {
 }
 
 pub fn skip() -> bool {
-    if !is_root() {
-        crate::figure!("SKIPPED: needs root for loop devices");
-        return true;
-    }
-    false
+    !is_root() && crate::common::skipped("needs root for loop devices")
 }
 
 /// A config-drive ISO (label config-2) holding `openstack/latest/meta_data.json` = `meta`,

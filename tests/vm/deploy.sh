@@ -31,6 +31,12 @@
 #                               DIB_RAMDISK=dir with a prebuilt DIB rivet.kernel/rivet.initramfs)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+ALL_FLOWS="wholedisk partition bios dib inspect raid"
+FLOWS=${FLOWS:-$ALL_FLOWS}
+for f in $FLOWS; do
+  [[ " $ALL_FLOWS " == *" $f "* ]] || { echo "FAIL: unknown flow '$f' in FLOWS (known: $ALL_FLOWS)" >&2; exit 2; }
+done
+want() { [[ " $FLOWS " == *" $1 "* ]]; }
 export STATE=${STATE:-${TMPDIR:-/tmp}/rivet-vm-deploy}
 # shellcheck source=../../scripts/ironic/lib.sh
 source "$ROOT/scripts/ironic/lib.sh"
@@ -58,8 +64,8 @@ qemu-img convert -f raw -O qcow2 -c "$I/part.raw" "$I/part.qcow2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }
 printf 'kernel\n' > "$I/vmlinuz"; printf 'initrd\n' > "$I/initrd"
 
-FLOWS=${FLOWS:-wholedisk partition bios dib inspect raid}
-want() { [[ " $FLOWS " == *" $1 "* ]]; }
+# Every console log of a ramdisk boot: each must show the agent's first accepted heartbeat.
+RAMDISK_LOGS=()
 MAC=52:54:00:12:34:60
 NODE=$(enroll_available vm0 "$MAC" '{"serial": "nvmetarget"}')
 BB=$(command -v busybox)
@@ -89,6 +95,7 @@ boot_ramdisk() {
     -device "virtio-net-pci,netdev=n0,mac=$mac" $(disks) \
     -serial "file:$WORK/serial-$label.log" -monitor none -display none &
   QEMU_PID=$!
+  RAMDISK_LOGS+=("$WORK/serial-$label.log")
 }
 
 # hb_after NODE START_EPOCH: seconds (0.1) from START to the heartbeat the conductor recorded
@@ -145,7 +152,9 @@ deploy_vm() {
 # has no cluster allocated; a write of zeros would allocate one too).
 blank() {
   local n
-  n=$(qemu-img check --output=json "$1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("allocated-clusters", 0))')
+  n=$(qemu-img check --output=json "$1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["allocated-clusters"])') \
+    || fail "cannot read the allocated clusters of $1 (qemu-img check)"
+  [[ "$n" =~ ^[0-9]+$ ]] || fail "qemu-img check gave '$n' allocated clusters for $1"
   [[ "$n" == 0 ]]
 }
 
@@ -269,6 +278,7 @@ qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp 2 -m 2048 -nodefaults -
   -device "virtio-net-pci,netdev=n0,mac=$MAC" $(disks) \
   -serial "file:$WORK/serial-dib.log" -monitor none -display none &
 QEMU_PID=$!
+RAMDISK_LOGS+=("$WORK/serial-dib.log")
 for _ in $(seq 1 1200); do
   [[ "$(node_field "$NODE" "['driver_internal_info'].get('agent_url')")" == https://* ]] && break
   kill -0 "$QEMU_PID" 2>/dev/null || fail "dib: QEMU exited: $(tail -20 "$WORK/serial-dib.log")"
@@ -511,6 +521,8 @@ echo "ok: raid: delete_configuration left both members without RAID signatures o
 # The VM is off: tell the conductor, which then drops the fast-track agent's token.
 api PUT "/v1/nodes/$RNODE/states/power" '{"target": "power off"}' >/dev/null
 for _ in $(seq 1 60); do [[ "$(node_field "$RNODE" "['power_state']")" == "power off" ]] && break; sleep 0.5; done
+[[ "$(node_field "$RNODE" "['power_state']")" == "power off" ]] \
+  || fail "raid: the conductor did not record the node as powered off"
 FW=bios
 BIOS_UUID=4d6f6e21-0000-4000-8000-0000000000b5
 "$ROOT/tests/vm/make-raid-bios-image.sh" "$I/raidbios.raw" "$RAMDISK/rivet.kernel" "$BIOS_UUID"
@@ -541,11 +553,42 @@ grep -a "grub-install.*for BIOS" "$WORK/serial-raid-bios.log" | tr -d '\r' | tai
 MEMBERS=raida boot_disk raid-bios-without-b "rivet.flow=raid-bios"
 MEMBERS=raidb boot_disk raid-bios-without-a "rivet.flow=raid-bios"
 blank "$WORK/v4k.qcow2" || fail "raid-bios: the 4Kn disk was written"
+# An array nothing keeps (no skip_block_devices volume): a metadata erase stops it, zeroes its
+# superblocks and erases its member disks whole (their tables, BIOS boot partitions, GRUB),
+# as it would a tenant's own array; nothing of it is left to become the next tenant's root.
+undeploy_raid
+api PUT "/v1/nodes/$RNODE/states/provision" '{"target": "manage"}' >/dev/null
+wait_state "$RNODE" manageable 60 || fail "raid-bios: node did not become manageable"
+api PUT "/v1/nodes/$RNODE/states/provision" \
+  '{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}' >/dev/null
+wait_state "$RNODE" "clean wait" 60 || fail "raid-bios: node did not wait for the agent"
+xstart=$SECONDS
+MEMBERS="raida raidb"
+boot_ramdisk raid-erase "$RMAC" "ipa-api-url=http://127.0.0.1:6385"
+wait_state "$RNODE" manageable 600 || fail "raid-bios: erase_devices_metadata failed: $(node_field "$RNODE" "['last_error']") $(tail -c 3000 "$WORK/serial-raid-erase.log")"
+echo "time raid_erase_unkept_array $((SECONDS - xstart))s"
+kill "$QEMU_PID" 2>/dev/null || true; wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+elog=$(tr -d '\r' <"$WORK/serial-raid-erase.log" | sed 's/\x1b\[[0-9;]*m//g')
+grep -a -q "array not kept: stopped and its superblocks zeroed" <<<"$elog" \
+  || fail "raid-bios: the agent did not stop the array before the erase"
+erased=$(disks_in "metadata erased")
+[[ "$erased" == *"disk=/dev/nvme0n1 "*"disk=/dev/nvme1n1 "* ]] || fail "raid-bios: the member disks were not erased whole: $erased"
+for d in raida raidb; do
+  qemu-img convert -f qcow2 -O raw "$WORK/$d.qcow2" "$WORK/$d.raw"
+  [[ "$(md_magic "$WORK/$d.raw")" == 0 ]] || fail "raid-bios: $d still carries an md superblock"
+  sig=$(blkid -p -o value -s TYPE "$WORK/$d.raw" || true)
+  pt=$(blkid -p -o value -s PTTYPE "$WORK/$d.raw" || true)
+  [[ -z "$sig$pt" ]] || fail "raid-bios: $d still carries '$sig$pt'"
+  rm -f "$WORK/$d.raw"
+done
+echo "ok: raid-bios: the array nothing kept was stopped, its superblocks zeroed and both member disks erased whole"
 fi
 # Where each ramdisk boot spent its time, from its console (guest clock).
-for log in "$WORK"/serial-*.log; do
-  grep -a -q "boot timeline" "$log" || continue
+((${#RAMDISK_LOGS[@]} > 0)) || fail "no ramdisk was booted (FLOWS='$FLOWS')"
+for log in "${RAMDISK_LOGS[@]}"; do
   flow=${log##*/serial-}; flow=${flow%.log}
+  grep -a -q "boot timeline" "$log" || fail "$flow: the agent's console shows no boot timeline"
   "$ROOT/scripts/boot-timeline.sh" "$log" "$flow"
   grep -a -q -E "phase=\"?heartbeat_accepted" <(sed 's/\x1b\[[0-9;]*m//g' "$log") \
     || fail "$flow: the agent did not log its first accepted heartbeat in the timeline"
