@@ -210,6 +210,17 @@ fn status_fn(exec: Arc<Executor>) -> StatusFn {
 
 /// Run the agent until it is told to stop. Returns when the process should exit 0.
 pub async fn run(mut cfg: Config) -> Result<(), AgentError> {
+    for note in &cfg.vmedia_notes {
+        tracing::info!("{note}");
+    }
+    for (name, why) in &cfg.unused_params {
+        match why {
+            Some(why) => {
+                tracing::info!(parameter = %name, reason = why, "kernel parameter not used")
+            }
+            None => tracing::warn!(parameter = %name, "unknown ipa- kernel parameter; ignored"),
+        }
+    }
     let state = StateDir::open(&cfg.state_dir)?;
     if state.locked_down() {
         // system.lockdown ran in this boot: stay silent whatever restarted us.

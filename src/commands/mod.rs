@@ -304,10 +304,11 @@ static COMMANDS: &[Spec] = &[
 /// configuration marks `is_root_volume` (found by its volume name), else, when no root device
 /// hints are given, the smallest array. Only for a node with a software RAID configuration:
 /// any other array is a previous tenant's (assembled at start-up from what the disks carry)
-/// and is never a root. The array chosen passes the checks any disk does (read-only,
-/// `skip_block_devices`, the minimum size): refused, it is an error, not a fall-back to a
-/// plain disk. `None` without a RAID configuration or arrays (or with hints and no root
-/// volume): the ordinary choice applies.
+/// and is never a root. The array chosen must be writable and not in `skip_block_devices`; the
+/// smallest array, chosen without a root volume, must also have the minimum size any disk
+/// needs without hints (the root volume the operator sized is taken as it is, as IPA does).
+/// Refused, it is an error, not a fall-back to a plain disk. `None` without a RAID
+/// configuration or arrays (or with hints and no root volume): the ordinary choice applies.
 fn raid_root(
     node: &Value,
     found: &[crate::hardware::disks::Disk],
@@ -342,33 +343,48 @@ fn raid_root(
             .map(str::to_string)
     });
     let (hints, skip) = root_device::node_hints(node);
-    let chosen = if let Some(name) = root_name {
-        arrays
+    let refused = |md: &crate::hardware::disks::Disk, why: String| {
+        CommandError::new(
+            ErrorKind::DeviceNotFound,
+            format!(
+                "the software RAID root volume {} cannot be used: {why}",
+                md.name
+            ),
+        )
+    };
+    if let Some(name) = root_name {
+        let Some(md) = arrays
             .into_iter()
             .find(|d| name_of(d).as_deref() == Some(name.as_str()))
             .cloned()
-    } else if hints.is_some() {
+        else {
+            return Ok(None);
+        };
+        if md.read_only {
+            return Err(refused(&md, "read-only".into()));
+        }
+        if let Some(why) =
+            root_device::skipped(skip.as_ref(), &md).map_err(|e| refused(&md, e.to_string()))?
+        {
+            return Err(refused(&md, why));
+        }
+        return Ok(Some(md));
+    }
+    if hints.is_some() {
         return Ok(None);
-    } else {
-        // The ESP mirror is never a root.
-        arrays
-            .into_iter()
-            .filter(|d| name_of(d).as_deref() != Some("esp"))
-            .min_by_key(|d| d.size)
-            .cloned()
+    }
+    // The ESP mirror is never a root.
+    let Some(md) = arrays
+        .into_iter()
+        .filter(|d| name_of(d).as_deref() != Some("esp"))
+        .min_by_key(|d| d.size)
+        .cloned()
+    else {
+        return Ok(None);
     };
-    let Some(md) = chosen else { return Ok(None) };
     root_device::choose(std::slice::from_ref(&md), None, skip.as_ref(), false)
         .map(|d| Some(d.device))
-        .map_err(|e| {
-            CommandError::new(
-                ErrorKind::DeviceNotFound,
-                format!(
-                    "the software RAID root volume {} cannot be used: {e}",
-                    md.name
-                ),
-            )
-        })
+        .map_err(|e| refused(&md, e.to_string()))
 }
 
 /// Find a command; the errors are IPA's (404 unknown extension, 400 unknown command).

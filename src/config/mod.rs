@@ -3,6 +3,7 @@
 //! flag; vmedia parameters override the kernel command line, as in IPA).
 
 pub mod cmdline;
+pub mod params;
 pub mod steps_d;
 pub mod vmedia;
 
@@ -254,9 +255,16 @@ pub struct Config {
     pub enable_bios_bootloader_install: bool,
     pub disable_deep_image_inspection: bool,
     pub skip_bmc_detect: bool,
+    /// Kernel parameters given that Rivet does not use (see `params`): logged at start-up.
+    pub unused_params: Vec<(String, Option<&'static str>)>,
+    /// What the virtual media gave (read before logging starts): logged at start-up.
+    pub vmedia_notes: Vec<String>,
 }
 
 const PROC_CMDLINE: &str = "/proc/cmdline";
+
+/// How long a virtual-media boot waits for its ISO to appear (IPA's disk wait budget).
+const VMEDIA_WAIT: Duration = Duration::from_secs(30);
 
 impl Config {
     /// Read the kernel command line (or `--cmdline-file`), merge virtual-media parameters when
@@ -271,12 +279,15 @@ impl Config {
             source,
         })?;
         let mut params = cmdline::parse_params(&text);
+        let mut notes = Vec::new();
         if params.get("boot_method").map(String::as_str) == Some("vmedia") {
-            let found = vmedia::load(&args.etc_dir, args.allow_loop_devices)?;
+            let found = vmedia::load(&args.etc_dir, args.allow_loop_devices, VMEDIA_WAIT)?;
             // Values from the virtual-media parameters file override the kernel command line.
-            params.extend(found);
+            params.extend(found.params);
+            notes = found.notes;
         }
         let mut cfg = Config::from_params(&params, args)?;
+        cfg.vmedia_notes = notes;
         cfg.from_proc_cmdline = args.cmdline_file.is_none();
         if cfg.ca_file.is_none() {
             cfg.ca_file = vmedia::cafile_from_conf(&args.etc_dir);
@@ -434,6 +445,8 @@ impl Config {
             enable_bios_bootloader_install: false,
             disable_deep_image_inspection: false,
             skip_bmc_detect: false,
+            unused_params: params::unused(p),
+            vmedia_notes: Vec::new(),
         })
     }
 

@@ -28,25 +28,69 @@ pub struct Candidate {
     pub fstype: &'static str,
 }
 
-/// Run both vmedia steps; returns the parameters found (empty when there is no parameters
-/// device, as in IPA: Ironic usually puts them on the ISO's kernel command line instead).
-pub fn load(etc_dir: &Path, allow_loop: bool) -> Result<HashMap<String, String>, ConfigError> {
-    let found = scan(Path::new("/sys/class/block"), allow_loop);
-    if let Some(iso) = found.iter().find(|c| {
-        c.label.eq_ignore_ascii_case("config-2") || c.label.eq_ignore_ascii_case("vmedia_boot_iso")
-    }) {
-        copy_agent_config(open_medium(iso)?.as_ref(), etc_dir)?;
+/// What the virtual media gave: the parameters (empty when there is no parameters device, as
+/// usual: Ironic puts them on the ISO's kernel command line) and what happened, for the log
+/// (this runs before logging is set up).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub params: HashMap<String, String>,
+    pub notes: Vec<String>,
+}
+
+fn is_boot_iso(c: &Candidate) -> bool {
+    c.label.eq_ignore_ascii_case("config-2") || c.label.eq_ignore_ascii_case("vmedia_boot_iso")
+}
+
+/// Run both vmedia steps. The boot ISO is waited for up to `wait`: the CD's drivers may still
+/// be loading when the agent starts, and without the CA on it the agent cannot verify Ironic.
+pub fn load(
+    etc_dir: &Path,
+    allow_loop: bool,
+    wait: std::time::Duration,
+) -> Result<Loaded, ConfigError> {
+    let start = std::time::Instant::now();
+    let mut found = scan(Path::new("/sys/class/block"), allow_loop);
+    while !found.iter().any(is_boot_iso) && start.elapsed() < wait {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        found = scan(Path::new("/sys/class/block"), allow_loop);
     }
-    match found
+    let mut out = Loaded::default();
+    match found.iter().find(|c| is_boot_iso(c)) {
+        Some(iso) => {
+            let copied = copy_agent_config(open_medium(iso)?.as_ref(), etc_dir)?;
+            out.notes.push(format!(
+                "virtual media {} ({}) after {:.1} s: agent configuration copied: {}",
+                iso.dev.display(),
+                iso.label,
+                start.elapsed().as_secs_f64(),
+                if copied.is_empty() {
+                    "none on it".to_string()
+                } else {
+                    copied.join(", ")
+                }
+            ));
+        }
+        None => out.notes.push(format!(
+            "boot_method=vmedia but no ISO labelled config-2 or vmedia_boot_iso appeared within {:.0} s",
+            wait.as_secs_f64()
+        )),
+    }
+    if let Some(dev) = found
         .iter()
         .find(|c| c.label.eq_ignore_ascii_case("ir-vfd-dev"))
     {
-        Some(dev) => read_parameters(open_medium(dev)?.as_ref()),
-        None => {
-            tracing::warn!("boot_method=vmedia but no device labelled ir-vfd-dev was found");
-            Ok(HashMap::new())
-        }
+        out.params = read_parameters(open_medium(dev)?.as_ref())?;
+        out.notes.push(format!(
+            "parameters read from {} (ir-vfd-dev): {}",
+            dev.dev.display(),
+            {
+                let mut k: Vec<&str> = out.params.keys().map(String::as_str).collect();
+                k.sort_unstable();
+                k.join(", ")
+            }
+        ));
     }
+    Ok(out)
 }
 
 /// List whole block devices that look like virtual media (a CD-ROM, or a USB disk under 4 GiB;
@@ -229,7 +273,9 @@ fn read_parameters(m: &dyn Medium) -> Result<HashMap<String, String>, ConfigErro
 }
 
 /// Copy `etc/ironic-python-agent/*` and `etc/ironic-python-agent.d/*` from the medium.
-fn copy_agent_config(m: &dyn Medium, etc_dir: &Path) -> Result<(), ConfigError> {
+/// Copy `etc/ironic-python-agent{,.d}/*` from the medium; returns the files copied.
+fn copy_agent_config(m: &dyn Medium, etc_dir: &Path) -> Result<Vec<String>, ConfigError> {
+    let mut copied = Vec::new();
     for sub in ["ironic-python-agent", "ironic-python-agent.d"] {
         let files = m
             .files(&format!("etc/{sub}"))
@@ -248,9 +294,10 @@ fn copy_agent_config(m: &dyn Medium, etc_dir: &Path) -> Result<(), ConfigError> 
             let to = dst.join(&name);
             fs::write(&to, data)
                 .map_err(|e| ConfigError::Vmedia(format!("writing {}: {e}", to.display())))?;
+            copied.push(format!("etc/{sub}/{name}"));
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// The `cafile` of `[DEFAULT]` in `ironic-python-agent.d/*.conf` (Ironic writes

@@ -148,13 +148,17 @@ deploy_vm() {
   grep -a "root device chosen" -A3 "$WORK/serial-$label.log" | tr -d '\r' | head -4 || true
 }
 
-# blank FILE: nothing was ever written to the disk the hint did not name (the qcow2 file
-# has no cluster allocated; a write of zeros would allocate one too).
+# blank FILE: the disk holds nothing but zeros: the qcow2 file's map has no extent with data
+# (a plain write, even of zeros, makes one; a write-zeroes request leaves zero clusters, which
+# read as the blank disk they are). qemu-img check leaves its allocated-clusters count out
+# when it is zero, so the map is read instead, and an unreadable map is a failure.
 blank() {
   local n
-  n=$(qemu-img check --output=json "$1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["allocated-clusters"])') \
-    || fail "cannot read the allocated clusters of $1 (qemu-img check)"
-  [[ "$n" =~ ^[0-9]+$ ]] || fail "qemu-img check gave '$n' allocated clusters for $1"
+  n=$(qemu-img map --output=json "$1" | "$PY" -c 'import json,sys
+m = json.load(sys.stdin)
+assert isinstance(m, list) and m, m
+print(sum(1 for e in m if e["data"]))') || fail "cannot read the map of $1 (qemu-img map)"
+  [[ "$n" =~ ^[0-9]+$ ]] || fail "qemu-img map gave '$n' data extents for $1"
   [[ "$n" == 0 ]]
 }
 
