@@ -42,6 +42,8 @@ ls mdadm_*.deb >/dev/null 2>&1 || apt-get download -qq mdadm
 [[ -x mdadm/sbin/mdadm ]] || { rm -rf mdadm; dpkg -x mdadm_*.deb mdadm; }
 
 R=$(mktemp -d)
+# The root of the ramdisk, as any root: readable by users (the rescue user logs in there).
+chmod 755 "$R"
 trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,usr/bin,usr/sbin,var/log,lib/modules/"$KVER"}
 cp /bin/busybox "$R/bin/busybox"
