@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: the real Ironic 39 (standalone on 127.0.0.1)
 # deploys a node whose "disk" is a loop device, with the static Rivet binary as its agent.
-# Shows the conductor and Rivet working together and the disk's partition table; then the
-# same deploy of a QEMU VM booted from Rivet's ramdisk, ending with the deployed VM's boot marker.
+# Shows the conductor and Rivet working together and the disk's partition table; then what an
+# operator tries first: in the lab (tests/lab), Ironic boots a VM from Rivet's ramdisk over
+# Redfish virtual media, deploys it with a config drive, reboots it into its OS, and cleans it
+# when it is undeployed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -53,9 +55,11 @@ echo "== Rivet log (excerpt)"
 grep -E "lookup succeeded|agent API serving|root device chosen|image written|UEFI|fallback|system event" "$WORK/rivet.log" | cut -c1-200
 
 echo
-echo "== the product as operators meet it: QEMU VMs (TCG) boot Rivet's ramdisk and the real Ironic"
-echo "   deploys them: a whole-disk image onto the NVMe disk (UEFI), a partition image onto the 4Kn"
-echo "   disk with GRUB installed by the agent; each VM then boots from its disk and prints its"
-echo "   marker (tests/vm/deploy.sh, ~3 min; FLOWS=\"wholedisk partition bios dib inspect raid\" for all flows)"
+echo "== the product as operators meet it (the lab: a provisioning network in a namespace, dnsmasq,"
+echo "   Ironic on HTTPS, a QEMU VM behind a Redfish BMC): Ironic builds a virtual-media ISO from"
+echo "   Rivet's kernel and initramfs, inserts it, powers the VM on; Rivet verifies Ironic with the"
+echo "   CA on the ISO, deploys a whole-disk image with a config drive; Ironic reboots the VM into"
+echo "   its OS (its marker below), then undeploys it with automated cleaning (tests/vm/deploy.sh,"
+echo "   ~3 min; FLOWS=\"vmedia ipxe metal3 raid dib powerloss rescue\" for every flow)"
 scripts/ironic/run-ironic.sh stop >/dev/null 2>&1 || true
-RIVET="$RIVET" FLOWS="${FLOWS:-wholedisk partition}" tests/vm/deploy.sh
+RIVET="$RIVET" FLOWS="${FLOWS:-vmedia}" LANES=1 tests/vm/deploy.sh

@@ -3,11 +3,13 @@
 # Ironic venv), checks formatting and lints, runs the unit and integration tests (with the
 # stable-Rust fuzz smoke run; libFuzzer itself is scripts/fuzz.sh), builds the static release
 # binary and runs it against the real Ironic conductor (deploy, clean, formats, inspection and
-# fast-track) and in QEMU VMs booted from our ramdisks. Prints each suite's time at the end.
+# fast-track) and in the lab (tests/lab), where Ironic itself powers, boots and deploys QEMU
+# VMs through Redfish and IPMI BMCs, over virtual media and iPXE. Prints each suite's time at
+# the end.
 #
 # The real-Ironic suites mostly wait (on heartbeats, on the conductor), so they run at once,
-# each with its own Ironic on its own ports, while the diskimage-builder ramdisk the VM test
-# boots is built beside them, and beside the VM flows that boot the minimal ramdisk.
+# each with its own Ironic on its own ports, while the diskimage-builder ramdisk the lab boots
+# is built beside them and beside the lab's first flows (its flow waits for it).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -76,9 +78,10 @@ step "Ironic 39 venv" scripts/ironic/run-ironic.sh install
 DIB_OUT="$LOGS/dib"
 # The test boots this image; it does not measure its size. A light zstd level keeps the build
 # off the critical path while the VM flows share the cores (the default, -19, is for shipping).
-bg "DIB ramdisk build (for the VM test)" env RIVET="$RIVET_STATIC" COMPRESS="zstd -3 -T0 -q" \
+mkdir -p "$DIB_OUT"; touch "$DIB_OUT/.building"
+bg "DIB ramdisk build (for the lab)" env RIVET="$RIVET_STATIC" COMPRESS="zstd -3 -T0 -q" \
   RIVET_STEPS_DIR="$ROOT/tests/fixtures/steps.d" \
-  scripts/build-dib-ramdisk.sh "$DIB_OUT"
+  sh -c 'scripts/build-dib-ramdisk.sh "$1" && touch "$1/.done" || { touch "$1/.failed"; exit 1; }' _ "$DIB_OUT"
 ironic() { # NAME PORT SCRIPT: one real-Ironic suite with its own conductor on PORT (images on PORT+1000)
   bg "$1" env RIVET="$RIVET_STATIC" API_PORT="$2" IMG_PORT=$(($2 + 1000)) API="http://127.0.0.1:$2" \
     IMG="http://127.0.0.1:$(($2 + 1000))" "$3"
@@ -92,12 +95,10 @@ for s in "real Ironic: whole-disk deploy and failed deploy" "real Ironic: automa
          "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery"; do
   collect "$s"
 done
-# The VM flows that boot the minimal ramdisk need no DIB image: they run while it builds.
-step "VM: real Ironic deploys QEMU VMs booted from the minimal ramdisk (incl. software RAID)" \
-  env RIVET="$RIVET_STATIC" FLOWS="wholedisk partition bios inspect raid" tests/vm/deploy.sh
-collect "DIB ramdisk build (for the VM test)"
-step "VM: the DIB ramdisk boots and cleans for the real Ironic" \
-  env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" FLOWS=dib tests/vm/deploy.sh
+# The lab: every flow, three side by side; the DIB flow waits for the build above.
+step "lab: Ironic powers, boots (virtual media, iPXE) and deploys VMs: vmedia ipxe metal3 raid dib powerloss rescue faults" \
+  env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" tests/vm/deploy.sh
+collect "DIB ramdisk build (for the lab)"
 
 leftovers() { # the run left no file in the checkout (tools that write where they run)
   local now; now=$(checkout_files)

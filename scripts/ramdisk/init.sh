@@ -54,7 +54,10 @@ ip link set lo up
       case "$started" in *" $i "*) continue ;; esac
       started="$started$i "
       ip link set "$i" up
-      udhcpc -i "$i" -n -q -t 10 -T 1 -s /etc/udhcpc.sh >/dev/null 2>&1 &
+      # Asked again and again until a server answers (5 tries a second apart, then a pause
+      # of 3 s): a DHCP server that answers late, or starts late, still gives the NIC its
+      # address; meanwhile the agent says in its log that the API is unreachable.
+      udhcpc -i "$i" -q -t 5 -T 1 -A 3 -s /etc/udhcpc.sh >/dev/null 2>&1 &
       [ -n "$linked" ] || { mark link_up; linked=1; }
     done
     if [ -z "$addressed" ]; then
@@ -65,17 +68,6 @@ ip link set lo up
     fi
   done
 ) &
-# Test plumbing only (QEMU user networking, where the conductor and image server listen on
-# the host's 127.0.0.1): rivet.forward=PORT,PORT makes 127.0.0.1:PORT here reach the host
-# through QEMU's guestfwd alias 10.0.2.100:PORT.
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    rivet.forward=*)
-      for p in $(echo "${arg#rivet.forward=}" | tr ',' ' '); do
-        nc -ll -p "$p" -e nc 10.0.2.100 "$p" &
-      done ;;
-  esac
-done
 # Rescue: once the agent has set the rescue user's password (rescue.finalize_rescue), the
 # serial console (the last console=ttyS* given) offers a login, as IPA's ramdisks do. Before
 # that there is no login at all (root's password is locked in any case).

@@ -162,18 +162,37 @@ impl Context {
             .unwrap_or(Value::Null)
     }
 
-    /// The disk the node's root device hints choose (the decision table is logged).
+    /// The disk the node's root device hints choose (the decision table is logged). A disk
+    /// may still be appearing (its driver probing late on a loaded machine): while the hints
+    /// match nothing, or nothing is large enough, the disks are looked at again for up to the
+    /// disk wait budget (`ipa-disk-wait-attempts` × `-delay`, IPA's: it waits at start-up for
+    /// a disk its hints match).
     pub fn root_disk(&self, strict: bool) -> Result<crate::hardware::disks::Disk, CommandError> {
-        use crate::hardware::{disks, root_device};
-        let found = disks::discover(&disks::Sources::default(), self.config.allow_loop_devices);
+        use crate::hardware::disks;
+        use crate::hardware::root_device::{self, RootDeviceError};
+        let budget = self
+            .config
+            .disk_wait_delay
+            .saturating_mul(self.config.disk_wait_attempts.max(1).saturating_sub(1));
+        let start = std::time::Instant::now();
         let node = self.node_value();
-        if let Some(md) = raid_root(&node, &found)? {
-            tracing::info!(device = %md.name, "root device: the software RAID root volume");
-            return Ok(md);
+        loop {
+            let found = disks::discover(&disks::Sources::default(), self.config.allow_loop_devices);
+            if let Some(md) = raid_root(&node, &found)? {
+                tracing::info!(device = %md.name, "root device: the software RAID root volume");
+                return Ok(md);
+            }
+            let last_try = start.elapsed() >= budget;
+            match root_device::select(&found, &node, strict, last_try) {
+                Ok(d) => return Ok(d.device),
+                Err(
+                    RootDeviceError::NoMatch { .. }
+                    | RootDeviceError::TooSmall { .. }
+                    | RootDeviceError::NoDisks,
+                ) if !last_try => std::thread::sleep(std::time::Duration::from_millis(200)),
+                Err(e) => return Err(CommandError::new(ErrorKind::DeviceNotFound, e.to_string())),
+            }
         }
-        root_device::select_for_node(&found, &node, strict)
-            .map(|d| d.device)
-            .map_err(|e| CommandError::new(ErrorKind::DeviceNotFound, e.to_string()))
     }
 
     /// With `--simulate-power` (tests) only a loop device or an image file may be changed: a

@@ -266,6 +266,17 @@ pub fn select_for_node(
     node: &Value,
     strict: bool,
 ) -> Result<Decision, RootDeviceError> {
+    select(disks, node, strict, true)
+}
+
+/// [`select_for_node`], logging a failure only with `log_failure` (a caller that looks again
+/// while disks appear logs its last try only).
+pub fn select(
+    disks: &[Disk],
+    node: &Value,
+    strict: bool,
+    log_failure: bool,
+) -> Result<Decision, RootDeviceError> {
     let (hints, skip) = node_hints(node);
     let r = choose_among(
         disks,
@@ -278,7 +289,8 @@ pub fn select_for_node(
         Ok(d) => {
             tracing::info!(device = %d.device.name, hints = ?hints, "root device chosen:\n{}", render(&d.table))
         }
-        Err(e) => tracing::error!("root device selection failed: {e}"),
+        Err(e) if log_failure => tracing::error!("root device selection failed: {e}"),
+        Err(_) => {}
     }
     r
 }

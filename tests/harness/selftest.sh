@@ -57,10 +57,10 @@ fi
 echo "ok: NODE=\$(enroll …) fails where the enrolment failed, with the node's last error"
 
 # 3. A misspelled flow is refused before anything starts.
-if out=$(FLOWS="wholedisk partiton" timeout 20 "$ROOT/tests/vm/deploy.sh" 2>&1); then
-  fail "deploy.sh accepted FLOWS='wholedisk partiton': $out"
+if out=$(FLOWS="vmedia rescure" timeout 20 "$ROOT/tests/vm/deploy.sh" 2>&1); then
+  fail "deploy.sh accepted FLOWS='vmedia rescure': $out"
 fi
-[[ "$out" == *"unknown flow 'partiton'"* ]] || fail "deploy.sh: unclear refusal: $out"
+[[ "$out" == *"unknown flow 'rescure'"* ]] || fail "deploy.sh: unclear refusal: $out"
 echo "ok: tests/vm/deploy.sh refuses an unknown flow name at once"
 
 # 4. The fault suite cannot pass with nothing to do.

@@ -45,6 +45,8 @@ lab_daemon() {
   local name=$1 log=$2; shift 2
   ( exec ip netns exec "$LAB_NS" "$@" ) >"$log" 2>&1 &
   echo $! > "$LAB_DIR/pids/$name"
+  # lab_down kills it; the shell has no job to report ("Killed") then.
+  disown $!
 }
 
 # lab_deps: Debian packages and the Python tools (sushy-tools, virtualbmc) in their own venv;
@@ -191,7 +193,10 @@ dhcp-match=set:efi,option:client-arch,11
 dhcp-boot=tag:efi,tag:!ipxe,snponly.efi
 dhcp-boot=tag:!efi,tag:!ipxe,undionly.kpxe
 dhcp-boot=tag:ipxe,$LAB_HTTP/boot.ipxe
+dhcp-hostsfile=$LAB_DIR/dhcp-hosts
 CONF
+  # Per-MAC entries ("MAC,ignore" keeps a node without an address); read again on SIGHUP.
+  : > "$LAB_DIR/dhcp-hosts"
   lab_daemon dnsmasq "$LAB_DIR/dnsmasq.stdout" dnsmasq --keep-in-foreground \
     --conf-file="$LAB_DIR/dnsmasq.conf" --pid-file="$LAB_DIR/dnsmasq.pid" \
     --log-facility="$LAB_DIR/dnsmasq.log"
@@ -274,7 +279,7 @@ lab_ironic_up() {
   lab_daemon ironic "$LAB_DIR/ironic.stdout" "$venv/bin/ironic" --config-file "$LAB_DIR/ironic.conf"
   local _
   for _ in $(seq 1 240); do
-    if lab_api GET /v1/drivers 2>/dev/null | grep -q '"redfish"'; then
+    if lab_api GET /v1/drivers 2>/dev/null | grep '"redfish"' >/dev/null; then
       return 0
     fi
     kill -0 "$(cat "$LAB_DIR/pids/ironic")" 2>/dev/null || break
@@ -285,13 +290,22 @@ lab_ironic_up() {
 }
 
 # lab_api METHOD PATH [JSON]: Ironic's API from inside the lab, verified with the lab's CA; a
-# 4xx/5xx answer fails with its body on stderr.
+# 4xx/5xx answer fails with its body on stderr. A node Ironic holds locked (409) is asked again
+# for up to 30 s, as Ironic's own client does.
 lab_api() {
-  local m=$1 p=$2 d=${3:-} out rc=0
+  local m=$1 p=$2 d=${3:-} out rc try
   local args=(-sS --fail-with-body --cacert "$LAB_DIR/tls/ca.pem" -X "$m"
     -H 'Content-Type: application/json' -H 'X-OpenStack-Ironic-API-Version: 1.115' "$LAB_API$p")
   [[ -n "$d" ]] && args+=(-d "$d")
-  out=$(lab_in curl "${args[@]}") || rc=$?
+  for try in $(seq 1 15); do
+    rc=0
+    out=$(lab_in curl "${args[@]}" 2>&1) || rc=$?
+    if ((rc == 22)) && [[ "$out" == *"is locked by host"* ]] && ((try < 15)); then
+      sleep 2
+      continue
+    fi
+    break
+  done
   if ((rc)); then
     echo "Ironic API: $m $p failed (curl exit $rc): $out" >&2
     return "$rc"
@@ -481,6 +495,13 @@ lab_down() {
     ip netns del "$LAB_NS" 2>/dev/null || true
   fi
   rm -rf "${LAB_DIR:?}"
+}
+
+# lab_dhcp_ignore MAC | lab_dhcp_ignore: dnsmasq ignores MAC's DHCP requests / answers every
+# node again (a DHCP server that answers late).
+lab_dhcp_ignore() {
+  if (($#)); then echo "$1,ignore" > "$LAB_DIR/dhcp-hosts"; else : > "$LAB_DIR/dhcp-hosts"; fi
+  kill -HUP "$(cat "$LAB_DIR/pids/dnsmasq")"
 }
 
 lab_status() {

@@ -27,14 +27,19 @@
 #  rescue   rescue_interface agent (ipmi + ipxe): the node reaches "rescue" through
 #           finalize_rescue, the rescue user logs in on the serial console with the operator's
 #           password (a wrong one is refused), unrescue returns it to "active".
+#  faults   a BMC that refuses the password, an ISO Ironic cannot build, a DHCP server that
+#           answers late (the agent meanwhile says it cannot reach the conductor): each a clear
+#           error, and the late one still ends in a heartbeat and a finished cleaning.
 # Per flow it prints `time <flow>_boot_to_heartbeat Ns` (Ironic's power-on to the first
 # heartbeat the conductor recorded), the time to `active`, and each ramdisk boot's timeline.
-# usage: tests/vm/deploy.sh   (RIVET=static binary; FLOWS="…" to choose; DIB_RAMDISK=dir with
-#                              a prebuilt DIB rivet.kernel/rivet.initramfs; LAB_KEEP=1 leaves
-#                              the lab up at the end for a look, tests/lab/lab.sh down ends it)
+# usage: tests/vm/deploy.sh   (RIVET=static binary; FLOWS="…" to choose; LANES=1|2|3 flows side
+#                              by side (3); DIB_RAMDISK=dir with a DIB rivet.kernel/initramfs
+#                              (built there when missing; waited for while DIR/.building exists
+#                              without DIR/.done); LAB_KEEP=1 leaves the lab up at the end for a
+#                              look, tests/lab/lab.sh down ends it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-ALL_FLOWS="vmedia ipxe metal3 raid dib powerloss rescue"
+ALL_FLOWS="vmedia ipxe metal3 raid dib powerloss rescue faults"
 FLOWS=${FLOWS:-$ALL_FLOWS}
 for f in $FLOWS; do
   [[ " $ALL_FLOWS " == *" $f "* ]] || { echo "FAIL: unknown flow '$f' in FLOWS (known: $ALL_FLOWS)" >&2; exit 2; }
@@ -82,7 +87,7 @@ since() { tail -c +$(($2 + 1)) "$(serial "$1")" 2>/dev/null | tr -d '\r' | sed '
 wait_console() {
   local end=$((SECONDS + $4))
   while ((SECONDS < end)); do
-    since "$1" "$2" | grep -a -q -- "$3" && return 0
+    since "$1" "$2" | grep -a -- "$3" >/dev/null && return 0
     sleep 1
   done
   return 1
@@ -157,6 +162,8 @@ first_heartbeat() {
   while ((SECONDS < end)); do
     state=$(node_field "$node" "['provision_state']")
     [[ "$state" == *failed ]] && fail "$label: node $state before a heartbeat: $(node_field "$node" "['last_error']")"
+    since "$name" "$m" | grep -a -E "Kernel panic|Out of memory: Killed" >/dev/null \
+      && fail "$label: the ramdisk died: $(since "$name" "$m" | grep -a -E "Kernel panic|Out of memory" | head -2)"
     if on=$(log_first "Successfully set node $node power state to power on" "${REQ[$node]}") \
         && hb=$(log_first "POST /v1/heartbeat/$node - 202" "$on"); then
       RAMDISK_BOOTS+=("$name:$m:$label")
@@ -201,33 +208,49 @@ booted_os() {
 }
 
 # --- vmedia: redfish + redfish-virtual-media, UEFI, HTTPS API verified with Ironic's CA ------
-if want vmedia; then
+# scripts/bench-vs-ipa.sh runs this flow with another agent's ramdisk (VMEDIA_DEPLOY_KERNEL,
+# VMEDIA_DEPLOY_RAMDISK: files; VMEDIA_FOREIGN_AGENT=1 skips what only Rivet logs), another
+# memory size (VM_MEMORY_MIB) and without the undeploy (VMEDIA_UNDEPLOY=0).
+flow_vmedia() {
   N=vm-vmedia MAC=52:54:00:15:00:01
-  DOM=$(lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
+  DOM=$(lab_node $N uefi $MAC "${VM_MEMORY_MIB:-1024}" nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "vmedia: enrolment failed"
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/properties/root_device", "value": {"serial": "nvmetarget"}}]' >/dev/null
+  if [[ -n "${VMEDIA_DEPLOY_KERNEL:-}" ]]; then
+    mkdir -p "$LAB_DIR/http/bench"
+    cp "$VMEDIA_DEPLOY_KERNEL" "$LAB_DIR/http/bench/kernel"
+    cp "$VMEDIA_DEPLOY_RAMDISK" "$LAB_DIR/http/bench/ramdisk"
+    chmod -R a+rX "$LAB_DIR/http/bench"
+    lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/driver_info/deploy_kernel\", \"value\": \"$LAB_HTTP/bench/kernel\"},
+      {\"op\": \"add\", \"path\": \"/driver_info/deploy_ramdisk\", \"value\": \"$LAB_HTTP/bench/ramdisk\"}]" >/dev/null
+  fi
   lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
   wait_state "$NODE" available 120 || fail "vmedia: node did not become available"
   lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
     \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
   m=$(mark $N)
   provision "$NODE" '{"target": "active", "configdrive": {"meta_data": {"hostname": "vmedia.rivet.example"}}}'
-  first_heartbeat vmedia "$NODE" $N "$m" 300
+  first_heartbeat vmedia "$NODE" $N "$m" "${HB_TIMEOUT:-300}"
   con=$(since $N "$m")
   grep -a -q "boot_method=vmedia" <<<"$con" || fail "vmedia: the ramdisk was not booted from virtual media"
   grep -a -q "ipa-insecure" <<<"$con" && fail "vmedia: the kernel command line carries ipa-insecure"
-  grep -a -q -E "agent configuration copied: .*ironic-tls.conf" <<<"$con" \
-    || fail "vmedia: the agent did not take Ironic's CA from the ISO: $(grep -a -i -E "vmedia|virtual media" <<<"$con" | tail -5)"
-  echo "ok: vmedia: the agent took Ironic's CA from the ISO and verified the HTTPS API with it"
+  if [[ "${VMEDIA_FOREIGN_AGENT:-0}" == 1 ]]; then
+    RAMDISK_BOOTS=()   # another agent: no Rivet timeline to read
+  else
+    grep -a -q -E "agent configuration copied: .*ironic-tls.conf" <<<"$con" \
+      || fail "vmedia: the agent did not take Ironic's CA from the ISO: $(grep -a -i -E "vmedia|virtual media" <<<"$con" | tail -5)"
+    echo "ok: vmedia: the agent took Ironic's CA from the ISO and verified the HTTPS API with it"
+  fi
   reached vmedia "$NODE" active 900 $N "$m"
   booted_os vmedia $N "$m" "rivet.flow=uefi"
   domain_off $N 120 || fail "vmedia: the test OS did not power off"
   disk_raw $N nvmetarget "$LAB_DIR/vm-disk.raw"
   size=$(stat -c %s "$I/boot.raw")
   cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$LAB_DIR/vm-disk.raw" || fail "vmedia: the NVMe disk differs from the image"
-  sgdisk -p "$LAB_DIR/vm-disk.raw" | grep -q "config-2" || fail "vmedia: no config-2 partition on the NVMe disk"
+  sgdisk -p "$LAB_DIR/vm-disk.raw" | grep "config-2" >/dev/null || fail "vmedia: no config-2 partition on the NVMe disk"
   rm -f "$LAB_DIR/vm-disk.raw"
   echo "ok: vmedia: the NVMe disk holds the image and a config drive"
+  [[ "${VMEDIA_UNDEPLOY:-1}" == 1 ]] || return 0
   # Undeploy with automated cleaning: Ironic boots the ramdisk again, from virtual media.
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/automated_clean", "value": true}]' >/dev/null
   m=$(mark $N)
@@ -240,10 +263,10 @@ if want vmedia; then
   rm -f "$LAB_DIR/vm-disk.raw"
   [[ -z "$pt" ]] || fail "vmedia: automated cleaning left a $pt table on the NVMe disk"
   echo "ok: vmedia: undeployed; automated cleaning erased the NVMe disk"
-fi
+}
 
 # --- ipxe: ipmi + ipxe, UEFI and BIOS side by side: partition images, GRUB from the image --
-if want ipxe; then
+flow_ipxe() {
   lab_node vm-ipxe-uefi uefi 52:54:00:15:00:02 1024 nvme:nvmeother:8G virtio4k:v4ktarget:8G >/dev/null
   lab_node vm-ipxe-bios bios 52:54:00:15:00:03 1024 nvme:nvmetarget:8G >/dev/null
   lab_vbmc vm-ipxe-uefi 6231
@@ -277,10 +300,10 @@ if want ipxe; then
   grep -a -q "snponly.efi" "$LAB_DIR/dnsmasq.log" || fail "ipxe: the UEFI firmware did not fetch snponly.efi over TFTP"
   grep -a -c "boot.ipxe" "$LAB_DIR/nginx/access.log" | grep -q -v '^0$' || fail "ipxe: nobody fetched boot.ipxe"
   echo "ok: ipxe: DHCP → snponly.efi (TFTP) / the NIC's iPXE → boot.ipxe → Rivet over HTTP; partition images with GRUB from the image, UEFI and BIOS"
-fi
+}
 
 # --- metal3: inspection → manage → provide → deploy in one boot (fast-track), virtual media -
-if want metal3; then
+flow_metal3() {
   N=vm-metal3 MAC=52:54:00:15:00:04
   DOM=$(lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "metal3: enrolment failed"
@@ -303,6 +326,14 @@ assert '$MAC' in macs, macs
 assert inv['system_vendor']['manufacturer'] == 'QEMU', inv['system_vendor']
 print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'vendor', inv['system_vendor']['manufacturer'])" \
     || fail "metal3: the stored inventory is not this VM's"
+  # The agent stays (fast-track): after its inspection post it looks the node up and heartbeats;
+  # Ironic reuses it only while its heartbeats are fresh.
+  local hb_end=$((SECONDS + 180))
+  until hb=$(log_first "POST /v1/heartbeat/$NODE - 202" "$posted"); do
+    ((SECONDS < hb_end)) || fail "metal3: the agent did not heartbeat after its inspection: $(since $N "$m" | tail -10)"
+    sleep 1
+  done
+  echo "time metal3_inspection_data_to_heartbeat $(awk "BEGIN{printf \"%.0f\", $hb - $posted}")s"
   lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"nvmetarget\"}},
     {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
     \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
@@ -316,7 +347,7 @@ print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'vendor'
   boots=$(since $N "$m" | grep -a -c "rivet-timeline init_start" || true)
   [[ "$boots" == 1 ]] || fail "metal3: the ramdisk booted $boots times between inspection and the deployed OS"
   echo "ok: metal3: inspected, provided and deployed by one ramdisk boot, then the instance booted"
-fi
+}
 
 # --- raid: software RAID, UEFI (virtual media) and BIOS (iPXE) ------------------------------
 # md superblocks: v1.2 4 KiB into the array partitions (root at 551 MiB, data 3 GiB later),
@@ -358,7 +389,7 @@ boot_disks() {
 elog_disks() { # TEXT PATTERN [PATTERN2]: the disks named in the agent's log lines matching
   grep -a "$2" <<<"$1" | grep -a "${3:-}" | grep -o 'disk=/dev/[a-z0-9]*' | sort | tr '\n' ' ' || true
 }
-if want raid; then
+flow_raid() {
   N=vm-raid MAC=52:54:00:15:00:05
   DOM=$(lab_node $N uefi $MAC 1024 nvme:raida:8G nvme:raidb:8G virtio4k:v4ktarget:8G)
   RNODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "raid: enrolment failed"
@@ -486,11 +517,21 @@ print('raid_config stored by the conductor:', [(x['volume_name'], x['raid_level'
     rm -f "$LAB_DIR/$d.raw"
   done
   echo "ok: raid-bios: the array nothing kept was stopped, its superblocks zeroed and both member disks erased whole"
-fi
+}
 
 # --- dib: the diskimage-builder ramdisk over virtual media; a manual cleaning ---------------
-if want dib; then
+flow_dib() {
   DIB=${DIB_RAMDISK:-$LAB_DIR/dib-build}
+  if [[ -n "${DIB_RAMDISK:-}" && ! -f "$DIB/.done" && -f "$DIB/.building" ]]; then
+    # Built beside this test (the test command): wait for it.
+    local wstart=$SECONDS
+    while [[ ! -f "$DIB/.done" ]]; do
+      [[ -f "$DIB/.failed" ]] && fail "dib: the DIB ramdisk build failed"
+      ((SECONDS - wstart < 1500)) || fail "dib: the DIB ramdisk build did not end in 25 min"
+      sleep 5
+    done
+    echo "time dib_build_wait $((SECONDS - wstart))s"
+  fi
   if [[ ! -f "$DIB/rivet.initramfs" ]]; then
     bstart=$SECONDS
     RIVET_STEPS_DIR="$ROOT/tests/fixtures/steps.d" "$ROOT/scripts/build-dib-ramdisk.sh" "$DIB" | tail -1
@@ -519,17 +560,17 @@ if want dib; then
   con=$(since $N "$m")
   grep -a -q "metadata erased" <<<"$con" || fail "dib: the agent's console output does not show the erase"
   for s in cpu vm; do
-    grep -a "execute_clean_step: result" "$LAB_DIR/ironic.log" | grep "'tool': 'stress-ng'" | grep -q "'stressor': '$s'" \
-      || fail "dib: the conductor did not get stress-ng's $s burn-in result"
+    grep -a "execute_clean_step: result" "$LAB_DIR/ironic.log" | grep "'tool': 'stress-ng'" | grep "'stressor': '$s'" >/dev/null \
+      || fail "dib: the conductor did not get stress-ng's $s burn-in result; its last command list: $(grep -a "Status of agent commands for node $NODE" "$LAB_DIR/ironic.log" | tail -1 | cut -c1-3000)"
   done
-  grep -a "execute_clean_step: result" "$LAB_DIR/ironic.log" | grep -q "'text': 'from-the-dib-ramdisk'" \
+  grep -a "execute_clean_step: result" "$LAB_DIR/ironic.log" | grep "'text': 'from-the-dib-ramdisk'" >/dev/null \
     || fail "dib: the custom step shipped in the ramdisk (RIVET_STEPS_DIR) did not run"
   echo "ok: dib: Ironic booted the DIB ramdisk from virtual media; erase, stress-ng burn-in and the shipped custom step ran"
   lab_api PUT "/v1/nodes/$NODE/states/power" '{"target": "power off"}' >/dev/null
-fi
+}
 
 # --- powerloss: Redfish ForceOff in the middle of write_image --------------------------------
-if want powerloss; then
+flow_powerloss() {
   N=vm-powerloss MAC=52:54:00:15:00:09
   DOM=$(lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio:spare:1G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "powerloss: enrolment failed"
@@ -558,12 +599,12 @@ if want powerloss; then
   first_heartbeat powerloss_redeploy "$NODE" $N "$m" 300
   reached powerloss_redeploy "$NODE" active 900 $N "$m"
   booted_os powerloss $N "$m" "rivet.flow=uefi"
-fi
+}
 
 # --- rescue: rescue_interface agent; the rescue user logs in on the serial console -----------
 # Over iPXE: Ironic 39's redfish-virtual-media boot powers the node off when it cleans up the
 # rescue ramdisk's boot (unless fast-track keeps the agent), which leaves a rescued node off.
-if want rescue; then
+flow_rescue() {
   N=vm-rescue MAC=52:54:00:15:00:0a
   lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio:spare:1G >/dev/null
   lab_vbmc $N 6234
@@ -593,16 +634,123 @@ if want rescue; then
   wait_state "$NODE" active 600 || fail "rescue: unrescue failed: $(node_field "$NODE" "['last_error']")"
   booted_os unrescue $N "$m" "rivet.flow=uefi"
   echo "ok: rescue: unrescue returned the node to active and its OS"
-fi
+}
 
-# Where each ramdisk boot spent its time, from its console (guest clock).
-((${#RAMDISK_BOOTS[@]} > 0)) || fail "no ramdisk was booted (FLOWS='$FLOWS')"
-for b in "${RAMDISK_BOOTS[@]}"; do
-  IFS=: read -r name m label <<<"$b"
-  since "$name" "$m" > "$LAB_DIR/boot-$label.log"
-  grep -a -q "boot timeline" "$LAB_DIR/boot-$label.log" || fail "$label: the agent's console shows no boot timeline"
-  "$ROOT/scripts/boot-timeline.sh" "$LAB_DIR/boot-$label.log" "$label"
-  grep -a -q -E "phase=\"?heartbeat_accepted" "$LAB_DIR/boot-$label.log" \
-    || fail "$label: the agent did not log its first accepted heartbeat in the timeline"
+# --- faults: what goes wrong on an operator's first day ends in a clear error ----------------
+#  a BMC that refuses the password: the node stays in "enroll", its last error says why;
+#  an ISO Ironic cannot build (the node's deploy_kernel is not there): "clean failed", naming it;
+#  a DHCP server that answers late: meanwhile the agent says it cannot reach the conductor,
+#  and names it; once the NIC has an address it heartbeats and the cleaning ends.
+flow_faults() {
+  local n=vm-faults mac=52:54:00:15:00:0b dom uuid state err
+  dom=$(lab_node $n uefi $mac 1024 nvme:nvmetarget:4G)
+  uuid=$(lab_api POST /v1/nodes "{\"name\": \"$n\", \"driver\": \"redfish\",
+      \"boot_interface\": \"redfish-virtual-media\", \"network_interface\": \"noop\",
+      \"driver_info\": {\"redfish_address\": \"$LAB_REDFISH\",
+        \"redfish_system_id\": \"/redfish/v1/Systems/$dom\", \"redfish_username\": \"admin\",
+        \"redfish_password\": \"not-the-password\"},
+      \"properties\": {\"capabilities\": \"boot_mode:uefi\"}}" | field "['uuid']") \
+    || fail "faults: enrolment failed"
+  lab_api POST /v1/ports "{\"node_uuid\": \"$uuid\", \"address\": \"$mac\"}" >/dev/null
+  lab_api PUT "/v1/nodes/$uuid/states/provision" '{"target": "manage"}' >/dev/null
+  local end=$((SECONDS + 120))
+  while ((SECONDS < end)); do
+    state=$(node_field "$uuid" "['provision_state']")
+    err=$(node_field "$uuid" "['last_error']")
+    [[ "$state" == enroll && -n "$err" && "$err" != null ]] && break
+    [[ "$state" == manageable ]] && fail "faults: the BMC took a wrong password (node manageable)"
+    sleep 2
+  done
+  [[ "$state" == enroll ]] || fail "faults: wrong BMC password: node '$state', no error within 120 s"
+  grep -q -i -E "401|unauthori[sz]ed|authenticat|credential|access" <<<"$err" \
+    || fail "faults: wrong BMC password: unclear last error: $err"
+  echo "ok: faults: a wrong BMC password leaves the node in enroll: ${err:0:160}"
+  lab_api PATCH "/v1/nodes/$uuid" '[{"op": "replace", "path": "/driver_info/redfish_password", "value": "password"}]' >/dev/null
+  lab_api PUT "/v1/nodes/$uuid/states/provision" '{"target": "manage"}' >/dev/null
+  wait_state "$uuid" manageable 180 || fail "faults: the right password did not make the node manageable"
+
+  local clean='{"target": "clean", "clean_steps": [{"interface": "deploy", "step": "erase_devices_metadata"}]}'
+  lab_api PATCH "/v1/nodes/$uuid" "[{\"op\": \"add\", \"path\": \"/driver_info/deploy_kernel\", \"value\": \"$LAB_HTTP/missing/rivet.kernel\"},
+    {\"op\": \"add\", \"path\": \"/driver_info/deploy_ramdisk\", \"value\": \"$LAB_HTTP/missing/rivet.initramfs\"}]" >/dev/null
+  provision "$uuid" "$clean"
+  wait_state "$uuid" "clean failed" 300 || fail "faults: a missing deploy_kernel did not fail the cleaning"
+  err=$(node_field "$uuid" "['last_error']")
+  grep -q -E "missing/rivet\.(kernel|initramfs)|404|Not Found" <<<"$err" \
+    || fail "faults: missing deploy_kernel: unclear last error: $err"
+  echo "ok: faults: an ISO Ironic cannot build fails the cleaning: ${err:0:200}"
+  lab_api PATCH "/v1/nodes/$uuid" '[{"op": "remove", "path": "/driver_info/deploy_kernel"}, {"op": "remove", "path": "/driver_info/deploy_ramdisk"}]' >/dev/null
+  lab_api PUT "/v1/nodes/$uuid/states/provision" '{"target": "manage"}' >/dev/null
+  wait_state "$uuid" manageable 180 || fail "faults: the node did not return to manageable"
+
+  lab_dhcp_ignore $mac
+  local m; m=$(mark $n)
+  provision "$uuid" "$clean"
+  wait_console $n "$m" "lookup failed, retrying" 300 \
+    || { lab_dhcp_ignore; fail "faults: no DHCP answer, and the agent did not say it cannot reach the conductor: $(since $n "$m" | tail -15)"; }
+  local line; line=$(since $n "$m" | grep -a "lookup failed, retrying" | head -1)
+  [[ "$line" == *"cannot reach the Ironic API"*"$LAB_IP:6385"* ]] || { lab_dhcp_ignore; fail "faults: unclear agent log line: $line"; }
+  echo "ok: faults: without an address the agent logs: $(grep -a -o "lookup failed.*" <<<"$line" | cut -c1-200)"
+  sleep 15   # DHCP answers late: 15 s after the agent first said so
+  state=$(node_field "$uuid" "['provision_state']")
+  [[ "$state" == "clean wait" ]] || { lab_dhcp_ignore; fail "faults: node '$state' while the agent had no address"; }
+  lab_dhcp_ignore
+  first_heartbeat faults_dhcp_late "$uuid" $n "$m" 300
+  reached faults_dhcp_late "$uuid" manageable 600 $n "$m"
+  echo "ok: faults: the NIC got its address late; the agent heartbeated and the cleaning ended"
+}
+
+# timelines: where each ramdisk boot of this lane spent its time, from its console (guest
+# clock); every boot must show the agent's first accepted heartbeat.
+timelines() {
+  local b name m label
+  for b in "${RAMDISK_BOOTS[@]}"; do
+    IFS=: read -r name m label <<<"$b"
+    since "$name" "$m" > "$LAB_DIR/boot-$label.log"
+    grep -a -q "boot timeline" "$LAB_DIR/boot-$label.log" || fail "$label: the agent's console shows no boot timeline"
+    "$ROOT/scripts/boot-timeline.sh" "$LAB_DIR/boot-$label.log" "$label"
+    grep -a -q -E "phase=\"?heartbeat_accepted" "$LAB_DIR/boot-$label.log" \
+      || fail "$label: the agent did not log its first accepted heartbeat in the timeline"
+  done
+}
+
+# --- lanes: the flows run in LANES groups side by side (each flow's nodes are its own), which
+# fills the time the conductor, the firmware and the boot loaders spend waiting. A lane's
+# output is printed when it ends; any lane failing fails the run.
+LANES=${LANES:-3}
+lane_flows() { # N: the flows of lane N (of $LANES), the longest first, each lane in order
+  local order="raid ipxe powerloss vmedia rescue metal3 dib faults" f i=0 out=""
+  if ((LANES == 1)); then echo "$order"; return; fi
+  case "$LANES:$1" in
+    2:0) order="raid vmedia metal3 dib" ;;
+    2:1) order="ipxe powerloss rescue faults" ;;
+    3:0) order="raid metal3" ;;
+    3:1) order="ipxe powerloss vmedia" ;;
+    3:2) order="rescue dib faults" ;;
+    *) echo "FAIL: LANES must be 1, 2 or 3" >&2; exit 2 ;;
+  esac
+  echo "$order"
+}
+declare -a LANE_PID
+for ((l = 0; l < LANES; l++)); do
+  (
+    RAMDISK_BOOTS=()
+    for f in $(lane_flows $l); do
+      want "$f" || continue
+      fstart=$SECONDS
+      echo "=== flow $f"
+      "flow_$f"
+      echo "=== flow $f: ok ($((SECONDS - fstart)) s)"
+    done
+    ((${#RAMDISK_BOOTS[@]} == 0)) || timelines
+  ) > "$LAB_DIR/lane-$l.log" 2>&1 &
+  LANE_PID[$l]=$!
 done
+failed=0
+for ((l = 0; l < LANES; l++)); do
+  rc=0; wait "${LANE_PID[$l]}" || rc=$?
+  echo "=== lane $l ($(lane_flows $l | tr ' ' '\n' | while read -r f; do want "$f" && printf '%s ' "$f"; done)): $( ((rc == 0)) && echo ok || echo FAILED)"
+  cat "$LAB_DIR/lane-$l.log"
+  ((rc == 0)) || failed=1
+done
+((failed == 0)) || fail "a lane failed (above)"
 echo "PASS vm deploy in the lab ($((SECONDS - t0)) s)"
