@@ -5,14 +5,15 @@
 # node into it), once with IPA's ramdisk and once with Rivet's minimal one, in one run. Prints,
 # per agent: Ironic's power-on → first heartbeat, → active (seconds, Ironic's log), the
 # ramdisk's size, and the smallest VM memory the agent deploys with (bisected from 4 GiB down
-# to 32 MiB steps; a boot that does not deploy within the time limit counts as too small).
+# to MEM_STEP MiB, 32 by default; a boot that does not deploy within the time limit counts as
+# too small).
 #
 # IPA's ramdisk is built once with ironic-python-agent-builder and diskimage-builder
 # (debian-minimal, bookworm, IPA 13.0.0 from PyPI) and cached in $IPA_CACHE; the builder's
 # element installs IPA from a git checkout, so the PyPI release is turned into a local one
 # (OpenStack's own git is not reachable from here). Not part of the test command.
 # usage: scripts/bench-vs-ipa.sh   (RIVET=static binary; IPA_CACHE=~/.cache/rivet-ipa;
-#        RUNS_ONLY=1 skips the memory bisection; MEM_FLOOR=128)
+#        RUNS_ONLY=1 skips the memory bisection; MEM_FLOOR=128; MEM_STEP=32)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${IPA_CACHE:-$HOME/.cache/rivet-ipa}
@@ -95,8 +96,9 @@ SH
   echo "ipa ramdisk built in $((SECONDS - t0)) s"
 }
 build_ipa
-RD=$(mktemp -d)
-trap 'rm -rf "$RD"' EXIT
+# Each run's log stays in $CACHE/runs (the last bench's only).
+RD=$CACHE/runs
+rm -rf "$RD" && mkdir -p "$RD"
 # As shipped (gzip), like IPA's: the size and the memory figures are the operator's.
 RIVET="$RIVET" "$ROOT/scripts/build-initramfs.sh" "$RD" >/dev/null
 
@@ -106,20 +108,24 @@ run() {
   if [[ "$agent" == ipa ]]; then k=$CACHE/ipa.kernel r=$CACHE/ipa.initramfs foreign=1
   else k=$RD/rivet.kernel r=$RD/rivet.initramfs; fi
   if FLOWS=vmedia LANES=1 VM_MEMORY_MIB=$mem VMEDIA_DEPLOY_KERNEL=$k VMEDIA_DEPLOY_RAMDISK=$r \
-       VMEDIA_FOREIGN_AGENT=$foreign VMEDIA_UNDEPLOY=0 HB_TIMEOUT=${HB_TIMEOUT:-240} \
+       VMEDIA_FOREIGN_AGENT=$foreign VMEDIA_UNDEPLOY=0 HB_TIMEOUT=${HB_TIMEOUT:-480} \
        "$ROOT/tests/vm/deploy.sh" > "$log" 2>&1; then
     echo "$(sed -n 's/^time vmedia_boot_to_heartbeat \([0-9]*\)s$/\1/p' "$log") $(sed -n 's/^time vmedia_power_on_to_active \([0-9]*\)s$/\1/p' "$log")"
   else
     return 1
   fi
 }
-# smallest AGENT: the smallest memory (MiB) it deploys with, bisected.
+# smallest AGENT FLOOR: the smallest memory (MiB) it deploys with, bisected between 4 GiB (it
+# deployed there) and FLOOR (no less than the compressed ramdisk: the kernel holds it whole).
 smallest() {
-  local lo=$((${MEM_FLOOR:-128} - 32)) hi=4096
-  run "$1" "$hi" >/dev/null || { echo ">4096"; return; }
-  while ((hi - lo > 32)); do
-    local mid=$(((lo + hi) / 2 / 32 * 32))
-    if run "$1" "$mid" >/dev/null; then hi=$mid; else lo=$mid; fi
+  local step=${MEM_STEP:-32} lo=$2 hi=4096
+  while ((hi - lo > step)); do
+    local mid=$(((lo + hi) / 2 / step * step))
+    if run "$1" "$mid" >/dev/null; then
+      hi=$mid; echo "  $1 at $mid MiB: deployed" >&2
+    else
+      lo=$mid; echo "  $1 at $mid MiB: did not deploy ($(grep -a -m1 -o -E "FAIL: .{0,160}" "$RD/run-$1-$mid.log" || true))" >&2
+    fi
   done
   echo "$hi"
 }
@@ -130,6 +136,8 @@ for a in ipa rivet; do
   else s=$(size "$RD/rivet.kernel" "$RD/rivet.initramfs"); fi
   read -r hb act < <(run "$a" 4096) || { echo "$a $s failed at 4096 MiB (see $RD)"; continue; }
   mem="-"
-  [[ "${RUNS_ONLY:-0}" == 1 ]] || mem=$(smallest "$a")
+  floor=${MEM_FLOOR:-128}
+  ((floor > s)) || floor=$s
+  [[ "${RUNS_ONLY:-0}" == 1 ]] || mem=$(smallest "$a" "$floor")
   echo "$a $s $hb $act $mem"
 done

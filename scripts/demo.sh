@@ -60,6 +60,6 @@ echo "   Ironic on HTTPS, a QEMU VM behind a Redfish BMC): Ironic builds a virtu
 echo "   Rivet's kernel and initramfs, inserts it, powers the VM on; Rivet verifies Ironic with the"
 echo "   CA on the ISO, deploys a whole-disk image with a config drive; Ironic reboots the VM into"
 echo "   its OS (its marker below), then undeploys it with automated cleaning (tests/vm/deploy.sh,"
-echo "   ~3 min; FLOWS=\"vmedia ipxe metal3 raid dib powerloss rescue\" for every flow)"
+echo "   ~3 min; FLOWS=\"vmedia ipxe metal3 raid dib powerloss rescue faults\" for every flow)"
 scripts/ironic/run-ironic.sh stop >/dev/null 2>&1 || true
 RIVET="$RIVET" FLOWS="${FLOWS:-vmedia}" LANES=1 tests/vm/deploy.sh
