@@ -247,7 +247,13 @@ flow_vmedia() {
   disk_raw $N nvmetarget "$LAB_DIR/vm-disk.raw"
   size=$(stat -c %s "$I/boot.raw")
   cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$LAB_DIR/vm-disk.raw" || fail "vmedia: the NVMe disk differs from the image"
-  sgdisk -p "$LAB_DIR/vm-disk.raw" | grep "config-2" >/dev/null || fail "vmedia: no config-2 partition on the NVMe disk"
+  # The config drive: a partition whose file system is labelled config-2 (any agent's: the
+  # GPT partition's own name is the agent's choice).
+  local start cd_at=""
+  for start in $(sgdisk -p "$LAB_DIR/vm-disk.raw" | awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ / {print $2}'); do
+    [[ "$(blkid -p -O $((start * 512)) -o value -s LABEL "$LAB_DIR/vm-disk.raw" 2>/dev/null || true)" == config-2 ]] && cd_at=$start
+  done
+  [[ -n "$cd_at" ]] || fail "vmedia: no partition on the NVMe disk holds a config-2 file system: $(sgdisk -p "$LAB_DIR/vm-disk.raw" | tail -4)"
   rm -f "$LAB_DIR/vm-disk.raw"
   echo "ok: vmedia: the NVMe disk holds the image and a config drive"
   [[ "${VMEDIA_UNDEPLOY:-1}" == 1 ]] || return 0
