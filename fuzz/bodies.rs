@@ -350,3 +350,58 @@ pub fn fs_walks(data: &[u8]) {
         );
     }
 }
+
+/// network_data.json from the virtual media (an operator's or a template's document): read
+/// into a plan whose every entry is valid, or refused; never a panic. Also the two other
+/// network inputs: an SNTP answer and a DHCP lease's variables.
+pub fn network_data(data: &[u8]) {
+    use rivet::network::network_data::{parse, resolv_conf, Addressing, LinkKind};
+    use rivet::network::{dhcp, sntp};
+    let _ = sntp::parse_answer(data, 0x0102_0304_0506_0708);
+    let text = String::from_utf8_lossy(data);
+    let _ = dhcp::lease_from(|k| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    });
+    let Ok(plan) = parse(data) else {
+        return;
+    };
+    for l in &plan.links {
+        match &l.kind {
+            LinkKind::Vlan { vid, parent, .. } => {
+                assert!((1..=4094).contains(vid), "VLAN id {vid}");
+                assert!(
+                    plan.links.iter().any(|p| &p.id == parent),
+                    "VLAN on a link not applied"
+                );
+            }
+            LinkKind::Bond(b) => assert!(!b.members.is_empty()),
+            LinkKind::Phy { mac } => assert_eq!(mac.len(), 17, "MAC {mac}"),
+        }
+        if let Some(m) = l.mtu {
+            assert!((68..=65535).contains(&m));
+        }
+    }
+    for n in &plan.networks {
+        assert!(
+            plan.links.iter().any(|l| l.id == n.link),
+            "network on a link not applied"
+        );
+        if let Addressing::Static {
+            address,
+            prefix,
+            routes,
+        } = &n.addressing
+        {
+            assert!(*prefix <= if address.is_ipv6() { 128 } else { 32 });
+            for r in routes {
+                assert_eq!(r.dest.is_ipv6(), address.is_ipv6());
+                assert_eq!(r.gateway.is_ipv6(), address.is_ipv6());
+            }
+        }
+    }
+    if let Some(r) = resolv_conf(&plan) {
+        assert!(r.lines().filter(|l| l.starts_with("nameserver")).count() <= 3);
+    }
+}

@@ -108,7 +108,7 @@ run() {
   if [[ "$agent" == ipa ]]; then k=$CACHE/ipa.kernel r=$CACHE/ipa.initramfs foreign=1
   else k=$RD/rivet.kernel r=$RD/rivet.initramfs; fi
   if FLOWS=vmedia LANES=1 VM_MEMORY_MIB=$mem VMEDIA_DEPLOY_KERNEL=$k VMEDIA_DEPLOY_RAMDISK=$r \
-       VMEDIA_FOREIGN_AGENT=$foreign VMEDIA_UNDEPLOY=0 HB_TIMEOUT=${HB_TIMEOUT:-480} \
+       VMEDIA_FOREIGN_AGENT=$foreign VMEDIA_UNDEPLOY=0 VMEDIA_NETWORK=0 HB_TIMEOUT=${HB_TIMEOUT:-480} \
        "$ROOT/tests/vm/deploy.sh" > "$log" 2>&1; then
     echo "$(sed -n 's/^time vmedia_boot_to_heartbeat \([0-9]*\)s$/\1/p' "$log") $(sed -n 's/^time vmedia_power_on_to_active \([0-9]*\)s$/\1/p' "$log")"
   else

@@ -3,7 +3,8 @@
 # (virtio, NVMe, AHCI/SCSI, USB storage, common NICs, vfat/ext4/iso9660, loop, md RAID),
 # busybox-static for the shell tools, mdadm (with the libraries it links), the static rivet
 # binary, and a small /init (scripts/ramdisk/init.sh) that mounts the pseudo file systems,
-# loads the modules, runs DHCP on every NIC and keeps the agent running.
+# loads the modules, runs `rivet network` (network_data.json or DHCP, VLANs, bonds) and keeps
+# the agent running.
 #
 # usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk)
 #   -> OUT_DIR/rivet.kernel (bzImage), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
@@ -57,7 +58,6 @@ if [[ -n "${RIVET_STEPS_DIR:-}" ]]; then
   mkdir -p "$R/etc/rivet/steps.d"
   cp -a "$RIVET_STEPS_DIR"/. "$R/etc/rivet/steps.d/"
 fi
-install -m 0755 "$ROOT/scripts/ramdisk/udhcpc.sh" "$R/etc/udhcpc.sh"
 printf 'root:x:0:0:root:/:/bin/sh\n' > "$R/etc/passwd"
 printf 'root:x:0:\n' > "$R/etc/group"
 printf 'root:*:19000:0:99999:7:::\n' > "$R/etc/shadow"
@@ -69,7 +69,7 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
 MODULES=(virtio_pci virtio_blk virtio_net virtio_scsi nvme ahci ata_piix sd_mod sr_mod
          usb_storage uas xhci_pci ehci_pci e1000 e1000e igb ixgbe i40e bnxt_en tg3
          vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs
-         md_mod raid0 raid1 raid10 raid456 ${EXTRA_MODULES:-})
+         md_mod raid0 raid1 raid10 raid456 8021q bonding ${EXTRA_MODULES:-})
 : > "$R/etc/modules.order"
 for m in "${MODULES[@]}"; do
   modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true

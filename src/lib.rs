@@ -16,6 +16,8 @@
 //! 7. `disk` (`device`: the one owner of a disk being written; `table`: the one partition
 //!    type and its reader; `nodes`: the kernel's partition nodes; layouts, mounts, ESP,
 //!    config drives, wiping, erasing) and `inspect` (the inspection collectors).
+//!    `network` (the ramdisk's network: network_data.json, DHCP, VLANs, bonds, SNTP) sits
+//!    beside them.
 //! 8. `hardware`: discovery (disks, NICs, inventory, hints, SMBIOS, LLDP, PCI, NUMA, USB).
 //! 9. `system` (tools, ioctls, raw sockets, power, logs, files inside an image) and
 //!    `conductor` (the Ironic API client: inspection, lookup, heartbeat).
@@ -40,6 +42,7 @@ pub mod image;
 pub mod inspect;
 pub mod install;
 pub mod logging;
+pub mod network;
 pub mod panics;
 pub mod redact;
 pub mod state;

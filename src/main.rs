@@ -44,6 +44,12 @@ enum Cmd {
     },
     /// Write an image to a disk without a conductor: fetch, verify, decode, write.
     Install(rivet::install::InstallArgs),
+    /// Bring the ramdisk's network up (both ramdisks run this once at boot): network_data.json
+    /// from the virtual media, else DHCP on every NIC; then ipa-enable-vlan-interfaces.
+    Network(NetworkArgs),
+    /// The DHCP client's hook (udhcpc runs it with the event): applies the lease by netlink.
+    #[command(hide = true)]
+    NetworkLease { event: String },
     /// Choose the root disk as a deploy would and print the decision table.
     RootDevice {
         /// Root device hints, as in the node's properties.root_device (JSON object).
@@ -64,6 +70,130 @@ enum Cmd {
         #[command(flatten)]
         sources: SourceArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct NetworkArgs {
+    /// Kernel command line to read (boot_method, ipa-enable-vlan-interfaces).
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline_file: std::path::PathBuf,
+    /// Apply this network_data.json instead of the one on the virtual media.
+    #[arg(long, value_name = "FILE")]
+    network_data: Option<std::path::PathBuf>,
+    /// Seconds to wait for NICs (those network_data names, or any for DHCP).
+    #[arg(long, default_value_t = 60.0)]
+    nic_wait: f64,
+    /// Seconds to listen for LLDP when VLANs come from it.
+    #[arg(long, default_value_t = 30.0)]
+    lldp_wait: f64,
+    /// Where the DHCP hook is written.
+    #[arg(long, default_value = "/run/rivet-network")]
+    run_dir: std::path::PathBuf,
+    /// resolv.conf to write.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: std::path::PathBuf,
+    /// Where the DHCP leases applied are logged (the ramdisk's console).
+    #[arg(long, default_value = "/dev/console")]
+    dhcp_log: std::path::PathBuf,
+    /// Admit loop devices as virtual media (tests only).
+    #[arg(long)]
+    allow_loop_devices: bool,
+    /// Count veth pairs as NICs (tests in a network namespace only).
+    #[arg(long, hide = true)]
+    allow_virtual_nics: bool,
+}
+
+fn secs(s: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(if s.is_finite() {
+        s.clamp(0.0, 3600.0)
+    } else {
+        0.0
+    })
+}
+
+/// A one-thread runtime for the network subcommands (netlink, a few sockets).
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("rivet: cannot start the runtime: {e}"))
+        .ok()
+}
+
+fn network(a: NetworkArgs) -> ExitCode {
+    rivet::logging::init(rivet::config::LogFormat::Human, false);
+    let params = match std::fs::read_to_string(&a.cmdline_file) {
+        Ok(t) => rivet::config::cmdline::parse_params(&t),
+        Err(e) => {
+            eprintln!("rivet: reading {}: {e}", a.cmdline_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let vmedia = params.get("boot_method").is_some_and(|m| m == "vmedia");
+    let opts = rivet::network::Options {
+        network_data: a.network_data,
+        // The CD's driver may load after us; only a vmedia boot has one to wait for.
+        vmedia_wait: secs(if vmedia { 30.0 } else { 0.0 }),
+        allow_loop_devices: a.allow_loop_devices,
+        allow_virtual_nics: a.allow_virtual_nics,
+        nic_wait: secs(a.nic_wait),
+        run_dir: a.run_dir,
+        resolv_conf: a.resolv_conf,
+        dhcp_log: a.dhcp_log,
+        vlan_interfaces: params
+            .get("ipa-enable-vlan-interfaces")
+            .filter(|v| !v.trim().is_empty())
+            .cloned(),
+        lldp_wait: secs(a.lldp_wait),
+    };
+    let Some(rt) = small_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(rivet::network::bring_up(&opts)) {
+        Ok(out) => {
+            tracing::info!(source = %out.source, configured = ?out.applied, problems = out.problems.len(), "network brought up");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rivet: network: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn network_lease(event: &str) -> ExitCode {
+    rivet::logging::init(rivet::config::LogFormat::Human, false);
+    let Some(rt) = small_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    // A static network_data's name servers win over a lease's.
+    let resolv = std::path::Path::new("/etc/resolv.conf");
+    let static_dns = std::fs::read_to_string(resolv)
+        .is_ok_and(|t| t.starts_with("# written by rivet from network_data.json"));
+    let done = rt.block_on(rivet::network::dhcp::apply_event(
+        event,
+        |k| std::env::var(k).ok(),
+        (!static_dns).then_some(resolv),
+    ));
+    match done {
+        Ok(what) => {
+            if event == "bound" {
+                rivet::timeline::mark("address");
+            }
+            // A NIC with no server answers fails a lease every few seconds for as long as the
+            // node runs (an untagged port on a VLAN-only network): not worth a console line.
+            if matches!(event, "leasefail" | "nak") {
+                tracing::debug!("DHCP {what}");
+            } else {
+                tracing::info!("DHCP {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rivet: DHCP {event}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Where disks are discovered (the defaults are the real system).
@@ -213,6 +343,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Cmd::Network(a)) => network(a),
+        Some(Cmd::NetworkLease { event }) => network_lease(&event),
         Some(Cmd::Agent(args)) => run_agent(args),
         None => run_agent(cli.agent),
     }

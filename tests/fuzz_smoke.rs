@@ -348,6 +348,16 @@ fn fuzz_bodies_survive_a_bounded_mutation_run() {
         ]),
         b,
     );
+    total += run(
+        "network_data",
+        bodies::network_data,
+        text(&[
+            r#"{"links": [{"id": "port-1", "type": "phy", "ethernet_mac_address": "52:54:00:d3:6a:71", "mtu": 1500}], "networks": [{"id": "n", "type": "ipv4", "link": "port-1", "ip_address": "192.168.122.42", "netmask": "255.255.255.0", "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "192.168.122.1"}]}], "services": [{"type": "dns", "address": "192.168.122.1"}]}"#,
+            r#"{"links": [{"id": "a", "ethernet_mac_address": "52:54:00:00:00:01"}, {"id": "b", "ethernet_mac_address": "52:54:00:00:00:02"}, {"id": "v", "type": "vlan", "vlan_link": "bond0", "vlan_id": 100, "vlan_mac_address": "52:54:00:00:00:01"}, {"id": "bond0", "type": "bond", "bond_links": ["a", "b"], "bond_mode": "802.3ad", "bond_xmit_hash_policy": "layer3+4", "bond_lacp_rate": "fast", "ethernet_mac_address": "52:54:00:00:00:01"}], "networks": [{"id": "6", "type": "ipv6", "link": "v", "ip_address": "fd00::5/64", "routes": [{"network": "::", "netmask": "::", "gateway": "fd00::1"}], "dns_nameservers": ["fd00::1"]}, {"id": "s", "type": "ipv6_slaac", "link": "a"}, {"id": "d", "type": "ipv4_dhcp", "link": "b"}], "services": []}"#,
+            "interface=eth0\nip=192.168.150.20\nmask=24\nrouter=192.168.150.1\ndns=192.168.150.1\n",
+        ]),
+        b,
+    );
     let mut lldp = vec![0u8];
     lldp.extend(hex_fixture("lldp-switch-frame.hex"));
     let mut smbios = vec![1u8];

@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["logging", "tls"],
     &["system", "conductor"],
     &["hardware"],
-    &["disk", "inspect"],
+    &["disk", "inspect", "network"],
     &["image"],
     &["deploy"],
     &["commands", "install"],

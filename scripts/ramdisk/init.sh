@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the minimal Rivet ramdisk (scripts/build-initramfs.sh): mount the pseudo file
-# systems, load the deploy modules, configure every NIC by DHCP, then keep the agent running
-# (as systemd's Restart=always would). The agent powers the machine off or reboots it itself.
+# systems, load the deploy modules, bring the network up (rivet network), then keep the agent
+# running (as systemd's Restart=always would). The agent powers the machine off or reboots it itself.
 /bin/busybox mkdir -p /proc /sys /dev /run /tmp
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
@@ -39,35 +39,19 @@ nic_aliases() {
   [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
   mark modules_all
 ) &
+# VLANs and bonds (network_data.json, ipa-enable-vlan-interfaces) with them; bonding without
+# the empty bond0 it would otherwise make (a bond is made only when network_data asks).
+modprobe -q bonding max_bonds=0 2>/dev/null
 # shellcheck disable=SC2046
-modprobe -qa $(nic_aliases) virtio_net 2>/dev/null
+modprobe -qa $(nic_aliases) virtio_net 8021q 2>/dev/null
 mark nic_drivers_loaded
-# Every NIC is brought up and asked for an address the moment it appears, each on its own:
-# the agent finds its conductor as soon as one NIC has an address.
+# The network: `rivet network` (the same bring-up as the DIB ramdisk's rivet-network.service)
+# applies network_data.json from the virtual media when Ironic put one there (static
+# addresses, bonds, VLANs), else asks DHCP on every NIC the moment it appears, again and again
+# until a server answers; then the VLANs ipa-enable-vlan-interfaces asks for. Beside the
+# agent, which finds its conductor as soon as an address is there.
 ip link set lo up
-(
-  started=" " linked="" addressed=""
-  for _ in $(seq 1 600); do
-    for n in /sys/class/net/*; do
-      i=${n##*/}
-      [ "$i" = lo ] && continue
-      case "$started" in *" $i "*) continue ;; esac
-      started="$started$i "
-      ip link set "$i" up
-      # Asked again and again until a server answers (5 tries a second apart, then a pause
-      # of 3 s): a DHCP server that answers late, or starts late, still gives the NIC its
-      # address; meanwhile the agent says in its log that the API is unreachable.
-      udhcpc -i "$i" -q -t 5 -T 1 -A 3 -s /etc/udhcpc.sh >/dev/null 2>&1 &
-      [ -n "$linked" ] || { mark link_up; linked=1; }
-    done
-    if [ -z "$addressed" ]; then
-      ip -4 -o addr show scope global | grep -q inet && { mark address; addressed=1; }
-      sleep 0.1
-    else
-      sleep 1
-    fi
-  done
-) &
+/usr/bin/rivet network &
 # Rescue: once the agent has set the rescue user's password (rescue.finalize_rescue), the
 # serial console (the last console=ttyS* given) offers a login, as IPA's ramdisks do. Before
 # that there is no login at all (root's password is locked in any case).

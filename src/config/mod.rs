@@ -236,6 +236,9 @@ pub struct Config {
     pub custom_steps: Vec<steps_d::CustomStep>,
     pub strict_root_device: bool,
     pub ntp_server: Option<String>,
+    /// IPA's `fail_if_clock_not_set` (`[DEFAULT]` of an ironic-python-agent.d file): no NTP
+    /// answer fails the start instead of going on with the clock as it is.
+    pub fail_if_clock_not_set: bool,
     pub state_dir: PathBuf,
     /// The ramdisk's /etc (rescue users, virtual-media config); tests point it elsewhere.
     pub etc_dir: PathBuf,
@@ -292,6 +295,10 @@ impl Config {
         if cfg.ca_file.is_none() {
             cfg.ca_file = vmedia::cafile_from_conf(&args.etc_dir);
         }
+        cfg.fail_if_clock_not_set = vmedia::default_option(&args.etc_dir, "fail_if_clock_not_set")
+            .is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on")
+            });
         Ok(cfg)
     }
 
@@ -426,6 +433,7 @@ impl Config {
             custom_steps: Vec::new(),
             strict_root_device: boolean("ipa-strict-root-device", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
+            fail_if_clock_not_set: false,
             state_dir: args.state_dir.clone(),
             etc_dir: args.etc_dir.clone(),
             simulate_power: args.simulate_power,

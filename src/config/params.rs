@@ -128,15 +128,11 @@ pub const TABLE: &[(&str, &str, Use)] = &[
         "Ironic, virtual media (the ISO's publisher id)",
         Use::Ignored("the ISO is found by its label (config-2, vmedia_boot_iso)"),
     ),
-    (
-        "ipa-ntp-server",
-        "operators",
-        Use::Ignored("no clock synchronisation yet: the ramdisk's clock is used as it is"),
-    ),
+    ("ipa-ntp-server", "operators", Use::Used),
     (
         "ipa-enable-vlan-interfaces",
         "operators (Metal3 sets it)",
-        Use::Ignored("VLAN interfaces are not brought up by the agent yet"),
+        Use::Used,
     ),
     (
         "ipa-use-mdns",

@@ -93,6 +93,38 @@ pub fn load(
     Ok(out)
 }
 
+/// `openstack/latest/network_data.json` from the boot ISO (Ironic writes the node's
+/// `network_data` there), waiting up to `wait` for the ISO. Only virtual media is read: a
+/// `config-2` partition on a disk may be a former tenant's config drive.
+pub fn network_data(
+    allow_loop: bool,
+    wait: std::time::Duration,
+) -> Result<Option<(String, Vec<u8>)>, ConfigError> {
+    let start = std::time::Instant::now();
+    let iso = loop {
+        let found = scan(Path::new("/sys/class/block"), allow_loop);
+        if let Some(iso) = found.into_iter().find(is_boot_iso) {
+            break iso;
+        }
+        if start.elapsed() >= wait {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let files = open_medium(&iso)?
+        .files("openstack/latest")
+        .map_err(ConfigError::Vmedia)?;
+    Ok(files
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("network_data.json"))
+        .map(|(_, data)| {
+            (
+                format!("{}:openstack/latest/network_data.json", iso.dev.display()),
+                data,
+            )
+        }))
+}
+
 /// List whole block devices that look like virtual media (a CD-ROM, or a USB disk under 4 GiB;
 /// loop devices only when allowed) and carry a readable ISO9660 or FAT label.
 pub fn scan(sys_class_block: &Path, allow_loop: bool) -> Vec<Candidate> {
@@ -303,6 +335,12 @@ fn copy_agent_config(m: &dyn Medium, etc_dir: &Path) -> Result<Vec<String>, Conf
 /// The `cafile` of `[DEFAULT]` in `ironic-python-agent.d/*.conf` (Ironic writes
 /// `ironic-tls.conf` pointing at the API CA it put on the ISO).
 pub fn cafile_from_conf(etc_dir: &Path) -> Option<PathBuf> {
+    default_option(etc_dir, "cafile").map(PathBuf::from)
+}
+
+/// An option of `[DEFAULT]` in `ironic-python-agent.d/*.conf` (IPA's oslo.config files; the
+/// last file, in name order, that sets it wins).
+pub fn default_option(etc_dir: &Path, key: &str) -> Option<String> {
     let dir = etc_dir.join("ironic-python-agent.d");
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .ok()?
@@ -322,8 +360,8 @@ pub fn cafile_from_conf(etc_dir: &Path) -> Option<PathBuf> {
                 section = line[1..line.len() - 1].trim().to_string();
             } else if section == "DEFAULT" {
                 if let Some((k, v)) = line.split_once('=') {
-                    if k.trim() == "cafile" && !v.trim().is_empty() {
-                        found = Some(PathBuf::from(v.trim()));
+                    if k.trim() == key && !v.trim().is_empty() {
+                        found = Some(v.trim().to_string());
                     }
                 }
             }

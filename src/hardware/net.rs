@@ -22,9 +22,47 @@ pub struct Interface {
     pub speed_mbps: Option<u64>,
     pub pci_address: Option<String>,
     pub driver: Option<String>,
+    /// The MAC the interface has now, when it differs from `mac_address` (the permanent one):
+    /// a bond or a driver changed it. Sent in the lookup beside the permanent one, not part of
+    /// IPA's inventory.
+    #[serde(skip)]
+    pub current_mac: Option<String>,
 }
 
 use super::read_trim;
+
+/// The permanent MAC (`ethtool -P`), where the driver knows one.
+pub fn permanent_mac(iface: &str) -> Option<String> {
+    crate::system::ethtool::permanent_mac(iface)
+}
+
+/// IPA's rule: a MAC starting `fa:` is locally assigned (a BMC's USB NIC on HPE Gen12 and
+/// others; every node has the same one) and never identifies a node.
+pub fn locally_assigned_usb_nic(mac: &str) -> bool {
+    mac.to_ascii_lowercase().starts_with("fa:")
+}
+
+/// The MAC reported for an interface (permanent, else current; none for IPA's `fa:` rule) and
+/// the current one when it differs.
+fn macs_of(
+    name: &str,
+    current: Option<String>,
+    ask_driver: bool,
+) -> (Option<String>, Option<String>) {
+    let current = current.map(|m| m.to_ascii_lowercase());
+    let permanent = ask_driver.then(|| permanent_mac(name)).flatten();
+    let reported = permanent.clone().or_else(|| current.clone());
+    if reported.as_deref().is_some_and(locally_assigned_usb_nic) {
+        tracing::warn!(
+            interface = name,
+            mac = ?reported,
+            "ignoring a locally assigned MAC (fa:…), as IPA does: it does not identify this node"
+        );
+        return (None, None);
+    }
+    let differs = current.filter(|c| permanent.as_ref().is_some_and(|p| p != c));
+    (reported, differs)
+}
 
 fn link_name(p: &Path) -> Option<String> {
     fs::read_link(p)
@@ -105,9 +143,12 @@ pub fn interfaces(sys_class_net: &Path, allow_virtual: bool) -> Vec<Interface> {
             continue;
         }
         let mac = read_trim(&d.join("address")).filter(|m| m != "00:00:00:00:00:00");
+        // The driver is asked only about the real interfaces (tests give a sysfs of their own).
+        let (mac, current_mac) = macs_of(&name, mac, sys_class_net == Path::new("/sys/class/net"));
         let (v4, v6) = addrs.get(&name).cloned().unwrap_or_default();
         out.push(Interface {
-            mac_address: mac.map(|m| m.to_ascii_lowercase()),
+            mac_address: mac,
+            current_mac,
             ipv4_address: v4,
             ipv6_address: v6,
             has_carrier: read_trim(&d.join("carrier")).as_deref() == Some("1"),
@@ -147,20 +188,24 @@ impl Interface {
             speed_mbps: None,
             pci_address: None,
             driver: None,
+            current_mac: None,
         }
     }
 }
 
-/// MACs for the lookup: BOOTIF first, then every interface MAC, lower-case, no duplicates.
+/// MACs for the lookup: BOOTIF first, then every interface's MAC (permanent, and current
+/// where a bond or driver changed it), lower-case, no duplicates, never a locally assigned
+/// `fa:` one.
 pub fn lookup_macs(bootif: Option<&str>, ifaces: &[Interface]) -> Vec<String> {
     let mut macs: Vec<String> = Vec::new();
-    for m in bootif
-        .into_iter()
-        .map(str::to_string)
-        .chain(ifaces.iter().filter_map(|i| i.mac_address.clone()))
-    {
+    for m in bootif.into_iter().map(str::to_string).chain(
+        ifaces
+            .iter()
+            .flat_map(|i| [i.mac_address.clone(), i.current_mac.clone()])
+            .flatten(),
+    ) {
         let m = m.to_ascii_lowercase();
-        if !macs.contains(&m) {
+        if !macs.contains(&m) && !locally_assigned_usb_nic(&m) {
             macs.push(m);
         }
     }
@@ -179,6 +224,31 @@ mod tests {
             &[iface("52:54:00:00:00:01"), iface("52:54:00:00:00:02")],
         );
         assert_eq!(macs, vec!["52:54:00:00:00:02", "52:54:00:00:00:01"]);
+    }
+
+    #[test]
+    fn lookup_sends_permanent_and_current_macs_but_never_fa() {
+        let mut bonded = Interface::fixture("eth1", "52:54:00:00:00:03", None);
+        bonded.current_mac = Some("52:54:00:00:00:01".into());
+        let macs = lookup_macs(
+            Some("fa:16:3e:00:00:09"),
+            &[
+                Interface::fixture("eth0", "52:54:00:00:00:01", None),
+                bonded,
+            ],
+        );
+        assert_eq!(macs, vec!["52:54:00:00:00:01", "52:54:00:00:00:03"]);
+        assert!(locally_assigned_usb_nic("FA:00:00:00:00:01"));
+        assert!(!locally_assigned_usb_nic("52:fa:00:00:00:01"));
+        // An interface with no permanent address (sysfs fixtures, veth): the current one.
+        assert_eq!(
+            macs_of("no-such-nic", Some("52:54:00:AA:00:01".into()), true),
+            (Some("52:54:00:aa:00:01".into()), None)
+        );
+        assert_eq!(
+            macs_of("no-such-nic", Some("fa:54:00:aa:00:01".into()), true),
+            (None, None)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Before posting, wait (up to `ipa-inspection-dhcp-wait-timeout`) for the PXE NIC, or every
 //! NIC with `ipa-inspection-dhcp-all-interfaces`, to have an IPv4 address: the conductor's
-//! port hooks keep the interfaces that have one. Interfaces are checked every 250 ms, so the
+//! port hooks keep the interfaces that have one. With no PXE NIC known, for any address. Interfaces are checked every 250 ms, so the
 //! post goes out as soon as the last address arrives.
 
 use std::path::Path;
@@ -35,11 +35,25 @@ pub fn wait(cfg: &Config, sys_class_net: &Path) -> bool {
     }
     let all = cfg.inspection.dhcp_all_interfaces;
     let start = Instant::now();
+    let mut logged = false;
     loop {
         let ifaces = net::interfaces(sys_class_net, cfg.allow_virtual_nics);
         let Some(left) = missing(&ifaces, cfg.bootif.as_deref(), all) else {
-            tracing::warn!("no PXE interface known (BOOTIF): not waiting for its address");
-            return false;
+            // No PXE NIC known (a virtual-media boot): any address will carry the post. IPA
+            // posts at once and fails where the network comes up later (a VLAN found by
+            // LLDP, a bond, a slow DHCP server).
+            if any_address() {
+                return true;
+            }
+            if start.elapsed() >= timeout {
+                tracing::warn!(?timeout, "no address on any interface; posting anyway");
+                return false;
+            }
+            if waited_logged(&mut logged) {
+                tracing::info!("no PXE interface known (BOOTIF): waiting for any address");
+            }
+            std::thread::sleep(POLL);
+            continue;
         };
         if left.is_empty() {
             return true;
@@ -51,6 +65,19 @@ pub fn wait(cfg: &Config, sys_class_net: &Path) -> bool {
         tracing::debug!(interfaces = ?left, "waiting for IPv4 addresses");
         std::thread::sleep(POLL);
     }
+}
+
+/// An address beyond loopback and link-local, on any interface.
+fn any_address() -> bool {
+    net::local_addresses().iter().any(|ip| match ip {
+        std::net::IpAddr::V4(v4) => !v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+    })
+}
+
+/// True the first time (a line for the log once, not every poll).
+fn waited_logged(logged: &mut bool) -> bool {
+    !std::mem::replace(logged, true)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod blockdev;
 pub mod burnin;
 pub mod custom_step;
+pub mod ethtool;
 pub mod fdlimit;
 pub mod inroot;
 pub mod logs;

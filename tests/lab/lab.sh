@@ -27,13 +27,14 @@ LAB_DIR=${LAB_DIR:-${TMPDIR:-/tmp}/rivet-lab}
 LAB_VENV=${LAB_VENV:-$HOME/.cache/rivet-lab/venv}
 LAB_BR=brlab
 LAB_IP=192.168.150.1
+LAB_NO_NTP=192.168.150.2
 LAB_API="https://$LAB_IP:6385"
 LAB_HTTP="http://$LAB_IP:8080"
 LAB_REDFISH="http://$LAB_IP:8000"
 LAB_LIBVIRT="qemu:///system?socket=$LAB_DIR/run/libvirt-sock"
 LAB_PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev dnsmasq-base ipmitool ipxe
   xorriso isolinux syslinux-common nginx-light shim-signed grub-efi-amd64-signed ovmf
-  seabios qemu-system-x86 openssl pkg-config gcc)
+  seabios qemu-system-x86 openssl pkg-config gcc chrony ethtool)
 
 lab_log() { echo "lab: $*" >&2; }
 lab_fail() { echo "lab: FAIL: $*" >&2; return 1; }
@@ -76,6 +77,8 @@ lab_net_up() {
   ip -n "$LAB_NS" link set lo up
   ip -n "$LAB_NS" link add "$LAB_BR" type bridge stp_state 0 forward_delay 0
   ip -n "$LAB_NS" addr add "$LAB_IP/24" dev "$LAB_BR"
+  # A second address where nothing serves NTP (an operator's wrong ipa-ntp-server).
+  ip -n "$LAB_NS" addr add "$LAB_NO_NTP/24" dev "$LAB_BR"
   ip -n "$LAB_NS" link set "$LAB_BR" up
 }
 
@@ -200,6 +203,21 @@ CONF
   lab_daemon dnsmasq "$LAB_DIR/dnsmasq.stdout" dnsmasq --keep-in-foreground \
     --conf-file="$LAB_DIR/dnsmasq.conf" --pid-file="$LAB_DIR/dnsmasq.pid" \
     --log-facility="$LAB_DIR/dnsmasq.log"
+}
+
+# --- an NTP server on the bridge address (chronyd serving its own clock; it never sets the
+# machine's), for ipa-ntp-server.
+lab_ntp_up() {
+  mkdir -p "$LAB_DIR/chrony"
+  cat > "$LAB_DIR/chrony/chrony.conf" <<CONF
+local stratum 8
+allow 192.168.150.0/24
+bindaddress $LAB_IP
+driftfile $LAB_DIR/chrony/drift
+pidfile $LAB_DIR/chrony/chronyd.pid
+cmdport 0
+CONF
+  lab_daemon chronyd "$LAB_DIR/chrony/stdout.log" chronyd -x -d -f "$LAB_DIR/chrony/chrony.conf"
 }
 
 # --- sushy-tools (Redfish, virtual media) and virtualbmc (IPMI), both on libvirt.
@@ -356,6 +374,20 @@ lab_node() {
   done
   local rom=""
   [[ "$fw" == uefi ]] && rom="<rom enabled='no'/>"
+  # LAB_NIC_TAP=TAP: the NIC is on that tap (lab_vlan_port), not on the bridge; offloads off,
+  # so the frames a user-space port forwards are whole. LAB_NIC2_MAC=MAC: a second NIC on
+  # the bridge (a bond's second member).
+  local nics="<interface type='bridge'><source bridge='$LAB_BR'/><mac address='$mac'/><model type='virtio'/>$rom</interface>"
+  if [[ -n "${LAB_NIC_TAP:-}" ]]; then
+    nics="<interface type='ethernet'><target dev='$LAB_NIC_TAP' managed='no'/><mac address='$mac'/><model type='virtio'/>"
+    nics+="<driver><host csum='off' gso='off' tso4='off' tso6='off' ecn='off' ufo='off' mrg_rxbuf='off'/>"
+    nics+="<guest csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/></driver>$rom</interface>"
+  fi
+  [[ -n "${LAB_NIC2_MAC:-}" ]] \
+    && nics+="<interface type='bridge'><source bridge='$LAB_BR'/><mac address='$LAB_NIC2_MAC'/><model type='virtio'/>$rom</interface>"
+  # LAB_RTC_ADJUST=SECONDS: the node's RTC that far off UTC (a node whose clock is wrong).
+  local clock="<clock offset='utc'/>"
+  [[ -n "${LAB_RTC_ADJUST:-}" ]] && clock="<clock offset='variable' adjustment='$LAB_RTC_ADJUST' basis='utc'/>"
   cat > "$dir/domain.xml" <<XML
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>$name</name>
@@ -364,13 +396,13 @@ lab_node() {
   $os
   <features><acpi/><apic/></features>
   <cpu mode='maximum' check='none'/>
-  <clock offset='utc'/>
+  $clock
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     $disks
-    <interface type='bridge'><source bridge='$LAB_BR'/><mac address='$mac'/><model type='virtio'/>$rom</interface>
+    $nics
     <serial type='unix'><source mode='bind' path='$dir/console.sock'/><log file='$dir/serial.log' append='on'/><target port='0'/></serial>
     <video><model type='none'/></video>
     <memballoon model='none'/>
@@ -467,7 +499,7 @@ lab_up() {
   mkdir -p "$LAB_DIR/pids"
   local t0=$SECONDS
   { lab_net_up && lab_tls_up && lab_boot_files_up && lab_nginx_up && lab_dnsmasq_up \
-      && lab_libvirtd_up && lab_bmcs_up && lab_ironic_up; } || { lab_down; lab_fail "the lab did not start"; }
+      && lab_ntp_up && lab_libvirtd_up && lab_bmcs_up && lab_ironic_up; } || { lab_down; lab_fail "the lab did not start"; }
   lab_log "up in $((SECONDS - t0)) s: namespace $LAB_NS, Ironic $LAB_API, Redfish $LAB_REDFISH, http $LAB_HTTP, state $LAB_DIR"
 }
 
@@ -481,7 +513,7 @@ lab_down() {
     done
   fi
   local f pid
-  for f in ironic sushy vbmcd dnsmasq nginx libvirtd; do
+  for f in ironic sushy vbmcd dnsmasq nginx chronyd libvirtd; do
     [[ -f "$LAB_DIR/pids/$f" ]] || continue
     pid=$(cat "$LAB_DIR/pids/$f")
     kill "$pid" 2>/dev/null || true
@@ -497,10 +529,34 @@ lab_down() {
   rm -rf "${LAB_DIR:?}"
 }
 
-# lab_dhcp_ignore MAC | lab_dhcp_ignore: dnsmasq ignores MAC's DHCP requests / answers every
-# node again (a DHCP server that answers late).
+# lab_vlan_port NAME VID: a switch port that carries the provisioning network tagged VID and
+# nothing untagged (tests/lab/vlan-trunk.py between a tap and a veth on the bridge), sending
+# LLDP that names VID. Prints the tap's name, for LAB_NIC_TAP.
+lab_vlan_port() {
+  local tap=tp-$1 a=va-$1 b=vb-$1
+  ip -n "$LAB_NS" tuntap add dev "$tap" mode tap
+  ip -n "$LAB_NS" link add "$a" type veth peer name "$b"
+  ip -n "$LAB_NS" link set "$b" master "$LAB_BR"
+  local d
+  for d in "$tap" "$a" "$b"; do
+    # Whole, checksummed frames on the user-space path: no segmentation or checksum offload.
+    lab_in ethtool -K "$d" tx off sg off tso off gso off gro off >/dev/null 2>&1 || true
+    ip -n "$LAB_NS" link set "$d" up
+  done
+  lab_daemon "vlan-$1" "$LAB_DIR/vlan-$1.log" python3 "$LAB_ROOT/tests/lab/vlan-trunk.py" \
+    "$tap" "$a" "$2" "$LAB_ROOT/tests/fixtures/lldp-switch-frame.hex"
+  echo "$tap"
+}
+
+# lab_dhcp_ignore MAC: dnsmasq ignores MAC's DHCP requests (a node on a network with no DHCP
+# for it); lab_dhcp_answer MAC: it answers MAC again (a DHCP server that answers late).
 lab_dhcp_ignore() {
-  if (($#)); then echo "$1,ignore" > "$LAB_DIR/dhcp-hosts"; else : > "$LAB_DIR/dhcp-hosts"; fi
+  echo "$1,ignore" >> "$LAB_DIR/dhcp-hosts"
+  kill -HUP "$(cat "$LAB_DIR/pids/dnsmasq")"
+}
+lab_dhcp_answer() {
+  local rest; rest=$(grep -v -i "^$1,ignore\$" "$LAB_DIR/dhcp-hosts" || true)
+  printf '%s\n' "$rest" | sed '/^$/d' > "$LAB_DIR/dhcp-hosts"
   kill -HUP "$(cat "$LAB_DIR/pids/dnsmasq")"
 }
 

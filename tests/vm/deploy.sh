@@ -212,10 +212,27 @@ booted_os() {
 # VMEDIA_DEPLOY_RAMDISK: files; VMEDIA_FOREIGN_AGENT=1 skips what only Rivet logs), another
 # memory size (VM_MEMORY_MIB) and without the undeploy (VMEDIA_UNDEPLOY=0).
 flow_vmedia() {
-  N=vm-vmedia MAC=52:54:00:15:00:01
-  DOM=$(lab_node $N uefi $MAC "${VM_MEMORY_MIB:-1024}" nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
+  N=vm-vmedia MAC=52:54:00:15:00:01 VIP=192.168.150.31
+  # VMEDIA_NETWORK=1 (default): no DHCP for this node (dnsmasq ignores its MAC): Ironic puts
+  # the node's network_data (a static address, gateway and DNS) on the ISO; and its RTC is ten
+  # years behind, set right by ipa-ntp-server before the agent verifies Ironic's certificate.
+  local net=${VMEDIA_NETWORK:-1} rtc=""
+  [[ "$net" == 1 ]] && rtc=$((-10 * 365 * 86400))
+  DOM=$(LAB_RTC_ADJUST=$rtc lab_node $N uefi $MAC "${VM_MEMORY_MIB:-1024}" nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "vmedia: enrolment failed"
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/properties/root_device", "value": {"serial": "nvmetarget"}}]' >/dev/null
+  if [[ "$net" == 1 ]]; then
+    lab_dhcp_ignore $MAC
+    lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/network_data\", \"value\": {
+      \"links\": [{\"id\": \"port0\", \"type\": \"phy\", \"ethernet_mac_address\": \"$MAC\"}],
+      \"networks\": [{\"id\": \"prov\", \"type\": \"ipv4\", \"link\": \"port0\", \"network_id\": \"prov\",
+        \"ip_address\": \"$VIP\", \"netmask\": \"255.255.255.0\",
+        \"routes\": [{\"network\": \"0.0.0.0\", \"netmask\": \"0.0.0.0\", \"gateway\": \"$LAB_IP\"}]}],
+      \"services\": [{\"type\": \"dns\", \"address\": \"$LAB_IP\"}]}},
+      {\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\",
+       \"value\": \"nofb vga=normal console=ttyS0,115200 ipa-ntp-server=$LAB_IP\"}]" >/dev/null \
+      || fail "vmedia: Ironic refused the node's network_data"
+  fi
   if [[ -n "${VMEDIA_DEPLOY_KERNEL:-}" ]]; then
     mkdir -p "$LAB_DIR/http/bench"
     cp "$VMEDIA_DEPLOY_KERNEL" "$LAB_DIR/http/bench/kernel"
@@ -240,6 +257,20 @@ flow_vmedia() {
     grep -a -q -E "agent configuration copied: .*ironic-tls.conf" <<<"$con" \
       || fail "vmedia: the agent did not take Ironic's CA from the ISO: $(grep -a -i -E "vmedia|virtual media" <<<"$con" | tail -5)"
     echo "ok: vmedia: the agent took Ironic's CA from the ISO and verified the HTTPS API with it"
+    if [[ "$net" == 1 ]]; then
+      grep -a -q "network prov: $VIP/24, route 0.0.0.0/0 via $LAB_IP" <<<"$con" \
+        || fail "vmedia: the static address from network_data was not applied: $(grep -a -i -E "network|DHCP" <<<"$con" | tail -8)"
+      grep -a -i "$MAC" "$LAB_DIR/dnsmasq.log" | grep -a -q DHCP \
+        && fail "vmedia: the node asked for DHCP although network_data gave it a static address"
+      url=$(node_field "$NODE" "['driver_internal_info'].get('agent_url', '')")
+      [[ "$url" == "https://$VIP:"* ]] || fail "vmedia: the agent advertised $url, not its static address $VIP"
+      echo "ok: vmedia: no DHCP for the node: network_data's static $VIP/24, gateway and DNS from the ISO; the agent called back on $url"
+      line=$(grep -a -o "clock set from $LAB_IP:123 (moved +[0-9.]* s[^)]*)" <<<"$con" | head -1) \
+        || fail "vmedia: the clock ten years behind was not set from ipa-ntp-server: $(grep -a -i -E "ntp|clock" <<<"$con" | tail -5)"
+      moved=$(grep -o -E "[0-9.]+ s" <<<"$line" | head -1 | cut -d' ' -f1)
+      awk "BEGIN{exit !($moved > 9 * 365 * 86400)}" || fail "vmedia: the clock moved only $moved s"
+      echo "ok: vmedia: the RTC was ten years behind; the agent set the clock from the lab's NTP server ($line) before verifying Ironic's certificate"
+    fi
   fi
   reached vmedia "$NODE" active 900 $N "$m"
   booted_os vmedia $N "$m" "rivet.flow=uefi"
@@ -269,6 +300,8 @@ flow_vmedia() {
   rm -f "$LAB_DIR/vm-disk.raw"
   [[ -z "$pt" ]] || fail "vmedia: automated cleaning left a $pt table on the NVMe disk"
   echo "ok: vmedia: undeployed; automated cleaning erased the NVMe disk"
+  [[ "$net" == 1 ]] && lab_dhcp_answer $MAC
+  return 0
 }
 
 # --- ipxe: ipmi + ipxe, UEFI and BIOS side by side: partition images, GRUB from the image --
@@ -309,11 +342,15 @@ flow_ipxe() {
 }
 
 # --- metal3: inspection → manage → provide → deploy in one boot (fast-track), virtual media -
+# The provisioning network reaches this node only tagged, on VLAN 100 (its switch port sends
+# LLDP naming VLAN 100), and it boots with Metal3's default ipa-enable-vlan-interfaces=all.
 flow_metal3() {
   N=vm-metal3 MAC=52:54:00:15:00:04
-  DOM=$(lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
+  local tap; tap=$(lab_vlan_port m3 100) || fail "metal3: cannot make the VLAN-only port"
+  DOM=$(LAB_NIC_TAP=$tap lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "metal3: enrolment failed"
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/driver_info/fast_track", "value": true},
+    {"op": "add", "path": "/driver_info/kernel_append_params", "value": "nofb vga=normal console=ttyS0,115200 ipa-enable-vlan-interfaces=all"},
     {"op": "replace", "path": "/inspect_interface", "value": "agent"}]' >/dev/null
   m=$(mark $N)
   provision "$NODE" '{"target": "inspect"}'
@@ -330,8 +367,14 @@ macs = [i['mac_address'] for i in inv['interfaces']]
 assert 'nvmetarget' in serials and 'v4ktarget' in serials, serials
 assert '$MAC' in macs, macs
 assert inv['system_vendor']['manufacturer'] == 'QEMU', inv['system_vendor']
-print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'vendor', inv['system_vendor']['manufacturer'])" \
-    || fail "metal3: the stored inventory is not this VM's"
+vlans = [i['name'] for i in inv['interfaces'] if i['name'].endswith('.100') and i.get('ipv4_address')]
+assert vlans, inv['interfaces']
+print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'VLAN interface', vlans, 'vendor', inv['system_vendor']['manufacturer'])" \
+    || fail "metal3: the stored inventory is not this VM's (or has no addressed VLAN 100 interface)"
+  con=$(since $N "$m")
+  grep -a -q -E "VLAN 100 on [a-z0-9]+, DHCPv4" <<<"$con" \
+    || fail "metal3: no VLAN 100 from LLDP: $(grep -a -i -E "vlan|lldp" <<<"$con" | tail -5)"
+  echo "ok: metal3: VLAN-only port: the switch's LLDP named VLAN 100, the ramdisk brought it up and took its address there"
   # The agent stays (fast-track): after its inspection post it looks the node up and heartbeats;
   # Ironic reuses it only while its heartbeats are fresh.
   local hb_end=$((SECONDS + 180))
@@ -548,8 +591,13 @@ flow_dib() {
   chmod -R a+rX "$LAB_DIR/http/dib"
   echo "dib ramdisk: initramfs $(($(stat -c %s "$DIB/rivet.initramfs") >> 20)) MiB, kernel $(($(stat -c %s "$DIB/rivet.kernel") >> 20)) MiB"
   N=vm-dib MAC=52:54:00:15:00:08
-  DOM=$(lab_node $N uefi $MAC 2048 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
+  # VLAN-only too (as metal3), the VLAN named outright by the NIC's MAC: the DIB ramdisk brings
+  # its network up with the same `rivet network` as the minimal one.
+  local tap; tap=$(lab_vlan_port dib 100) || fail "dib: cannot make the VLAN-only port"
+  DOM=$(LAB_NIC_TAP=$tap lab_node $N uefi $MAC 2048 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "dib: enrolment failed"
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\",
+    \"value\": \"nofb vga=normal console=ttyS0,115200 ipa-enable-vlan-interfaces=$MAC.100\"}]" >/dev/null
   # Burn-in as operators configure it (driver_info), a few seconds each: stress-ng and fio
   # ship in the DIB ramdisk. Its ISO is Ironic's, built from the DIB kernel and initramfs.
   lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/driver_info/deploy_kernel\", \"value\": \"$LAB_HTTP/dib/rivet.kernel\"},
@@ -564,6 +612,9 @@ flow_dib() {
   first_heartbeat dib "$NODE" $N "$m" 600
   reached dib "$NODE" manageable 600 $N "$m"
   con=$(since $N "$m")
+  grep -a -q -E "VLAN 100 on [a-z0-9]+, DHCPv4" <<<"$con" \
+    || fail "dib: VLAN 100 (named by MAC) was not brought up: $(grep -a -i -E "vlan|rivet-network|DHCP" <<<"$con" | tail -5)"
+  echo "ok: dib: VLAN-only port: ipa-enable-vlan-interfaces=$MAC.100 brought the VLAN up and DHCP answered over it"
   grep -a -q "metadata erased" <<<"$con" || fail "dib: the agent's console output does not show the erase"
   for s in cpu vm; do
     grep -a "execute_clean_step: result" "$LAB_DIR/ironic.log" | grep "'tool': 'stress-ng'" | grep "'stressor': '$s'" >/dev/null \
@@ -576,10 +627,19 @@ flow_dib() {
 }
 
 # --- powerloss: Redfish ForceOff in the middle of write_image --------------------------------
+# Its two NICs are an active-backup bond from network_data (DHCP on the bond); the redeploy
+# loses the active NIC's link in the middle of write_image and still ends active.
 flow_powerloss() {
-  N=vm-powerloss MAC=52:54:00:15:00:09
-  DOM=$(lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio:spare:1G)
+  N=vm-powerloss MAC=52:54:00:15:00:09 MAC2=52:54:00:15:00:19
+  DOM=$(LAB_NIC2_MAC=$MAC2 lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio:spare:1G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "powerloss: enrolment failed"
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/network_data\", \"value\": {
+      \"links\": [{\"id\": \"nic0\", \"type\": \"phy\", \"ethernet_mac_address\": \"$MAC\"},
+                  {\"id\": \"nic1\", \"type\": \"phy\", \"ethernet_mac_address\": \"$MAC2\"},
+                  {\"id\": \"bond0\", \"type\": \"bond\", \"bond_mode\": \"active-backup\",
+                   \"bond_links\": [\"nic0\", \"nic1\"], \"ethernet_mac_address\": \"$MAC\"}],
+      \"networks\": [{\"id\": \"prov\", \"type\": \"ipv4_dhcp\", \"link\": \"bond0\", \"network_id\": \"prov\"}],
+      \"services\": []}}]" >/dev/null || fail "powerloss: Ironic refused the bond's network_data"
   lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
   wait_state "$NODE" available 120 || fail "powerloss: node did not become available"
   # The image comes through nginx's rate-limited path: the write lasts long enough to cut.
@@ -598,12 +658,19 @@ flow_powerloss() {
   err=$(node_field "$NODE" "['last_error']")
   [[ "$err" == *"Timeout reached while waiting for callback"* ]] || fail "powerloss: unclear last_error: $err"
   echo "ok: powerloss: 'deploy failed' $(( $(date +%s) - cut )) s after the cut; last_error: $err"
-  # The next deploy (full speed) succeeds and boots.
-  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"replace\", \"path\": \"/instance_info/image_source\", \"value\": \"$IMG/boot.raw\"}]" >/dev/null
+  # The next deploy succeeds and boots, though the bond's active NIC loses its link while the
+  # image is written (slowly again, so there is a middle to cut in).
   m=$(mark $N)
   provision "$NODE" '{"target": "active"}'
   first_heartbeat powerloss_redeploy "$NODE" $N "$m" 300
+  grep -a -q "link bond0 up" <<<"$(since $N "$m")" || fail "powerloss: no bond from network_data: $(since $N "$m" | grep -a -i -E "bond|network" | tail -5)"
+  wait_console $N "$m" "image recognised" 300 || fail "powerloss: the write never started: $(since $N "$m" | tail -10)"
+  virsh -c "$LAB_LIBVIRT" domif-setlink $N $MAC down >/dev/null || fail "powerloss: cannot take the NIC's link down"
+  echo "ok: powerloss: the bond's first NIC ($MAC) lost its link in the middle of write_image"
   reached powerloss_redeploy "$NODE" active 900 $N "$m"
+  since $N "$m" | grep -a -q -E "bond0: .*(making interface .* the new active one|link status definitely down)" \
+    || fail "powerloss: the bond did not fail over: $(since $N "$m" | grep -a -i bond | tail -5)"
+  echo "ok: powerloss: the bond failed over to $MAC2 and the deploy finished"
   booted_os powerloss $N "$m" "rivet.flow=uefi"
 }
 
@@ -615,6 +682,9 @@ flow_rescue() {
   lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio:spare:1G >/dev/null
   lab_vbmc $N 6234
   NODE=$(enroll_ipmi $N 6234 $MAC uefi) || fail "rescue: enrolment failed"
+  # An ipa-ntp-server where no NTP server runs: one clear log line, no wait, the flows go on.
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\",
+    \"value\": \"nofb vga=normal console=ttyS0,115200 ipa-insecure=1 ipa-ntp-server=$LAB_NO_NTP\"}]" >/dev/null
   lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"replace\", \"path\": \"/rescue_interface\", \"value\": \"agent\"},
     {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
     \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
@@ -623,6 +693,9 @@ flow_rescue() {
   m=$(mark $N)
   provision "$NODE" '{"target": "active"}'
   wait_state "$NODE" active 900 || fail "rescue: deploy failed: $(node_field "$NODE" "['last_error']")"
+  line=$(since $N "$m" | grep -a -o "no NTP server answered ($LAB_NO_NTP:123: refused[^)]*)" | head -1) \
+    || fail "rescue: no clear line for the unreachable NTP server: $(since $N "$m" | grep -a -i -E "ntp|clock" | tail -4)"
+  echo "ok: rescue: an NTP server that is not there: \"$line\", and the deploy went on"
   booted_os rescue_deploy $N "$m" "rivet.flow=uefi"
   m=$(mark $N)
   provision "$NODE" '{"target": "rescue", "rescue_password": "Rivet-rescue-pw"}'
@@ -692,14 +765,14 @@ flow_faults() {
   local m; m=$(mark $n)
   provision "$uuid" "$clean"
   wait_console $n "$m" "lookup failed, retrying" 300 \
-    || { lab_dhcp_ignore; fail "faults: no DHCP answer, and the agent did not say it cannot reach the conductor: $(since $n "$m" | tail -15)"; }
+    || { lab_dhcp_answer $mac; fail "faults: no DHCP answer, and the agent did not say it cannot reach the conductor: $(since $n "$m" | tail -15)"; }
   local line; line=$(since $n "$m" | grep -a "lookup failed, retrying" | head -1)
-  [[ "$line" == *"cannot reach the Ironic API"*"$LAB_IP:6385"* ]] || { lab_dhcp_ignore; fail "faults: unclear agent log line: $line"; }
+  [[ "$line" == *"cannot reach the Ironic API"*"$LAB_IP:6385"* ]] || { lab_dhcp_answer $mac; fail "faults: unclear agent log line: $line"; }
   echo "ok: faults: without an address the agent logs: $(grep -a -o "lookup failed.*" <<<"$line" | cut -c1-200)"
   sleep 15   # DHCP answers late: 15 s after the agent first said so
   state=$(node_field "$uuid" "['provision_state']")
-  [[ "$state" == "clean wait" ]] || { lab_dhcp_ignore; fail "faults: node '$state' while the agent had no address"; }
-  lab_dhcp_ignore
+  [[ "$state" == "clean wait" ]] || { lab_dhcp_answer $mac; fail "faults: node '$state' while the agent had no address"; }
+  lab_dhcp_answer $mac
   first_heartbeat faults_dhcp_late "$uuid" $n "$m" 300
   reached faults_dhcp_late "$uuid" manageable 600 $n "$m"
   echo "ok: faults: the NIC got its address late; the agent heartbeated and the cleaning ended"
