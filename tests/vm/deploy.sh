@@ -260,14 +260,15 @@ flow_vmedia() {
     if [[ "$net" == 1 ]]; then
       grep -a -q "network prov: $VIP/24, route 0.0.0.0/0 via $LAB_IP" <<<"$con" \
         || fail "vmedia: the static address from network_data was not applied: $(grep -a -i -E "network|DHCP" <<<"$con" | tail -8)"
-      grep -a -i "$MAC" "$LAB_DIR/dnsmasq.log" | grep -a -q DHCP \
+      grep -a -i "$MAC" "$LAB_DIR/dnsmasq.log" | grep -a DHCP >/dev/null \
         && fail "vmedia: the node asked for DHCP although network_data gave it a static address"
       url=$(node_field "$NODE" "['driver_internal_info'].get('agent_url', '')")
       [[ "$url" == "https://$VIP:"* ]] || fail "vmedia: the agent advertised $url, not its static address $VIP"
       echo "ok: vmedia: no DHCP for the node: network_data's static $VIP/24, gateway and DNS from the ISO; the agent called back on $url"
-      line=$(grep -a -o "clock set from $LAB_IP:123 (moved +[0-9.]* s[^)]*)" <<<"$con" | head -1) \
+      line=$(grep -a -o "clock set from $LAB_IP:123 (moved +[0-9.]* s[^)]*)" <<<"$con" | sed -n 1p)
+      [[ -n "$line" ]] \
         || fail "vmedia: the clock ten years behind was not set from ipa-ntp-server: $(grep -a -i -E "ntp|clock" <<<"$con" | tail -5)"
-      moved=$(grep -o -E "[0-9.]+ s" <<<"$line" | head -1 | cut -d' ' -f1)
+      moved=$(grep -o -E "[0-9.]+ s" <<<"$line" | sed -n 1p | cut -d' ' -f1)
       awk "BEGIN{exit !($moved > 9 * 365 * 86400)}" || fail "vmedia: the clock moved only $moved s"
       echo "ok: vmedia: the RTC was ten years behind; the agent set the clock from the lab's NTP server ($line) before verifying Ironic's certificate"
     fi
@@ -668,7 +669,8 @@ flow_powerloss() {
   virsh -c "$LAB_LIBVIRT" domif-setlink $N $MAC down >/dev/null || fail "powerloss: cannot take the NIC's link down"
   echo "ok: powerloss: the bond's first NIC ($MAC) lost its link in the middle of write_image"
   reached powerloss_redeploy "$NODE" active 900 $N "$m"
-  since $N "$m" | grep -a -q -E "bond0: .*(making interface .* the new active one|link status definitely down)" \
+  # (grep -c reads to the end: grep -q would close the pipe early and fail it under pipefail)
+  since $N "$m" | grep -a -c -E "bond0: .*(making interface .* the new active one|link status definitely down)" >/dev/null \
     || fail "powerloss: the bond did not fail over: $(since $N "$m" | grep -a -i bond | tail -5)"
   echo "ok: powerloss: the bond failed over to $MAC2 and the deploy finished"
   booted_os powerloss $N "$m" "rivet.flow=uefi"
@@ -693,7 +695,8 @@ flow_rescue() {
   m=$(mark $N)
   provision "$NODE" '{"target": "active"}'
   wait_state "$NODE" active 900 || fail "rescue: deploy failed: $(node_field "$NODE" "['last_error']")"
-  line=$(since $N "$m" | grep -a -o "no NTP server answered ($LAB_NO_NTP:123: refused[^)]*)" | head -1) \
+  line=$(since $N "$m" | grep -a -o "no NTP server answered ($LAB_NO_NTP:123: refused[^)]*)" | sed -n 1p)
+  [[ -n "$line" ]] \
     || fail "rescue: no clear line for the unreachable NTP server: $(since $N "$m" | grep -a -i -E "ntp|clock" | tail -4)"
   echo "ok: rescue: an NTP server that is not there: \"$line\", and the deploy went on"
   booted_os rescue_deploy $N "$m" "rivet.flow=uefi"
