@@ -65,7 +65,10 @@ t_all=$SECONDS
 step "dependencies (Debian packages)" scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
-step "cargo test" cargo test --locked --no-fail-fast
+# Its output is kept: the names of failing tests are printed again at the very end, where a
+# CI log cut to its tail still shows them.
+cargo_test() { cargo test --locked --no-fail-fast 2>&1 | tee "$LOGS/cargo-test.log"; }
+step "cargo test" cargo_test
 step "harness self-test (a test that could pass without testing fails)" tests/harness/selftest.sh
 step "static release build" scripts/build-static.sh
 RIVET_STATIC="$ROOT/target/x86_64-unknown-linux-gnu/release/rivet"
@@ -112,5 +115,10 @@ step "no files left in the checkout" leftovers
 echo
 echo "suite times:"
 printf '  %s\n' "${summary[@]}"
+if grep -a -E '^test .* FAILED$|^---- .* stdout ----$|panicked at' "$LOGS/cargo-test.log" >/dev/null 2>&1; then
+  echo "cargo test failures (the first lines of each):"
+  grep -a -E -A6 '^---- .* stdout ----$' "$LOGS/cargo-test.log" | cut -c1-300 | sed -n 1,80p
+  grep -a -E '^test .* FAILED$|^error: test failed' "$LOGS/cargo-test.log" | sed -n 1,40p
+fi
 echo "suites: $passed passed, $failed failed, $((SECONDS - t_all)) s in all"
 ((failed == 0))

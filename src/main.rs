@@ -50,6 +50,15 @@ enum Cmd {
     /// The DHCP client's hook (udhcpc runs it with the event): applies the lease by netlink.
     #[command(hide = true)]
     NetworkLease { event: String },
+    /// The DHCPv6 client of one NIC (`rivet network` starts one per NIC): runs for as long as
+    /// the machine does.
+    #[command(hide = true)]
+    NetworkDhcp6 {
+        iface: String,
+        /// Where the name servers it learns are added.
+        #[arg(long, default_value = "/etc/resolv.conf")]
+        resolv_conf: std::path::PathBuf,
+    },
     /// Choose the root disk as a deploy would and print the decision table.
     RootDevice {
         /// Root device hints, as in the node's properties.root_device (JSON object).
@@ -156,6 +165,20 @@ fn network(a: NetworkArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("rivet: network: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn network_dhcp6(iface: &str, resolv_conf: &std::path::Path) -> ExitCode {
+    rivet::logging::init(rivet::config::LogFormat::Human, false);
+    let Some(rt) = small_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(rivet::network::dhcp6::run(iface, Some(resolv_conf))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rivet: {e}");
             ExitCode::FAILURE
         }
     }
@@ -345,6 +368,7 @@ fn main() -> ExitCode {
         }
         Some(Cmd::Network(a)) => network(a),
         Some(Cmd::NetworkLease { event }) => network_lease(&event),
+        Some(Cmd::NetworkDhcp6 { iface, resolv_conf }) => network_dhcp6(&iface, &resolv_conf),
         Some(Cmd::Agent(args)) => run_agent(args),
         None => run_agent(cli.agent),
     }

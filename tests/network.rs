@@ -73,6 +73,11 @@ impl Lab {
 
     /// dnsmasq serving DHCPv4 on `iface` (in the network's namespace) from `range`.
     fn dnsmasq(&mut self, iface: &str, range: &str) {
+        self.dnsmasq_with(iface, &[format!("--dhcp-range={range},12h")]);
+    }
+
+    /// dnsmasq on `iface` with these DHCP arguments.
+    fn dnsmasq_with(&mut self, iface: &str, args: &[String]) {
         let lease = self.dir.path().join(format!("{iface}.leases"));
         let child = Command::new("ip")
             .args([
@@ -85,7 +90,7 @@ impl Lab {
             ])
             .arg(format!("--interface={iface}"))
             .args(["--bind-interfaces", "--conf-file=/dev/null"])
-            .arg(format!("--dhcp-range={range},12h"))
+            .args(args)
             .arg(format!("--dhcp-leasefile={}", lease.display()))
             .arg(format!(
                 "--pid-file={}",
@@ -303,6 +308,73 @@ fn dhcp_on_every_nic_applied_through_the_hook() {
     assert!(lab.ping("10.63.0.1") && lab.ping("10.64.0.1"));
     figure!(
         "network: DHCP leases on two NICs applied by the hook in {:.1} s",
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+fn ipv6_only_router_advertisements_and_dhcpv6() {
+    let Some(mut lab) = Lab::new("dhcp6") else {
+        return;
+    };
+    // Nothing IPv4 on this network: a managed router advertisement (no default route) and
+    // DHCPv6 with a name server, as an IPv6-only provisioning network has.
+    lab.net(&["addr", "add", "fd63::1/64", "dev", "s0", "nodad"]);
+    lab.dnsmasq_with(
+        "s0",
+        &[
+            "--dhcp-range=fd63::100,fd63::1ff,64,1h".into(),
+            "--enable-ra".into(),
+            "--ra-param=s0,5,0".into(),
+            "--dhcp-option=option6:dns-server,[fd63::1]".into(),
+        ],
+    );
+    let started = Instant::now();
+    lab.rivet_network("ro quiet", None, &[]);
+    lab.wait_for("a DHCPv6 address on n0", 40, || {
+        lab.addrs("n0")
+            .iter()
+            .any(|a| a.starts_with("fd63::1") && a.ends_with("/128"))
+    });
+    let took = started.elapsed();
+    let addr = lab
+        .addrs("n0")
+        .into_iter()
+        .find(|a| a.ends_with("/128"))
+        .unwrap();
+    let addr = addr.trim_end_matches("/128").to_string();
+    // The address is the one dnsmasq leased to this NIC's DUID (DUID-LL from its MAC).
+    let leases = std::fs::read_to_string(lab.dir.path().join("s0.leases")).unwrap_or_default();
+    let mac = lab.mac("n0").replace(':', "");
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.contains(&addr) && l.replace(':', "").contains(&format!("00030001{mac}"))),
+        "{leases}"
+    );
+    // The router's advertisement gave the on-link prefix; traffic flows from the address.
+    lab.wait_for(
+        "the on-link route from the router advertisement",
+        20,
+        || {
+            lab.node_json(&["-6", "route", "show", "fd63::/64"])
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+        },
+    );
+    lab.wait_for("ping over IPv6", 10, || lab.ping("fd63::1"));
+    let resolv = std::fs::read_to_string(lab.dir.path().join("resolv.conf")).unwrap_or_default();
+    assert!(resolv.contains("nameserver fd63::1\n"), "{resolv}");
+    let log = std::fs::read_to_string(lab.dir.path().join("dhcp.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("DHCPv6: {addr}/128 on n0, DNS fd63::1")),
+        "{log}"
+    );
+    // No IPv4 anywhere, and n1 (no server behind it) has nothing routable.
+    assert!(!lab.addrs("n0").iter().any(|a| a.contains('.')));
+    assert!(lab.addrs("n1").is_empty(), "{:?}", lab.addrs("n1"));
+    figure!(
+        "network: an IPv6-only NIC got its DHCPv6 address in {:.1} s",
         took.as_secs_f64()
     );
 }

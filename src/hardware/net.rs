@@ -92,7 +92,15 @@ fn addresses() -> HashMap<String, (Option<String>, Option<String>)> {
         let e = out.entry(a.interface_name).or_default();
         match ip {
             Some(IpAddr::V4(v4)) if e.0.is_none() => e.0 = Some(v4.to_string()),
-            Some(IpAddr::V6(v6)) if e.1.is_none() => e.1 = Some(v6.to_string()),
+            // A routable address before the link-local one every NIC has (which is no way
+            // to reach the node), whatever order the kernel lists them in.
+            Some(IpAddr::V6(v6))
+                if e.1.is_none()
+                    || (e.1.as_deref().is_some_and(|s| s.starts_with("fe80:"))
+                        && (v6.segments()[0] & 0xffc0) != 0xfe80) =>
+            {
+                e.1 = Some(v6.to_string())
+            }
             _ => {}
         }
     }

@@ -1,6 +1,6 @@
-//! DHCP: the client is busybox's `udhcpc` (in both ramdisks: the minimal one's busybox, the DIB
-//! one's Debian `busybox` package) for IPv4 and `dhcpcd` for DHCPv6 where the ramdisk ships
-//! it; SLAAC is the kernel's. The lease is applied by this binary (`rivet network-lease`, the
+//! DHCP: the IPv4 client is busybox's `udhcpc` (in both ramdisks: the minimal one's busybox,
+//! the DIB one's Debian `busybox` package); DHCPv6 is this binary's own client
+//! ([`super::dhcp6`]); SLAAC is the kernel's. The lease is applied by this binary (`rivet network-lease`, the
 //! client's hook) through netlink, so both ramdisks configure an address the same way.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -63,23 +63,29 @@ pub fn start_v4(iface: &str, hook: &Path) -> Result<(), NetError> {
         .map_err(|e| NetError::Setup(format!("starting {} on {iface}: {e}", bin.display())))
 }
 
-/// Start DHCPv6 (stateful) on `iface` with dhcpcd, which also follows the router's
-/// advertisements. A ramdisk without dhcpcd gets a clear error, and SLAAC still works.
-pub fn start_v6(iface: &str) -> Result<(), NetError> {
-    let bin = crate::system::tools::which("dhcpcd").ok_or_else(|| {
-        NetError::Setup(format!(
-            "DHCPv6 on {iface} needs dhcpcd, which this ramdisk does not have"
-        ))
-    })?;
-    Command::new(&bin)
-        .args(["--ipv6only", "--noarp", "--nobackground", "--quiet"])
-        .args(["--nohook", "resolv.conf", "--config", "/dev/null", iface])
+/// Start DHCPv6 on `iface` in the background: this binary's client (`rivet network-dhcp6`,
+/// [`super::dhcp6`]) for as long as the machine runs, its log appended to `log`, the name
+/// servers it learns added to `resolv_conf`.
+pub fn start_v6(iface: &str, log: &Path, resolv_conf: &Path) -> Result<(), NetError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| NetError::Setup(format!("cannot find this binary: {e}")))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| NetError::Setup(format!("opening {}: {e}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| NetError::Setup(format!("{}: {e}", log.display())))?;
+    Command::new(&exe)
+        .args(["network-dhcp6", iface, "--resolv-conf"])
+        .arg(resolv_conf)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out)
+        .stderr(err)
         .spawn()
         .map(drop)
-        .map_err(|e| NetError::Setup(format!("starting dhcpcd on {iface}: {e}")))
+        .map_err(|e| NetError::Setup(format!("starting DHCPv6 on {iface}: {e}")))
 }
 
 /// What udhcpc passes its hook in the environment.

@@ -258,6 +258,24 @@ impl Netlink {
         Ok(())
     }
 
+    /// Remove one address from a link (a DHCPv6 lease that moved); absent is not an error.
+    pub async fn remove_address(&self, index: u32, ip: IpAddr) -> Result<(), NetError> {
+        for a in self.address_messages(index).await? {
+            if a.attributes
+                .iter()
+                .any(|at| matches!(at, AddressAttribute::Address(x) if *x == ip))
+            {
+                self.handle
+                    .address()
+                    .del(a)
+                    .execute()
+                    .await
+                    .map_err(nl(format!("removing {ip} from link {index}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Addresses of one link, with their prefix lengths.
     pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
         let mut out = Vec::new();

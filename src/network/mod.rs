@@ -8,11 +8,13 @@
 //! 3. then `ipa-enable-vlan-interfaces` (IPA's semantics: `iface.vid`, `mac.vid`, an
 //!    interface or `all` for the VLANs LLDP names), each VLAN asked for DHCP.
 //!
-//! Addresses, links and routes go through netlink ([`links`]); the DHCP clients are the
-//! ramdisk's (`udhcpc`, `dhcpcd`), their leases applied by this binary ([`dhcp`]). The clock
+//! Addresses, links and routes go through netlink ([`links`]); the DHCPv4 client is the
+//! ramdisk's `udhcpc`, its leases applied by this binary ([`dhcp`]); DHCPv6 is this binary's
+//! own client ([`dhcp6`]). The clock
 //! (`ipa-ntp-server`) is set by the agent ([`sntp`]) before its first TLS connection.
 
 pub mod dhcp;
+pub mod dhcp6;
 pub mod links;
 pub mod network_data;
 pub mod sntp;
@@ -256,7 +258,8 @@ pub async fn apply_plan(
                     Ok(s)
                 }
                 Addressing::Dhcp4 => dhcp::start_v4(name, hook).map(|()| "DHCPv4".into()),
-                Addressing::Dhcp6 => dhcp::start_v6(name).map(|()| "DHCPv6".into()),
+                Addressing::Dhcp6 => dhcp::start_v6(name, &opts.dhcp_log, &opts.resolv_conf)
+                    .map(|()| "DHCPv6".into()),
                 Addressing::Slaac => enable_slaac(name)
                     .map(|()| "SLAAC".to_string())
                     .map_err(NetError::Setup),
@@ -296,7 +299,6 @@ async fn dhcp_everywhere(
 ) -> Result<(), NetError> {
     let start = Instant::now();
     let mut started: Vec<String> = Vec::new();
-    let v6 = crate::system::tools::which("dhcpcd").is_some();
     loop {
         let nics =
             crate::hardware::net::interfaces(Path::new("/sys/class/net"), opts.allow_virtual_nics);
@@ -323,12 +325,10 @@ async fn dhcp_everywhere(
                 Ok(()) => out.did(&nic.name, "DHCPv4".into()),
                 Err(e) => out.problem(format!("{}: {e}", nic.name)),
             }
-            // Stateful DHCPv6 where the ramdisk has a client; SLAAC is the kernel's anyway.
-            if v6 {
-                match dhcp::start_v6(&nic.name) {
-                    Ok(()) => out.did(&nic.name, "DHCPv6".into()),
-                    Err(e) => out.problem(format!("{}: {e}", nic.name)),
-                }
+            // And DHCPv6 (an IPv6-only network has no DHCPv4 server); SLAAC is the kernel's.
+            match dhcp::start_v6(&nic.name, &opts.dhcp_log, &opts.resolv_conf) {
+                Ok(()) => out.did(&nic.name, "DHCPv6".into()),
+                Err(e) => out.problem(format!("{}: {e}", nic.name)),
             }
         }
         if start.elapsed() >= opts.nic_wait {

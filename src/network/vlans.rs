@@ -138,7 +138,7 @@ pub async fn bring_up(value: &str, opts: &Options, hook: &Path) -> Result<Outcom
     todo.sort();
     todo.dedup();
     for (iface, vid) in todo {
-        make(&nl, &iface, vid, hook, &mut out).await;
+        make(&nl, &iface, vid, opts, hook, &mut out).await;
     }
     listen.sort();
     listen.dedup();
@@ -191,15 +191,15 @@ pub async fn bring_up(value: &str, opts: &Options, hook: &Path) -> Result<Outcom
                 }
             };
             for vid in vids {
-                make(&nl, &name, vid, hook, &mut out).await;
+                make(&nl, &name, vid, opts, hook, &mut out).await;
             }
         }
     }
     Ok(out)
 }
 
-/// Make VLAN `vid` on `iface`, bring it up and ask DHCP on it.
-async fn make(nl: &Netlink, iface: &str, vid: u16, hook: &Path, out: &mut Outcome) {
+/// Make VLAN `vid` on `iface`, bring it up and ask DHCP (v4 and v6) on it.
+async fn make(nl: &Netlink, iface: &str, vid: u16, opts: &Options, hook: &Path, out: &mut Outcome) {
     let r: Result<String, NetError> = async {
         let parent = nl
             .by_name(iface)
@@ -210,11 +210,12 @@ async fn make(nl: &Netlink, iface: &str, vid: u16, hook: &Path, out: &mut Outcom
         let idx = nl.vlan(&vname, parent.index, vid, None).await?;
         nl.up(idx, None).await?;
         dhcp::start_v4(&vname, hook)?;
+        dhcp::start_v6(&vname, &opts.dhcp_log, &opts.resolv_conf)?;
         Ok(vname)
     }
     .await;
     match r {
-        Ok(v) => out.did(&v, format!("VLAN {vid} on {iface}, DHCPv4")),
+        Ok(v) => out.did(&v, format!("VLAN {vid} on {iface}, DHCPv4 and DHCPv6")),
         Err(e) => out.problem(format!("VLAN {vid} on {iface}: {e}")),
     }
 }

@@ -2,7 +2,8 @@
 # The lab: Ironic powers, boots and networks the nodes itself, as in Bifrost and Metal3.
 #
 # One network namespace holds everything: a bridge for the provisioning network
-# (192.168.150.0/24), dnsmasq on it (DHCP; TFTP with iPXE; iPXE clients chained to Ironic's
+# (192.168.150.0/24 and fd00:150::/64, no router advertisements), a second one for IPv6-only
+# nodes (fd00:151::/64: router advertisements and DHCPv6, nothing IPv4), dnsmasq on them (DHCP; TFTP with iPXE; iPXE clients chained to Ironic's
 # boot.ipxe, as Bifrost configures it), nginx serving Ironic's http_root and the test images,
 # the real Ironic 39 (API on HTTPS, conductor) with the redfish and ipmi hardware types, the
 # ipxe and redfish-virtual-media boot interfaces and Rivet's ramdisks as deploy kernel and
@@ -28,6 +29,9 @@ LAB_VENV=${LAB_VENV:-$HOME/.cache/rivet-lab/venv}
 LAB_BR=brlab
 LAB_IP=192.168.150.1
 LAB_NO_NTP=192.168.150.2
+LAB_IP6=fd00:150::1
+LAB_BR6=brlab6
+LAB_IP6ONLY=fd00:151::1
 LAB_API="https://$LAB_IP:6385"
 LAB_HTTP="http://$LAB_IP:8080"
 LAB_REDFISH="http://$LAB_IP:8000"
@@ -79,7 +83,14 @@ lab_net_up() {
   ip -n "$LAB_NS" addr add "$LAB_IP/24" dev "$LAB_BR"
   # A second address where nothing serves NTP (an operator's wrong ipa-ntp-server).
   ip -n "$LAB_NS" addr add "$LAB_NO_NTP/24" dev "$LAB_BR"
+  # IPv6 on the same bridge, static only (no router advertisements: network_data's static
+  # IPv6 is tested there); nodad: nginx binds it at once.
+  ip -n "$LAB_NS" addr add "$LAB_IP6/64" dev "$LAB_BR" nodad
   ip -n "$LAB_NS" link set "$LAB_BR" up
+  # The IPv6-only provisioning network: router advertisements and DHCPv6 from dnsmasq.
+  ip -n "$LAB_NS" link add "$LAB_BR6" type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+  ip -n "$LAB_NS" addr add "$LAB_IP6ONLY/64" dev "$LAB_BR6" nodad
+  ip -n "$LAB_NS" link set "$LAB_BR6" up
 }
 
 # --- libvirtd: in the lab's network namespace (the domains' taps go on its bridge) and in a
@@ -136,7 +147,8 @@ lab_tls_up() {
     -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=$LAB_IP" -keyout "$t/server.key" \
     -out "$t/server.csr" 2>/dev/null
-  printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$LAB_IP" > "$t/ext"
+  printf 'subjectAltName=IP:%s,IP:%s,IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+    "$LAB_IP" "$LAB_IP6" "$LAB_IP6ONLY" > "$t/ext"
   openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
     -days 2 -extfile "$t/ext" -out "$t/server.pem" 2>/dev/null
 }
@@ -162,6 +174,16 @@ http {
   default_type application/octet-stream;
   server {
     listen $LAB_IP:8080;
+    listen [$LAB_IP6]:8080;
+    listen [$LAB_IP6ONLY]:8080;
+    # HTTPS with the lab's certificate: an image server the agent verifies with the CA.
+    listen $LAB_IP:8443 ssl;
+    listen [$LAB_IP6]:8443 ssl;
+    ssl_certificate $LAB_DIR/tls/server.pem;
+    ssl_certificate_key $LAB_DIR/tls/server.key;
+    # Ironic 39 asks image servers for TLS 1.3 (webserver_tls_minimum_version); this nginx
+    # offers up to 1.2 unless told.
+    ssl_protocols TLSv1.2 TLSv1.3;
     root $LAB_DIR/http;
     # The same files at 4 MiB/s: a write that lasts long enough to be interrupted.
     location /slow/ { alias $LAB_DIR/http/; limit_rate 4m; }
@@ -175,7 +197,9 @@ CONF
 
 # --- dnsmasq on the bridge, as Bifrost configures it for Ironic's dhcp_provider "none":
 # firmware PXE gets iPXE over TFTP (snponly.efi for UEFI, undionly.kpxe for BIOS), iPXE gets
-# Ironic's boot.ipxe over HTTP; every node (and the agent in it) gets an address.
+# Ironic's boot.ipxe over HTTP; every node (and the agent in it) gets an address. On the
+# IPv6-only bridge: router advertisements (managed: addresses from DHCPv6; no default route)
+# and DHCPv6 with a name server.
 lab_dnsmasq_up() {
   mkdir -p "$LAB_DIR/tftp"
   cp /usr/lib/ipxe/snponly.efi /usr/lib/ipxe/undionly.kpxe "$LAB_DIR/tftp/"
@@ -197,6 +221,11 @@ dhcp-boot=tag:efi,tag:!ipxe,snponly.efi
 dhcp-boot=tag:!efi,tag:!ipxe,undionly.kpxe
 dhcp-boot=tag:ipxe,$LAB_HTTP/boot.ipxe
 dhcp-hostsfile=$LAB_DIR/dhcp-hosts
+interface=$LAB_BR6
+dhcp-range=fd00:151::100,fd00:151::1ff,64,1h
+enable-ra
+ra-param=$LAB_BR6,10,0
+dhcp-option=option6:dns-server,[$LAB_IP6ONLY]
 CONF
   # Per-MAC entries ("MAC,ignore" keeps a node without an address); read again on SIGHUP.
   : > "$LAB_DIR/dhcp-hosts"
@@ -377,7 +406,8 @@ lab_node() {
   # LAB_NIC_TAP=TAP: the NIC is on that tap (lab_vlan_port), not on the bridge; offloads off,
   # so the frames a user-space port forwards are whole. LAB_NIC2_MAC=MAC: a second NIC on
   # the bridge (a bond's second member).
-  local nics="<interface type='bridge'><source bridge='$LAB_BR'/><mac address='$mac'/><model type='virtio'/>$rom</interface>"
+  # LAB_NIC_BRIDGE=BRIDGE: the (first) NIC on that bridge ($LAB_BR6: the IPv6-only network).
+  local nics="<interface type='bridge'><source bridge='${LAB_NIC_BRIDGE:-$LAB_BR}'/><mac address='$mac'/><model type='virtio'/>$rom</interface>"
   if [[ -n "${LAB_NIC_TAP:-}" ]]; then
     nics="<interface type='ethernet'><target dev='$LAB_NIC_TAP' managed='no'/><mac address='$mac'/><model type='virtio'/>"
     nics+="<driver><host csum='off' gso='off' tso4='off' tso6='off' ecn='off' ufo='off' mrg_rxbuf='off'/>"

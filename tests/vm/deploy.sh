@@ -7,9 +7,15 @@
 # and the consoles. Flows:
 #  vmedia   redfish + redfish-virtual-media, UEFI: Ironic builds the ISO from Rivet's minimal
 #           kernel and initramfs (with its CA: the agent verifies Ironic's HTTPS API with it)
-#           and inserts it over Redfish; whole-disk qcow2 + config drive onto the NVMe disk;
+#           and inserts it over Redfish, with the node's network_data (static IPv4 and IPv6,
+#           no DHCP, no router advertisement) and its RTC ten years behind (ipa-ntp-server);
+#           inspection, then in the same boot whole-disk qcow2 (over IPv6) + config drive
+#           onto the NVMe disk;
 #           Ironic powers the node off through the agent, sets the boot device and powers it
 #           on; the deployed OS prints its marker. Then undeploy with automated cleaning.
+#  ipv6     an IPv6-only provisioning network (router advertisements, DHCPv6): Ironic's API,
+#           the images and the agent's API on IPv6, the agent's certificate for its IPv6
+#           address verified by Ironic; whole-disk deploy over redfish-virtual-media.
 #  ipxe     ipmi + ipxe, UEFI and BIOS: DHCP → iPXE (snponly.efi over TFTP from the UEFI
 #           firmware's PXE; the NIC's iPXE ROM under SeaBIOS) → Ironic's boot.ipxe → Rivet's
 #           kernel and initramfs over HTTP; a partition image, GRUB installed from the image;
@@ -39,7 +45,7 @@
 #                              look, tests/lab/lab.sh down ends it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-ALL_FLOWS="vmedia ipxe metal3 raid dib powerloss rescue faults"
+ALL_FLOWS="vmedia ipv6 ipxe metal3 raid dib powerloss rescue faults"
 FLOWS=${FLOWS:-$ALL_FLOWS}
 for f in $FLOWS; do
   [[ " $ALL_FLOWS " == *" $f "* ]] || { echo "FAIL: unknown flow '$f' in FLOWS (known: $ALL_FLOWS)" >&2; exit 2; }
@@ -198,6 +204,15 @@ domain_off() {
   done
   return 1
 }
+# deployed_disk LABEL NAME SERIAL RAW: the deployed test OS powered itself off, and its disk
+# (copied to RAW, left for more checks) holds boot.raw past the first MiB (the partition
+# table, which a config drive changes).
+deployed_disk() {
+  domain_off "$2" 120 || fail "$1: the test OS did not power off"
+  disk_raw "$2" "$3" "$4"
+  local size; size=$(stat -c %s "$I/boot.raw")
+  cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$4" || fail "$1: the disk $3 differs from the image"
+}
 # booted_os LABEL NAME MARK EXPECT: after the deploy, Ironic rebooted the node into its disk:
 # the test OS's marker (naming the boot path) is on the console.
 booted_os() {
@@ -212,10 +227,13 @@ booted_os() {
 # VMEDIA_DEPLOY_RAMDISK: files; VMEDIA_FOREIGN_AGENT=1 skips what only Rivet logs), another
 # memory size (VM_MEMORY_MIB) and without the undeploy (VMEDIA_UNDEPLOY=0).
 flow_vmedia() {
-  N=vm-vmedia MAC=52:54:00:15:00:01 VIP=192.168.150.31
-  # VMEDIA_NETWORK=1 (default): no DHCP for this node (dnsmasq ignores its MAC): Ironic puts
-  # the node's network_data (a static address, gateway and DNS) on the ISO; and its RTC is ten
-  # years behind, set right by ipa-ntp-server before the agent verifies Ironic's certificate.
+  N=vm-vmedia MAC=52:54:00:15:00:01 VIP=192.168.150.31 VIP6=fd00:150::31
+  # VMEDIA_NETWORK=1 (default): no DHCP for this node (dnsmasq ignores its MAC) and no router
+  # advertisement on its link: Ironic puts the node's network_data (a static IPv4 address,
+  # gateway and DNS, and a static IPv6 address) on the ISO; the image comes over IPv6. The
+  # node is inspected first, then deployed by the same ramdisk boot (fast-track). Its RTC is
+  # ten years behind, set right by ipa-ntp-server before the agent verifies Ironic's
+  # certificate.
   local net=${VMEDIA_NETWORK:-1} rtc=""
   [[ "$net" == 1 ]] && rtc=$((-10 * 365 * 86400))
   DOM=$(LAB_RTC_ADJUST=$rtc lab_node $N uefi $MAC "${VM_MEMORY_MIB:-1024}" nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
@@ -227,8 +245,11 @@ flow_vmedia() {
       \"links\": [{\"id\": \"port0\", \"type\": \"phy\", \"ethernet_mac_address\": \"$MAC\"}],
       \"networks\": [{\"id\": \"prov\", \"type\": \"ipv4\", \"link\": \"port0\", \"network_id\": \"prov\",
         \"ip_address\": \"$VIP\", \"netmask\": \"255.255.255.0\",
-        \"routes\": [{\"network\": \"0.0.0.0\", \"netmask\": \"0.0.0.0\", \"gateway\": \"$LAB_IP\"}]}],
+        \"routes\": [{\"network\": \"0.0.0.0\", \"netmask\": \"0.0.0.0\", \"gateway\": \"$LAB_IP\"}]},
+        {\"id\": \"prov6\", \"type\": \"ipv6\", \"link\": \"port0\", \"network_id\": \"prov6\",
+        \"ip_address\": \"$VIP6\", \"netmask\": \"ffff:ffff:ffff:ffff::\"}],
       \"services\": [{\"type\": \"dns\", \"address\": \"$LAB_IP\"}]}},
+      {\"op\": \"add\", \"path\": \"/driver_info/fast_track\", \"value\": true},
       {\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\",
        \"value\": \"nofb vga=normal console=ttyS0,115200 ipa-ntp-server=$LAB_IP\"}]" >/dev/null \
       || fail "vmedia: Ironic refused the node's network_data"
@@ -241,13 +262,36 @@ flow_vmedia() {
     lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/driver_info/deploy_kernel\", \"value\": \"$LAB_HTTP/bench/kernel\"},
       {\"op\": \"add\", \"path\": \"/driver_info/deploy_ramdisk\", \"value\": \"$LAB_HTTP/bench/ramdisk\"}]" >/dev/null
   fi
+  local image=$IMG
+  m=$(mark $N)
+  if [[ "$net" == 1 ]]; then
+    # Inspection first: the agent posts the inventory, then (fast-track) looks the node up and
+    # heartbeats; the deploy below reuses this boot.
+    provision "$NODE" '{"target": "inspect"}'
+    first_heartbeat vmedia "$NODE" $N "$m" "${HB_TIMEOUT:-300}"
+    wait_state "$NODE" manageable 300 || fail "vmedia: inspection failed: $(node_field "$NODE" "['last_error']")"
+    lab_api GET "/v1/nodes/$NODE/inventory" | "$PY" -c "import json,sys
+inv = json.load(sys.stdin)['inventory']
+nic = [i for i in inv['interfaces'] if i['mac_address'] == '$MAC']
+assert nic and nic[0].get('ipv4_address') == '$VIP', inv['interfaces']
+assert nic[0].get('ipv6_address') == '$VIP6', inv['interfaces']
+print('ok: vmedia: inspected; the inventory Ironic stored has', nic[0]['name'], nic[0]['ipv4_address'], nic[0]['ipv6_address'])" \
+      || fail "vmedia: the inventory Ironic stored lacks the static addresses"
+    # Over IPv6 and HTTPS: the agent verifies the image server's certificate too (with the
+    # clock it set: ten years back, the certificate would not be valid yet).
+    image="https://[$LAB_IP6]:8443/images"
+  fi
   lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
   wait_state "$NODE" available 120 || fail "vmedia: node did not become available"
-  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$image/boot.qcow2\",
     \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
-  m=$(mark $N)
-  provision "$NODE" '{"target": "active", "configdrive": {"meta_data": {"hostname": "vmedia.rivet.example"}}}'
-  first_heartbeat vmedia "$NODE" $N "$m" "${HB_TIMEOUT:-300}"
+  local deploy='{"target": "active", "configdrive": {"meta_data": {"hostname": "vmedia.rivet.example"}}}'
+  if [[ "$net" == 1 ]]; then
+    lab_api PUT "/v1/nodes/$NODE/states/provision" "$deploy" >/dev/null
+  else
+    provision "$NODE" "$deploy"
+    first_heartbeat vmedia "$NODE" $N "$m" "${HB_TIMEOUT:-300}"
+  fi
   con=$(since $N "$m")
   grep -a -q "boot_method=vmedia" <<<"$con" || fail "vmedia: the ramdisk was not booted from virtual media"
   grep -a -q "ipa-insecure" <<<"$con" && fail "vmedia: the kernel command line carries ipa-insecure"
@@ -265,6 +309,8 @@ flow_vmedia() {
       url=$(node_field "$NODE" "['driver_internal_info'].get('agent_url', '')")
       [[ "$url" == "https://$VIP:"* ]] || fail "vmedia: the agent advertised $url, not its static address $VIP"
       echo "ok: vmedia: no DHCP for the node: network_data's static $VIP/24, gateway and DNS from the ISO; the agent called back on $url"
+      grep -a -q "network prov6: $VIP6/64" <<<"$con" \
+        || fail "vmedia: the static IPv6 address from network_data was not applied: $(grep -a -i -E "network|IPv6" <<<"$con" | tail -8)"
       line=$(grep -a -o "clock set from $LAB_IP:123 (moved +[0-9.]* s[^)]*)" <<<"$con" | sed -n 1p)
       [[ -n "$line" ]] \
         || fail "vmedia: the clock ten years behind was not set from ipa-ntp-server: $(grep -a -i -E "ntp|clock" <<<"$con" | tail -5)"
@@ -274,11 +320,15 @@ flow_vmedia() {
     fi
   fi
   reached vmedia "$NODE" active 900 $N "$m"
+  if [[ "$net" == 1 ]]; then
+    grep -a -E "^$VIP6 .*GET /images/boot.qcow2" "$LAB_DIR/nginx/access.log" | grep -a -c -E '" (200|206) ' >/dev/null \
+      || fail "vmedia: the image was not fetched from the node's static IPv6 address: $(grep -a boot.qcow2 "$LAB_DIR/nginx/access.log" | tail -3)"
+    boots=$(since $N "$m" | grep -a -c "rivet-timeline init_start" || true)
+    [[ "$boots" == 1 ]] || fail "vmedia: the ramdisk booted $boots times between inspection and the deployed OS"
+    echo "ok: vmedia: inspected, then deployed by the same boot; the image came over HTTPS (certificate verified) and network_data's static IPv6 ($VIP6; no router advertisement on the link)"
+  fi
   booted_os vmedia $N "$m" "rivet.flow=uefi"
-  domain_off $N 120 || fail "vmedia: the test OS did not power off"
-  disk_raw $N nvmetarget "$LAB_DIR/vm-disk.raw"
-  size=$(stat -c %s "$I/boot.raw")
-  cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$LAB_DIR/vm-disk.raw" || fail "vmedia: the NVMe disk differs from the image"
+  deployed_disk vmedia $N nvmetarget "$LAB_DIR/vm-disk.raw"
   # The config drive: a partition whose file system is labelled config-2 (any agent's: the
   # GPT partition's own name is the agent's choice).
   local start cd_at=""
@@ -290,7 +340,9 @@ flow_vmedia() {
   echo "ok: vmedia: the NVMe disk holds the image and a config drive"
   [[ "${VMEDIA_UNDEPLOY:-1}" == 1 ]] || return 0
   # Undeploy with automated cleaning: Ironic boots the ramdisk again, from virtual media.
+  # Without fast-track now: the cleaned node is powered off, not left running its agent.
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "replace", "path": "/automated_clean", "value": true}]' >/dev/null
+  [[ "$net" == 1 ]] && lab_api PATCH "/v1/nodes/$NODE" '[{"op": "remove", "path": "/driver_info/fast_track"}]' >/dev/null
   m=$(mark $N)
   provision "$NODE" '{"target": "deleted"}'
   first_heartbeat vmedia_clean "$NODE" $N "$m" 300
@@ -303,6 +355,52 @@ flow_vmedia() {
   echo "ok: vmedia: undeployed; automated cleaning erased the NVMe disk"
   [[ "$net" == 1 ]] && lab_dhcp_answer $MAC
   return 0
+}
+
+# --- ipv6: an IPv6-only provisioning network (router advertisements and DHCPv6, nothing IPv4)
+# Ironic's API, the images and the agent's own API all on IPv6 literals; the agent's TLS
+# certificate names its IPv6 address and Ironic verifies it. Ironic 39 has one API URL for
+# every node ([service_catalog]), the lab's IPv4 one: this node is given the IPv6 URL in its
+# kernel parameters (the last ipa-api-url wins, as in IPA).
+flow_ipv6() {
+  N=vm-ipv6 MAC=52:54:00:15:00:0a
+  DOM=$(LAB_NIC_BRIDGE=$LAB_BR6 lab_node $N uefi $MAC 1024 nvme:nvmetarget:4G virtio:vother:1G)
+  NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "ipv6: enrolment failed"
+  local img6="http://[$LAB_IP6ONLY]:8080/images"
+  # The checksum as a URL (an IPv6 literal too), which Ironic hands the agent to read.
+  (cd "$I" && sha256sum boot.qcow2 > boot.qcow2.sha256 && chmod a+r boot.qcow2.sha256)
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"nvmetarget\"}},
+    {\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\",
+     \"value\": \"nofb vga=normal console=ttyS0,115200 ipa-api-url=https://[$LAB_IP6ONLY]:6385\"},
+    {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$img6/boot.qcow2\",
+     \"image_checksum\": \"$img6/boot.qcow2.sha256\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null \
+    || fail "ipv6: Ironic refused the node's settings"
+  lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
+  wait_state "$NODE" available 120 || fail "ipv6: node did not become available"
+  m=$(mark $N)
+  provision "$NODE" '{"target": "active"}'
+  first_heartbeat ipv6 "$NODE" $N "$m" 300
+  con=$(since $N "$m")
+  line=$(grep -a -o "DHCPv6: fd00:151::[0-9a-f:]*/128 on [a-z0-9.]*" <<<"$con" | sed -n 1p)
+  [[ -n "$line" ]] || fail "ipv6: no DHCPv6 address: $(grep -a -i -E "dhcp|network" <<<"$con" | tail -8)"
+  local addr=${line#DHCPv6: }; addr=${addr%%/*}
+  url=$(node_field "$NODE" "['driver_internal_info'].get('agent_url', '')")
+  [[ "$url" == "https://[$addr]:"* ]] || fail "ipv6: the agent advertised $url, not its DHCPv6 address $addr"
+  ca=$(node_field "$NODE" "['driver_internal_info'].get('agent_verify_ca', '')")
+  [[ "$ca" == /* ]] || fail "ipv6: the agent sent Ironic no certificate to verify it with ($ca)"
+  echo "ok: ipv6: no IPv4 anywhere: $line (router advertisement, DHCPv6); lookup and heartbeats to https://[$LAB_IP6ONLY]:6385; the agent advertised $url"
+  reached ipv6 "$NODE" active 900 $N "$m"
+  grep -a -E "^$addr .*GET /images/boot.qcow2 " "$LAB_DIR/nginx/access.log" | grep -a -c -E '" (200|206) ' >/dev/null \
+    || fail "ipv6: the image was not fetched over IPv6 from $addr: $(grep -a boot.qcow2 "$LAB_DIR/nginx/access.log" | tail -3)"
+  grep -a -E "^$addr .*GET /images/boot.qcow2.sha256 " "$LAB_DIR/nginx/access.log" | grep -a -c '" 200 ' >/dev/null \
+    || fail "ipv6: the agent did not read the checksum URL: $(grep -a sha256 "$LAB_DIR/nginx/access.log" | tail -3)"
+  grep -a -E "ERROR.*$NODE" "$LAB_DIR/ironic.log" | grep -a -i -c -E "certificate|SSL" >/dev/null \
+    && fail "ipv6: Ironic failed to verify the agent's certificate: $(grep -a -E "ERROR.*$NODE" "$LAB_DIR/ironic.log" | grep -a -i -E "certificate|SSL" | tail -2)"
+  echo "ok: ipv6: Ironic drove the agent at $url, verifying the certificate the agent made for its IPv6 address; the agent read the image and its checksum URL from $img6"
+  booted_os ipv6 $N "$m" "rivet.flow=uefi"
+  deployed_disk ipv6 $N nvmetarget "$LAB_DIR/vm6-disk.raw"
+  rm -f "$LAB_DIR/vm6-disk.raw"
+  echo "ok: ipv6: the disk holds the image"
 }
 
 # --- ipxe: ipmi + ipxe, UEFI and BIOS side by side: partition images, GRUB from the image --
@@ -806,14 +904,14 @@ timelines() {
 # output is printed when it ends; any lane failing fails the run.
 LANES=${LANES:-3}
 lane_flows() { # N: the flows of lane N (of $LANES), the longest first, each lane in order
-  local order="raid ipxe powerloss vmedia rescue metal3 dib faults" f i=0 out=""
+  local order="raid ipxe powerloss vmedia rescue metal3 ipv6 dib faults" f i=0 out=""
   if ((LANES == 1)); then echo "$order"; return; fi
   case "$LANES:$1" in
-    2:0) order="raid vmedia metal3 dib" ;;
+    2:0) order="raid vmedia metal3 ipv6 dib" ;;
     2:1) order="ipxe powerloss rescue faults" ;;
     3:0) order="raid metal3" ;;
     3:1) order="ipxe powerloss vmedia" ;;
-    3:2) order="rescue dib faults" ;;
+    3:2) order="rescue ipv6 dib faults" ;;
     *) echo "FAIL: LANES must be 1, 2 or 3" >&2; exit 2 ;;
   esac
   echo "$order"
