@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(libblkid-dev libclang-dev file curl python3-venv gdisk dosfstools mtools e2fsprogs genisoimage util-linux
       qemu-utils zstd xz-utils gzip fdisk iproute2
       qemu-system-x86 ovmf busybox-static cpio kmod grub-efi-amd64-bin grub-pc-bin grub2-common
-      fio stress-ng dnsmasq-base)
+      fio stress-ng dnsmasq-base gfs2-utils)
 # Twice at most: installing Debian's qemu-system-x86 removes a newer qemu-utils from
 # backports, which the second pass puts back at the matching version.
 updated=

@@ -64,7 +64,12 @@ collect() { # NAME: wait for a background suite, print its output and result
 t_all=$SECONDS
 step "dependencies (Debian packages)" scripts/deps.sh
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy" cargo clippy --locked --all-targets -- -D warnings
+# clippy and the test build side by side (two cores: neither keeps both busy alone; clippy in a
+# target directory of its own, so neither waits for the other's lock), then the tests alone
+# (some measure latency and must not share the machine with a compiler).
+bg "cargo clippy" env CARGO_TARGET_DIR="$ROOT/target/clippy" cargo clippy --locked --all-targets -- -D warnings
+step "cargo test: build" cargo test --locked --no-run
+collect "cargo clippy"
 # Its output is kept: the names of failing tests are printed again at the very end, where a
 # CI log cut to its tail still shows them.
 cargo_test() { cargo test --locked --no-fail-fast 2>&1 | tee "$LOGS/cargo-test.log"; }
@@ -99,7 +104,7 @@ for s in "real Ironic: whole-disk deploy and failed deploy" "real Ironic: automa
   collect "$s"
 done
 # The lab: every flow, three side by side; the DIB flow waits for the build above.
-step "lab: Ironic powers, boots (virtual media, iPXE) and deploys VMs: vmedia ipxe metal3 raid dib powerloss rescue faults" \
+step "lab: Ironic powers, boots (virtual media, iPXE) and deploys VMs: vmedia ipv6 ipxe metal3 raid dib powerloss rescue faults" \
   env RIVET="$RIVET_STATIC" DIB_RAMDISK="$DIB_OUT" tests/vm/deploy.sh
 collect "DIB ramdisk build (for the lab)"
 

@@ -37,6 +37,9 @@ pub enum ErrorKind {
     BlockDeviceErase,
     /// A software RAID step failed (IPA `SoftwareRAIDError`).
     SoftwareRaid,
+    /// An erase refused a disk holding a volume other hosts may share (IPA
+    /// `ProtectedDeviceError`).
+    ProtectedDevice,
 }
 
 impl ErrorKind {
@@ -57,6 +60,7 @@ impl ErrorKind {
             ErrorKind::InvalidImage => "InvalidImage",
             ErrorKind::BlockDeviceErase => "BlockDeviceEraseError",
             ErrorKind::SoftwareRaid => "SoftwareRAIDError",
+            ErrorKind::ProtectedDevice => "ProtectedDeviceError",
         }
     }
 
@@ -89,6 +93,7 @@ impl ErrorKind {
             ErrorKind::InvalidImage => "Invalid image",
             ErrorKind::BlockDeviceErase => "Error erasing block device",
             ErrorKind::SoftwareRaid => "Software RAID caused unknown error",
+            ErrorKind::ProtectedDevice => "A disk holds a volume that may be shared; not erased",
         }
     }
 }

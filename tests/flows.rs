@@ -919,3 +919,113 @@ fn metadata_erase_on_a_4kn_disk_with_an_msdos_table() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "blkid still finds a table");
 }
+
+/// The erase steps' rules as Ironic's node settings drive them: a disk holding a VMFS
+/// partition is refused (ProtectedDeviceError) until the node says `wipe_special_filesystems:
+/// false`; a read-only disk fails the full erase unless the node says
+/// `agent_erase_skip_read_only`, and is skipped by the metadata erase.
+#[test]
+fn erase_rules_shared_volumes_and_read_only_disks() {
+    if skip() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let disk = Loop::new(d.path(), "t.img", 64 * MIB, 512);
+    let (_ironic, _agent, api) = agent_for(&disk.dev, d.path(), &d.path().join("state"));
+    let step = |name: &str, prio: u32, node: Value| {
+        run(
+            &api,
+            "clean.execute_clean_step",
+            json!({"step": {"step": name, "interface": "deploy", "priority": prio},
+                   "node": node, "ports": [],
+                   "clean_version": {"generic_hardware_manager": "1.4"}}),
+        )
+    };
+    assert!(Command::new("sgdisk")
+        .args(["-n", "1:2048:+8M", "-t", "1:8300", "-n", "2:0:+8M"])
+        .args(["-t", "2:AA31E02A-400F-11DB-9590-000C2911D1B8", &disk.dev])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let done = step("erase_devices_metadata", 99, node(&disk.dev, json!({})));
+    assert_eq!(done["command_status"], "FAILED", "{done}");
+    assert_eq!(
+        done["command_error"]["type"], "ProtectedDeviceError",
+        "{done}"
+    );
+    let msg = done["command_error"]["details"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(&format!(
+            "{} holds a VMware VMFS partition (partition 2)",
+            disk.dev
+        )),
+        "{msg}"
+    );
+    let left = blkid_at(&disk.dev, 0);
+    assert!(
+        left.contains("PTTYPE=gpt"),
+        "the refused disk was touched: {left}"
+    );
+    let done = step("erase_devices", 10, node(&disk.dev, json!({})));
+    assert_eq!(
+        done["command_error"]["type"], "ProtectedDeviceError",
+        "{done}"
+    );
+    // The operator's word (in driver_info, where the API lets them set it).
+    let done = step(
+        "erase_devices_metadata",
+        99,
+        node(
+            &disk.dev,
+            json!({"driver_info": {"wipe_special_filesystems": false}}),
+        ),
+    );
+    succeeded(&done);
+    assert_blank(&disk.dev);
+
+    // Read-only.
+    assert!(Command::new("blockdev")
+        .args(["--setro", &disk.dev])
+        .status()
+        .unwrap()
+        .success());
+    let done = step("erase_devices", 10, node(&disk.dev, json!({})));
+    let msg = done["command_error"]["details"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let skipping = step(
+        "erase_devices",
+        10,
+        node(
+            &disk.dev,
+            json!({"driver_internal_info": {"agent_erase_skip_read_only": true}}),
+        ),
+    );
+    let metadata = step("erase_devices_metadata", 99, node(&disk.dev, json!({})));
+    assert!(Command::new("blockdev")
+        .args(["--setrw", &disk.dev])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(done["command_status"], "FAILED", "{done}");
+    assert_eq!(
+        done["command_error"]["type"], "BlockDeviceEraseError",
+        "{done}"
+    );
+    assert!(
+        msg.contains("is read-only") && msg.contains("agent_erase_skip_read_only"),
+        "{msg}"
+    );
+    succeeded(&skipping);
+    assert_eq!(
+        skipping["command_result"]["clean_result"][&disk.dev]["skipped"], "read-only",
+        "{skipping}"
+    );
+    succeeded(&metadata);
+    assert_eq!(
+        metadata["command_result"]["clean_result"][&disk.dev]["skipped"], "read-only",
+        "{metadata}"
+    );
+}

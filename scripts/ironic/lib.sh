@@ -71,18 +71,23 @@ enroll_available() {
 }
 
 # --- a test or demo session: a work dir, and on exit the agent, Ironic and the loop device go.
-# Call init_session before starting Ironic; set AGENT_PID and LOOP as they come to exist.
+# Call init_session before starting Ironic; set AGENT_PID, LOOP (and LOOP2, RAMFS: a second
+# loop device, a ramfs mount) as they come to exist.
 RIVET_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 init_session() {
   WORK=$(mktemp -d)
   AGENT_PID=
   LOOP=
+  LOOP2=
+  RAMFS=
   trap session_cleanup EXIT
 }
 session_cleanup() {
   if [[ -n "${AGENT_PID:-}" ]]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
   "$RIVET_ROOT/scripts/ironic/run-ironic.sh" stop || true
   if [[ -n "${LOOP:-}" ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
+  if [[ -n "${LOOP2:-}" ]]; then losetup -d "$LOOP2" 2>/dev/null || true; fi
+  if [[ -n "${RAMFS:-}" ]]; then umount "$RAMFS" 2>/dev/null || true; fi
   rm -rf "${WORK:?}"
 }
 fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -n 30 "$WORK"/rivet*.log >&2 || true; exit 1; }

@@ -9,6 +9,8 @@
 #        HEARTBEAT_TIMEOUT (30: agents heartbeat every 0.3-0.6 x this)
 #        API_PORT (6385) IMG_PORT (8089)
 #        AUTOMATED_CLEAN (false)  ERASE_META_PRIO (0, e.g. 99 to clean)
+#        EXPRESS_PRIO (0: off) -> erase_devices_express in automated cleaning at that priority
+#                                  ([conductor]clean_step_priority_override)
 #        FAST_TRACK (false)  -> [deploy]fast_track
 #        BIOS_BOOTLOADER (false) -> [agent]enable_bios_bootloader_install
 #        AUTO_DISCOVERY (false) -> [auto_discovery]enabled (unknown nodes that post
@@ -24,6 +26,12 @@ API_PORT="${API_PORT:-6385}"
 IMG_PORT="${IMG_PORT:-8089}"
 AUTOMATED_CLEAN="${AUTOMATED_CLEAN:-false}"
 ERASE_META_PRIO="${ERASE_META_PRIO:-0}"
+EXPRESS_PRIO="${EXPRESS_PRIO:-0}"
+if ((EXPRESS_PRIO > 0)); then
+  CLEAN_OVERRIDE="clean_step_priority_override = deploy.erase_devices_express:$EXPRESS_PRIO"
+else
+  CLEAN_OVERRIDE="# no clean step priority override"
+fi
 FAST_TRACK="${FAST_TRACK:-false}"
 BIOS_BOOTLOADER="${BIOS_BOOTLOADER:-false}"
 AUTO_DISCOVERY="${AUTO_DISCOVERY:-false}"
@@ -79,6 +87,7 @@ mkdir -p "$STATE/httproot" "$STATE/locks" "$STATE/images" "$STATE/certificates"
 sed -e "s#@STATE@#$STATE#g" -e "s#@API_PORT@#$API_PORT#g" \
     -e "s#@IMG_PORT@#$IMG_PORT#g" -e "s#@AUTOMATED_CLEAN@#$AUTOMATED_CLEAN#g" \
     -e "s#@ERASE_META_PRIO@#$ERASE_META_PRIO#g" -e "s#@FAST_TRACK@#$FAST_TRACK#g" \
+    -e "s#@CLEAN_OVERRIDE@#$CLEAN_OVERRIDE#g" \
     -e "s#@AUTO_DISCOVERY@#$AUTO_DISCOVERY#g" -e "s#@BIOS_BOOTLOADER@#$BIOS_BOOTLOADER#g" \
     -e "s#@REQUIRE_TLS@#$REQUIRE_TLS#g" -e "s#@HEARTBEAT_TIMEOUT@#$HEARTBEAT_TIMEOUT#g" \
     "$HERE/ironic.conf.in" > "$STATE/ironic.conf"

@@ -90,9 +90,14 @@ fn disks_in_background(cfg: &Config) -> watch::Receiver<bool> {
     // root candidates (and their members are not). Never under --simulate-power: a test
     // must not assemble the arrays of the machine it runs on.
     let assemble = !cfg.simulate_power && crate::system::tools::which("mdadm").is_some();
+    // Multipath maps, as IPA makes them at start-up; not under --simulate-power either.
+    let multipath = !cfg.simulate_power;
     tokio::task::spawn_blocking(move || {
         root_device::wait_for_disks(&disks::Sources::default(), allow, attempts, delay);
         timeline::mark("disks_found");
+        if multipath && crate::system::multipath::enable() {
+            timeline::mark("multipath");
+        }
         if assemble
             && crate::disk::md::any_member(
                 std::path::Path::new("/sys/block"),

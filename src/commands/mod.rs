@@ -433,9 +433,40 @@ pub fn lookup(ext: &str, cmd: &str, test_extension: bool) -> Result<&'static Spe
 pub(crate) fn erase_targets(
     ctx: &Context,
 ) -> Result<Vec<crate::hardware::disks::Disk>, CommandError> {
+    Ok(erase_candidates(ctx)?.0)
+}
+
+/// The disks cleaning would erase, split into the writable ones and the read-only ones (the
+/// erase steps decide what a read-only disk means: IPA skips it in the metadata and express
+/// erases, and fails the full erase unless the node says `agent_erase_skip_read_only`).
+pub(crate) fn erase_candidates(
+    ctx: &Context,
+) -> Result<
+    (
+        Vec<crate::hardware::disks::Disk>,
+        Vec<crate::hardware::disks::Disk>,
+    ),
+    CommandError,
+> {
     use crate::hardware::{disks, root_device};
-    Ok(if ctx.config.simulate_power {
-        let d = ctx.root_disk(false)?;
+    let all = if ctx.config.simulate_power {
+        // A read-only disk is never a root device (root_disk would wait for a writable
+        // one), but the erase steps must see the one the node names.
+        let (hints, _) = root_device::node_hints(&ctx.node_value());
+        let named = hints
+            .as_ref()
+            .and_then(|h| h.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
+        let read_only = named.and_then(|n| {
+            disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices)
+                .into_iter()
+                .find(|d| d.read_only && d.name == n)
+        });
+        let d = match read_only {
+            Some(d) => d,
+            None => ctx.root_disk(false)?,
+        };
         ctx.check_test_disk(std::path::Path::new(&d.name))
             .map_err(|e| CommandError::new(ErrorKind::Cleaning, e.details))?;
         vec![d]
@@ -456,9 +487,6 @@ pub(crate) fn erase_targets(
         };
         let mut out = Vec::new();
         for d in disks::discover(&disks::Sources::default(), ctx.config.allow_loop_devices) {
-            if d.read_only {
-                continue;
-            }
             if kept_arrays.contains(&d.name) {
                 tracing::info!(disk = %d.name, reason = "kept by volume name (skip_block_devices)", "not erased");
                 continue;
@@ -476,7 +504,8 @@ pub(crate) fn erase_targets(
             }
         }
         out
-    })
+    };
+    Ok(all.into_iter().partition(|d| !d.read_only))
 }
 
 #[cfg(test)]

@@ -342,13 +342,80 @@ fn run_custom(
     .map_err(|e| fail(format!("custom step {} failed: {e}", c.name)))
 }
 
+/// A node setting from `driver_info` (where an operator can set it) or `driver_internal_info`
+/// (where the conductor puts IPA's erase settings), the latter winning.
+fn node_setting(node: &Value, key: &str) -> Option<Value> {
+    node["driver_internal_info"]
+        .get(key)
+        .or_else(|| node["driver_info"].get(key))
+        .filter(|v| !v.is_null())
+        .cloned()
+}
+
+/// A boolean node setting: JSON true/false or oslo's spellings in a string (IPA takes the
+/// value as it comes, so a string "false" counted as true there; here it is false).
+fn node_flag(node: &Value, key: &str) -> Result<Option<bool>, CommandError> {
+    match node_setting(node, key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(t)) => crate::config::cmdline::parse_bool(key, &t)
+            .map(Some)
+            .map_err(|e| CommandError::new(ErrorKind::InvalidParams, e.to_string())),
+        Some(other) => Err(CommandError::new(
+            ErrorKind::InvalidParams,
+            format!("{key}: expected a boolean, got {other}"),
+        )),
+    }
+}
+
+/// Refuse the disks that hold a volume other hosts may share, unless the operator turned
+/// the guard off (`ipa-guard-special-filesystems=false`, the node's
+/// `wipe_special_filesystems: false`).
+fn guard_shared_volumes(
+    ctx: &Context,
+    disks: &[crate::hardware::disks::Disk],
+) -> Result<(), CommandError> {
+    let node = ctx.node_value();
+    if !ctx.config.guard_special_filesystems
+        || node_flag(&node, "wipe_special_filesystems")? == Some(false)
+    {
+        return Ok(());
+    }
+    let refused: Vec<String> = disks
+        .iter()
+        .filter_map(|d| crate::disk::shared_fs::check(std::path::Path::new(&d.name)).err())
+        .map(|e| e.to_string())
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(CommandError::new(
+            ErrorKind::ProtectedDevice,
+            refused.join("; "),
+        ))
+    }
+}
+
+/// Read-only disks in the metadata and express erases: skipped and said (IPA skips them).
+fn skip_read_only(
+    ro: &[crate::hardware::disks::Disk],
+    report: &mut serde_json::Map<String, Value>,
+) {
+    for d in ro {
+        tracing::info!(disk = %d.name, "read-only: not erased");
+        report.insert(d.name.clone(), json!({"skipped": "read-only"}));
+    }
+}
+
 /// Erase partition tables and file-system/RAID signatures on every disk cleaning erases.
 fn erase_devices_metadata(
     ctx: &Context,
     _args: &Map<String, Value>,
 ) -> Result<Option<Value>, CommandError> {
-    let targets = super::erase_targets(ctx)?;
+    let (targets, ro) = super::erase_candidates(ctx)?;
+    guard_shared_volumes(ctx, &targets)?;
     let mut report = serde_json::Map::new();
+    skip_read_only(&ro, &mut report);
     let mut errors = Vec::new();
     for d in &targets {
         crate::disk::nodes::release_holders(std::path::Path::new(&d.name));
@@ -369,28 +436,79 @@ fn erase_devices_metadata(
     Ok(Some(Value::Object(report)))
 }
 
-/// The erase policy the conductor set for this node (driver_internal_info, IPA's keys).
-fn erase_policy(ctx: &Context, express: bool) -> crate::disk::erase::Policy {
+/// The erase policy the conductor set for this node (driver_internal_info, IPA's keys and
+/// defaults), with `ipa-enable-discard-erase` from the command line.
+fn erase_policy(ctx: &Context, express: bool) -> Result<crate::disk::erase::Policy, CommandError> {
     let node = ctx.node_value();
-    let info = &node["driver_internal_info"];
     let d = crate::disk::erase::Policy::default();
-    let flag = |k: &str, def: bool| info.get(k).and_then(Value::as_bool).unwrap_or(def);
-    crate::disk::erase::Policy {
-        random_passes: info
-            .get("agent_erase_devices_iterations")
-            .and_then(Value::as_u64)
+    let flag = |k: &str, def: bool| node_flag(&node, k).map(|v| v.unwrap_or(def));
+    // IPA: agent_continue_if_secure_erase_failed, else the older ATA-only name.
+    let cont = match node_flag(&node, "agent_continue_if_secure_erase_failed")? {
+        Some(v) => v,
+        None => flag("agent_continue_if_ata_erase_failed", false)?,
+    };
+    Ok(crate::disk::erase::Policy {
+        random_passes: node_setting(&node, "agent_erase_devices_iterations")
+            .and_then(|v| v.as_u64())
             .map_or(d.random_passes, |n| n.min(100) as u32),
-        final_zeros: flag("agent_erase_devices_zeroize", d.final_zeros),
-        nvme_secure_erase: flag("agent_enable_nvme_secure_erase", d.nvme_secure_erase),
-        ata_secure_erase: flag("agent_enable_ata_secure_erase", d.ata_secure_erase),
+        final_zeros: flag("agent_erase_devices_zeroize", d.final_zeros)?,
+        nvme_secure_erase: flag("agent_enable_nvme_secure_erase", d.nvme_secure_erase)?,
+        ata_secure_erase: flag("agent_enable_ata_secure_erase", d.ata_secure_erase)?,
         express,
+        continue_if_secure_erase_failed: cont,
+        discard_if_secure_erase_failed: flag(
+            "agent_enable_discard_erase",
+            ctx.config.enable_discard_erase,
+        )?,
         keep: Vec::new(),
-    }
+    })
+}
+
+/// `disk_erasure_concurrency` (IPA's default 1; Ironic sends its own, 4 unless configured):
+/// a number or a numeric string, at least 1, at most 64.
+fn erase_concurrency(ctx: &Context) -> Result<usize, CommandError> {
+    let node = ctx.node_value();
+    let bad = |v: &Value| {
+        CommandError::new(
+            ErrorKind::InvalidParams,
+            format!("disk_erasure_concurrency: expected a positive integer, got {v}"),
+        )
+    };
+    let n = match node_setting(&node, "disk_erasure_concurrency") {
+        None => 1,
+        Some(v) => match &v {
+            Value::Number(n) => n.as_u64().ok_or_else(|| bad(&v))?,
+            Value::String(t) => t.trim().parse::<u64>().map_err(|_| bad(&v))?,
+            _ => return Err(bad(&v)),
+        },
+    };
+    Ok(usize::try_from(n.clamp(1, 64)).unwrap_or(1))
 }
 
 fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError> {
-    let targets = super::erase_targets(ctx)?;
-    let mut policy = erase_policy(ctx, express);
+    let (targets, ro) = super::erase_candidates(ctx)?;
+    let mut policy = erase_policy(ctx, express)?;
+    let concurrency = erase_concurrency(ctx)?;
+    let mut report = serde_json::Map::new();
+    let mut errors = Vec::new();
+    if express {
+        skip_read_only(&ro, &mut report);
+    } else if !ro.is_empty() {
+        // A full erase that cannot write a disk must not look like one that did: the node
+        // says when skipping is fine.
+        if node_flag(&ctx.node_value(), "agent_erase_skip_read_only")?.unwrap_or(false) {
+            skip_read_only(&ro, &mut report);
+        } else {
+            for d in &ro {
+                errors.push(format!(
+                    "{}: the disk is read-only and cannot be erased (set the node's \
+                     agent_erase_skip_read_only to skip read-only disks)",
+                    d.name
+                ));
+            }
+        }
+    }
+    guard_shared_volumes(ctx, &targets)?;
     // Everything else is kept: an NVMe format must not reach a kept namespace.
     policy.keep = crate::hardware::disks::discover(
         &crate::hardware::disks::Sources::default(),
@@ -400,23 +518,23 @@ fn erase_all(ctx: &Context, express: bool) -> Result<Option<Value>, CommandError
     .map(|d| d.name)
     .filter(|n| !targets.iter().any(|t| &t.name == n))
     .collect();
-    // Disks are erased one after another: an overwrite is bound by each disk's bandwidth,
-    // and the errors stay readable.
-    let mut report = serde_json::Map::new();
-    let mut errors = Vec::new();
-    for d in &targets {
-        let span = tracing::info_span!("erase", disk = %d.name);
-        let _e = span.enter();
-        crate::disk::nodes::release_holders(std::path::Path::new(&d.name));
-        match crate::disk::erase::erase(std::path::Path::new(&d.name), &policy) {
+    let paths: Vec<std::path::PathBuf> = targets
+        .iter()
+        .map(|d| std::path::PathBuf::from(&d.name))
+        .collect();
+    for (disk, r) in crate::disk::erase::erase_many(&paths, &policy, concurrency) {
+        let name = disk.display().to_string();
+        match r {
             Ok(done) => {
                 tracing::info!(
+                    disk = %name,
                     method = done.method,
                     bytes = done.bytes,
                     samples = done.samples_checked,
+                    seconds = done.finished - done.started,
                     "disk erased and verified"
                 );
-                report.insert(d.name.clone(), json!(done));
+                report.insert(name, json!(done));
             }
             Err(e) => errors.push(e.to_string()),
         }

@@ -235,6 +235,11 @@ pub struct Config {
     /// The custom steps found there at start-up (the agent loads them; empty otherwise).
     pub custom_steps: Vec<steps_d::CustomStep>,
     pub strict_root_device: bool,
+    /// `ipa-guard-special-filesystems` (default on): the erase steps refuse a disk carrying a
+    /// file system other hosts may share (VMFS, GPFS, GFS2, OCFS2).
+    pub guard_special_filesystems: bool,
+    /// `ipa-enable-discard-erase` (default off): a discard after a failed secure erase.
+    pub enable_discard_erase: bool,
     pub ntp_server: Option<String>,
     /// IPA's `fail_if_clock_not_set` (`[DEFAULT]` of an ironic-python-agent.d file): no NTP
     /// answer fails the start instead of going on with the clock as it is.
@@ -432,6 +437,8 @@ impl Config {
                 .unwrap_or_else(|| args.etc_dir.join("rivet/steps.d")),
             custom_steps: Vec::new(),
             strict_root_device: boolean("ipa-strict-root-device", false)?,
+            guard_special_filesystems: boolean("ipa-guard-special-filesystems", true)?,
+            enable_discard_erase: boolean("ipa-enable-discard-erase", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
             fail_if_clock_not_set: false,
             state_dir: args.state_dir.clone(),

@@ -164,16 +164,8 @@ pub const TABLE: &[(&str, &str, Use)] = &[
         "operators",
         Use::Ignored("a boot loader that cannot be installed always fails the step"),
     ),
-    (
-        "ipa-guard-special-filesystems",
-        "operators",
-        Use::Ignored("not implemented yet"),
-    ),
-    (
-        "ipa-enable-discard-erase",
-        "operators",
-        Use::Ignored("not implemented yet"),
-    ),
+    ("ipa-guard-special-filesystems", "operators", Use::Used),
+    ("ipa-enable-discard-erase", "operators", Use::Used),
     (
         "sshkey",
         "operators (diskimage-builder's dynamic-login)",

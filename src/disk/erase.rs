@@ -1,15 +1,20 @@
 //! Full erase (`erase_devices`, `erase_devices_express`), verified.
 //!
 //! Methods, best first: NVMe format with crypto erase then user-data erase (`nvme` tool), ATA
-//! security erase when the drive supports it and is not frozen (`hdparm`), and, for the
-//! express step, a discard when the device advertises one; otherwise overwrite: N passes of
+//! security erase when the drive supports it (`hdparm`), then overwrite: N passes of
 //! pseudo-random data then zeros (write-zeroes when the device has it), as the node's
-//! `agent_erase_devices_iterations` / `_zeroize` ask. Every method is checked afterwards by
-//! reading samples spread over the whole disk: a disk that does not read back as erased fails
-//! the step, and a disk no method applied to fails it loudly.
+//! `agent_erase_devices_iterations` / `_zeroize` ask. A secure erase that was tried and failed
+//! (a frozen drive, a format the controller refused) fails the disk unless the node allows
+//! the fallback (`agent_continue_if_secure_erase_failed`, IPA's rule), after a discard when
+//! `ipa-enable-discard-erase` asks for one. The express step never overwrites: a secure erase,
+//! else a discard, else the metadata wipe (`wipe.rs`), as IPA's. Every method but the
+//! metadata wipe is checked afterwards by reading samples spread over the whole disk: a disk
+//! that does not read back as erased fails the step, and a disk no method applied to fails it
+//! loudly. [`erase_many`] erases several disks side by side (`disk_erasure_concurrency`),
+//! each disk's outcome kept apart.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use super::device::{AlignedBuf, Device, DeviceError};
 use crate::system::tools::{run_capture, which};
@@ -29,6 +34,13 @@ pub enum EraseError {
     },
     #[error("{disk}: no erase method applies: {why}")]
     NoMethod { disk: String, why: String },
+    #[error(
+        "{disk}: the secure erase failed ({why}) and the fallback to an overwrite is not \
+         enabled (the node's agent_continue_if_secure_erase_failed)"
+    )]
+    SecureEraseFailed { disk: String, why: String },
+    #[error(transparent)]
+    Metadata(#[from] super::wipe::WipeError),
 }
 
 /// How to erase, from the node (driver_internal_info) and the step.
@@ -38,8 +50,12 @@ pub struct Policy {
     pub final_zeros: bool,
     pub nvme_secure_erase: bool,
     pub ata_secure_erase: bool,
-    /// erase_devices_express: discard (or secure erase) only, no overwrite.
+    /// erase_devices_express: secure erase, discard or the metadata wipe; no overwrite.
     pub express: bool,
+    /// After a secure erase that failed: overwrite instead of failing the disk.
+    pub continue_if_secure_erase_failed: bool,
+    /// After a secure erase that failed: try a (verified) discard first.
+    pub discard_if_secure_erase_failed: bool,
     /// Block devices (`/dev/…`) cleaning must not touch (skip_block_devices, removable and
     /// virtual media): an NVMe format that could reach one of them is not used.
     pub keep: Vec<String>,
@@ -53,17 +69,29 @@ impl Default for Policy {
             nvme_secure_erase: true,
             ata_secure_erase: true,
             express: false,
+            continue_if_secure_erase_failed: false,
+            discard_if_secure_erase_failed: false,
             keep: Vec::new(),
         }
     }
 }
 
 /// What was done to a disk.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Done {
     pub method: &'static str,
     pub bytes: u64,
     pub samples_checked: u64,
+    /// When the erase of this disk began and ended (Unix time, seconds): disks erased side by
+    /// side overlap.
+    pub started: f64,
+    pub finished: f64,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Deterministic pseudo-random bytes for `offset` (splitmix64 of the 8-byte word index), so
@@ -183,57 +211,80 @@ fn nvme_format_is_per_namespace(ctrl: &str) -> bool {
         .is_some_and(|fna| fna & 0b101 == 0)
 }
 
+/// Run a tool that must succeed; its failure as one short line: `what`, then its own words.
+fn tool_ok(tool: &str, args: &[&str], limit: Duration, what: &str) -> Result<(), String> {
+    match run_capture(tool, args, limit, 1 << 16) {
+        Ok((true, _)) => Ok(()),
+        Ok((false, out)) => Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out)
+                .trim()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        )),
+        Err(e) => Err(format!("{what}: {e}")),
+    }
+}
+
+/// What a secure erase came to: done (the method), not applicable (`Ok(None)`: no tool, not
+/// supported), or tried and failed (`Err`, why).
+type Secure = Result<Option<&'static str>, String>;
+
 /// NVMe format: crypto erase (-s 2), else user-data erase (-s 1). Not when another namespace
 /// of the controller must be kept and the controller formats all namespaces at once.
-fn nvme_format(name: &str, keep: &[String]) -> Option<&'static str> {
-    which("nvme")?;
+fn nvme_format(name: &str, keep: &[String]) -> Secure {
+    if which("nvme").is_none() {
+        return Ok(None);
+    }
     let (ctrl, siblings) = nvme_siblings(name);
     let kept: Vec<&String> = siblings.iter().filter(|s| keep.contains(s)).collect();
     if !kept.is_empty() && !nvme_format_is_per_namespace(&ctrl) {
         tracing::warn!(disk = %name, kept = ?kept, "not formatting the NVMe namespace: the controller may format every namespace, and another one must be kept; overwriting instead");
-        return None;
+        return Ok(None);
     }
     let t = Duration::from_secs(3600);
+    let mut why = Vec::new();
     for (ses, method) in [("2", "nvme crypto erase"), ("1", "nvme user data erase")] {
-        if let Ok((true, _)) = run_capture("nvme", &["format", name, "-s", ses, "-f"], t, 1 << 16) {
-            return Some(method);
+        match tool_ok("nvme", &["format", name, "-s", ses, "-f"], t, method) {
+            Ok(()) => return Ok(Some(method)),
+            Err(e) => why.push(e),
         }
     }
-    None
+    Err(why.join("; "))
 }
 
-/// ATA security erase, when `hdparm -I` says it is supported and the drive is not frozen.
-fn ata_secure_erase(name: &str) -> Option<&'static str> {
-    which("hdparm")?;
+/// ATA security erase, when `hdparm -I` says the drive supports it. A drive the firmware
+/// froze cannot be erased this way: that is a failure (IPA's rule), not "unsupported".
+fn ata_secure_erase(name: &str) -> Secure {
+    if which("hdparm").is_none() {
+        return Ok(None);
+    }
     let t = Duration::from_secs(60);
-    let (ok, out) = run_capture("hdparm", &["-I", name], t, 1 << 20).ok()?;
+    let Ok((ok, out)) = run_capture("hdparm", &["-I", name], t, 1 << 20) else {
+        return Ok(None);
+    };
     let info = String::from_utf8_lossy(&out).to_lowercase();
     if !ok || !info.contains("supported: enhanced erase") && !info.contains("security erase unit") {
-        return None;
+        return Ok(None);
     }
     // "not	frozen" when it may be erased; a line of just "frozen" when the BIOS locked it.
     if info.lines().any(|l| l.trim() == "frozen") {
-        return None;
+        return Err("the drive's security is frozen (by the firmware at boot)".into());
     }
     let long = Duration::from_secs(6 * 3600);
-    let set = run_capture(
-        "hdparm",
+    let step = |args: &[&str], limit: Duration, what: &str| tool_ok("hdparm", args, limit, what);
+    step(
         &["--user-master", "u", "--security-set-pass", "NULL", name],
         t,
-        1 << 16,
-    )
-    .ok()?;
-    if !set.0 {
-        return None;
-    }
-    let er = run_capture(
-        "hdparm",
+        "setting the security password",
+    )?;
+    step(
         &["--user-master", "u", "--security-erase", "NULL", name],
         long,
-        1 << 16,
-    )
-    .ok()?;
-    er.0.then_some("ata secure erase")
+        "security erase",
+    )?;
+    Ok(Some("ata secure erase"))
 }
 
 fn discard(d: &Device) -> Option<&'static str> {
@@ -247,43 +298,65 @@ fn discard(d: &Device) -> Option<&'static str> {
 
 /// Erase `path` per `p` and verify it.
 pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
+    let started = unix_now();
     let d = Device::open(path)?;
     let name = d.name();
-    // Hardware erase first: fast, and reaches remapped blocks an overwrite cannot.
+    let done = |method: &'static str, bytes: u64, samples_checked: u64| Done {
+        method,
+        bytes,
+        samples_checked,
+        started,
+        finished: unix_now(),
+    };
+    // Hardware erase first: fast, and reaches remapped blocks an overwrite cannot. (Not ATA
+    // in the express step: an enhanced erase of a spinning disk takes hours.)
     let hw = if is_nvme(&name) && p.nvme_secure_erase {
         nvme_format(&name, &p.keep)
-    } else if !is_nvme(&name) && p.ata_secure_erase {
+    } else if !is_nvme(&name) && p.ata_secure_erase && !p.express {
         ata_secure_erase(&name)
     } else {
-        None
+        Ok(None)
     };
-    if let Some(method) = hw {
-        // After a secure erase the media reads as zeros (or as what the drive decides for
-        // crypto erase: then the metadata erase that follows in cleaning still applies).
-        let checked = verify(&d, method, None).or_else(|e| {
-            if method == "nvme crypto erase" {
-                Ok(0)
-            } else {
-                Err(e)
+    match hw {
+        Ok(Some(method)) => {
+            // After a secure erase the media reads as zeros (or as what the drive decides for
+            // crypto erase: then the metadata erase that follows in cleaning still applies).
+            let checked = verify(&d, method, None).or_else(|e| {
+                if method == "nvme crypto erase" {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })?;
+            return Ok(done(method, d.size(), checked));
+        }
+        Ok(None) => {}
+        Err(why) if p.express => {
+            tracing::warn!(disk = %name, "secure erase failed ({why}); express erase goes on with a discard or the metadata wipe");
+        }
+        Err(why) => {
+            if p.discard_if_secure_erase_failed {
+                if let Some(method) = discard(&d) {
+                    if let Ok(checked) = verify(&d, method, None) {
+                        return Ok(done(method, d.size(), checked));
+                    }
+                }
             }
-        })?;
-        return Ok(Done {
-            method,
-            bytes: d.size(),
-            samples_checked: checked,
-        });
+            if !p.continue_if_secure_erase_failed {
+                return Err(EraseError::SecureEraseFailed { disk: name, why });
+            }
+            tracing::warn!(disk = %name, "secure erase failed ({why}); overwriting instead (agent_continue_if_secure_erase_failed)");
+        }
     }
     if p.express {
-        let method = discard(&d).ok_or_else(|| EraseError::NoMethod {
-            disk: name.clone(),
-            why: "express erase needs a hardware secure erase or a device that discards".into(),
-        })?;
-        let checked = verify(&d, method, None)?;
-        return Ok(Done {
-            method,
-            bytes: d.size(),
-            samples_checked: checked,
-        });
+        if let Some(method) = discard(&d) {
+            let checked = verify(&d, method, None)?;
+            return Ok(done(method, d.size(), checked));
+        }
+        // Neither a secure erase nor a discard: the metadata wipe, checked by libblkid.
+        drop(d);
+        super::wipe::erase_metadata(path)?;
+        return Ok(done("metadata wipe", 0, 0));
     }
     if p.random_passes == 0 && !p.final_zeros {
         return Err(EraseError::NoMethod {
@@ -308,11 +381,56 @@ pub fn erase(path: &Path, p: &Policy) -> Result<Done, EraseError> {
         "overwrite"
     };
     let checked = verify(&d, method, last_seed)?;
-    Ok(Done {
-        method,
-        bytes: d.size(),
-        samples_checked: checked,
-    })
+    Ok(done(method, d.size(), checked))
+}
+
+/// Erase `disks` per `p`, `concurrency` at a time (at least one, at most one per disk): each
+/// on a thread of its own with its own span, the outcomes in the order of `disks`.
+pub fn erase_many(
+    disks: &[PathBuf],
+    p: &Policy,
+    concurrency: usize,
+) -> Vec<(PathBuf, Result<Done, EraseError>)> {
+    let workers = concurrency.clamp(1, disks.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: std::sync::Mutex<Vec<Option<Result<Done, EraseError>>>> =
+        std::sync::Mutex::new(disks.iter().map(|_| None).collect());
+    let parent = tracing::Span::current();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(disk) = disks.get(i) else { break };
+                let span = tracing::info_span!(parent: &parent, "erase", disk = %disk.display());
+                let r = span.in_scope(|| {
+                    super::nodes::release_holders(disk);
+                    erase(disk, p)
+                });
+                if let Ok(mut all) = results.lock() {
+                    if let Some(slot) = all.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    let all = results
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    disks
+        .iter()
+        .cloned()
+        .zip(all)
+        .map(|(d, r)| {
+            let r = r.unwrap_or_else(|| {
+                Err(EraseError::NoMethod {
+                    disk: d.display().to_string(),
+                    why: "its erase thread ended without a result".into(),
+                })
+            });
+            (d, r)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod md;
 pub mod mount;
 pub mod nodes;
 pub mod partitions;
+pub mod shared_fs;
 pub mod slice;
 pub mod table;
 pub mod wipe;

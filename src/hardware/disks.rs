@@ -48,9 +48,15 @@ pub struct Disk {
     // Beyond IPA's keys: what an operator needs to understand why a disk was or was not used.
     pub removable: bool,
     pub read_only: bool,
-    /// "disk" or "raid" (md).
+    /// "disk", "raid" (md) or "mpath" (a device-mapper multipath map of a SAN LUN).
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// For a multipath disk: the paths to it (`/dev/sdX`), which are not listed as disks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// The SCSI/NVMe WWID sysfs reports (`naa.…`): paths to one LUN share it.
+    #[serde(skip)]
+    pub wwid: Option<String>,
     /// The partition table already on the disk (`gpt`, `dos`), as libblkid reads it.
     pub partition_table: Option<String>,
     /// Virtual media the BMC attached (the `ir-vfd-dev` parameters image, the boot or config
@@ -227,7 +233,67 @@ fn md_holders(d: &Path, name: &str) -> Vec<String> {
     out
 }
 
-/// Every whole disk (and md array) in the order the kernel names them.
+/// Whether `/sys/block/<name>` is a device-mapper multipath map (multipathd's `mpath-<wwid>`).
+fn is_multipath_map(d: &Path) -> bool {
+    read_trim(&d.join("dm/uuid")).is_some_and(|u| u.starts_with("mpath-"))
+}
+
+/// The devices under a device-mapper map (`slaves`), sorted.
+fn slaves(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(d.join("slaves"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// One disk per SAN LUN. A multipath map (multipathd running) stands for its paths, which
+/// leave the list; paths that share a WWID with no map over them (no multipath-tools) are
+/// folded into the first, the rest named in its `paths`, so neither the root device nor an
+/// erase ever picks the same LUN twice or a passive path.
+fn fold_multipath(mut disks: Vec<Disk>, src: &Sources) -> Vec<Disk> {
+    let dev_of = |n: &str| src.dev.join(n).display().to_string();
+    let mut taken: Vec<String> = Vec::new();
+    for d in disks.iter_mut().filter(|d| d.kind == "mpath") {
+        let base = d.name.rsplit('/').next().unwrap_or_default().to_string();
+        d.paths = slaves(&src.sys_block.join(&base))
+            .iter()
+            .map(|s| dev_of(s))
+            .collect();
+        taken.extend(d.paths.iter().cloned());
+    }
+    disks.retain(|d| !taken.contains(&d.name));
+    let mut out: Vec<Disk> = Vec::new();
+    for d in disks {
+        // Only globally unique ids (NAA, EUI-64) of disks of one size: a T10 vendor id may
+        // repeat across different disks of one model.
+        let unique = d
+            .wwid
+            .as_deref()
+            .filter(|w| w.starts_with("naa.") || w.starts_with("eui."));
+        let same = unique.and_then(|w| {
+            out.iter_mut()
+                .find(|o| o.kind == "disk" && o.size == d.size && o.wwid.as_deref() == Some(w))
+        });
+        match same {
+            Some(first) => {
+                tracing::warn!(disk = %first.name, path = %d.name, wwid = ?d.wwid, "another path to the same LUN (no multipath map over them: multipath-tools not running); listed once");
+                if first.paths.is_empty() {
+                    first.paths.push(first.name.clone());
+                }
+                first.paths.push(d.name);
+            }
+            None => out.push(d),
+        }
+    }
+    out
+}
+
+/// Every whole disk (and md array, and multipath map) in the order the kernel names them.
 pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
     let Ok(entries) = fs::read_dir(&src.sys_block) else {
         return Vec::new();
@@ -241,21 +307,31 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
     let by_id = by_id_wwns(src);
     let mut out = Vec::new();
     for name in names {
-        if excluded_kind(&name, allow_loop) {
+        let d = src.sys_block.join(&name);
+        let mpath = is_multipath_map(&d);
+        if excluded_kind(&name, allow_loop) && !mpath {
             continue;
         }
-        let d = src.sys_block.join(&name);
         let size = read_u64(&d.join("size")).unwrap_or(0) * 512;
         if size == 0 {
             continue;
         }
-        let dev = d.join("device");
+        // A multipath map has no device of its own: its first path tells the model, serial,
+        // WWN, transport and by-path link.
+        let path_dir = if mpath {
+            slaves(&d)
+                .first()
+                .map_or_else(|| d.clone(), |s| src.sys_block.join(s))
+        } else {
+            d.clone()
+        };
+        let dev = path_dir.join("device");
         let devno = read_trim(&d.join("dev"));
         let udev = udev_props(&src.udev_data, devno.as_deref());
         let device_path = fs::canonicalize(&dev)
             .map(|p| p.display().to_string())
             .unwrap_or_default();
-        let sys_wwid = read_trim(&dev.join("wwid")).or_else(|| read_trim(&d.join("wwid")));
+        let sys_wwid = read_trim(&dev.join("wwid")).or_else(|| read_trim(&path_dir.join("wwid")));
         let mut all_serials: Vec<String> = [
             read_trim(&dev.join("serial")),
             read_trim(&d.join("serial")),
@@ -273,9 +349,12 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             .or_else(|| sys_wwid.as_deref().map(wwn_from_wwid));
         let dev_name = src.dev.join(&name).display().to_string();
         let probed = super::probe::probe(Path::new(&dev_name)).ok();
-        let canonical_dev = fs::canonicalize(src.dev.join(&name))
+        let link_name = path_dir
+            .file_name()
+            .map_or_else(|| name.clone(), |n| n.to_string_lossy().into_owned());
+        let canonical_dev = fs::canonicalize(src.dev.join(&link_name))
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| dev_name.clone());
+            .unwrap_or_else(|_| src.dev.join(&link_name).display().to_string());
         let id_wwns = by_id.get(&canonical_dev).cloned().unwrap_or_default();
         let wwn = wwn.or_else(|| id_wwns.first().cloned());
         let mut all_wwns: Vec<String> = [
@@ -313,11 +392,15 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             tran: transport(&device_path),
             removable: read_trim(&d.join("removable")).as_deref() == Some("1"),
             read_only: read_trim(&d.join("ro")).as_deref() == Some("1"),
-            kind: if d.join("md").exists() {
+            kind: if mpath {
+                "mpath"
+            } else if d.join("md").exists() {
                 "raid"
             } else {
                 "disk"
             },
+            paths: Vec::new(),
+            wwid: sys_wwid.clone(),
             partition_table: probed.as_ref().and_then(|p| p.pt_type.clone()),
             virtual_media: probed.as_ref().is_some_and(|p| {
                 p.pt_type.is_none()
@@ -350,7 +433,7 @@ pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
             .map(|(n, _)| n.clone())
             .collect();
     }
-    out
+    fold_multipath(out, src)
 }
 
 #[cfg(test)]
@@ -481,6 +564,94 @@ pub(crate) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two SAN LUNs with two paths each (virtio-scsi hosts 3 and 4): one under a multipath
+    /// map (dm-0, multipathd running), one with no map over its paths.
+    fn san(root: &Path) -> Sources {
+        let src = fixtures::tree(root);
+        let mk = |name: &str, host: u32, wwid: &str, serial: &str| {
+            let d = src.sys_block.join(name);
+            let target = root.join(format!(
+                "sys/devices/pci0000:00/0000:00:0{host}.0/virtio{host}/host{host}/target{host}:0:0/{name}"
+            ));
+            fs::create_dir_all(target.join(format!("scsi_device/{host}:0:0:0"))).unwrap();
+            fs::write(target.join("wwid"), format!("{wwid}\n")).unwrap();
+            fs::write(target.join("model"), "SAN LUN\n").unwrap();
+            fs::write(target.join("vendor"), "ACME\n").unwrap();
+            fs::write(target.join("serial"), format!("{serial}\n")).unwrap();
+            fs::create_dir_all(d.join("queue")).unwrap();
+            fs::write(d.join("size"), format!("{}\n", 20u64 * (1 << 30) / 512)).unwrap();
+            std::os::unix::fs::symlink(&target, d.join("device")).unwrap();
+            fs::write(src.dev.join(name), "").unwrap();
+        };
+        mk("sdf", 3, "naa.600a098038303053453f463045727a41", "LUN-A");
+        mk("sdg", 4, "naa.600a098038303053453f463045727a41", "LUN-A");
+        mk("sdh", 3, "naa.600a098038303053453f463045727a42", "LUN-B");
+        mk("sdi", 4, "naa.600a098038303053453f463045727a42", "LUN-B");
+        let dm = src.sys_block.join("dm-0");
+        fs::create_dir_all(dm.join("dm")).unwrap();
+        fs::create_dir_all(dm.join("slaves/sdf")).unwrap();
+        fs::create_dir_all(dm.join("slaves/sdg")).unwrap();
+        fs::write(
+            dm.join("dm/uuid"),
+            "mpath-3600a098038303053453f463045727a41\n",
+        )
+        .unwrap();
+        fs::write(dm.join("size"), format!("{}\n", 20u64 * (1 << 30) / 512)).unwrap();
+        fs::write(src.dev.join("dm-0"), "").unwrap();
+        // A device-mapper device that is not multipath (LVM) stays out.
+        let lv = src.sys_block.join("dm-1");
+        fs::create_dir_all(lv.join("dm")).unwrap();
+        fs::write(lv.join("dm/uuid"), "LVM-abc\n").unwrap();
+        fs::write(lv.join("size"), "2048\n").unwrap();
+        src
+    }
+
+    #[test]
+    fn one_disk_per_san_lun() {
+        let d = tempfile::tempdir().unwrap();
+        let src = san(d.path());
+        let disks = discover(&src, false);
+        let names: Vec<String> = disks
+            .iter()
+            .map(|d| d.name.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["dm-0", "md0", "nvme0n1", "sda", "sdb", "sdc", "sdd", "sdh"]
+        );
+        let get = |n: &str| disks.iter().find(|d| d.name.ends_with(n)).unwrap();
+        let m = get("/dm-0");
+        assert_eq!(m.kind, "mpath");
+        assert_eq!(m.serial.as_deref(), Some("LUN-A"));
+        assert_eq!(m.wwn.as_deref(), Some("0x600a098038303053453f463045727a41"));
+        assert_eq!(m.model.as_deref(), Some("SAN LUN"));
+        assert_eq!(m.tran.as_deref(), Some("virtio"));
+        assert_eq!(m.size, 20 << 30);
+        let paths: Vec<&str> = m
+            .paths
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(paths, vec!["sdf", "sdg"]);
+        // No map over sdh and sdi: listed once, as the first path, the other named.
+        let b = get("/sdh");
+        assert_eq!(b.kind, "disk");
+        let paths: Vec<&str> = b
+            .paths
+            .iter()
+            .map(|p| p.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(paths, vec!["sdh", "sdi"]);
+        // The inventory shows the paths of a multipath disk, and only then.
+        let v = serde_json::to_value(m).unwrap();
+        assert_eq!(v["type"], "mpath");
+        assert_eq!(v["paths"].as_array().unwrap().len(), 2);
+        assert!(serde_json::to_value(get("/sda"))
+            .unwrap()
+            .get("paths")
+            .is_none());
+    }
 
     #[test]
     fn fake_sysfs_every_kind_of_disk() {

@@ -8,6 +8,7 @@ pub mod ethtool;
 pub mod fdlimit;
 pub mod inroot;
 pub mod logs;
+pub mod multipath;
 pub mod packet;
 pub mod power;
 pub mod priority;

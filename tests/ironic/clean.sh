@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Automated cleaning by the real Ironic 39 conductor with Rivet as the agent: the node goes
-# manageable → cleaning → clean wait → available, running erase_devices_metadata on the disk
-# its root device hint names (a loop device carrying a GPT and file systems); afterwards
-# blkid -p finds nothing on it. Then manual cleaning (manageable → clean with explicit steps)
+# manageable → cleaning → clean wait → available, running erase_devices_metadata and then
+# erase_devices_express (raised into automated cleaning, with Ironic's own
+# disk_erasure_concurrency) on the disk its root device hint names (a loop device carrying a
+# GPT and file systems, and unable to discard, as a spinning disk: express falls back to the
+# metadata erase); afterwards blkid -p finds nothing on it. Then manual cleaning (manageable → clean with explicit steps)
 # with erase_devices (overwrite, verified) and erase_devices_express (discard, verified): the
 # disk, filled with random data first, reads back as zeros end to end.
 # usage: tests/ironic/clean.sh   (RIVET=path/to/rivet to test another build)
@@ -16,15 +18,23 @@ init_session
 t0=$SECONDS
 [[ -x "$RIVET" ]] || fail "no rivet binary at $RIVET"
 
-AUTOMATED_CLEAN=true ERASE_META_PRIO=99 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
+AUTOMATED_CLEAN=true ERASE_META_PRIO=99 EXPRESS_PRIO=95 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
 # A disk with something to erase: a GPT, an ESP with a FAT file system, a data partition.
 "$ROOT/scripts/ironic/make-test-image.sh" "$WORK/disk.img" 64
 LOOP=$(losetup --find --show "$WORK/disk.img")
 blkid -p "$LOOP" | grep -q 'PTTYPE="gpt"' || fail "test disk has no GPT to start with"
+# The automated cleaning's disk cannot discard, as a spinning disk: a copy on ramfs (which
+# cannot punch holes, so the loop driver offers no discard over it).
+RAMFS=$WORK/ramfs
+mkdir -p "$RAMFS"
+mount -t ramfs ramfs "$RAMFS"
+cp "$WORK/disk.img" "$RAMFS/disk.img"
+LOOP2=$(losetup --find --show "$RAMFS/disk.img")
+[[ "$(cat "/sys/block/${LOOP2#/dev/}/queue/discard_max_bytes")" == 0 ]] || fail "$LOOP2 (on ramfs) can discard"
 
 MAC=52:54:00:12:34:57
 NODE=$(enroll node1 "$MAC")
-api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
+api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP2\"}}]" >/dev/null
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
 wait_state "$NODE" "clean wait" 60
 echo "ipa-api-url=$API BOOTIF=$MAC ipa-listen-host=127.0.0.1 ipa-listen-port=0 ipa-advertise-host=127.0.0.1" > "$WORK/cmdline"
@@ -37,14 +47,19 @@ wait_state "$NODE" available 120 || fail "cleaning did not finish"
 echo "ok: node available after cleaning ($((SECONDS - ts)) s after the agent started)"
 grep -q '"command_name":"execute_clean_step","command_status":"SUCCEEDED"' "$WORK/state/commands.json" || fail "no successful clean step in Rivet's history"
 grep -q "erase_devices_metadata" "$WORK/state/commands.json" || fail "erase_devices_metadata did not run"
-if blkid -p "$LOOP" >/dev/null 2>&1; then fail "blkid still finds: $(blkid -p "$LOOP")"; fi
-echo "ok: blkid -p finds nothing on $LOOP"
+grep -q '"step":"erase_devices_express"' "$WORK/state/commands.json" || fail "erase_devices_express did not run"
+grep -q '"method":"metadata wipe"' "$WORK/state/commands.json" \
+  || fail "express erase on a disk without discard: no metadata wipe in $(grep -o '"method":"[a-z ]*"' "$WORK/state/commands.json")"
+if blkid -p "$LOOP2" >/dev/null 2>&1; then fail "blkid still finds: $(blkid -p "$LOOP2")"; fi
+echo "ok: blkid -p finds nothing on $LOOP2; erase_devices_express on a disk without discard fell back to the metadata erase"
 # The conductor powers the node off through its (fake) power interface: the agent would
 # heartbeat on; a real machine would be off.
 kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; AGENT_PID=
 
 api PUT "/v1/nodes/$NODE/states/provision" '{"target": "manage"}' >/dev/null
 wait_state "$NODE" manageable 60
+# From here on the disk that discards.
+api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"name\": \"$LOOP\"}}]" >/dev/null
 manual_clean() { # STEP
   local step=$1
   dd if=/dev/urandom of="$LOOP" bs=1M count=64 status=none

@@ -363,7 +363,7 @@ print('ok: vmedia: inspected; the inventory Ironic stored has', nic[0]['name'], 
 # every node ([service_catalog]), the lab's IPv4 one: this node is given the IPv6 URL in its
 # kernel parameters (the last ipa-api-url wins, as in IPA).
 flow_ipv6() {
-  N=vm-ipv6 MAC=52:54:00:15:00:0a
+  N=vm-ipv6 MAC=52:54:00:15:00:0c
   DOM=$(LAB_NIC_BRIDGE=$LAB_BR6 lab_node $N uefi $MAC 1024 nvme:nvmetarget:4G virtio:vother:1G)
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "ipv6: enrolment failed"
   local img6="http://[$LAB_IP6ONLY]:8080/images"
