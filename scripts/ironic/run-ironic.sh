@@ -30,7 +30,7 @@ EXPRESS_PRIO="${EXPRESS_PRIO:-0}"
 if ((EXPRESS_PRIO > 0)); then
   CLEAN_OVERRIDE="clean_step_priority_override = deploy.erase_devices_express:$EXPRESS_PRIO"
 else
-  CLEAN_OVERRIDE="# no clean step priority override"
+  CLEAN_OVERRIDE=""
 fi
 FAST_TRACK="${FAST_TRACK:-false}"
 BIOS_BOOTLOADER="${BIOS_BOOTLOADER:-false}"
