@@ -7,12 +7,18 @@
 #   - per node, agent start → the conductor's power-off at the end of its deploy: p50, p95;
 #   - the agents' summed peak RSS and CPU seconds; the conductor's CPU seconds;
 #   - bytes the image server sent, heartbeats per node, and how busy the whole machine's CPUs
-#     were (the loop devices' writes run in kernel threads no process is charged for).
+#     were (the loop devices' writes run in kernel threads no process is charged for);
+#   - with CONDUCTORS=N (Ironic's scale-out, run-ironic.sh's multi-conductor mode: MariaDB,
+#     one API process, N conductors), a second line: each conductor's CPU seconds and the
+#     nodes it deployed, the API's CPU, and the API calls each agent made (heartbeats,
+#     lookups, from the API's log) and the command polls it answered (from its own log).
 # usage: scripts/bench-fleet.sh            env: NS ("1 4 16"), FORMATS ("raw zstd"),
-#        IMAGE_MIB (256), RIVET (default: the static build, made if missing)
+#        IMAGE_MIB (256; 64 fits 64 nodes' disks in memory), CONDUCTORS (0: API and conductor
+#        in one process on sqlite), RIVET (default: the static build, made if missing)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NS=${NS:-1 4 16}
+CONDUCTORS=${CONDUCTORS:-0}
 FORMATS=${FORMATS:-raw zstd}
 IMAGE_MIB=${IMAGE_MIB:-256}
 RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
@@ -39,7 +45,7 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
-REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
+CONDUCTORS=$CONDUCTORS APIS=1 REQUIRE_TLS=true HEARTBEAT_TIMEOUT=30 "$ROOT/scripts/ironic/run-ironic.sh" start
 I=$STATE/images
 "$ROOT/scripts/ironic/make-test-image.sh" "$I/fleet.raw" "$IMAGE_MIB"
 # Half of the data partition random, as an OS image's contents compress about 2:1.
@@ -69,9 +75,15 @@ nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
 NGINX_PID=$!
 for _ in $(seq 1 50); do curl -sf -o /dev/null "$IMG/fleet.raw.zst" -r 0-0 && break; sleep 0.1; done
 curl -sf -o /dev/null "$IMG/fleet.raw.zst" -r 0-0 || fail "nginx does not serve the images"
-IRONIC_PID=$(cat "$STATE/ironic.pid")
+# The processes whose CPU is counted, NAME:PIDFILE, and the log the API writes its requests to.
+if ((CONDUCTORS == 0)); then
+  PROCS=("conductor:$STATE/ironic.pid") API_LOG=$STATE/ironic.log
+else
+  PROCS=("api:$STATE/pids/api-0.pid") API_LOG=$STATE/api-0.log
+  for ((k = 1; k <= CONDUCTORS; k++)); do PROCS+=("127.0.1.$k:$STATE/pids/conductor-$k.pid"); done
+fi
 # CPU ticks of a process and its children (Ironic's master forks the worker that runs the API
-# and the conductor).
+# and the conductor); ticks_all: of every Ironic process.
 ticks() {
   local p t=0
   for p in "$1" $(pgrep -P "$1"); do
@@ -79,13 +91,22 @@ ticks() {
   done
   echo "$t"
 }
+ticks_all() { local p t=0; for p in "${PROCS[@]}"; do t=$((t + $(ticks "$(cat "${p#*:}")"))); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
+# deployed_by NAME: how many nodes the conductor NAME (or the all-in-one process) has moved to
+# "active" so far, from its log.
+deployed_by() {
+  local log=$STATE/ironic.log
+  [[ "$1" == 127.0.1.* ]] && log=$STATE/conductor-${1##*.}.log
+  [[ "$1" == api ]] && { echo 0; return; }
+  grep -a -c 'to provision state "active" from state "deploying"' "$log" 2>/dev/null || true
+}
 # The whole machine's busy and total CPU ticks (/proc/stat), to tell a CPU-bound run.
 cpu_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
 now() { date +%s.%N; }
 
 echo "fleet benchmark: ${IMAGE_MIB} MiB whole-disk image (zstd $(stat -c %s "$I/fleet.raw.zst") bytes), $(nproc) cores, Rivet $(stat -c %s "$RIVET") bytes"
-printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s %8s %9s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "conductor CPU" "served (MiB)" "hb/node" "CPU busy"
+printf '%-6s %4s %10s %9s %9s %13s %11s %13s %14s %8s %9s\n' format N "all (s)" "p50 (s)" "p95 (s)" "agents RSS" "agents CPU" "Ironic CPU" "served (MiB)" "hb/node" "CPU busy"
 run() { # FORMAT N
   local fmt=$1 n=$2 file sum i
   case "$fmt" in raw) file=fleet.raw ;; zstd) file=fleet.raw.zst ;; esac
@@ -101,8 +122,13 @@ run() { # FORMAT N
       \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$sum\", \"image_disk_format\": \"raw\", \"root_gb\": \"1\"}}]" >/dev/null
   done
   : > "$WORK/nginx/access.log"
-  local c0 t0
-  c0=$(ticks "$IRONIC_PID")
+  local c0 t0 pt0=() deployed0=() logpos k
+  c0=$(ticks_all)
+  for k in "${!PROCS[@]}"; do
+    pt0[k]=$(ticks "$(cat "${PROCS[$k]#*:}")")
+    deployed0[k]=$(deployed_by "${PROCS[$k]%%:*}")
+  done
+  logpos=$(stat -c %s "$API_LOG")
   local m0; m0=$(cpu_ticks)
   t0=$(now)
   for ((i = 0; i < n; i++)); do
@@ -121,7 +147,7 @@ print(' '.join(d.get(u, '?').replace(' ', '_') for u in sys.argv[1:]))" "${NODES
     for ((i = 0; i < n; i++)); do
       [[ -n "${started[$i]:-}" || "${st[$i]}" != "wait_call-back" ]] && continue
       local port; port=$(free_port)
-      echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port" > "$WORK/cmdline-$i"
+      echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port ipa-debug=1" > "$WORK/cmdline-$i"
       /usr/bin/time -f "%e %U %S %M" -o "$WORK/time-$i" \
         "$RIVET" --cmdline-file "$WORK/cmdline-$i" --state-dir "$WORK/state-$fmt-$n-$i" --simulate-power --allow-loop-devices \
         > "$WORK/rivet-$fmt-$n-$i.log" 2>&1 &
@@ -146,7 +172,19 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
     sleep 0.5
   done
   ((left == 0)) || fail "$left nodes did not become active in 900 s"
-  local c1; c1=$(ticks "$IRONIC_PID")
+  local c1; c1=$(ticks_all)
+  local per=""
+  if ((CONDUCTORS > 0)); then
+    for k in "${!PROCS[@]}"; do
+      local name=${PROCS[$k]%%:*} cpu_s
+      cpu_s=$(awk -v a="${pt0[$k]}" -v b="$(ticks "$(cat "${PROCS[$k]#*:}")")" -v hz="$HZ" 'BEGIN{printf "%.1f s", (b - a) / hz}')
+      if [[ "$name" == api ]]; then
+        per+="API $cpu_s; "
+      else
+        per+="$name $cpu_s, $(($(deployed_by "$name") - deployed0[k])) nodes; "
+      fi
+    done
+  fi
   local m1; m1=$(cpu_ticks)
   for p in "${PIDS[@]}"; do wait "$p" || fail "an agent exited non-zero"; done
   PIDS=()
@@ -162,11 +200,21 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
   served=$(awk '{s += $1} END {printf "%.1f", s / 1048576}' "$WORK/nginx/access.log")
   # Heartbeats each agent sent (what the conductor handled for it, besides its commands).
   local hbs; hbs=$(cat "$WORK"/rivet-"$fmt-$n"-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -c "heartbeat accepted" || true)
+  # The API calls the agents made (the API's log of this run) and the command polls they
+  # answered (their own logs).
+  local calls lookups polls
+  calls=$(tail -c +$((logpos + 1)) "$API_LOG" | grep -a -c "POST /v1/heartbeat/" || true)
+  lookups=$(tail -c +$((logpos + 1)) "$API_LOG" | grep -a -c "GET /v1/lookup" || true)
+  polls=$(cat "$WORK"/rivet-"$fmt-$n"-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -a "api request" | grep -a "method=GET" | grep -a -c "path=/v1/commands" || true)
   printf '%-6s %4d %10.2f %9s %9s %13s %11s %13s %14s %8.1f %8.0f%%\n' "$fmt" "$n" \
     "$(awk -v a="$last" -v b="$t0" 'BEGIN{print a - b}')" "$p50" "$p95" "$rss" "$cpu" \
     "$(awk -v a="$c0" -v b="$c1" -v hz="$HZ" 'BEGIN{printf "%.2f s", (b - a) / hz}')" "$served" \
     "$(awk -v h="$hbs" -v n="$n" 'BEGIN{print h / n}')" \
     "$(awk -v a="$m0" -v b="$m1" 'BEGIN{split(a, x, " "); split(b, y, " "); print 100 * (y[1] - x[1]) / (y[2] - x[2])}')"
+  printf '       %s per node: heartbeats %s, lookups %s, command polls answered %s\n' "$per" \
+    "$(awk -v c="$calls" -v n="$n" 'BEGIN{printf "%.1f", c / n}')" \
+    "$(awk -v c="$lookups" -v n="$n" 'BEGIN{printf "%.1f", c / n}')" \
+    "$(awk -v c="$polls" -v n="$n" 'BEGIN{printf "%.1f", c / n}')"
   rm -f "$WORK"/time-*
   for ((i = 0; i < n; i++)); do
     api PUT "/v1/nodes/${NODES[$i]}/maintenance" '{"reason": "bench done"}' >/dev/null

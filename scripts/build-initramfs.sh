@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fast deploy ramdisk, no distribution inside: Debian's kernel, the modules a deploy needs
 # (virtio, NVMe, AHCI/SCSI, USB storage, common NICs, vfat/ext4/iso9660, loop, md RAID),
-# busybox-static for the shell tools, mdadm (with the libraries it links), the static rivet
+# busybox-static for the shell tools, mdadm and multipath-tools (with the libraries they
+# link), the static rivet
 # binary, and a small /init (scripts/ramdisk/init.sh) that mounts the pseudo file systems,
 # loads the modules, runs `rivet network` (network_data.json or DHCP, VLANs, bonds) and keeps
 # the agent running.
@@ -42,6 +43,15 @@ KDIR=$CACHE/kernel-$KVER
 ls mdadm_*.deb >/dev/null 2>&1 || apt-get download -qq mdadm
 [[ -x mdadm/sbin/mdadm ]] || { rm -rf mdadm; dpkg -x mdadm_*.deb mdadm; }
 
+# multipath-tools for SAN disks reached over two paths, with the libraries it needs that the
+# build machine may lack (Debian's packages, unpacked into one tree; not installed here).
+MPT=(multipath-tools liburcu8 libaio1 libdevmapper1.02.1)
+if [[ ! -x multipath/sbin/multipathd ]]; then
+  rm -rf multipath multipath-debs && mkdir multipath-debs
+  (cd multipath-debs && apt-get download -qq "${MPT[@]}")
+  for d in multipath-debs/*.deb; do dpkg -x "$d" multipath; done
+fi
+
 R=$(mktemp -d)
 # The root of the ramdisk, as any root: readable by users (the rescue user logs in there).
 chmod 755 "$R"
@@ -51,6 +61,17 @@ cp /bin/busybox "$R/bin/busybox"
 install -m 0755 "$RIVET" "$R/usr/bin/rivet"
 # mdadm with the libraries it links (glibc, libudev), at the paths its loader expects.
 "$ROOT/scripts/ramdisk/copy-with-libs.sh" "$R" "$CACHE/mdadm/sbin/mdadm" /sbin/mdadm
+# multipath and multipathd with their path checkers and prioritisers (loaded by name at run
+# time), the libraries from the unpacked tree at their own paths; `find_multipaths yes`: a map
+# only for a WWID seen on two paths, so a local disk stays a plain disk.
+for p in multipath multipathd; do
+  LIBTREE=$CACHE/multipath "$ROOT/scripts/ramdisk/copy-with-libs.sh" "$R" "$CACHE/multipath/sbin/$p" "/sbin/$p"
+done
+for so in "$CACHE"/multipath/lib/multipath/*.so; do
+  LIBTREE=$CACHE/multipath "$ROOT/scripts/ramdisk/copy-with-libs.sh" "$R" "$so" "/lib/multipath/${so##*/}"
+done
+mkdir -p "$R/etc/multipath"
+install -m 0644 "$ROOT/dib-element/rivet/static/etc/multipath.conf" "$R/etc/multipath.conf"
 install -m 0755 "$ROOT/scripts/ramdisk/init.sh" "$R/init"
 # RIVET_STEPS_DIR: custom steps (NAME.toml + executables), read from /etc/rivet/steps.d.
 if [[ -n "${RIVET_STEPS_DIR:-}" ]]; then
@@ -69,7 +90,8 @@ printf '127.0.0.1 localhost\n::1 localhost\n' > "$R/etc/hosts"
 MODULES=(virtio_pci virtio_blk virtio_net virtio_scsi nvme ahci ata_piix sd_mod sr_mod
          usb_storage uas xhci_pci ehci_pci e1000 e1000e igb ixgbe i40e bnxt_en tg3
          vfat nls_cp437 nls_iso8859_1 nls_ascii nls_utf8 ext4 iso9660 loop efivarfs
-         md_mod raid0 raid1 raid10 raid456 8021q bonding ${EXTRA_MODULES:-})
+         md_mod raid0 raid1 raid10 raid456 dm_multipath dm_service_time dm_round_robin
+         dm_queue_length scsi_dh_alua scsi_dh_rdac scsi_dh_emc 8021q bonding ${EXTRA_MODULES:-})
 : > "$R/etc/modules.order"
 for m in "${MODULES[@]}"; do
   modprobe -d "$KDIR" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod"{print $2}' || true

@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
 # Build the statically linked release binary:
-#   target/x86_64-unknown-linux-gnu/release/rivet
+#   target/x86_64-unknown-linux-gnu/release/rivet      (ARCH=x86_64, the default)
+#   target/aarch64-unknown-linux-gnu/release/rivet     (ARCH=aarch64: cross-built here)
 # glibc static-pie (+crt-static); the release profile is tuned for size and speed (fat LTO, one
-# codegen unit, unwinding panics, stripped). Installs its build dependencies when missing.
+# codegen unit, unwinding panics, stripped). Installs its build dependencies when missing: for
+# aarch64, Debian's cross toolchain (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross), the arm64
+# libblkid (multiarch) and the Rust target; no emulated compiler.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
+ARCH=${ARCH:-$(uname -m)}
+case "$ARCH" in
+  x86_64 | amd64) ARCH=x86_64 ;;
+  aarch64 | arm64) ARCH=aarch64 ;;
+  *) echo "ARCH must be x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
+esac
+TARGET=$ARCH-unknown-linux-gnu
 need=()
-for pkg in libblkid-dev libclang-dev file; do
+pkgs=(libblkid-dev libclang-dev file)
+if [[ "$ARCH" != "$(uname -m)" ]]; then
+  [[ "$ARCH" == aarch64 ]] || { echo "cross builds go to aarch64 only" >&2; exit 2; }
+  dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || dpkg --add-architecture arm64
+  pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libblkid-dev:arm64)
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+  export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+  # bindgen (blkid-sys) parses the arm64 headers with the cross toolchain's system root.
+  export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/include/aarch64-linux-gnu -I/usr/include"
+  export PKG_CONFIG_ALLOW_CROSS=1
+fi
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-TARGET=x86_64-unknown-linux-gnu
+rustup target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null || rustup target add "$TARGET"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$TARGET"
 BIN="target/$TARGET/release/rivet"
@@ -23,6 +44,8 @@ case "$desc" in
   *"static-pie linked"* | *"statically linked"*) ;;
   *) echo "not a static binary: $desc" >&2; exit 1 ;;
 esac
+want=$([[ "$ARCH" == aarch64 ]] && echo "ARM aarch64" || echo "x86-64")
+[[ "$desc" == *"$want"* ]] || { echo "not an $ARCH binary: $desc" >&2; exit 1; }
 if ldd "$BIN" >/dev/null 2>&1 && ! ldd "$BIN" 2>&1 | grep -q "not a dynamic executable\|statically linked"; then
   echo "ldd finds dynamic dependencies:" >&2; ldd "$BIN" >&2; exit 1
 fi

@@ -389,13 +389,10 @@ fn the_body_has_the_shape_ipa13_posts() {
     assert!(ours["lldp_raw"].is_object());
 }
 
-/// Fast-track: the conductor wipes the token between flows. The heartbeat it refuses makes
-/// the agent look the node up again (by UUID) and take the new token, which the API then
-/// accepts instead of the old one.
-#[test]
-fn a_wiped_token_is_replaced_by_a_new_lookup() {
-    let new_token = "newtokennewtokennewtokennewtokennewtoken-_9".to_string();
-    let mock = MockIronic::start(vec![lookup_ok(&token(), 300)], lookup_ok(&new_token, 300));
+/// An agent whose first heartbeat the mock refuses for its token; its next lookups get
+/// `relookup`. Returns the mock, the agent's state directory and the agent.
+fn token_refused_once(relookup: (u16, Value)) -> (MockIronic, tempfile::TempDir, Agent) {
+    let mock = MockIronic::start(vec![lookup_ok(&token(), 300)], relookup);
     mock.state.lock().unwrap().heartbeat_script = vec![ironic_error(
         400,
         "Invalid or missing agent token received.",
@@ -407,6 +404,16 @@ fn a_wiped_token_is_replaced_by_a_new_lookup() {
         state.path(),
         &["--no-auto-tls"],
     );
+    (mock, state, agent)
+}
+
+/// Fast-track: the conductor wipes the token between flows. The heartbeat it refuses makes
+/// the agent look the node up again (by UUID) and take the new token, which the API then
+/// accepts instead of the old one.
+#[test]
+fn a_wiped_token_is_replaced_by_a_new_lookup() {
+    let new_token = "newtokennewtokennewtokennewtokennewtoken-_9".to_string();
+    let (mock, state, agent) = token_refused_once(lookup_ok(&new_token, 300));
     let hb = mock.wait_heartbeats(2, Duration::from_secs(30));
     assert_eq!(hb[0].body["agent_token"], token());
     assert_eq!(hb[1].body["agent_token"], new_token.as_str());
@@ -425,4 +432,47 @@ fn a_wiped_token_is_replaced_by_a_new_lookup() {
     // Kept for a restart in the same boot.
     let saved = std::fs::read_to_string(state.path().join("session.json")).unwrap();
     assert!(saved.contains("newtoken"));
+}
+
+/// A new lookup (after a token refusal) answered with another node's UUID and token, as a
+/// conductor or API that mixed nodes up would: the agent refuses it, keeps its node and its
+/// token (the other node's token opens nothing), and heartbeats on for its own node only.
+#[test]
+fn a_lookup_answered_for_another_node_is_refused() {
+    const OTHER: &str = "0ac1e0c4-5d3b-4b7e-9d7c-7a0f0e0b0a01";
+    let other_token = "othertokenothertokenothertokenothertoken-_9".to_string();
+    let (_, mut other) = lookup_ok(&other_token, 300);
+    other["node"]["uuid"] = serde_json::json!(OTHER);
+    let (mock, state, agent) = token_refused_once((200, other));
+    // The refused heartbeat, the new lookup, then the next heartbeat (5-10 s later).
+    let hb = mock.wait_heartbeats(2, Duration::from_secs(30));
+    assert_eq!(
+        mock.lookups().len(),
+        2,
+        "no second lookup after the token refusal"
+    );
+    for h in &hb {
+        assert_eq!(
+            h.path,
+            format!("/v1/heartbeat/{NODE}"),
+            "heartbeat for another node"
+        );
+        assert_eq!(
+            h.body["agent_token"],
+            token(),
+            "the other node's token was taken"
+        );
+    }
+    let mut api = Api::plain(&agent);
+    let (ours, _) = api.get(&api.url("/v1/commands/", ""));
+    api.token = other_token;
+    let (theirs, _) = api.get(&api.url("/v1/commands/", ""));
+    assert_eq!((ours, theirs), (200, 401));
+    let saved = std::fs::read_to_string(state.path().join("session.json")).unwrap();
+    assert!(saved.contains(NODE) && !saved.contains(OTHER), "{saved}");
+    let log = agent.log_text();
+    assert!(
+        log.contains("the lookup answered for another node: refused"),
+        "no clear log line: {log}"
+    );
 }

@@ -52,9 +52,15 @@ impl Netns {
             sender: None,
         };
         let n = ns.name.as_str();
-        for (a, b) in [("n0", "s0"), ("n1", "s1")] {
+        // Fixed MACs: the kernel's random ones start with fa: one time in 64, which IPA's
+        // rule (a BMC's USB NIC) leaves out of the inventory.
+        for (a, b, ma, mb) in [
+            ("n0", "s0", "02:00:00:5c:00:01", "02:00:00:5c:01:01"),
+            ("n1", "s1", "02:00:00:5c:00:02", "02:00:00:5c:01:02"),
+        ] {
             assert!(ip(&[
-                "-n", n, "link", "add", a, "type", "veth", "peer", "name", b
+                "-n", n, "link", "add", a, "address", ma, "type", "veth", "peer", "name", b,
+                "address", mb
             ]));
             assert!(ip(&["-n", n, "link", "set", a, "up"]));
             assert!(ip(&["-n", n, "link", "set", b, "up"]));

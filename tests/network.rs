@@ -49,10 +49,15 @@ impl Lab {
             children: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
         };
-        for (a, b) in [("n0", "s0"), ("n1", "s1")] {
+        // Fixed MACs: the kernel's random ones start with fa: one time in 64, which IPA's
+        // rule (a BMC's USB NIC) never takes as the node's.
+        for (a, b, ma, mb) in [
+            ("n0", "s0", "02:00:00:5d:00:01", "02:00:00:5d:01:01"),
+            ("n1", "s1", "02:00:00:5d:00:02", "02:00:00:5d:01:02"),
+        ] {
             must(&[
-                "-n", &lab.node, "link", "add", a, "type", "veth", "peer", "name", b, "netns",
-                &lab.net,
+                "-n", &lab.node, "link", "add", a, "address", ma, "type", "veth", "peer", "name",
+                b, "address", mb, "netns", &lab.net,
             ]);
             must(&["-n", &lab.net, "link", "set", b, "up"]);
         }

@@ -27,6 +27,8 @@ field() { "$PY" -c "import sys,json; d=json.load(sys.stdin); v=d$1; print(v if i
 
 node_field() { api GET "/v1/nodes/$1" | field "$2"; }
 
+# WAIT_POLL_S: seconds between two reads of the node (each an API call and a Python start;
+# the lab, three lanes waiting at once, reads every 2 s).
 wait_state() { # NODE STATE TIMEOUT_S
   local n=$1 want=$2 to=${3:-120} s=""
   local end=$((SECONDS + to))
@@ -34,7 +36,7 @@ wait_state() { # NODE STATE TIMEOUT_S
     s=$(node_field "$n" "['provision_state']")
     if [[ "$s" == "$want" ]]; then return 0; fi
     case "$s" in *failed) [[ "$want" == *failed ]] || { echo "node $n: $s: $(node_field "$n" "['last_error']")" >&2; return 1; } ;; esac
-    sleep 0.5
+    sleep "${WAIT_POLL_S:-0.5}"
   done
   echo "node $n: timeout waiting for '$want', state '$s', last_error: $(node_field "$n" "['last_error']")" >&2
   return 1
@@ -90,7 +92,13 @@ session_cleanup() {
   if [[ -n "${RAMFS:-}" ]]; then umount "$RAMFS" 2>/dev/null || true; fi
   rm -rf "${WORK:?}"
 }
-fail() { echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -n 30 "$WORK"/rivet*.log >&2 || true; exit 1; }
+# The reason is printed again after the agents' logs: a CI log cut to its tail still shows it.
+fail() {
+  local logs=("$WORK"/rivet*.log) n=30
+  ((${#logs[@]} > 4)) && n=8
+  echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -n "$n" "${logs[@]}" >&2 || true
+  echo "FAIL: $*" >&2; exit 1
+}
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start_deploy LABEL INSTANCE_INFO_JSON [PROVISION_BODY]: set instance_info, ask for "active",

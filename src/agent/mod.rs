@@ -234,8 +234,15 @@ async fn relookup(
     )
     .await;
     match found {
+        // Another node's answer (a conductor or API that mixed nodes up, or a MAC moved to
+        // another node's port): its token and node are not ours to take.
+        Ok(new) if new.node_uuid != lk.node_uuid => tracing::error!(
+            node = %lk.node_uuid,
+            answered = %new.node_uuid,
+            "the lookup answered for another node: refused; this agent keeps its node and token"
+        ),
         Ok(new) => match new.config.get("agent_token") {
-            Some(Value::String(t)) if t.len() >= 32 && new.node_uuid == lk.node_uuid => {
+            Some(Value::String(t)) if t.len() >= 32 => {
                 token.set(Some(t.clone()));
                 if let Err(e) = state.save_session(&Session {
                     node_uuid: new.node_uuid.clone(),

@@ -35,6 +35,11 @@ pub enum BootloaderError {
          as in Ironic's default)"
     )]
     BiosDisabled,
+    #[error(
+        "BIOS boot exists only on x86; this machine is {arch}: set the node's boot_mode to \
+         uefi (capabilities boot_mode:uefi)"
+    )]
+    BiosNeedsX86 { arch: &'static str },
     #[error("the image's boot files: {0}")]
     ImageFiles(String),
     #[error("the EFI system partition: {0}")]
@@ -65,8 +70,20 @@ pub struct Request {
 
 /// Make `disk` bootable as asked; says what was done.
 pub fn install(disk: &Path, r: &Request) -> Result<String, BootloaderError> {
+    install_on(disk, r, std::env::consts::ARCH)
+}
+
+/// `install` on the architecture `arch` (the agent's own; another in tests).
+fn install_on(disk: &Path, r: &Request, arch: &'static str) -> Result<String, BootloaderError> {
     let whole_disk = r.root_uuid.as_deref().is_none_or(|u| u.starts_with("0x"));
     let root = r.root_uuid.as_deref().unwrap_or_default();
+    // A conductor that asks for BIOS on an Arm server (a node enrolled without boot_mode, the
+    // default taken from an x86 fleet) gets that said, before any disk is touched, instead of
+    // grub-install's i386-pc error from the image's chroot.
+    let needs_bios_code = !r.uefi && (r.software_raid || !whole_disk);
+    if needs_bios_code && !matches!(arch, "x86_64" | "x86") {
+        return Err(BootloaderError::BiosNeedsX86 { arch });
+    }
     if r.software_raid {
         return match (r.uefi, whole_disk) {
             (true, true) => Ok(super::raid_boot::install_uefi(disk, r.nvram)?),
@@ -104,13 +121,10 @@ fn uefi(disk: &Path, nvram: bool) -> Result<String, BootloaderError> {
         });
     }
     if super::nvram::writable(nvram) {
-        super::nvram::register(disk, esp.number, &loaders, false)?;
-        return Ok(format!(
-            "registered {} with the firmware",
-            loaders.join(", ")
-        ));
+        super::nvram::register(disk, esp.number, &loaders.entries, false)?;
+        return Ok(format!("registered {} with the firmware", loaders.paths()));
     }
-    let fallback = super::nvram::require_fallback(&loaders)?;
+    let fallback = super::nvram::require_fallback(&loaders.files)?;
     tracing::warn!("this ramdisk cannot write EFI variables; the firmware will boot {fallback}");
     Ok(format!(
         "no EFI variables here; the image's fallback loader {fallback} will boot"
@@ -231,4 +245,43 @@ fn bios_partition(disk: &Path, root_uuid: &str) -> Result<String, BootloaderErro
     }
     drop(ro);
     Ok(grub::install(disk, &root, None, grub::Firmware::Bios)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(root_uuid: Option<&str>, uefi: bool, software_raid: bool) -> Request {
+        Request {
+            root_uuid: root_uuid.map(str::to_string),
+            uefi,
+            nvram: false,
+            bios_allowed: true,
+            software_raid,
+        }
+    }
+
+    #[test]
+    fn bios_is_refused_off_x86_before_the_disk_is_read() {
+        // The disk does not exist: the refusal comes first, naming the architecture.
+        let disk = Path::new("/nonexistent/rivet-test-disk");
+        for r in [
+            request(Some("0d3c5f3e-7b7d-4a52-9a62-0c6b2c1a6f11"), false, false),
+            request(None, false, true),
+        ] {
+            let e = install_on(disk, &r, "aarch64").expect_err("BIOS on aarch64");
+            assert!(
+                matches!(e, BootloaderError::BiosNeedsX86 { arch: "aarch64" }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("boot_mode to uefi"), "{e}");
+        }
+        // On x86 the same request goes on to the disk (and fails there: it does not exist).
+        let r = request(Some("0d3c5f3e-7b7d-4a52-9a62-0c6b2c1a6f11"), false, false);
+        let e = install_on(disk, &r, "x86_64").expect_err("no such disk");
+        assert!(!matches!(e, BootloaderError::BiosNeedsX86 { .. }), "{e}");
+        // A whole-disk image in BIOS mode installs nothing: nothing to refuse either.
+        let r = request(None, false, false);
+        assert!(install_on(disk, &r, "aarch64").is_ok());
+    }
 }

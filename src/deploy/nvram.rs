@@ -42,23 +42,39 @@ pub fn require_fallback(loaders: &[String]) -> Result<&'static str, NoFallback> 
 #[error("registering the boot loader with the firmware: {0}")]
 pub struct NvramError(pub String);
 
-/// Register `loaders` (UEFI paths on ESP partition `part` of `disk`) as ironic1, ironic2, …
-/// (`member`: followed by the disk's name, one set of entries per RAID member).
+/// Register `entries` (UEFI paths on ESP partition `part` of `disk`) under their CSV's label
+/// or as ironic1, ironic2, … (`member`: followed by the disk's name, one set of entries per
+/// RAID member).
 pub fn register(
     disk: &Path,
     part: u32,
-    loaders: &[String],
+    entries: &[crate::disk::esp::Entry],
+    member: bool,
+) -> Result<(), NvramError> {
+    register_with("efibootmgr", disk, part, entries, member)
+}
+
+/// [`register`] through the efibootmgr at `tool`.
+fn register_with(
+    tool: &str,
+    disk: &Path,
+    part: u32,
+    entries: &[crate::disk::esp::Entry],
     member: bool,
 ) -> Result<(), NvramError> {
     let t = Duration::from_secs(30);
     let nvram = NvramError;
-    let (_, listing) =
-        run_capture("efibootmgr", &[], t, 1 << 16).map_err(|e| nvram(e.to_string()))?;
+    let (_, listing) = run_capture(tool, &[], t, 1 << 16).map_err(|e| nvram(e.to_string()))?;
     let listing = String::from_utf8_lossy(&listing).to_string();
-    for (i, loader) in loaders.iter().enumerate() {
+    for (i, entry) in entries.iter().enumerate() {
+        let loader = &entry.path;
+        let base = entry
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("ironic{}", i + 1));
         let label = match disk.file_name().filter(|_| member) {
-            Some(n) => format!("ironic{} ({})", i + 1, n.to_string_lossy()),
-            None => format!("ironic{}", i + 1),
+            Some(n) => format!("{base} ({})", n.to_string_lossy()),
+            None => base,
         };
         // Remove entries with this label first, so repeated deploys do not pile them up.
         for l in listing.lines() {
@@ -67,13 +83,21 @@ pub fn register(
                     rest.find(|c: char| !c.is_ascii_hexdigit())
                         .unwrap_or(rest.len()),
                 );
-                if num.len() == 4 && name.trim_start_matches('*').trim().starts_with(&label) {
-                    let _ = run_capture("efibootmgr", &["-b", num, "-B"], t, 1 << 16);
+                // The label alone (newer efibootmgr prints the device path after a tab):
+                // `ironic1` must not take `ironic10` with it, nor a CSV's `debian` another's
+                // `debian-old`.
+                let name = name
+                    .trim_start_matches('*')
+                    .split('\t')
+                    .next()
+                    .unwrap_or("");
+                if num.len() == 4 && name.trim() == label {
+                    let _ = run_capture(tool, &["-b", num, "-B"], t, 1 << 16);
                 }
             }
         }
         let (ok, out) = run_capture(
-            "efibootmgr",
+            tool,
             &[
                 "-v",
                 "-c",
@@ -211,25 +235,66 @@ Boot0004* no device path\n";
         assert!(parse_records("garbage\nBootXYZ* x\tHD(1)\n").is_empty());
     }
 
-    #[test]
-    fn clean_deletes_what_matches_through_efibootmgr() {
+    /// A stand-in efibootmgr in `dir`: prints `listing` when called as `list_test` (a shell
+    /// test on its arguments) says, records every other call in `dir/calls`.
+    fn fake_efibootmgr(dir: &Path, listing: &str, list_test: &str) -> (String, std::path::PathBuf) {
         use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("calls");
-        let listing = d.path().join("listing");
-        std::fs::write(&listing, LISTING).unwrap();
-        // A stand-in efibootmgr: lists the entries above, records every other call.
-        let fake = d.path().join("efibootmgr");
+        let (log, list) = (dir.join("calls"), dir.join("listing"));
+        std::fs::write(&list, listing).unwrap();
+        let fake = dir.join("efibootmgr");
         std::fs::write(
             &fake,
             format!(
-                "#!/bin/sh\nif [ \"$1\" = -v ]; then cat '{}'; else echo \"$@\" >> '{}'; fi\n",
-                listing.display(),
+                "#!/bin/sh\nif {list_test}; then cat '{}'; else echo \"$@\" >> '{}'; fi\n",
+                list.display(),
                 log.display()
             ),
         )
         .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (fake.display().to_string(), log)
+    }
+
+    #[test]
+    fn registers_a_csv_label_or_ironic_n_replacing_only_the_same_label() {
+        use crate::disk::esp::Entry;
+        let d = tempfile::tempdir().unwrap();
+        // Old entries: one per label Rivet makes, and look-alikes that must stay.
+        let (tool, log) = fake_efibootmgr(
+            d.path(),
+            "BootOrder: 0001,0002,0003,0004\nBoot0001* ubuntu\tHD(1,GPT,aa,0x800,0x100000)/File(\\EFI\\ubuntu\\shimx64.efi)\n\
+             Boot0002* ubuntu-old\tHD(1,GPT,aa,0x800,0x100000)/File(\\EFI\\old\\shimx64.efi)\n\
+             Boot0003* ironic1 (nvme0n1)\tHD(1,GPT,aa,0x800,0x100000)/File(\\EFI\\BOOT\\BOOTX64.EFI)\n\
+             Boot0004* ironic10\tHD(1,GPT,aa,0x800,0x100000)/File(\\EFI\\BOOT\\BOOTX64.EFI)\n",
+            "[ $# = 0 ]",
+        );
+        let disk = Path::new("/dev/nvme0n1");
+        let shim = Entry {
+            path: "\\EFI\\ubuntu\\shimx64.efi".into(),
+            label: Some("ubuntu".into()),
+        };
+        register_with(&tool, disk, 1, &[shim], false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-b 0001 -B\n-v -c -d /dev/nvme0n1 -p 1 -w -L ubuntu -l \\EFI\\ubuntu\\shimx64.efi\n"
+        );
+        std::fs::remove_file(&log).unwrap();
+        let fallback = Entry {
+            path: "\\EFI\\BOOT\\BOOTX64.EFI".into(),
+            label: None,
+        };
+        register_with(&tool, disk, 1, &[fallback], true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-b 0003 -B\n-v -c -d /dev/nvme0n1 -p 1 -w -L ironic1 (nvme0n1) -l \\EFI\\BOOT\\BOOTX64.EFI\n"
+        );
+    }
+
+    #[test]
+    fn clean_deletes_what_matches_through_efibootmgr() {
+        let d = tempfile::tempdir().unwrap();
+        // Lists the entries above when called with -v.
+        let (fake, log) = fake_efibootmgr(d.path(), LISTING, "[ \"$1\" = -v ]");
         // IPA's default patterns: disk entries, shim and GRUB loaders; firmware and PXE stay.
         let patterns: Vec<regex::Regex> = [r"^HD\(", r"shim.*\.efi", r"grub.*\.efi"]
             .iter()
@@ -240,7 +305,7 @@ Boot0004* no device path\n";
                     .unwrap()
             })
             .collect();
-        let gone = clean(&fake.display().to_string(), &patterns).unwrap();
+        let gone = clean(&fake, &patterns).unwrap();
         let nums: Vec<&str> = gone.iter().map(|r| r.num.as_str()).collect();
         assert_eq!(nums, ["0001", "0003"]);
         assert_eq!(
@@ -250,9 +315,7 @@ Boot0004* no device path\n";
         // A pattern matching nothing deletes nothing.
         std::fs::remove_file(&log).unwrap();
         let none = [regex::Regex::new("^Nothing").unwrap()];
-        assert!(clean(&fake.display().to_string(), &none)
-            .unwrap()
-            .is_empty());
+        assert!(clean(&fake, &none).unwrap().is_empty());
         assert!(!log.exists());
     }
 }

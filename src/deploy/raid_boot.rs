@@ -186,16 +186,16 @@ pub fn install_uefi(root: &Path, nvram: bool) -> Result<String, RaidBootError> {
     }
     if super::nvram::writable(nvram) {
         for (d, n) in &parts {
-            super::nvram::register(Path::new(d), *n, &loaders, true)?;
+            super::nvram::register(Path::new(d), *n, &loaders.entries, true)?;
         }
         return Ok(format!(
             "ESP mirrored on {} ({} files); registered {} on each member",
             disks.join(", "),
             copied.files,
-            loaders.join(", ")
+            loaders.paths()
         ));
     }
-    let fallback = super::nvram::require_fallback(&loaders)?;
+    let fallback = super::nvram::require_fallback(&loaders.files)?;
     Ok(format!(
         "ESP mirrored on {} ({} files); no EFI variables here, the firmware boots {fallback} from any member",
         disks.join(", "),

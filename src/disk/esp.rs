@@ -37,8 +37,62 @@ pub fn find(disk: &Path) -> Result<Option<Partition>, EspError> {
     Ok(super::table::find_esp(disk)?)
 }
 
-/// Every boot loader file on the ESP, as UEFI paths (`\EFI\BOOT\BOOTX64.EFI`).
-pub fn loaders(disk: &Path, esp: &Partition) -> Result<Vec<String>, EspError> {
+/// The loader names IPA looks for that this machine's firmware can run: the other
+/// architectures' loaders are never registered (a firmware entry for one would not boot).
+pub fn native_loader(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if !LOADERS.contains(&n.as_str()) {
+        return false;
+    }
+    let foreign: &[&str] = if cfg!(target_arch = "x86_64") {
+        &["aa64", "arm", "riscv", "ia32", "ia64"]
+    } else if cfg!(target_arch = "aarch64") {
+        &["x64", "ia32", "ia64", "bootarm", "riscv"]
+    } else {
+        &[]
+    };
+    !foreign.iter().any(|f| n.contains(f))
+}
+
+/// One firmware boot entry to make: a loader (UEFI path) and the label a shim CSV gives it
+/// (`None`: Rivet's own `ironic1`, `ironic2`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    pub label: Option<String>,
+}
+
+/// What an ESP offers the firmware.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaders {
+    /// Every loader file of this architecture IPA's list names (UEFI paths), CSVs too.
+    pub files: Vec<String>,
+    /// The entries to register: as IPA, the loader and label a CSV (shim's `BOOTX64.CSV`:
+    /// "shimx64.efi,ubuntu,,…", UTF-16) names, when there is one and its loader is there;
+    /// else each loader file but the CSVs.
+    pub entries: Vec<Entry>,
+}
+
+impl Loaders {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries' paths, for messages.
+    pub fn paths(&self) -> String {
+        self.entries
+            .iter()
+            .map(|e| match &e.label {
+                Some(l) => format!("{} ({l})", e.path),
+                None => e.path.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The boot loaders on the ESP.
+pub fn loaders(disk: &Path, esp: &Partition) -> Result<Loaders, EspError> {
     let f = open_read(disk)?;
     loaders_in(
         Slice::new(f, esp.start, esp.len),
@@ -46,21 +100,28 @@ pub fn loaders(disk: &Path, esp: &Partition) -> Result<Vec<String>, EspError> {
     )
 }
 
-/// Every boot loader file on the FAT file system `io` (named `name` in errors).
-pub fn loaders_in<T>(io: T, name: &str) -> Result<Vec<String>, EspError>
+/// Largest CSV read: shim's are a line of some 100 bytes.
+const MAX_CSV: u64 = 4096;
+
+/// The boot loaders on the FAT file system `io` (named `name` in errors).
+pub fn loaders_in<T>(io: T, name: &str) -> Result<Loaders, EspError>
 where
     T: std::io::Read + std::io::Write + std::io::Seek,
 {
+    use std::io::Read;
     let fs = fatfs::FileSystem::new(io, fatfs::FsOptions::new().update_accessed_date(false))
         .map_err(|e| EspError::NotFat(name.to_string(), e.to_string()))?;
-    let mut out = Vec::new();
+    let bad = |e: std::io::Error| EspError::NotFat(name.to_string(), e.to_string());
+    let mut files = Vec::new();
+    // Every file's path (lower case): a CSV's loader must be there.
+    let mut all = std::collections::BTreeSet::new();
+    let mut csvs: Vec<(String, Vec<u8>)> = Vec::new();
     let mut seen = 0usize;
     // Depth-limited walk: loaders live in \EFI\<vendor>\.
     let mut stack = vec![(fs.root_dir(), String::new(), 0)];
     while let Some((dir, path, depth)) = stack.pop() {
         for e in dir.iter().flatten() {
-            count_entry(&mut seen)
-                .map_err(|e| EspError::NotFat(name.to_string(), e.to_string()))?;
+            count_entry(&mut seen).map_err(bad)?;
             let n = e.file_name();
             if n == "." || n == ".." {
                 continue;
@@ -68,13 +129,88 @@ where
             let p = format!("{path}\\{n}");
             if e.is_dir() && depth < 3 {
                 stack.push((e.to_dir(), p, depth + 1));
-            } else if e.is_file() && LOADERS.iter().any(|l| l.eq_ignore_ascii_case(&n)) {
-                out.push(p);
+            } else if e.is_file() {
+                all.insert(p.to_ascii_lowercase());
+                if native_loader(&n) {
+                    if n.to_ascii_lowercase().ends_with(".csv") {
+                        let mut buf = Vec::new();
+                        e.to_file()
+                            .take(MAX_CSV)
+                            .read_to_end(&mut buf)
+                            .map_err(bad)?;
+                        csvs.push((p.clone(), buf));
+                    }
+                    files.push(p);
+                }
             }
         }
     }
-    out.sort();
-    Ok(out)
+    files.sort();
+    csvs.sort();
+    let from_csv = csvs.iter().find_map(|(p, bytes)| {
+        let (loader, label) = match parse_csv(bytes) {
+            Some(v) => v,
+            None => {
+                tracing::warn!(csv = %p, "a boot CSV that names no loader and label: ignored");
+                return None;
+            }
+        };
+        let dir = &p[..p.rfind('\\').unwrap_or(0)];
+        let path = format!("{dir}\\{loader}");
+        if all.contains(&path.to_ascii_lowercase()) {
+            Some(Entry {
+                path,
+                label: Some(label),
+            })
+        } else {
+            tracing::warn!(csv = %p, loader = %path, "a boot CSV names a loader that is not on the ESP: ignored");
+            None
+        }
+    });
+    let entries = match from_csv {
+        Some(e) => vec![e],
+        None => files
+            .iter()
+            .filter(|f| !f.to_ascii_lowercase().ends_with(".csv"))
+            .map(|f| Entry {
+                path: f.clone(),
+                label: None,
+            })
+            .collect(),
+    };
+    Ok(Loaders { files, entries })
+}
+
+/// A boot CSV's first line, "loader,label,options,description": UTF-16 (with or without its
+/// byte-order mark, as shim writes them) or UTF-8. The loader must be a plain file name and
+/// the label printable: both come from the image.
+pub fn parse_csv(bytes: &[u8]) -> Option<(String, String)> {
+    let utf16 = |b: &[u8], le: bool| -> Option<String> {
+        let units: Vec<u16> = b
+            .chunks_exact(2)
+            .map(|c| {
+                if le {
+                    u16::from_le_bytes([c[0], c[1]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        String::from_utf16(&units).ok()
+    };
+    let text = match bytes {
+        [0xff, 0xfe, rest @ ..] => utf16(rest, true)?,
+        [0xfe, 0xff, rest @ ..] => utf16(rest, false)?,
+        [_, 0, ..] => utf16(bytes, true)?,
+        _ => String::from_utf8(bytes.to_vec()).ok()?,
+    };
+    let line = text.lines().next()?.trim_start_matches('\u{feff}');
+    let mut fields = line.splitn(4, ',');
+    let loader = fields.next()?.trim().to_string();
+    let label = fields.next()?.trim().to_string();
+    let plain = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| !c.is_control());
+    let file_name = plain(&loader) && !loader.contains(['\\', '/']) && loader != "..";
+    (file_name && plain(&label)).then_some((loader, label))
 }
 
 /// What [`mirror`] copied.
@@ -327,7 +463,7 @@ pub(crate) mod tests {
         }
         let mut fs = std::fs::read(&p).unwrap();
         assert_eq!(
-            loaders_in(Cursor::new(fs.clone()), "esp").unwrap(),
+            loaders_in(Cursor::new(fs.clone()), "esp").unwrap().files,
             vec!["\\EFI\\BOOT\\BOOTX64.EFI".to_string()]
         );
         // FAT16: the EFI directory's first cluster from its root entry, then every FAT's
@@ -367,6 +503,131 @@ pub(crate) mod tests {
         assert!(b.unwrap_err().contains("directory entries"));
     }
 
+    /// An ESP as Ubuntu's shim leaves it: `\EFI\ubuntu` with shim, GRUB and the CSV naming
+    /// shim; the removable path; another architecture's loader beside them.
+    fn shim_esp(csv_text: &[u8]) -> Cursor<Vec<u8>> {
+        use std::io::Write;
+        let (csv, fb, foreign) = if cfg!(target_arch = "aarch64") {
+            ("BOOTAA64.CSV", "BOOTAA64.EFI", "BOOTX64.EFI")
+        } else {
+            ("BOOTX64.CSV", "BOOTX64.EFI", "BOOTAA64.EFI")
+        };
+        let mut img = Cursor::new(vec![0u8; 8 << 20]);
+        fatfs::format_volume(&mut img, fatfs::FormatVolumeOptions::new()).unwrap();
+        {
+            let fs = fatfs::FileSystem::new(&mut img, fatfs::FsOptions::new()).unwrap();
+            let efi = fs.root_dir().create_dir("EFI").unwrap();
+            let vendor = efi.create_dir("ubuntu").unwrap();
+            for f in ["shimx64.efi", "shimaa64.efi", "grubx64.efi", "mmx64.efi"] {
+                vendor.create_file(f).unwrap().write_all(b"MZ").unwrap();
+            }
+            vendor
+                .create_file(csv)
+                .unwrap()
+                .write_all(csv_text)
+                .unwrap();
+            let boot = efi.create_dir("BOOT").unwrap();
+            for f in [fb, foreign] {
+                boot.create_file(f).unwrap().write_all(b"MZ").unwrap();
+            }
+        }
+        img.set_position(0);
+        img
+    }
+
+    fn utf16le_bom(s: &str) -> Vec<u8> {
+        let mut b = vec![0xff, 0xfe];
+        b.extend(s.encode_utf16().flat_map(u16::to_le_bytes));
+        b
+    }
+
+    #[test]
+    fn a_shim_csv_names_the_entry_and_foreign_loaders_are_left_out() {
+        let shim = if cfg!(target_arch = "aarch64") {
+            "shimaa64.efi"
+        } else {
+            "shimx64.efi"
+        };
+        let got = loaders_in(
+            shim_esp(&utf16le_bom(&format!(
+                "{shim},ubuntu,,This is the boot entry for ubuntu\n"
+            ))),
+            "esp",
+        )
+        .unwrap();
+        let csv = if cfg!(target_arch = "aarch64") {
+            "\\EFI\\ubuntu\\BOOTAA64.CSV"
+        } else {
+            "\\EFI\\ubuntu\\BOOTX64.CSV"
+        };
+        assert_eq!(
+            got.files,
+            vec![fallback_loader().to_string(), csv.to_string()]
+        );
+        assert_eq!(
+            got.entries,
+            vec![Entry {
+                path: format!("\\EFI\\ubuntu\\{shim}"),
+                label: Some("ubuntu".into())
+            }]
+        );
+        // A CSV naming a loader the ESP lacks, or no loader at all: the loader files are
+        // registered instead (never a path to nothing, never the CSV itself).
+        for text in [
+            utf16le_bom("missing.efi,ubuntu,,x\n"),
+            b"\n".to_vec(),
+            b"../../evil.efi,x,,\n".to_vec(),
+        ] {
+            let got = loaders_in(shim_esp(&text), "esp").unwrap();
+            assert_eq!(
+                got.entries,
+                vec![Entry {
+                    path: fallback_loader().to_string(),
+                    label: None
+                }],
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn boot_csvs_in_their_encodings() {
+        let want = Some(("shimx64.efi".to_string(), "debian".to_string()));
+        assert_eq!(
+            parse_csv(&utf16le_bom("shimx64.efi,debian,,Debian\r\n")),
+            want
+        );
+        let le: Vec<u8> = "shimx64.efi,debian,,\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert_eq!(parse_csv(&le), want);
+        let mut be = vec![0xfe, 0xff];
+        be.extend(
+            "shimx64.efi,debian,,\n"
+                .encode_utf16()
+                .flat_map(u16::to_be_bytes),
+        );
+        assert_eq!(parse_csv(&be), want);
+        assert_eq!(parse_csv(b"shimx64.efi,debian"), want);
+        // Paths, control characters, empty or absurd fields: refused.
+        for bad in [
+            &b"EFI/x.efi,debian,,"[..],
+            b"x.efi,deb\x07ian,,",
+            b",debian,,",
+            b"x.efi,,,",
+            b"x.efi",
+            b"",
+            &[0xff, 0xfe, 0x00, 0xd8][..],
+        ] {
+            assert_eq!(parse_csv(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_csv(format!("x.efi,{}", "l".repeat(65)).as_bytes()),
+            None
+        );
+    }
+
     #[test]
     fn finds_the_esp_and_its_loaders() {
         let d = tempfile::tempdir().unwrap();
@@ -379,7 +640,7 @@ pub(crate) mod tests {
         let esp = find(&p).unwrap().unwrap();
         assert_eq!((esp.number, esp.start, esp.len), (1, 2048 * 512, 32 << 20));
         assert_eq!(
-            loaders(&p, &esp).unwrap(),
+            loaders(&p, &esp).unwrap().files,
             vec![fallback_loader().to_string()]
         );
         let q = d.path().join("noloader.img");

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::hints::HintTarget;
 
 /// Where discovery looks; tests point these at fixture trees.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sources {
     pub sys_block: PathBuf,
     pub dev_disk: PathBuf,
@@ -295,6 +295,18 @@ fn fold_multipath(mut disks: Vec<Disk>, src: &Sources) -> Vec<Disk> {
 
 /// Every whole disk (and md array, and multipath map) in the order the kernel names them.
 pub fn discover(src: &Sources, allow_loop: bool) -> Vec<Disk> {
+    let found = discover_once(src, allow_loop);
+    // Paths of one LUN with no map over them while multipath-tools run: the maps were made
+    // before the last path was scanned, and the minimal ramdisk has no udev to tell
+    // multipathd of it. Make the maps now and look again (only on the machine's own sysfs).
+    let unmapped = found.iter().any(|d| d.kind == "disk" && d.paths.len() > 1);
+    if unmapped && *src == Sources::default() && crate::system::multipath::make_maps() {
+        return discover_once(src, allow_loop);
+    }
+    found
+}
+
+fn discover_once(src: &Sources, allow_loop: bool) -> Vec<Disk> {
     let Ok(entries) = fs::read_dir(&src.sys_block) else {
         return Vec::new();
     };

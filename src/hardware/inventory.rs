@@ -108,7 +108,10 @@ pub fn collect(opts: &Options) -> Inventory {
         bmc_address: bmc.v4,
         bmc_v6address: bmc.v6,
         bmc_mac: bmc.mac,
-        system_vendor: system_vendor(Path::new("/sys/class/dmi/id")),
+        system_vendor: system_vendor(
+            Path::new("/sys/class/dmi/id"),
+            Path::new("/sys/firmware/devicetree/base"),
+        ),
         boot: Boot {
             current_boot_mode: if Path::new("/sys/firmware/efi").exists() {
                 "uefi"
@@ -123,10 +126,12 @@ pub fn collect(opts: &Options) -> Inventory {
     }
 }
 
-/// Parse /proc/cpuinfo (x86 layout; other architectures fill fewer fields).
+/// Parse /proc/cpuinfo: x86's layout, or arm64's (no model name there: the core is named
+/// from its implementer and part numbers, as lscpu names it; flags from `Features`).
 pub fn cpu(cpuinfo: &str) -> Cpu {
     let mut count = 0;
     let mut model = None;
+    let (mut implementer, mut part) = (None, None);
     let mut mhz = None;
     let mut flags = Vec::new();
     let mut sockets = BTreeSet::new();
@@ -139,6 +144,8 @@ pub fn cpu(cpuinfo: &str) -> Cpu {
             "processor" => count += 1,
             "model name" if model.is_none() => model = Some(v.to_string()),
             "cpu MHz" if mhz.is_none() => mhz = Some(v.to_string()),
+            "CPU implementer" if implementer.is_none() => implementer = Some(v.to_string()),
+            "CPU part" if part.is_none() => part = Some(v.to_string()),
             "flags" | "Features" if flags.is_empty() => {
                 flags = v.split_whitespace().map(str::to_string).collect()
             }
@@ -153,6 +160,11 @@ pub fn cpu(cpuinfo: &str) -> Cpu {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .map(|khz| format!("{:.4}", khz as f64 / 1000.0));
+    if model.is_none() {
+        if let (Some(i), Some(p)) = (&implementer, &part) {
+            model = Some(arm_core_name(i, p));
+        }
+    }
     Cpu {
         model_name: model,
         frequency: max.or(mhz),
@@ -162,6 +174,47 @@ pub fn cpu(cpuinfo: &str) -> Cpu {
             .unwrap_or_default(),
         flags,
         socket_count: sockets.len().max(usize::from(count > 0)),
+    }
+}
+
+/// An arm64 core's name from /proc/cpuinfo's `CPU implementer` and `CPU part` (hex), as
+/// lscpu names the common server and board cores; any other pair is named by its numbers.
+pub fn arm_core_name(implementer: &str, part: &str) -> String {
+    let hex = |v: &str| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok();
+    let known = match (hex(implementer), hex(part)) {
+        (Some(0x41), Some(p)) => match p {
+            0xd03 => Some("Cortex-A53"),
+            0xd04 => Some("Cortex-A35"),
+            0xd05 => Some("Cortex-A55"),
+            0xd07 => Some("Cortex-A57"),
+            0xd08 => Some("Cortex-A72"),
+            0xd09 => Some("Cortex-A73"),
+            0xd0a => Some("Cortex-A75"),
+            0xd0b => Some("Cortex-A76"),
+            0xd0c => Some("Neoverse-N1"),
+            0xd0d => Some("Cortex-A77"),
+            0xd40 => Some("Neoverse-V1"),
+            0xd41 => Some("Cortex-A78"),
+            0xd49 => Some("Neoverse-N2"),
+            0xd4a => Some("Neoverse-E1"),
+            0xd4f => Some("Neoverse-V2"),
+            0xd84 => Some("Neoverse-V3"),
+            0xd8e => Some("Neoverse-N3"),
+            _ => None,
+        },
+        (Some(0x43), Some(0x0a1)) => Some("ThunderX 88XX"),
+        (Some(0x43), Some(0x0af)) => Some("ThunderX2 99xx"),
+        (Some(0x46), Some(0x001)) => Some("A64FX"),
+        (Some(0x48), Some(0xd01)) => Some("Kunpeng-920"),
+        (Some(0x4e), Some(0x004)) => Some("Carmel"),
+        (Some(0x50), Some(0x000)) => Some("X-Gene"),
+        (Some(0xc0), Some(0xac3)) => Some("Ampere-1"),
+        (Some(0xc0), Some(0xac4)) => Some("Ampere-1a"),
+        _ => None,
+    };
+    match known {
+        Some(n) => n.to_string(),
+        None => format!("implementer {} part {}", implementer.trim(), part.trim()),
     }
 }
 
@@ -206,7 +259,30 @@ fn memory(smbios: Option<&[u8]>) -> Memory {
 
 use super::read_trim;
 
-fn system_vendor(dmi: &Path) -> SystemVendor {
+/// The machine from SMBIOS (DMI); an arm64 board without it (booted with a device tree)
+/// names itself in the tree: `model`, and its maker as the vendor prefix of the first
+/// `compatible` entry ("raspberrypi,4-model-b" → "raspberrypi").
+fn system_vendor(dmi: &Path, devicetree: &Path) -> SystemVendor {
+    let mut v = dmi_vendor(dmi);
+    if v.product_name.is_empty() && v.manufacturer.is_empty() {
+        // Device tree strings end with NUL; `compatible` is a NUL-separated list.
+        let dt = |name: &str| -> Option<String> {
+            let raw = fs::read(devicetree.join(name)).ok()?;
+            let first = raw.split(|b| *b == 0).next()?;
+            let s = String::from_utf8_lossy(first).trim().to_string();
+            (!s.is_empty()).then_some(s)
+        };
+        if let Some(model) = dt("model") {
+            v.product_name = model;
+        }
+        if let Some(c) = dt("compatible") {
+            v.manufacturer = c.split(',').next().unwrap_or_default().to_string();
+        }
+    }
+    v
+}
+
+fn dmi_vendor(dmi: &Path) -> SystemVendor {
     SystemVendor {
         product_name: read_trim(&dmi.join("product_name")).unwrap_or_default(),
         serial_number: read_trim(&dmi.join("product_serial")).unwrap_or_default(),
@@ -233,6 +309,30 @@ mod tests {
         assert_eq!(c.flags, vec!["fpu", "vme", "sse"]);
         assert_eq!(c.socket_count, 2);
         assert!(c.frequency.is_some());
+    }
+
+    #[test]
+    fn parses_arm64_cpuinfo() {
+        // An Ampere Altra (Neoverse-N1 cores), as its kernel prints it: no model name, no
+        // MHz, no physical id.
+        let core = |n: u32| {
+            format!(
+                "processor\t: {n}\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n\
+                 CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n"
+            )
+        };
+        let c = cpu(&(0..4).map(core).collect::<String>());
+        assert_eq!(c.count, 4);
+        assert_eq!(c.model_name.as_deref(), Some("Neoverse-N1"));
+        assert_eq!(c.flags[..3], ["fp", "asimd", "evtstrm"]);
+        assert!(c.flags.iter().any(|f| f == "atomics"));
+        assert_eq!(c.socket_count, 1);
+        assert_eq!(arm_core_name("0xc0", "0xac3"), "Ampere-1");
+        assert_eq!(arm_core_name("0x41", "0xd08"), "Cortex-A72");
+        assert_eq!(
+            arm_core_name("0x61", "0x022"),
+            "implementer 0x61 part 0x022"
+        );
     }
 
     #[test]
@@ -272,11 +372,36 @@ mod tests {
     fn unknown_vendor_fields_are_empty_strings_as_ipa_reports_them() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("sys_vendor"), "QEMU\n").unwrap();
-        let v = serde_json::to_value(system_vendor(d.path())).unwrap();
+        let v = serde_json::to_value(system_vendor(d.path(), &d.path().join("no-tree"))).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"product_name": "", "serial_number": "", "manufacturer": "QEMU",
                                "firmware": {"vendor": "", "version": "", "build_date": ""}})
+        );
+    }
+
+    #[test]
+    fn a_board_without_smbios_is_named_by_its_device_tree() {
+        let d = tempfile::tempdir().unwrap();
+        let (dmi, dt) = (d.path().join("dmi"), d.path().join("dt"));
+        std::fs::create_dir_all(&dmi).unwrap();
+        std::fs::create_dir_all(&dt).unwrap();
+        std::fs::write(dt.join("model"), b"Raspberry Pi 4 Model B Rev 1.4\0").unwrap();
+        std::fs::write(
+            dt.join("compatible"),
+            b"raspberrypi,4-model-b\0brcm,bcm2711\0",
+        )
+        .unwrap();
+        let v = system_vendor(&dmi, &dt);
+        assert_eq!(v.product_name, "Raspberry Pi 4 Model B Rev 1.4");
+        assert_eq!(v.manufacturer, "raspberrypi");
+        // SMBIOS, where there is one, wins.
+        std::fs::write(dmi.join("sys_vendor"), "Ampere Computing\n").unwrap();
+        std::fs::write(dmi.join("product_name"), "Mt.Jade\n").unwrap();
+        let v = system_vendor(&dmi, &dt);
+        assert_eq!(
+            (v.product_name.as_str(), v.manufacturer.as_str()),
+            ("Mt.Jade", "Ampere Computing")
         );
     }
 }

@@ -244,8 +244,29 @@ impl Netlink {
         } else {
             AddressFamily::Inet
         };
+        self.delete_addresses(index, "an address", |a| a.header.family == family)
+            .await
+    }
+
+    /// Remove one address from a link (a DHCPv6 lease that moved); absent is not an error.
+    pub async fn remove_address(&self, index: u32, ip: IpAddr) -> Result<(), NetError> {
+        self.delete_addresses(index, &ip.to_string(), |a| {
+            a.attributes
+                .iter()
+                .any(|at| matches!(at, AddressAttribute::Address(x) if *x == ip))
+        })
+        .await
+    }
+
+    /// Delete the addresses of link `index` that `pick` chooses; `what` names them in errors.
+    async fn delete_addresses(
+        &self,
+        index: u32,
+        what: &str,
+        pick: impl Fn(&AddressMessage) -> bool,
+    ) -> Result<(), NetError> {
         for a in self.address_messages(index).await? {
-            if a.header.family != family {
+            if !pick(&a) {
                 continue;
             }
             self.handle
@@ -253,25 +274,7 @@ impl Netlink {
                 .del(a)
                 .execute()
                 .await
-                .map_err(nl(format!("removing an address of link {index}")))?;
-        }
-        Ok(())
-    }
-
-    /// Remove one address from a link (a DHCPv6 lease that moved); absent is not an error.
-    pub async fn remove_address(&self, index: u32, ip: IpAddr) -> Result<(), NetError> {
-        for a in self.address_messages(index).await? {
-            if a.attributes
-                .iter()
-                .any(|at| matches!(at, AddressAttribute::Address(x) if *x == ip))
-            {
-                self.handle
-                    .address()
-                    .del(a)
-                    .execute()
-                    .await
-                    .map_err(nl(format!("removing {ip} from link {index}")))?;
-            }
+                .map_err(nl(format!("removing {what} from link {index}")))?;
         }
         Ok(())
     }

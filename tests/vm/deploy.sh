@@ -20,8 +20,9 @@
 #           firmware's PXE; the NIC's iPXE ROM under SeaBIOS) → Ironic's boot.ipxe → Rivet's
 #           kernel and initramfs over HTTP; a partition image, GRUB installed from the image;
 #           rebooted into it over IPMI.
-#  metal3   redfish-virtual-media: inspection (agent inspect interface) → manage → provide →
-#           deploy in one boot (fast-track), then the instance boots.
+#  metal3   redfish-virtual-media: inspection (agent inspect interface) → manage → provide
+#           (automated cleaning) → deploy in one boot (fast-track) onto a SAN LUN over two
+#           paths (multipath; the busy path removed mid-write), then the instance boots.
 #  raid     software RAID through Ironic's agent RAID interface (UEFI, virtual media): RAID-1
 #           root + RAID-0 data on two NVMe disks, deployed, booted with either disk removed,
 #           an erase that keeps "data", delete; an array nothing keeps is stopped and its
@@ -56,6 +57,9 @@ RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 export RIVET
 # shellcheck source=../../scripts/ironic/lib.sh
 source "$ROOT/scripts/ironic/lib.sh"
+# Every wait polls every WAIT_POLL_S seconds (Ironic's API and log, the domain's state): the
+# times the flows print come from Ironic's log, not from when a poll saw them.
+WAIT_POLL_S=2
 # shellcheck source=../lab/lab.sh
 source "$ROOT/tests/lab/lab.sh"
 # lib.sh's helpers (wait_state, node_field) talk to the lab's Ironic.
@@ -135,24 +139,23 @@ enroll_ipmi() {
 }
 
 # log_first PATTERN AFTER: the epoch time of the first line of ironic.log at or after AFTER
-# (epoch seconds) that matches PATTERN (a regular expression); fails when there is none yet.
+# (epoch seconds) that matches PATTERN (an extended regular expression); fails when there is
+# none yet. grep picks the lines (Python reading the whole log, every second of every wait
+# in three lanes, was a good part of the lab's CPU).
 log_first() {
-  "$PY" - "$LAB_DIR/ironic.log" "$1" "$2" <<'PY'
-import datetime, re, sys
-pat, after = re.compile(sys.argv[2]), float(sys.argv[3])
-for line in open(sys.argv[1], errors="replace"):
-    if not pat.search(line):
-        continue
+  { grep -a -E -- "$1" "$LAB_DIR/ironic.log" || true; } | "$PY" -c '
+import datetime, sys
+after = float(sys.argv[1])
+for raw in sys.stdin.buffer:
     try:
-        t = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+        t = datetime.datetime.strptime(raw[:23].decode("ascii", "replace"), "%Y-%m-%d %H:%M:%S.%f")
     except ValueError:
         continue
     e = t.replace(tzinfo=datetime.timezone.utc).timestamp()
     if e >= after:
         print("%.2f" % e)
         sys.exit(0)
-sys.exit(1)
-PY
+sys.exit(1)' "$2"
 }
 # provision NODE BODY: ask for a provision state; remembers when (REQ[NODE]).
 declare -A REQ POWER_ON
@@ -167,7 +170,11 @@ first_heartbeat() {
   local label=$1 node=$2 name=$3 m=$4 end=$((SECONDS + $5)) on hb state
   while ((SECONDS < end)); do
     state=$(node_field "$node" "['provision_state']")
-    [[ "$state" == *failed ]] && fail "$label: node $state before a heartbeat: $(node_field "$node" "['last_error']")"
+    # (a failed state counts once Ironic logged the move into it after the request: right after
+    # a redeploy of a failed node is asked for, the old state can still be read)
+    if [[ "$state" == *failed ]] && log_first "Node $node moved to provision state \"$state\"" "${REQ[$node]}" >/dev/null; then
+      fail "$label: node $state before a heartbeat: $(node_field "$node" "['last_error']")"
+    fi
     since "$name" "$m" | grep -a -E "Kernel panic|Out of memory: Killed" >/dev/null \
       && fail "$label: the ramdisk died: $(since "$name" "$m" | grep -a -E "Kernel panic|Out of memory" | head -2)"
     if on=$(log_first "Successfully set node $node power state to power on" "${REQ[$node]}") \
@@ -176,9 +183,15 @@ first_heartbeat() {
       POWER_ON[$node]=$on
       echo "ok: $label: Ironic powered the node on; the agent's first heartbeat came $(awk "BEGIN{printf \"%.1f\", $hb - $on}") s later"
       echo "time ${label}_boot_to_heartbeat $(awk "BEGIN{printf \"%.0f\", $hb - $on}")s"
+      # A slow one: what the firmware tried before the ramdisk (once 235 s in a full run, not
+      # seen alone), for the next look.
+      if awk "BEGIN{exit !($hb - $on > 90)}"; then
+        echo "slow boot: the firmware's boot attempts:"
+        since "$name" "$m" | grep -a -E "BdsDxe|PXE|Boot000|Start |>>" | sed -n 1,20p || true
+      fi
       return 0
     fi
-    sleep 1
+    sleep "$WAIT_POLL_S"
   done
   fail "$label: no heartbeat within $5 s of the provision request; console: $(since "$name" "$m" | tail -25)"
 }
@@ -200,7 +213,7 @@ domain_off() {
   local end=$((SECONDS + $2))
   while ((SECONDS < end)); do
     [[ "$(virsh -c "$LAB_LIBVIRT" domstate "$1" 2>/dev/null)" == "shut off" ]] && return 0
-    sleep 1
+    sleep "$WAIT_POLL_S"
   done
   return 1
 }
@@ -212,6 +225,15 @@ deployed_disk() {
   disk_raw "$2" "$3" "$4"
   local size; size=$(stat -c %s "$I/boot.raw")
   cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$4" || fail "$1: the disk $3 differs from the image"
+}
+# config_drive LABEL RAW: the disk image RAW has a config drive: a partition whose file system
+# is labelled config-2 (any agent's: the GPT partition's own name is the agent's choice).
+config_drive() {
+  local start found=""
+  for start in $(sgdisk -p "$2" | awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ / {print $2}'); do
+    [[ "$(blkid -p -O $((start * 512)) -o value -s LABEL "$2" 2>/dev/null || true)" == config-2 ]] && found=$start
+  done
+  [[ -n "$found" ]] || fail "$1: no partition holds a config-2 file system: $(sgdisk -p "$2" | tail -4)"
 }
 # booted_os LABEL NAME MARK EXPECT: after the deploy, Ironic rebooted the node into its disk:
 # the test OS's marker (naming the boot path) is on the console.
@@ -329,13 +351,7 @@ print('ok: vmedia: inspected; the inventory Ironic stored has', nic[0]['name'], 
   fi
   booted_os vmedia $N "$m" "rivet.flow=uefi"
   deployed_disk vmedia $N nvmetarget "$LAB_DIR/vm-disk.raw"
-  # The config drive: a partition whose file system is labelled config-2 (any agent's: the
-  # GPT partition's own name is the agent's choice).
-  local start cd_at=""
-  for start in $(sgdisk -p "$LAB_DIR/vm-disk.raw" | awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ / {print $2}'); do
-    [[ "$(blkid -p -O $((start * 512)) -o value -s LABEL "$LAB_DIR/vm-disk.raw" 2>/dev/null || true)" == config-2 ]] && cd_at=$start
-  done
-  [[ -n "$cd_at" ]] || fail "vmedia: no partition on the NVMe disk holds a config-2 file system: $(sgdisk -p "$LAB_DIR/vm-disk.raw" | tail -4)"
+  config_drive vmedia "$LAB_DIR/vm-disk.raw"
   rm -f "$LAB_DIR/vm-disk.raw"
   echo "ok: vmedia: the NVMe disk holds the image and a config drive"
   [[ "${VMEDIA_UNDEPLOY:-1}" == 1 ]] || return 0
@@ -443,12 +459,22 @@ flow_ipxe() {
 # --- metal3: inspection → manage → provide → deploy in one boot (fast-track), virtual media -
 # The provisioning network reaches this node only tagged, on VLAN 100 (its switch port sends
 # LLDP naming VLAN 100), and it boots with Metal3's default ipa-enable-vlan-interfaces=all.
+# san_written NAME: "san0 BYTES" and "san1 BYTES" written through each SAN path, from QEMU.
+san_written() {
+  virsh -c "$LAB_LIBVIRT" qemu-monitor-command "$1" --hmp "info blockstats" | tr -d '\r' \
+    | awk '/^san[01]:/{sub(":", "", $1); for (i = 2; i <= NF; i++) if ($i ~ /^wr_bytes=/) {split($i, a, "="); print $1, a[2]}}'
+}
 flow_metal3() {
   N=vm-metal3 MAC=52:54:00:15:00:04
   local tap; tap=$(lab_vlan_port m3 100) || fail "metal3: cannot make the VLAN-only port"
-  DOM=$(LAB_NIC_TAP=$tap lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G)
+  # Its root disk is a SAN LUN over two paths (lab_node's mpath); the LUN starts with a GPT
+  # (the test image's first MiB), which the cleaning on "provide" erases.
+  DOM=$(LAB_NIC_TAP=$tap lab_node $N uefi $MAC 1024 nvme:nvmetarget:8G virtio4k:v4ktarget:8G mpath:santarget:4G)
+  local san=$LAB_DIR/nodes/$N/santarget.raw
+  dd if="$I/boot.raw" of="$san" bs=1M count=1 conv=notrunc status=none
   NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "metal3: enrolment failed"
   lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/driver_info/fast_track", "value": true},
+    {"op": "replace", "path": "/automated_clean", "value": true},
     {"op": "add", "path": "/driver_info/kernel_append_params", "value": "nofb vga=normal console=ttyS0,115200 ipa-enable-vlan-interfaces=all"},
     {"op": "replace", "path": "/inspect_interface", "value": "agent"}]' >/dev/null
   m=$(mark $N)
@@ -464,12 +490,17 @@ inv = json.load(sys.stdin)['inventory']
 serials = sorted(d.get('serial') for d in inv['disks'])
 macs = [i['mac_address'] for i in inv['interfaces']]
 assert 'nvmetarget' in serials and 'v4ktarget' in serials, serials
+# The SAN LUN once, as its multipath map (its two paths are not disks of their own).
+san = [d for d in inv['disks'] if d.get('wwn') == '$LAB_SAN_WWN']
+assert len(san) == 1 and serials.count('santarget') == 1, inv['disks']
+assert san[0]['name'].startswith('/dev/dm-'), san
 assert '$MAC' in macs, macs
 assert inv['system_vendor']['manufacturer'] == 'QEMU', inv['system_vendor']
 vlans = [i['name'] for i in inv['interfaces'] if i['name'].endswith('.100') and i.get('ipv4_address')]
 assert vlans, inv['interfaces']
-print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'VLAN interface', vlans, 'vendor', inv['system_vendor']['manufacturer'])" \
-    || fail "metal3: the stored inventory is not this VM's (or has no addressed VLAN 100 interface)"
+print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'VLAN interface', vlans, 'vendor', inv['system_vendor']['manufacturer'])
+print('ok: metal3: the SAN LUN over two paths is one disk in the inventory:', san[0]['name'], san[0]['wwn'], san[0]['size'])" \
+    || fail "metal3: the stored inventory is not this VM's (or has no addressed VLAN 100 interface, or not one SAN disk)"
   con=$(since $N "$m")
   grep -a -q -E "VLAN 100 on [a-z0-9]+, DHCPv4" <<<"$con" \
     || fail "metal3: no VLAN 100 from LLDP: $(grep -a -i -E "vlan|lldp" <<<"$con" | tail -5)"
@@ -479,33 +510,64 @@ print('inventory stored by the conductor: disks', serials, 'NIC', macs, 'VLAN in
   local hb_end=$((SECONDS + 180))
   until hb=$(log_first "POST /v1/heartbeat/$NODE - 202" "$posted"); do
     ((SECONDS < hb_end)) || fail "metal3: the agent did not heartbeat after its inspection: $(since $N "$m" | tail -10)"
-    sleep 1
+    sleep "$WAIT_POLL_S"
   done
   echo "time metal3_inspection_data_to_heartbeat $(awk "BEGIN{printf \"%.0f\", $hb - $posted}")s"
-  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"nvmetarget\"}},
-    {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot.qcow2\",
-    \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
+  # The root device is the SAN LUN, by WWN; the image comes slowly (nginx's rate-limited
+  # path) so that a path can be pulled while it is written.
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"wwn\": \"$LAB_SAN_WWN\"}},
+    {\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$LAB_HTTP/slow/images/boot.raw\",
+    \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot.raw")\", \"image_disk_format\": \"raw\"}}]" >/dev/null
+  # "provide" cleans (automated cleaning, erase_devices_metadata) in the same boot.
   lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
-  wait_state "$NODE" available 300 || fail "metal3: provide failed"
-  lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "active"}' >/dev/null
-  wait_state "$NODE" active 600 || fail "metal3: the fast-track deploy failed: $(since $N "$m" | tail -20)"
+  wait_state "$NODE" available 300 || fail "metal3: provide failed: $(node_field "$NODE" "['last_error']")"
+  erased=$(since $N "$m" | grep -a "metadata erased" | grep -a -o "disk=[^ ]*" || true)
+  [[ $(grep -c "disk=/dev/dm-" <<<"$erased") == 1 && $(grep -c "disk=/dev/sd" <<<"$erased") == 0 ]] \
+    || fail "metal3: cleaning did not erase the SAN LUN once through its map: $erased"
+  [[ -z "$(dd if="$san" bs=512 skip=1 count=1 status=none | tr -d '\0')" ]] \
+    || fail "metal3: the SAN LUN's GPT header survived the metadata erase"
+  echo "ok: metal3: automated cleaning erased the SAN LUN once, through its map ($(tr '\n' ' ' <<<"$erased"))"
+  m2=$(mark $N)
+  # With a config drive: a partition the agent adds on the map, written through its byte range.
+  lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "active", "configdrive": {"meta_data": {"hostname": "metal3.rivet.example"}}}' >/dev/null
+  # Pull the path the writes go through (the one QEMU counts them on) while write_image runs.
+  wait_console $N "$m2" "image recognised" 300 || fail "metal3: the write never started: $(since $N "$m2" | tail -10)"
+  local before after busy
+  before=$(san_written $N); sleep 2; after=$(san_written $N)
+  busy=$(paste <(echo "$before") <(echo "$after") | awk '$4 - $2 > best {best = $4 - $2; p = $1} END{print p}')
+  [[ "$busy" == san[01] ]] || fail "metal3: no writes on a SAN path in QEMU's block statistics: $before / $after"
+  virsh -c "$LAB_LIBVIRT" qemu-monitor-command $N --hmp "device_del ${busy/san/sanpath}" >/dev/null \
+    || fail "metal3: cannot remove the SAN path ${busy/san/sanpath}"
+  echo "ok: metal3: removed the SAN path carrying the writes (${busy/san/sanpath}) while write_image ran"
+  wait_state "$NODE" active 600 || fail "metal3: the fast-track deploy failed: $(node_field "$NODE" "['last_error']"): $(since $N "$m" | tail -20)"
+  since $N "$m2" | grep -a -c -i "failing path" >/dev/null \
+    || fail "metal3: multipath never failed over: $(since $N "$m2" | grep -a -i -E "multipath|sd[a-z]" | tail -5)"
+  echo "ok: metal3: multipath failed over to the other path and the deploy finished"
   t=$(log_first "Node $NODE moved to provision state \"active\"" "$on")
   echo "time metal3_power_on_to_active $(awk "BEGIN{printf \"%.0f\", $t - $on}")s"
   booted_os metal3 $N "$m" "rivet.flow=uefi"
   boots=$(since $N "$m" | grep -a -c "rivet-timeline init_start" || true)
   [[ "$boots" == 1 ]] || fail "metal3: the ramdisk booted $boots times between inspection and the deployed OS"
-  echo "ok: metal3: inspected, provided and deployed by one ramdisk boot, then the instance booted"
+  echo "ok: metal3: inspected, cleaned, provided and deployed by one ramdisk boot, then the instance booted from the SAN LUN"
+  domain_off $N 120 || fail "metal3: the test OS did not power off"
+  local size; size=$(stat -c %s "$I/boot.raw")
+  cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot.raw" "$san" || fail "metal3: the SAN LUN differs from the image"
+  config_drive metal3 "$san"
+  echo "ok: metal3: the SAN LUN holds the image and a config drive"
 }
 
 # --- raid: software RAID, UEFI (virtual media) and BIOS (iPXE) ------------------------------
-# md superblocks: v1.2 4 KiB into the array partitions (root at 551 MiB, data 3 GiB later),
+# The root arrays are 1 GiB (the images are under 64 MiB): md resyncs a new RAID-1 whole, and
+# under emulation each GiB costs the node about 30 s of a core (3 GiB: 89 s, the lab's largest
+# single cost).
+# md superblocks: v1.2 4 KiB into the array partitions (root at 551 MiB, data 1 GiB later),
 # v1.0 8 KiB before the end of the ESP mirror's partition (1 MiB + 550 MiB).
 md_magic() { # RAW: how many of the three superblocks carry md's magic
   "$PY" - "$1" <<'PY'
 import sys
 f = open(sys.argv[1], "rb"); M = 1 << 20
 n = 0
-for off in (551 * M + 4096, 551 * M + (3 << 30) + 4096, 551 * M - 8192):
+for off in (551 * M + 4096, 551 * M + (1 << 30) + 4096, 551 * M - 8192):
     f.seek(off); n += f.read(4) == bytes.fromhex("fc4e2ba9")
 print(n)
 PY
@@ -544,7 +606,7 @@ flow_raid() {
   lab_api PATCH "/v1/nodes/$RNODE" '[{"op": "replace", "path": "/raid_interface", "value": "agent"},
     {"op": "add", "path": "/driver_info/fast_track", "value": true}]' >/dev/null
   lab_api PUT "/v1/nodes/$RNODE/states/raid" '{"logical_disks": [
-    {"size_gb": 3, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
+    {"size_gb": 1, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
      "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]},
     {"size_gb": "MAX", "raid_level": "0", "controller": "software", "volume_name": "data",
      "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]}]}' >/dev/null
@@ -625,7 +687,7 @@ print('raid_config stored by the conductor:', [(x['volume_name'], x['raid_level'
   "$ROOT/tests/vm/make-raid-bios-image.sh" "$I/raidbios.raw" "$LAB_DIR/http/ramdisk/rivet.kernel" "$BIOS_UUID"
   chmod a+r "$I/raidbios.raw"
   lab_api PUT "/v1/nodes/$BNODE/states/raid" '{"logical_disks": [
-    {"size_gb": 3, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
+    {"size_gb": 1, "raid_level": "1", "controller": "software", "volume_name": "root", "is_root_volume": true,
      "physical_disks": [{"serial": "raida"}, {"serial": "raidb"}]}]}' >/dev/null
   m=$(mark $N)
   provision "$BNODE" '{"target": "clean", "clean_steps": [{"interface": "raid", "step": "create_configuration"}]}'
@@ -754,8 +816,22 @@ flow_powerloss() {
   cut=$(date +%s)
   echo "ok: powerloss: the node lost its power (Redfish ForceOff) while write_image ran"
   wait_state "$NODE" "deploy failed" 400 || fail "powerloss: the node did not end in 'deploy failed'"
-  err=$(node_field "$NODE" "['last_error']")
-  [[ "$err" == *"Timeout reached while waiting for callback"* ]] || fail "powerloss: unclear last_error: $err"
+  # Ironic saves "deploy failed" first and the error its clean-up writes a moment later
+  # (once read as null under load).
+  for _ in $(seq 1 30); do
+    err=$(node_field "$NODE" "['last_error']")
+    [[ "$err" != null ]] && break
+    sleep 1
+  done
+  # Ironic 39's timeout clean-up fails the node a second time ('fail' from 'deploy failed'), and
+  # the error of that can take last_error's place (seen once in a CI run): the conductor's log
+  # then still says why the node failed.
+  if [[ "$err" != *"Timeout reached while waiting for callback"* ]]; then
+    log_first "Timeout reached while waiting for callback for node $NODE" "$cut" >/dev/null \
+      || fail "powerloss: unclear last_error, and no callback timeout in Ironic's log: $err"
+    echo "note: powerloss: Ironic's log has the callback timeout; last_error holds its clean-up's error: $err"
+    err="Timeout reached while waiting for callback for node $NODE (Ironic's log)"
+  fi
   echo "ok: powerloss: 'deploy failed' $(( $(date +%s) - cut )) s after the cut; last_error: $err"
   # The next deploy succeeds and boots, though the bond's active NIC loses its link while the
   # image is written (slowly again, so there is a middle to cut in).
@@ -931,12 +1007,20 @@ for ((l = 0; l < LANES; l++)); do
   ) > "$LAB_DIR/lane-$l.log" 2>&1 &
   LANE_PID[$l]=$!
 done
-failed=0
+failed=()
 for ((l = 0; l < LANES; l++)); do
   rc=0; wait "${LANE_PID[$l]}" || rc=$?
   echo "=== lane $l ($(lane_flows $l | tr ' ' '\n' | while read -r f; do want "$f" && printf '%s ' "$f"; done)): $( ((rc == 0)) && echo ok || echo FAILED)"
   cat "$LAB_DIR/lane-$l.log"
-  ((rc == 0)) || failed=1
+  ((rc == 0)) || failed+=("$l")
 done
-((failed == 0)) || fail "a lane failed (above)"
+# The failing flow and its FAIL line named again last: a log cut to its tail still says which.
+if ((${#failed[@]})); then
+  why=""
+  for l in "${failed[@]}"; do
+    why+=" lane $l: flow $(grep -a -E '^=== flow [a-z0-9_]+$' "$LAB_DIR/lane-$l.log" | tail -1 | cut -d' ' -f3 || true):"
+    why+=" $(grep -a -E '^FAIL: ' "$LAB_DIR/lane-$l.log" | tail -1 | cut -c7-400 || true);"
+  done
+  fail "a lane failed (above):$why"
+fi
 echo "PASS vm deploy in the lab ($((SECONDS - t0)) s)"
