@@ -28,7 +28,7 @@ export API="http://127.0.0.1:$API_PORT"
 NGINX_PORT=${NGINX_PORT:-8098}
 export IMG="http://127.0.0.1:$NGINX_PORT"
 "$ROOT/scripts/deps.sh"
-dpkg -s nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+"$ROOT/scripts/apt-install.sh" nginx-light
 [[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh"
 # shellcheck source=ironic/lib.sh
 source "$ROOT/scripts/ironic/lib.sh"

@@ -10,8 +10,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SIZE_GIB=${SIZE_GIB:-2}; RUNS=${RUNS:-3}; PORT=${PORT:-8099}; PROXY_PORT=$((PORT + 1))
-need=(); for p in nginx-light time zstd curl e2fsprogs qemu-utils python3; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if ((${#need[@]})); then apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+"$ROOT/scripts/apt-install.sh" nginx-light time zstd curl e2fsprogs qemu-utils python3
 RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 [[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh" >/dev/null
 W=$(mktemp -d -p "${BENCH_DIR:-/var/tmp}")

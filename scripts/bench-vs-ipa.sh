@@ -24,15 +24,9 @@ mkdir -p "$CACHE"
 
 build_ipa() {
   [[ -f "$CACHE/ipa.initramfs" && -f "$CACHE/ipa.kernel" ]] && return 0
-  local t0=$SECONDS need=() p
-  for p in debootstrap squashfs-tools qemu-utils cpio git curl xz-utils zstd kpartx sudo \
-           python3-venv; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-  done
-  if ((${#need[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  local t0=$SECONDS
+  "$ROOT/scripts/apt-install.sh" debootstrap squashfs-tools qemu-utils cpio git curl xz-utils zstd \
+    kpartx sudo python3-venv
   [[ -x "$CACHE/venv/bin/ironic-python-agent-builder" ]] || {
     python3 -m venv "$CACHE/venv"
     "$CACHE/venv/bin/pip" install -q -U pip

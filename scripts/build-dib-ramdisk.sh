@@ -9,15 +9,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(mkdir -p "${1:-$ROOT/target/dib}" && cd "${1:-$ROOT/target/dib}" && pwd)
 VENV=${DIB_VENV:-$HOME/.cache/rivet-dib/venv}
-need=()
-for p in zstd debootstrap squashfs-tools kpartx qemu-utils cpio gdisk dosfstools e2fsprogs util-linux \
-         parted sudo git curl xz-utils lsb-release python3-venv; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/apt-install.sh" zstd debootstrap squashfs-tools kpartx qemu-utils cpio gdisk dosfstools \
+  e2fsprogs util-linux parted sudo git curl xz-utils lsb-release python3-venv
 if [[ ! -x "$VENV/bin/disk-image-create" ]]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q diskimage-builder

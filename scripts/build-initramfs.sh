@@ -19,12 +19,7 @@ RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 CACHE=${CACHE:-$HOME/.cache/rivet-ramdisk}
 COMPRESS=${COMPRESS:-gzip}
 t0=$(date +%s.%N)
-need=()
-for p in busybox-static cpio kmod; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/apt-install.sh" busybox-static cpio kmod
 [[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh" >/dev/null
 if [[ -z "${KVER:-}" ]]; then
   KVER=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-", "", $2); print $2; exit}')

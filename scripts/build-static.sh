@@ -16,7 +16,6 @@ case "$ARCH" in
   *) echo "ARCH must be x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
 esac
 TARGET=$ARCH-unknown-linux-gnu
-need=()
 pkgs=(libblkid-dev libclang-dev file)
 if [[ "$ARCH" != "$(uname -m)" ]]; then
   [[ "$ARCH" == aarch64 ]] || { echo "cross builds go to aarch64 only" >&2; exit 2; }
@@ -28,13 +27,7 @@ if [[ "$ARCH" != "$(uname -m)" ]]; then
   export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/include/aarch64-linux-gnu -I/usr/include"
   export PKG_CONFIG_ALLOW_CROSS=1
 fi
-for pkg in "${pkgs[@]}"; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+"$ROOT/scripts/apt-install.sh" "${pkgs[@]}"
 rustup target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null || rustup target add "$TARGET"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$TARGET"

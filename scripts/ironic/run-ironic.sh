@@ -139,8 +139,7 @@ esac
 
 if [[ ! -x "$VENV/bin/ironic" ]]; then
   if [[ "${INSTALL:-1}" == 1 ]]; then
-    command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl; }
-    python3 -c 'import venv, ensurepip' 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+    "$(dirname "$0")/../apt-install.sh" curl python3-venv
     mkdir -p "$(dirname "$VENV")"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q -U pip

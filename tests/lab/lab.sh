@@ -58,13 +58,7 @@ lab_daemon() {
 # lab_deps: Debian packages and the Python tools (sushy-tools, virtualbmc) in their own venv;
 # Ironic's venv (scripts/ironic/run-ironic.sh install) gains sushy for the redfish driver.
 lab_deps() {
-  local need=() p
-  for p in "${LAB_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
-  if ((${#need[@]})); then
-    lab_log "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  "$LAB_ROOT/scripts/apt-install.sh" "${LAB_PACKAGES[@]}"
   if [[ ! -x "$LAB_VENV/bin/sushy-emulator" || ! -x "$LAB_VENV/bin/vbmcd" ]]; then
     lab_log "making $LAB_VENV (sushy-tools, virtualbmc, libvirt-python)"
     python3 -m venv "$LAB_VENV"
