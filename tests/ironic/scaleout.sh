@@ -161,7 +161,8 @@ echo "ok: killed the first API process at $((SECONDS - tdeploy)) s; the agents a
 # handling, the release of the node's lock among them, and a live conductor never frees its
 # own lock. The operator's fix is to restart that conductor: at start-up it clears its
 # locks and moves its nodes left mid-step to "deploy failed".
-STUCK=${STUCK:-60}
+# Generous: on a loaded machine a conductor that works may keep a node in deploying for a while.
+STUCK=${STUCK:-120}
 stuck_locks() {
   "$PY" - "$API" "$STUCK" "$@" <<'PY'
 import datetime, json, sys, urllib.request
@@ -199,16 +200,18 @@ PY
 }
 
 # --- the end state ---------------------------------------------------------------------------
-declare -A RETRIED=() CUT=() RESTARTED=()
-end=$((SECONDS + 600))
+declare -A RETRIED=() CUT=() RESTARTED=() FREED=()
+end=$((SECONDS + 600)) report=$((SECONDS + 30))
 while ((SECONDS < end)); do
   start_agents
   locks=$(stuck_locks "${NODES[@]}") || fail "cannot read the nodes' locks from the API"
   while read -r holder node; do
     [[ -z "$holder" ]] && continue
-    [[ -n "${RESTARTED[$holder]:-}" ]] && fail "node $node stuck in deploying again after conductor $holder's restart"
+    # A restart frees every lock its conductor held: the same node stuck again means it did not.
+    [[ -n "${FREED[$node]:-}" ]] && fail "node $node stuck in deploying again after conductor ${FREED[$node]}'s restart"
+    ((${#FREED[@]} < 6)) || fail "node $node stuck in deploying under $holder; conductors restarted six times already: ${!RESTARTED[*]}"
     echo "node $node: in deploying for over $STUCK s, under the live conductor $holder (the lock's release failed in the database outage); restarting $holder"
-    RESTARTED[$holder]=1
+    RESTARTED[$holder]=1 FREED[$node]=$holder
     "$ROOT/scripts/ironic/run-ironic.sh" conductor-restart "${holder##*.}" || fail "could not restart conductor $holder"
   done <<<"$locks"
   read -r -a st <<<"$(states "${NODES[@]}")"
@@ -242,13 +245,23 @@ while ((SECONDS < end)); do
     esac
   done
   ((busy == 0)) && break
+  if ((SECONDS >= report)); then
+    echo "  $((SECONDS - tdeploy)) s: $(tally)"; report=$((SECONDS + 30))
+  fi
   sleep 1
 done
 read -r -a st <<<"$(states "${NODES[@]}")"
 lost=0
 for ((i = 0; i < N; i++)); do [[ "${st[$i]}" == active ]] || lost=$((lost + 1)); done
-((lost == 0)) || fail "$lost nodes not active after 600 s:
+if ((lost > 0)); then
+  # What the conductors last said of each (their logs name the node by UUID).
+  for u in $(not_active "${NODES[@]}" | awk '{print $2}' | tr -d :); do
+    echo "--- conductor log lines on $u (last 4):"
+    grep -a -h "$u" "$STATE"/conductor-*.log | grep -a -E "ERROR|WARNING|state|fail" | tail -n 4 | cut -c1-300 || true
+  done
+  fail "$lost nodes not active after 600 s:
 $(not_active "${NODES[@]}")"
+fi
 echo "ok: all $N nodes active $((SECONDS - tdeploy)) s after the deploys were asked for"
 
 # No agent restarted: each ran once and ended (exit 0) at its node's power-off.
