@@ -7,26 +7,43 @@
 # loads the modules, runs `rivet network` (network_data.json or DHCP, VLANs, bonds) and keeps
 # the agent running.
 #
-# usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk)
-#   -> OUT_DIR/rivet.kernel (bzImage), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
-# env: RIVET (binary, default the static release build), KVER (kernel ABI, default Debian's),
-#      EXTRA_MODULES, CACHE (downloaded .debs, default ~/.cache/rivet-ramdisk),
+# usage: scripts/build-initramfs.sh [OUT_DIR]      (default: target/ramdisk, target/ramdisk-arm64)
+#   -> OUT_DIR/rivet.kernel (Debian's vmlinuz), OUT_DIR/rivet.initramfs (cpio; COMPRESS=gzip|zstd|none)
+# env: ARCH (x86_64 or aarch64, default this machine's: the arm64 ramdisk is built here from
+#      Debian's arm64 packages, downloaded and unpacked, nothing emulated), RIVET (binary,
+#      default the static release build of ARCH), KVER (kernel ABI, default Debian's),
+#      EXTRA_MODULES, CACHE (downloaded .debs, default ~/.cache/rivet-ramdisk[-arm64]),
 #      RIVET_STEPS_DIR (custom steps to ship in /etc/rivet/steps.d)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=$(mkdir -p "${1:-$ROOT/target/ramdisk}" && cd "${1:-$ROOT/target/ramdisk}" && pwd)
-RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
-CACHE=${CACHE:-$HOME/.cache/rivet-ramdisk}
+ARCH=${ARCH:-$(uname -m)}
+case "$ARCH" in
+  x86_64 | amd64) ARCH=x86_64 DEB=amd64 SUFFIX="" ;;
+  aarch64 | arm64) ARCH=aarch64 DEB=arm64 SUFFIX=-arm64 ;;
+  *) echo "ARCH must be x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
+esac
+OUT=$(mkdir -p "${1:-$ROOT/target/ramdisk$SUFFIX}" && cd "${1:-$ROOT/target/ramdisk$SUFFIX}" && pwd)
+RIVET=${RIVET:-$ROOT/target/$ARCH-unknown-linux-gnu/release/rivet}
+CACHE=${CACHE:-$HOME/.cache/rivet-ramdisk$SUFFIX}
 COMPRESS=${COMPRESS:-gzip}
 t0=$(date +%s.%N)
-"$ROOT/scripts/apt-install.sh" busybox-static cpio kmod
-[[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh" >/dev/null
+# Another architecture's packages: apt knows them once it is a foreign architecture here.
+CROSS=""
+[[ "$ARCH" == "$(uname -m)" ]] || CROSS=1
+if [[ -n "$CROSS" ]]; then
+  "$ROOT/scripts/apt-install.sh" --foreign-arch "$DEB" cpio kmod file binutils python3
+else
+  "$ROOT/scripts/apt-install.sh" busybox-static cpio kmod file
+fi
+[[ -x "$RIVET" ]] || ARCH=$ARCH "$ROOT/scripts/build-static.sh" >/dev/null
+file -b "$RIVET" | grep -q "$([[ "$ARCH" == aarch64 ]] && echo "ARM aarch64" || echo "x86-64")" \
+  || { echo "$RIVET is not an $ARCH binary: $(file -b "$RIVET")" >&2; exit 2; }
 if [[ -z "${KVER:-}" ]]; then
-  KVER=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{sub("linux-image-", "", $2); print $2; exit}')
+  KVER=$(apt-cache depends "linux-image-$DEB:$DEB" | awk '/Depends: linux-image-[0-9]/{sub("linux-image-", "", $2); sub(":.*", "", $2); print $2; exit}')
 fi
 mkdir -p "$CACHE"
 cd "$CACHE"
-ls "linux-image-${KVER}_"*.deb >/dev/null 2>&1 || apt-get download -qq "linux-image-$KVER"
+ls "linux-image-${KVER}_"*.deb >/dev/null 2>&1 || apt-get download -qq "linux-image-$KVER:$DEB"
 if [[ ! -f "kernel-$KVER/lib/modules/$KVER/modules.dep" ]]; then
   rm -rf "kernel-$KVER"
   dpkg -x "linux-image-${KVER}_"*.deb "kernel-$KVER"
@@ -35,16 +52,37 @@ if [[ ! -f "kernel-$KVER/lib/modules/$KVER/modules.dep" ]]; then
 fi
 KDIR=$CACHE/kernel-$KVER
 # mdadm for software RAID, from its Debian package (not installed on the build machine).
-ls mdadm_*.deb >/dev/null 2>&1 || apt-get download -qq mdadm
+ls mdadm_*.deb >/dev/null 2>&1 || apt-get download -qq "mdadm:$DEB"
 [[ -x mdadm/sbin/mdadm ]] || { rm -rf mdadm; dpkg -x mdadm_*.deb mdadm; }
+# Another architecture: its busybox, and the libraries every program here links (glibc and
+# what mdadm and multipath-tools pull in), unpacked into one tree they are found in.
+if [[ -n "$CROSS" ]]; then
+  ls busybox-static_*.deb >/dev/null 2>&1 || apt-get download -qq "busybox-static:$DEB"
+  [[ -x busybox/bin/busybox ]] || { rm -rf busybox; dpkg -x busybox-static_*.deb busybox; }
+  SYSROOT_PKGS=(libc6 libudev1 libcap2 libaio1 libdevmapper1.02.1 libedit2 libbsd0 libmd0 libtinfo6
+                libjson-c5 libsystemd0 libgcrypt20 libgpg-error0 liblz4-1 liblzma5 libzstd1 liburcu8
+                libselinux1 libpcre2-8-0)
+  if [[ ! -f sysroot/.done ]]; then
+    rm -rf sysroot sysroot-debs && mkdir sysroot-debs
+    (cd sysroot-debs && apt-get download -qq "${SYSROOT_PKGS[@]/%/:$DEB}")
+    for d in sysroot-debs/*.deb; do dpkg -x "$d" sysroot; done
+    touch sysroot/.done
+  fi
+fi
 
 # multipath-tools for SAN disks reached over two paths, with the libraries it needs that the
 # build machine may lack (Debian's packages, unpacked into one tree; not installed here).
 MPT=(multipath-tools liburcu8 libaio1 libdevmapper1.02.1)
 if [[ ! -x multipath/sbin/multipathd ]]; then
   rm -rf multipath multipath-debs && mkdir multipath-debs
-  (cd multipath-debs && apt-get download -qq "${MPT[@]}")
+  (cd multipath-debs && apt-get download -qq "${MPT[@]/%/:$DEB}")
   for d in multipath-debs/*.deb; do dpkg -x "$d" multipath; done
+  rm -f sysroot/.multipath
+fi
+# Another architecture: multipath's own libraries are found beside the others.
+if [[ -n "$CROSS" && ! -f sysroot/.multipath ]]; then
+  for d in multipath-debs/*.deb; do dpkg -x "$d" sysroot; done
+  touch sysroot/.multipath
 fi
 
 R=$(mktemp -d)
@@ -52,7 +90,13 @@ R=$(mktemp -d)
 chmod 755 "$R"
 trap 'rm -rf "$R"' EXIT
 mkdir -p "$R"/{bin,sbin,dev,proc,sys,run,tmp,etc,usr/bin,usr/sbin,var/log,lib/modules/"$KVER"}
-cp /bin/busybox "$R/bin/busybox"
+if [[ -n "$CROSS" ]]; then
+  cp "$CACHE/busybox/bin/busybox" "$R/bin/busybox"
+  # Every program below finds its libraries in the unpacked tree (ldd cannot run it here).
+  export CROSS_ROOT=$CACHE/sysroot
+else
+  cp /bin/busybox "$R/bin/busybox"
+fi
 install -m 0755 "$RIVET" "$R/usr/bin/rivet"
 # mdadm with the libraries it links (glibc, libudev), at the paths its loader expects.
 "$ROOT/scripts/ramdisk/copy-with-libs.sh" "$R" "$CACHE/mdadm/sbin/mdadm" /sbin/mdadm

@@ -16,19 +16,13 @@ case "$ARCH" in
   *) echo "ARCH must be x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
 esac
 TARGET=$ARCH-unknown-linux-gnu
-pkgs=(libblkid-dev libclang-dev file)
 if [[ "$ARCH" != "$(uname -m)" ]]; then
   [[ "$ARCH" == aarch64 ]] || { echo "cross builds go to aarch64 only" >&2; exit 2; }
-  dpkg --print-foreign-architectures | grep -x arm64 >/dev/null || dpkg --add-architecture arm64
-  pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libblkid-dev:arm64)
-  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-  export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-  # bindgen (blkid-sys) parses the arm64 headers with the cross toolchain's system root.
-  export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu -I/usr/include/aarch64-linux-gnu -I/usr/include"
-  export PKG_CONFIG_ALLOW_CROSS=1
+  # shellcheck source=cross-aarch64.sh
+  source "$ROOT/scripts/cross-aarch64.sh"
+else
+  "$ROOT/scripts/apt-install.sh" libblkid-dev libclang-dev file
 fi
-"$ROOT/scripts/apt-install.sh" "${pkgs[@]}"
-rustup target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null || rustup target add "$TARGET"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$TARGET"
 BIN="target/$TARGET/release/rivet"

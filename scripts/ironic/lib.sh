@@ -11,10 +11,19 @@ STATE="${STATE:-${TMPDIR:-/tmp}/rivet-ironic-state}"
 IRONIC_H=(-H 'Content-Type: application/json' -H 'X-OpenStack-Ironic-API-Version: 1.115')
 
 api() { # METHOD PATH [JSON]: the answer on stdout; a 4xx/5xx answer fails, with its body on stderr
-  local m=$1 p=$2 d=${3:-} out rc=0
-  local args=(-sS --fail-with-body -X "$m" "${IRONIC_H[@]}" "$API$p")
+  local m=$1 p=$2 d=${3:-} out rc code try
+  local args=(-sS --fail-with-body -w '\n%{http_code}' -X "$m" "${IRONIC_H[@]}" "$API$p")
   [[ -n "$d" ]] && args+=(-d "$d")
-  out=$(curl "${args[@]}") || rc=$?
+  # 503 is Ironic's "temporarily unavailable, please retry" (e.g. no conductor yet for a node
+  # while the hash ring settles after a conductor died or restarted): retried for up to 30 s,
+  # as any client of Ironic's should.
+  for try in $(seq 1 30); do
+    rc=0
+    out=$(curl "${args[@]}") || rc=$?
+    code=${out##*$'\n'} out=${out%$'\n'*}
+    ((rc != 0 && code == 503 && try < 30)) || break
+    sleep 1
+  done
   if ((rc)); then
     echo "Ironic API: $m $p failed (curl exit $rc): $out" >&2
     return "$rc"

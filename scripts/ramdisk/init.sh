@@ -53,13 +53,15 @@ mark nic_drivers_loaded
 ip link set lo up
 /usr/bin/rivet network &
 # Rescue: once the agent has set the rescue user's password (rescue.finalize_rescue), the
-# serial console (the last console=ttyS* given) offers a login, as IPA's ramdisks do. Before
-# that there is no login at all (root's password is locked in any case).
+# serial console (the last console=ttyS* or, on arm64, ttyAMA* given) offers a login, as IPA's
+# ramdisks do. Before that there is no login at all (root's password is locked in any case).
 (
   while [ ! -e /etc/ipa-rescue-config/ipa-rescue-password ]; do sleep 1; done
-  tty=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^console=\(ttyS[0-9]*\).*/\1/p' | tail -1)
-  echo "[rivet-init] rescue: login on ${tty:-ttyS0}"
-  while :; do setsid getty -L 115200 "${tty:-ttyS0}" vt100; sleep 1; done
+  tty=$(tr ' ' '\n' < /proc/cmdline | sed -n -e 's/^console=\(ttyS[0-9]*\).*/\1/p' \
+    -e 's/^console=\(ttyAMA[0-9]*\).*/\1/p' | tail -1)
+  [ -n "$tty" ] || { [ "$(uname -m)" = aarch64 ] && tty=ttyAMA0 || tty=ttyS0; }
+  echo "[rivet-init] rescue: login on $tty"
+  while :; do setsid getty -L 115200 "$tty" vt100; sleep 1; done
 ) &
 (
   while :; do
