@@ -2,6 +2,7 @@
 # Build the statically linked release binary:
 #   target/x86_64-unknown-linux-gnu/release/rivet      (ARCH=x86_64, the default)
 #   target/aarch64-unknown-linux-gnu/release/rivet     (ARCH=aarch64: cross-built here)
+# (under $CARGO_TARGET_DIR instead of target/ when it is set)
 # glibc static-pie (+crt-static); the release profile is tuned for size and speed (fat LTO, one
 # codegen unit, unwinding panics, stripped). Installs its build dependencies when missing: for
 # aarch64, Debian's cross toolchain (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross), the arm64
@@ -25,7 +26,7 @@ else
 fi
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
   cargo build --release --locked --target "$TARGET"
-BIN="target/$TARGET/release/rivet"
+BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/rivet"
 desc=$(file -b "$BIN")
 case "$desc" in
   *"static-pie linked"* | *"statically linked"*) ;;

@@ -13,4 +13,7 @@ source "$ROOT/scripts/cross-aarch64.sh"
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64
 # Static, as the release: nothing of the arm64 userland is needed to run them.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static"
-cargo test --locked --target aarch64-unknown-linux-gnu --lib -- "$@"
+# QEMU 7.2's user emulation (Debian 12's) has no openat2 (it answers ENOSYS), the system call
+# that keeps every path the agent opens in an image inside the image's root; arm64 kernels
+# have it (5.6 and later), and the lab's arm64 node runs that code for real.
+cargo test --locked --target aarch64-unknown-linux-gnu --lib -- --skip system::inroot::tests "$@"

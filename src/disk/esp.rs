@@ -321,8 +321,14 @@ pub(crate) mod tests {
     use std::io::Cursor;
     use std::process::{Command, Stdio};
 
-    /// A GPT disk image with a FAT ESP holding `\EFI\BOOT\BOOTX64.EFI` (sgdisk, mkfs.fat,
-    /// mtools). Returns false when the tools are missing.
+    /// This machine's fallback loader's file name (`BOOTX64.EFI`, `BOOTAA64.EFI` on arm64):
+    /// the ESPs the tests make hold the loader this machine boots.
+    pub fn own_loader_name() -> &'static str {
+        fallback_loader().rsplit('\\').next().unwrap_or_default()
+    }
+
+    /// A GPT disk image with a FAT ESP holding this machine's `\EFI\BOOT\BOOT*.EFI`
+    /// (sgdisk, mkfs.fat, mtools). Returns false when the tools are missing.
     pub fn make_disk_with_esp(path: &Path, with_loader: bool) -> bool {
         let have = |t: &str| crate::system::tools::which(t).is_some();
         if !(have("sgdisk") && have("mkfs.fat") && have("mcopy")) {
@@ -361,7 +367,7 @@ pub(crate) mod tests {
             assert!(ok(Command::new("mcopy")
                 .args(["-i", &img])
                 .arg(&loader)
-                .arg("::/EFI/BOOT/BOOTX64.EFI")));
+                .arg(format!("::/EFI/BOOT/{}", own_loader_name()))));
         }
         true
     }
@@ -452,7 +458,7 @@ pub(crate) mod tests {
         run(Command::new("mcopy")
             .args(["-i", &img])
             .arg(&loader)
-            .arg("::/EFI/BOOT/BOOTX64.EFI"));
+            .arg(format!("::/EFI/BOOT/{}", own_loader_name())));
         // Enough entries that \EFI fills its first cluster (16 entries of 512 bytes): the
         // walk then follows the chain, which is where the loop will be.
         for i in 0..30 {
@@ -464,7 +470,7 @@ pub(crate) mod tests {
         let mut fs = std::fs::read(&p).unwrap();
         assert_eq!(
             loaders_in(Cursor::new(fs.clone()), "esp").unwrap().files,
-            vec!["\\EFI\\BOOT\\BOOTX64.EFI".to_string()]
+            vec![fallback_loader().to_string()]
         );
         // FAT16: the EFI directory's first cluster from its root entry, then every FAT's
         // entry for that cluster pointed at itself.

@@ -39,7 +39,7 @@ LAB_REDFISH="http://$LAB_IP:8000"
 LAB_LIBVIRT="qemu:///system?socket=$LAB_DIR/run/libvirt-sock"
 LAB_PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev dnsmasq-base ipmitool ipxe
   xorriso isolinux syslinux-common nginx-light shim-signed grub-efi-amd64-signed ovmf
-  seabios qemu-system-x86 openssl pkg-config gcc chrony ethtool)
+  seabios qemu-system-x86 openssl pkg-config gcc chrony ethtool qemu-system-arm qemu-efi-aarch64)
 
 lab_log() { echo "lab: $*" >&2; }
 lab_fail() { echo "lab: FAIL: $*" >&2; return 1; }
@@ -311,6 +311,32 @@ lab_boot_files_up() {
   mcopy -i "$esp" /usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed ::EFI/BOOT/grubx64.efi
   chmod -R a+rX "$LAB_DIR/http"
 }
+# arm64 nodes (called by the flow that boots one, once the binary exists): the arm64 minimal
+# ramdisk (RIVET_ARM64: the aarch64 static binary; ARCH=aarch64 scripts/build-static.sh) and
+# an ESP image of Debian's arm64 shim and signed GRUB, from their packages (downloaded and
+# unpacked, as the ramdisk's are), where Ironic's [conductor]*_by_arch point.
+lab_arm64_boot_files_up() {
+  local rd=${RAMDISK_ARM64:-$LAB_DIR/ramdisk-arm64-build} cache=$HOME/.cache/rivet-ramdisk-arm64
+  if [[ ! -f "$rd/rivet.initramfs" ]]; then
+    [[ -x "${RIVET_ARM64:-}" ]] || lab_fail "RIVET_ARM64 must name the aarch64 static rivet binary (ARCH=aarch64 scripts/build-static.sh)"
+    ARCH=aarch64 RIVET="$RIVET_ARM64" COMPRESS=zstd "$LAB_ROOT/scripts/build-initramfs.sh" "$rd" >/dev/null || return 1
+  fi
+  mkdir -p "$LAB_DIR/http/ramdisk-arm64" "$cache"
+  cp "$rd/rivet.kernel" "$rd/rivet.initramfs" "$LAB_DIR/http/ramdisk-arm64/"
+  if [[ ! -f "$cache/esp/.done" ]]; then
+    rm -rf "$cache/esp" "$cache/esp-debs" && mkdir -p "$cache/esp-debs"
+    (cd "$cache/esp-debs" && apt-get download -qq shim-signed:arm64 grub-efi-arm64-signed:arm64 2>/dev/null) || return 1
+    local d; for d in "$cache"/esp-debs/*.deb; do dpkg -x "$d" "$cache/esp"; done
+    touch "$cache/esp/.done"
+  fi
+  local esp=$LAB_DIR/http/esp-arm64.img
+  truncate -s 8M "$esp"
+  mkfs.msdos -F 12 -n ESP_IMAGE "$esp" >/dev/null
+  mmd -i "$esp" ::EFI ::EFI/BOOT
+  mcopy -i "$esp" "$cache/esp/usr/lib/shim/shimaa64.efi.signed" ::EFI/BOOT/BOOTAA64.EFI
+  mcopy -i "$esp" "$cache/esp/usr/lib/grub/arm64-efi-signed/grubaa64.efi.signed" ::EFI/BOOT/grubaa64.efi
+  chmod -R a+rX "$LAB_DIR/http"
+}
 
 # --- Ironic 39 (API on HTTPS and conductor, one process) on the bridge address.
 lab_ironic_up() {
@@ -372,7 +398,18 @@ lab_node() {
   local dir=$LAB_DIR/nodes/$name
   mkdir -p "$dir"
   local os disks="" qemu_args="" i=0 spec kind serial size f
-  if [[ "$fw" == uefi ]]; then
+  local emulator=/usr/bin/qemu-system-x86_64 vcpus=2 cpu="<cpu mode='maximum' check='none'/>"
+  local features="<features><acpi/><apic/></features>"
+  if [[ "$fw" == uefi-arm64 ]]; then
+    # An arm64 server: QEMU's virt machine (PCIe, GIC, PL011 UART), AAVMF's UEFI, a Cortex-A57
+    # (emulated; "max" adds pointer authentication, which emulation pays for on every call).
+    os="<os><type arch='aarch64' machine='virt'>hvm</type><loader readonly='yes' secure='no' type='pflash'>/usr/share/AAVMF/AAVMF_CODE.fd</loader><nvram template='/usr/share/AAVMF/AAVMF_VARS.fd'>$dir/VARS.fd</nvram></os>"
+    emulator=/usr/bin/qemu-system-aarch64 vcpus=1 features=""
+    # The SCSI bus the BMC puts its virtual CD on: virtio-scsi, which the firmware drives
+    # (libvirt's own choice here, LSI Logic, AAVMF has no driver for: no CD to boot).
+    disks+="<controller type='scsi' index='0' model='virtio-scsi'/>"
+    cpu="<cpu mode='custom' match='exact' check='none'><model fallback='forbid'>cortex-a57</model></cpu>"
+  elif [[ "$fw" == uefi ]]; then
     # The firmware named, not auto-selected: a BMC that rewrites the domain (virtualbmc's boot
     # device) gets back an expanded definition libvirt refuses to mix with auto-selection.
     os="<os><type arch='x86_64' machine='q35'>hvm</type><loader readonly='yes' secure='no' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader><nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>$dir/VARS.fd</nvram></os>"
@@ -416,7 +453,7 @@ lab_node() {
     i=$((i + 1))
   done
   local rom=""
-  [[ "$fw" == uefi ]] && rom="<rom enabled='no'/>"
+  [[ "$fw" == uefi* ]] && rom="<rom enabled='no'/>"
   # LAB_NIC_TAP=TAP: the NIC is on that tap (lab_vlan_port), not on the bridge; offloads off,
   # so the frames a user-space port forwards are whole. LAB_NIC2_MAC=MAC: a second NIC on
   # the bridge (a bond's second member).
@@ -436,15 +473,15 @@ lab_node() {
 <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>$name</name>
   <memory unit='MiB'>$mem</memory>
-  <vcpu>2</vcpu>
+  <vcpu>$vcpus</vcpu>
   $os
-  <features><acpi/><apic/></features>
-  <cpu mode='maximum' check='none'/>
+  $features
+  $cpu
   $clock
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <emulator>$emulator</emulator>
     $disks
     $nics
     <serial type='unix'><source mode='bind' path='$dir/console.sock'/><log file='$dir/serial.log' append='on'/><target port='0'/></serial>

@@ -34,6 +34,10 @@
 #  rescue   rescue_interface agent (ipmi + ipxe): the node reaches "rescue" through
 #           finalize_rescue, the rescue user logs in on the serial console with the operator's
 #           password (a wrong one is refused), unrescue returns it to "active".
+#  arm64    an arm64 server (QEMU virt, AAVMF) on Redfish virtual media: Ironic picks the
+#           arm64 ramdisk and ESP by the node's cpu_arch (*_by_arch); inspected (the inventory
+#           says aarch64), then in the same boot a whole-disk arm64 image with a config drive;
+#           then a partition image booted through the GRUB (arm64-efi) the agent installs.
 #  faults   a BMC that refuses the password, an ISO Ironic cannot build, a DHCP server that
 #           answers late (the agent meanwhile says it cannot reach the conductor): each a clear
 #           error, and the late one still ends in a heartbeat and a finished cleaning.
@@ -46,7 +50,7 @@
 #                              look, tests/lab/lab.sh down ends it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-ALL_FLOWS="vmedia ipv6 ipxe metal3 raid dib powerloss rescue faults"
+ALL_FLOWS="vmedia ipv6 ipxe metal3 raid dib powerloss rescue faults arm64"
 FLOWS=${FLOWS:-$ALL_FLOWS}
 for f in $FLOWS; do
   [[ " $ALL_FLOWS " == *" $f "* ]] || { echo "FAIL: unknown flow '$f' in FLOWS (known: $ALL_FLOWS)" >&2; exit 2; }
@@ -55,6 +59,13 @@ want() { [[ " $FLOWS " == *" $1 "* ]]; }
 RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
 [[ -x "$RIVET" ]] || { echo "FAIL: no static rivet at $RIVET (scripts/build-static.sh)" >&2; exit 2; }
 export RIVET
+# The arm64 flow: the lab serves the arm64 ramdisk too, built from the aarch64 static binary
+# (RIVET_ARM64; when RIVET_ARM64_STATUS=DIR names a build under way, the flow waits for
+# DIR/.done or DIR/.failed).
+RIVET_ARM64=${RIVET_ARM64:-$ROOT/target/aarch64-unknown-linux-gnu/release/rivet}
+if want arm64 && [[ -z "${RIVET_ARM64_STATUS:-}" && ! -x "$RIVET_ARM64" ]]; then
+  echo "FAIL: no aarch64 static rivet at $RIVET_ARM64 (ARCH=aarch64 scripts/build-static.sh)" >&2; exit 2
+fi
 # shellcheck source=../../scripts/ironic/lib.sh
 source "$ROOT/scripts/ironic/lib.sh"
 # Every wait polls every WAIT_POLL_S seconds (Ironic's API and log, the domain's state): the
@@ -955,6 +966,94 @@ flow_faults() {
   echo "ok: faults: the NIC got its address late; the agent heartbeated and the cleaning ended"
 }
 
+# --- arm64: an arm64 server (QEMU's virt machine, AAVMF) behind Redfish, booted by Ironic over
+# virtual media with the arm64 ramdisk it picks by the node's cpu_arch ([conductor]
+# deploy_kernel_by_arch, bootloader_by_arch: Debian's arm64 shim and GRUB); inspected, then
+# in the same boot (fast-track) a whole-disk arm64 image with a config drive; it boots.
+flow_arm64() {
+  N=vm-arm64 MAC=52:54:00:15:00:0e
+  if [[ -n "${RIVET_ARM64_STATUS:-}" ]]; then
+    local t=$SECONDS
+    until [[ -f "$RIVET_ARM64_STATUS/.done" ]]; do
+      [[ -f "$RIVET_ARM64_STATUS/.failed" ]] && fail "arm64: the aarch64 static build failed"
+      ((SECONDS - t < 1800)) || fail "arm64: no aarch64 static build after 1800 s"
+      sleep 5
+    done
+    echo "ok: arm64: waited $((SECONDS - t)) s for the aarch64 static build"
+  fi
+  export RIVET_ARM64
+  lab_arm64_boot_files_up || fail "arm64: the arm64 ramdisk or ESP image could not be made"
+  local k=$LAB_DIR/http/ramdisk-arm64/rivet.kernel
+  ARCH=aarch64 "$ROOT/tests/vm/make-boot-image.sh" "$I/boot-arm64.raw" "$k"
+  qemu-img convert -f raw -O qcow2 -c "$I/boot-arm64.raw" "$I/boot-arm64.qcow2"
+  PART_UUID_ARM64=4d6f6e21-0000-4000-8000-0000000000a6
+  ARCH=aarch64 "$ROOT/tests/vm/make-partition-image.sh" "$I/part-arm64.raw" "$k" "$PART_UUID_ARM64" >/dev/null
+  qemu-img convert -f raw -O qcow2 -c "$I/part-arm64.raw" "$I/part-arm64.qcow2"
+  chmod a+r "$I"/*-arm64.*
+  DOM=$(lab_node $N uefi-arm64 $MAC 1024 virtio:a64target:4G)
+  NODE=$(enroll_redfish $N "$DOM" $MAC uefi '"cpu_arch": "aarch64"') || fail "arm64: enrolment failed"
+  lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/properties/root_device", "value": {"serial": "a64target"}},
+    {"op": "add", "path": "/driver_info/fast_track", "value": true},
+    {"op": "add", "path": "/driver_info/kernel_append_params", "value": "nofb console=ttyAMA0,115200"}]' >/dev/null \
+    || fail "arm64: Ironic refused the node's settings"
+  m=$(mark $N)
+  provision "$NODE" '{"target": "inspect"}'
+  first_heartbeat arm64 "$NODE" $N "$m" 600
+  wait_state "$NODE" manageable 300 || fail "arm64: inspection failed: $(node_field "$NODE" "['last_error']")"
+  lab_api GET "/v1/nodes/$NODE/inventory" | "$PY" -c "import json,sys
+inv = json.load(sys.stdin)['inventory']
+cpu = inv['cpu']
+assert cpu['architecture'] == 'aarch64', cpu
+assert inv['boot']['current_boot_mode'] == 'uefi', inv['boot']
+assert any(d.get('serial') == 'a64target' for d in inv['disks']), inv['disks']
+print('ok: arm64: inspected; the inventory Ironic stored: cpu', {k: cpu.get(k) for k in ('architecture', 'model_name', 'count')},
+      'boot', inv['boot']['current_boot_mode'], 'system', inv['system_vendor'].get('product_name'))" \
+    || fail "arm64: the inventory Ironic stored is not an arm64 machine's"
+  [[ "$(node_field "$NODE" "['properties'].get('cpu_arch')")" == aarch64 ]] \
+    || fail "arm64: the node's cpu_arch after inspection: $(node_field "$NODE" "['properties']")"
+  con=$(since $N "$m")
+  grep -a -q "boot_method=vmedia" <<<"$con" || fail "arm64: the ramdisk was not booted from virtual media"
+  lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
+  wait_state "$NODE" available 120 || fail "arm64: node did not become available"
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/boot-arm64.qcow2\",
+    \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/boot-arm64.qcow2")\", \"image_disk_format\": \"qcow2\"}}]" >/dev/null
+  lab_api PUT "/v1/nodes/$NODE/states/provision" \
+    '{"target": "active", "configdrive": {"meta_data": {"hostname": "arm64.rivet.example"}}}' >/dev/null
+  reached arm64 "$NODE" active 600 $N "$m"
+  booted_os arm64 $N "$m" "rivet.flow=uefi-arm64"
+  domain_off $N 120 || fail "arm64: the test OS did not power off"
+  disk_raw $N a64target "$LAB_DIR/arm64-disk.raw"
+  local size; size=$(stat -c %s "$I/boot-arm64.raw")
+  cmp -i 1048576:1048576 -n $((size - 1048576)) "$I/boot-arm64.raw" "$LAB_DIR/arm64-disk.raw" \
+    || fail "arm64: the disk differs from the image"
+  config_drive arm64 "$LAB_DIR/arm64-disk.raw"
+  rm -f "$LAB_DIR/arm64-disk.raw"
+  echo "ok: arm64: the disk holds the arm64 image and a config-2 partition; one ramdisk boot from inspection to the deployed OS"
+  # Then a partition image whose only boot loader is the GRUB the agent installs from it
+  # (grub-install --target=arm64-efi in the image's chroot).
+  lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "deleted"}' >/dev/null
+  wait_state "$NODE" available 300 || fail "arm64: undeploy failed: $(node_field "$NODE" "['last_error']")"
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/instance_info\", \"value\": {\"image_source\": \"$IMG/part-arm64.qcow2\",
+    \"image_os_hash_algo\": \"sha256\", \"image_os_hash_value\": \"$(sum "$I/part-arm64.qcow2")\", \"image_disk_format\": \"qcow2\",
+    \"image_type\": \"partition\", \"kernel\": \"$IMG/vmlinuz\", \"ramdisk\": \"$IMG/initrd\", \"root_gb\": \"1\"}}]" >/dev/null
+  m=$(mark $N)
+  provision "$NODE" '{"target": "active"}'
+  first_heartbeat arm64_partition "$NODE" $N "$m" 600
+  reached arm64_partition "$NODE" active 600 $N "$m"
+  booted_os arm64_partition $N "$m" "rivet.flow=partition-grub-arm64"
+  stored=$(node_field "$NODE" "['driver_internal_info'].get('root_uuid_or_disk_id')")
+  [[ "$stored" == "$PART_UUID_ARM64" ]] || fail "arm64: Ironic stored root uuid '$stored', expected $PART_UUID_ARM64"
+  domain_off $N 120 || fail "arm64: the partition image's OS did not power off"
+  # The ESP the agent made holds arm64 loaders only: GRUB's removable path, no x86 name.
+  disk_raw $N a64target "$LAB_DIR/arm64-disk.raw"
+  local esp; esp=$(sgdisk -p "$LAB_DIR/arm64-disk.raw" | awk '$6 == "EF00" {print $2; exit}')
+  [[ -n "$esp" ]] || fail "arm64: no ESP on the disk: $(sgdisk -p "$LAB_DIR/arm64-disk.raw" | tail -4)"
+  loaders=$(mdir -b -i "$LAB_DIR/arm64-disk.raw@@$((esp * 512))" ::/EFI/BOOT 2>/dev/null | tr '\n' ' ' || true)
+  [[ "$loaders" == *BOOTAA64.EFI* && "$loaders" != *X64* ]] || fail "arm64: the ESP's EFI/BOOT holds: $loaders"
+  rm -f "$LAB_DIR/arm64-disk.raw"
+  echo "ok: arm64: a partition image booted through the GRUB (arm64-efi) the agent installed from it"
+}
+
 # timelines: where each ramdisk boot of this lane spent its time, from its console (guest
 # clock); every boot must show the agent's first accepted heartbeat.
 timelines() {
@@ -980,14 +1079,14 @@ timelines() {
 # output is printed when it ends; any lane failing fails the run.
 LANES=${LANES:-3}
 lane_flows() { # N: the flows of lane N (of $LANES), the longest first, each lane in order
-  local order="raid ipxe powerloss vmedia rescue metal3 ipv6 dib faults" f i=0 out=""
+  local order="raid ipxe powerloss vmedia rescue metal3 ipv6 dib faults arm64" f i=0 out=""
   if ((LANES == 1)); then echo "$order"; return; fi
   case "$LANES:$1" in
     2:0) order="raid vmedia metal3 ipv6 dib" ;;
-    2:1) order="ipxe powerloss rescue faults" ;;
+    2:1) order="ipxe powerloss rescue faults arm64" ;;
     3:0) order="raid metal3" ;;
     3:1) order="ipxe powerloss vmedia" ;;
-    3:2) order="rescue ipv6 dib faults" ;;
+    3:2) order="rescue ipv6 dib faults arm64" ;;
     *) echo "FAIL: LANES must be 1, 2 or 3" >&2; exit 2 ;;
   esac
   echo "$order"

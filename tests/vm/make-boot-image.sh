@@ -8,10 +8,41 @@
 # command line says which way it booted (rivet.flow=uefi|bios).
 # usage: make-boot-image.sh OUT.raw KERNEL
 #        (needs grub-efi-amd64-bin, grub-pc-bin, busybox-static, mtools, gdisk)
+# ARCH=aarch64: an arm64 image, UEFI only (\EFI\BOOT\BOOTAA64.EFI, GRUB's arm64-efi from
+# Debian's arm64 package, downloaded and unpacked), KERNEL an arm64 one, the marker on ttyAMA0.
 set -euo pipefail
 out=$1 kernel=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+if [[ "${ARCH:-x86_64}" == aarch64 ]]; then
+  cache=$HOME/.cache/rivet-ramdisk-arm64/grub
+  if [[ ! -f "$cache/.done" ]]; then
+    rm -rf "$cache" "$cache-debs" && mkdir -p "$cache-debs"
+    (cd "$cache-debs" && apt-get download -qq grub-efi-arm64-bin:arm64 busybox-static:arm64 2>/dev/null)
+    for d in "$cache-debs"/*.deb; do dpkg -x "$d" "$cache"; done
+    touch "$cache/.done"
+  fi
+  BUSYBOX=$cache/bin/busybox TTY=ttyAMA0 "$(dirname "$0")/make-marker-initrd.sh" "$tmp/marker.img"
+  cat > "$tmp/grub.cfg" <<'CFG'
+set timeout=0
+echo "RIVET-GRUB: loading the test kernel"
+search --no-floppy --file --set=root /rivet-test-kernel
+linux /rivet-test-kernel console=ttyAMA0 quiet panic=-1 rivet.flow=uefi-arm64
+initrd /rivet-test-initrd
+boot
+CFG
+  grub-mkstandalone -O arm64-efi -d "$cache/usr/lib/grub/arm64-efi" -o "$tmp/BOOTAA64.EFI" \
+    --modules="part_gpt fat search search_fs_file linux echo normal" "boot/grub/grub.cfg=$tmp/grub.cfg"
+  rm -f "$out"; truncate -s 80M "$out"
+  sgdisk -o -n 1:2048:+72M -t 1:ef00 -c 1:ESP -n 2:0:0 -c 2:root "$out" >/dev/null
+  mkfs.fat -F 16 --offset 2048 -n ESP "$out" $((72 * 1024)) >/dev/null 2>&1
+  esp="$out@@1048576"
+  mmd -i "$esp" ::/EFI ::/EFI/BOOT
+  mcopy -i "$esp" "$tmp/BOOTAA64.EFI" ::/EFI/BOOT/BOOTAA64.EFI
+  mcopy -i "$esp" "$kernel" ::/rivet-test-kernel
+  mcopy -i "$esp" "$tmp/marker.img" ::/rivet-test-initrd
+  exit 0
+fi
 "$(dirname "$0")/make-marker-initrd.sh" "$tmp/marker.img"
 # GRUB with its configuration built in: find the ESP by a file on it, boot the kernel.
 cat > "$tmp/grub.cfg" <<'CFG'
