@@ -991,10 +991,17 @@ flow_arm64() {
   qemu-img convert -f raw -O qcow2 -c "$I/part-arm64.raw" "$I/part-arm64.qcow2"
   chmod a+r "$I"/*-arm64.*
   DOM=$(lab_node $N uefi-arm64 $MAC 1024 virtio:a64target:4G)
-  NODE=$(enroll_redfish $N "$DOM" $MAC uefi '"cpu_arch": "aarch64"') || fail "arm64: enrolment failed"
-  lab_api PATCH "/v1/nodes/$NODE" '[{"op": "add", "path": "/properties/root_device", "value": {"serial": "a64target"}},
-    {"op": "add", "path": "/driver_info/fast_track", "value": true},
-    {"op": "add", "path": "/driver_info/kernel_append_params", "value": "nofb console=ttyAMA0,115200"}]' >/dev/null \
+  # Enrolled as a machine of unknown architecture: its driver_info names the arm64 ramdisk
+  # and ESP (as an operator does for that first boot); inspection then sets cpu_arch, by
+  # which Ironic picks them on its own for every later boot (*_by_arch).
+  NODE=$(enroll_redfish $N "$DOM" $MAC uefi) || fail "arm64: enrolment failed"
+  local a64=$LAB_HTTP/ramdisk-arm64
+  lab_api PATCH "/v1/nodes/$NODE" "[{\"op\": \"add\", \"path\": \"/properties/root_device\", \"value\": {\"serial\": \"a64target\"}},
+    {\"op\": \"add\", \"path\": \"/driver_info/fast_track\", \"value\": true},
+    {\"op\": \"add\", \"path\": \"/driver_info/kernel_append_params\", \"value\": \"nofb console=ttyAMA0,115200\"},
+    {\"op\": \"add\", \"path\": \"/driver_info/deploy_kernel\", \"value\": \"$a64/rivet.kernel\"},
+    {\"op\": \"add\", \"path\": \"/driver_info/deploy_ramdisk\", \"value\": \"$a64/rivet.initramfs\"},
+    {\"op\": \"add\", \"path\": \"/driver_info/bootloader\", \"value\": \"$LAB_HTTP/esp-arm64.img\"}]" >/dev/null \
     || fail "arm64: Ironic refused the node's settings"
   m=$(mark $N)
   provision "$NODE" '{"target": "inspect"}'
@@ -1010,7 +1017,14 @@ print('ok: arm64: inspected; the inventory Ironic stored: cpu', {k: cpu.get(k) f
       'boot', inv['boot']['current_boot_mode'], 'system', inv['system_vendor'].get('product_name'))" \
     || fail "arm64: the inventory Ironic stored is not an arm64 machine's"
   [[ "$(node_field "$NODE" "['properties'].get('cpu_arch')")" == aarch64 ]] \
-    || fail "arm64: the node's cpu_arch after inspection: $(node_field "$NODE" "['properties']")"
+    || fail "arm64: inspection did not set the node's cpu_arch: $(node_field "$NODE" "['properties']")"
+  grep -a -q "Discovered CPU architecture: aarch64 for node: $NODE" "$LAB_DIR/ironic.log" \
+    || fail "arm64: Ironic's architecture hook did not take aarch64 from the inventory"
+  echo "ok: arm64: inspection set cpu_arch aarch64 (Ironic's architecture hook, from the inventory)"
+  # From here Ironic picks the arm64 ramdisk and ESP by cpu_arch alone.
+  lab_api PATCH "/v1/nodes/$NODE" '[{"op": "remove", "path": "/driver_info/deploy_kernel"},
+    {"op": "remove", "path": "/driver_info/deploy_ramdisk"}, {"op": "remove", "path": "/driver_info/bootloader"}]' >/dev/null \
+    || fail "arm64: Ironic refused to drop the node's own ramdisk"
   con=$(since $N "$m")
   grep -a -q "boot_method=vmedia" <<<"$con" || fail "arm64: the ramdisk was not booted from virtual media"
   lab_api PUT "/v1/nodes/$NODE/states/provision" '{"target": "provide"}' >/dev/null
@@ -1038,6 +1052,8 @@ print('ok: arm64: inspected; the inventory Ironic stored: cpu', {k: cpu.get(k) f
     \"image_type\": \"partition\", \"kernel\": \"$IMG/vmlinuz\", \"ramdisk\": \"$IMG/initrd\", \"root_gb\": \"1\"}}]" >/dev/null
   m=$(mark $N)
   provision "$NODE" '{"target": "active"}'
+  # (booted by [conductor]deploy_kernel_by_arch and bootloader_by_arch: the conductor's default
+  # ramdisk is x86_64's, which an arm64 machine cannot run)
   first_heartbeat arm64_partition "$NODE" $N "$m" 600
   reached arm64_partition "$NODE" active 600 $N "$m"
   booted_os arm64_partition $N "$m" "rivet.flow=partition-grub-arm64"
