@@ -405,3 +405,52 @@ pub fn network_data(data: &[u8]) {
         assert!(r.lines().filter(|l| l.starts_with("nameserver")).count() <= 3);
     }
 }
+
+/// What peers and the provisioning network send a node sharing an image: the `.torrent` from
+/// the image server, LSD announcements, and peer wire messages (first byte 0, 1, 2 picks).
+/// Invariants: a torrent that parses describes whole pieces within its length, and a message
+/// read is never larger than the bound it was read with.
+pub fn torrent(data: &[u8]) {
+    use rivet::image::share::{lsd, wire, Torrent};
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            let Ok(t) = Torrent::parse(rest) else {
+                return;
+            };
+            let count = t.piece_count();
+            assert_eq!(count as usize, t.pieces.len());
+            let mut total = 0u64;
+            for i in 0..count {
+                let (s, e) = t.piece_range(i);
+                assert!(s < e && e <= t.length, "piece {i} {s}..{e} of {}", t.length);
+                assert!(t.piece_len(i) <= t.piece_length);
+                total += e - s;
+            }
+            assert_eq!(total, t.length);
+            assert!(!t.check_piece(count, rest));
+        }
+        1 => {
+            if let Some(a) = lsd::parse(rest) {
+                assert_ne!(a.port, 0);
+                assert!(a.info_hashes.iter().all(|h| h.len() == 40));
+            }
+        }
+        _ => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut r = rest;
+                let max = wire::max_message(64);
+                while let Ok(m) = wire::read_message(&mut r, max).await {
+                    if let wire::Message::Piece { data, .. } | wire::Message::Bitfield(data) = m {
+                        assert!(data.len() <= max as usize);
+                    }
+                }
+            });
+        }
+    }
+}

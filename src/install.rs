@@ -12,6 +12,7 @@ use crate::hardware::{disks, root_device};
 use crate::image::fetch::{Auth, FetchOptions, Refusal};
 use crate::image::pipeline::{self, ImageError, ImageRequest};
 use crate::image::progress::Progress;
+use crate::image::share::ShareOptions;
 use crate::image::write::Target;
 
 #[derive(Debug, Args)]
@@ -71,6 +72,31 @@ pub struct InstallArgs {
     /// Hosts reached without the proxy (default: $no_proxy).
     #[arg(long, value_name = "LIST", env = "no_proxy")]
     pub no_proxy: Option<String>,
+    /// Share image pieces with the other agents writing the same image (BitTorrent), when the
+    /// image has a `.torrent` beside it (`<URL>.torrent`); peers are found by Local Service
+    /// Discovery (and --peer).
+    #[arg(long)]
+    pub peer_share: bool,
+    /// Port to accept peers on (0: any free port).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "PORT",
+        requires = "peer_share"
+    )]
+    pub peer_share_port: u16,
+    /// A peer to connect to from the start (repeat).
+    #[arg(long = "peer", value_name = "ADDR:PORT", requires = "peer_share")]
+    pub peers: Vec<std::net::SocketAddr>,
+    /// No Local Service Discovery (only the --peer peers).
+    #[arg(long, requires = "peer_share")]
+    pub no_lsd: bool,
+    /// Upload ceiling to peers in MiB/s (0: none).
+    #[arg(long, default_value_t = 100, value_name = "MIB_PER_S")]
+    pub peer_share_upload: u64,
+    /// Seconds a peer may stay silent on a requested piece before losing it.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS", hide = true)]
+    pub peer_stall: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +151,17 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
         ca_file: a.ca_file.clone(),
         tls_min: TlsVersion::V1_2,
     };
+    let mut peer_share = None;
+    if a.peer_share {
+        peer_share = Some(ShareOptions {
+            listen: std::net::SocketAddr::from(([0u8; 16], a.peer_share_port)),
+            lsd: !a.no_lsd,
+            peers: a.peers.clone(),
+            upload_rate: a.peer_share_upload.saturating_mul(1 << 20),
+            stall: secs(a.peer_stall, "--peer-stall")?,
+            ..Default::default()
+        });
+    }
     opts.bind_auth(&a.image_urls);
     let first_url = &a.image_urls[0];
     let expected = match (&a.checksum, &a.checksum_url) {
@@ -168,6 +205,7 @@ pub fn run(a: &InstallArgs) -> Result<pipeline::Report, InstallError> {
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        peer_share,
     };
     let progress = Arc::new(Progress::default());
     let bar = (!a.quiet).then(|| {

@@ -44,6 +44,21 @@ enum Cmd {
     },
     /// Write an image to a disk without a conductor: fetch, verify, decode, write.
     Install(rivet::install::InstallArgs),
+    /// Make the `.torrent` that lets agents share an image's pieces (`rivet-peer-share=1`):
+    /// private, single-file, BitTorrent v1; put it beside the image as `<image>.torrent`.
+    Torrent {
+        /// The image file.
+        image: std::path::PathBuf,
+        /// Where to write it (default: IMAGE.torrent).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+        /// Piece size in KiB, a power of two (default: from the image's size, 256 KiB–16 MiB).
+        #[arg(long, value_name = "KIB")]
+        piece_kib: Option<u32>,
+        /// The image's URL, so any BitTorrent client can fetch from the server (BEP 19).
+        #[arg(long = "web-seed", value_name = "URL")]
+        web_seeds: Vec<String>,
+    },
     /// Bring the ramdisk's network up (both ramdisks run this once at boot): network_data.json
     /// from the virtual media, else DHCP on every NIC; then ipa-enable-vlan-interfaces.
     Network(NetworkArgs),
@@ -296,6 +311,17 @@ fn main() -> ExitCode {
                         r.checksum,
                         r.seconds
                     );
+                    if let Some(st) = &r.shared {
+                        println!(
+                            "shared: {} bytes from the image server, {} from peers, {} sent to peers, {} peers, {} bad pieces, {} banned",
+                            st.origin_bytes,
+                            st.peer_bytes,
+                            st.uploaded_bytes,
+                            st.peers_seen,
+                            st.bad_pieces,
+                            st.banned
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -304,6 +330,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Cmd::Torrent {
+            image,
+            output,
+            piece_kib,
+            web_seeds,
+        }) => make_torrent(&image, output, piece_kib, &web_seeds),
         Some(Cmd::RootDevice {
             hints,
             skip,
@@ -405,6 +437,65 @@ fn run_agent(args: AgentArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "agent failed");
             eprintln!("rivet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rivet torrent`: hash the image into a torrent beside it.
+fn make_torrent(
+    image: &std::path::Path,
+    output: Option<std::path::PathBuf>,
+    piece_kib: Option<u32>,
+    web_seeds: &[String],
+) -> ExitCode {
+    use rivet::image::share::torrent;
+    let run = || -> Result<(std::path::PathBuf, rivet::image::share::Torrent), String> {
+        let f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        let len = f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", image.display()))?
+            .len();
+        let piece = match piece_kib {
+            Some(k) => k
+                .checked_mul(1024)
+                .ok_or_else(|| "--piece-kib is too large".to_string())?,
+            None => torrent::default_piece_length(len),
+        };
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        let doc = torrent::make(
+            std::io::BufReader::with_capacity(1 << 20, f),
+            &name,
+            piece,
+            web_seeds,
+        )
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+        let out = output.unwrap_or_else(|| {
+            let mut p = image.as_os_str().to_owned();
+            p.push(".torrent");
+            p.into()
+        });
+        std::fs::write(&out, &doc).map_err(|e| format!("{}: {e}", out.display()))?;
+        let t = rivet::image::share::Torrent::parse(&doc).map_err(|e| e.to_string())?;
+        Ok((out, t))
+    };
+    match run() {
+        Ok((out, t)) => {
+            println!(
+                "{}: {} bytes, {} pieces of {} KiB, info hash {}",
+                out.display(),
+                t.length,
+                t.piece_count(),
+                t.piece_length / 1024,
+                t.info_hash_hex()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("rivet: torrent: {e}");
             ExitCode::FAILURE
         }
     }

@@ -358,6 +358,7 @@ fn fuzz_bodies_survive_a_bounded_mutation_run() {
         ]),
         b,
     );
+    total += run("torrent", bodies::torrent, torrent_seeds(), b);
     let mut lldp = vec![0u8];
     lldp.extend(hex_fixture("lldp-switch-frame.hex"));
     let mut smbios = vec![1u8];
@@ -402,4 +403,41 @@ fn hex_fixture(name: &str) -> Vec<u8> {
 fn figure(line: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// A torrent `rivet torrent` makes (with a web seed), an LSD announcement, peer messages.
+fn torrent_seeds() -> Vec<Vec<u8>> {
+    use rivet::image::share::{lsd, torrent, wire};
+    let img: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let mut t = vec![0u8];
+    t.extend(
+        torrent::make(
+            &img[..],
+            "disk.raw",
+            16 << 10,
+            &["http://h/disk.raw".into()],
+        )
+        .unwrap(),
+    );
+    let mut a = vec![1u8];
+    a.extend(lsd::message(6881, &"ab".repeat(20), "0123456789abcdef01234567").into_bytes());
+    let mut m = vec![2u8];
+    for msg in [
+        wire::Message::Bitfield(wire::bitfield(64, |i| i % 2 == 0)),
+        wire::Message::Unchoke,
+        wire::Message::Request {
+            index: 3,
+            begin: 0,
+            length: 16384,
+        },
+        wire::Message::Piece {
+            index: 3,
+            begin: 0,
+            data: bytes::Bytes::from_static(b"0123456789"),
+        },
+        wire::Message::Have(63),
+    ] {
+        m.extend_from_slice(&wire::encode(&msg));
+    }
+    vec![t, a, m]
 }

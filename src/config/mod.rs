@@ -238,6 +238,13 @@ pub struct Config {
     /// `ipa-guard-special-filesystems` (default on): the erase steps refuse a disk carrying a
     /// file system other hosts may share (VMFS, GPFS, GFS2, OCFS2).
     pub guard_special_filesystems: bool,
+    /// `rivet-peer-share=1`: share image pieces with the other agents deploying the same image
+    /// (BitTorrent, when the image has a `.torrent` beside it). Off: today's traffic exactly.
+    pub peer_share: bool,
+    /// `rivet-peer-share-port=` (0: any free port).
+    pub peer_share_port: u16,
+    /// `rivet-peer-share-upload=` in MiB/s (0: unlimited).
+    pub peer_share_upload_mib: u64,
     /// `ipa-enable-discard-erase` (default off): a discard after a failed secure erase.
     pub enable_discard_erase: bool,
     pub ntp_server: Option<String>,
@@ -438,6 +445,15 @@ impl Config {
             custom_steps: Vec::new(),
             strict_root_device: boolean("ipa-strict-root-device", false)?,
             guard_special_filesystems: boolean("ipa-guard-special-filesystems", true)?,
+            peer_share: boolean("rivet-peer-share", false)?,
+            peer_share_port: get("rivet-peer-share-port")
+                .map(|v| parse_u16("rivet-peer-share-port", v))
+                .transpose()?
+                .unwrap_or(0),
+            peer_share_upload_mib: get("rivet-peer-share-upload")
+                .map(|v| parse_u64("rivet-peer-share-upload", v).map(|n| n.min(1 << 20)))
+                .transpose()?
+                .unwrap_or(100),
             enable_discard_erase: boolean("ipa-enable-discard-erase", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
             fail_if_clock_not_set: false,

@@ -93,6 +93,17 @@ pub const TABLE: &[(&str, &str, Use)] = &[
         Use::Used,
     ),
     ("rivet-steps-dir", "operators (Rivet's own)", Use::Used),
+    ("rivet-peer-share", "operators (Rivet's own)", Use::Used),
+    (
+        "rivet-peer-share-port",
+        "operators (Rivet's own)",
+        Use::Used,
+    ),
+    (
+        "rivet-peer-share-upload",
+        "operators (Rivet's own)",
+        Use::Used,
+    ),
     (
         "selinux",
         "Ironic, PXE/iPXE/GRUB (`selinux=0`)",

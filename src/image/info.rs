@@ -231,6 +231,7 @@ impl ImageInfo {
             expected,
             disk_format: self.disk_format.clone(),
             permitted: cfg.permitted_image_formats.clone(),
+            peer_share: crate::image::share::ShareOptions::from_config(cfg),
         })
     }
 }

@@ -8,5 +8,6 @@ pub mod progress;
 pub mod qcow2;
 pub mod qcow2_fetch;
 pub mod ranges;
+pub mod share;
 pub mod verify;
 pub mod write;

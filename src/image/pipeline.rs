@@ -20,6 +20,7 @@ use super::fetch::{self, FetchError, FetchOptions, Msg};
 use super::progress::Progress;
 use super::qcow2::{self, Qcow2Error};
 use super::qcow2_fetch::{self, PrepareError, Prepared};
+use super::share::{self, ShareStats, Swarm};
 use super::verify::{self, Expected, VerifyError};
 use super::write::{self, DiskWriter, StreamWriter, Target, WriteError};
 
@@ -72,6 +73,8 @@ pub struct ImageRequest {
     pub expected: Expected,
     pub disk_format: Option<String>,
     pub permitted: Vec<String>,
+    /// Share pieces with peers when the image has a torrent (`rivet-peer-share=1`).
+    pub peer_share: Option<share::ShareOptions>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +86,9 @@ pub struct Report {
     pub checksum: String,
     pub restarts: u32,
     pub seconds: f64,
+    /// Where the bytes came from when peer sharing was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<ShareStats>,
 }
 
 const CHANNEL_DEPTH: usize = 64;
@@ -155,12 +161,27 @@ pub fn run(
 ) -> Result<Report, ImageError> {
     let started = Instant::now();
     let client = fetch::client(o)?;
+    // With sharing on and a torrent beside the image, the pieces come through the swarm; it
+    // serves others until this returns (the image written or the deploy failed).
+    let swarm = match &req.peer_share {
+        Some(so) => share::join(&req.urls, o, so)?,
+        None => None,
+    };
     let mut restarts = 0;
     let mut qcow2: Option<Prepared> = None;
     loop {
-        match attempt(req, o, &client, target, progress, qcow2.as_ref()) {
+        match attempt(
+            req,
+            o,
+            &client,
+            target,
+            progress,
+            qcow2.as_ref(),
+            swarm.as_ref(),
+        ) {
             Ok(Attempt::Done(mut r)) => {
                 r.restarts = restarts;
+                r.shared = swarm.as_ref().map(Swarm::stats);
                 r.seconds = started.elapsed().as_secs_f64();
                 return Ok(r);
             }
@@ -227,6 +248,7 @@ fn attempt(
     target: &Target,
     progress: &Arc<Progress>,
     qcow2: Option<&Prepared>,
+    swarm: Option<&Swarm>,
 ) -> Result<Attempt, ImageError> {
     let (dtx, drx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
     let (htx, mut hrx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -240,7 +262,10 @@ fn attempt(
                 .enable_all()
                 .build()
                 .map_err(|e| FetchError::Client(e.to_string()))?;
-            rt.block_on(fetch::stream(client, &req.urls, o, dtx, htx, progress))
+            match swarm {
+                Some(sw) => rt.block_on(sw.stream(dtx, htx, progress, o.max_duration)),
+                None => rt.block_on(fetch::stream(client, &req.urls, o, dtx, htx, progress)),
+            }
         });
         let hasher = s.spawn(move || {
             let _nice = crate::system::priority::lower_current_thread();
@@ -295,6 +320,7 @@ fn attempt(
             checksum: digest,
             restarts: 0,
             seconds: 0.0,
+            shared: None,
         }))
     })
 }

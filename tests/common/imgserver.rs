@@ -40,6 +40,9 @@ pub struct Faults {
     pub end_early_at: Option<u64>,
     /// Declare this many bytes more (or fewer) than the body has.
     pub content_length_delta: i64,
+    /// The server's link, in bytes per second, shared by all its answers (a fleet's image
+    /// server, the bottleneck of a rack deploying at once).
+    pub link_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct State {
     pub faults: Faults,
     pub seen: Vec<Seen>,
     pub sent_bytes: u64,
+    /// When the rate-limited link is next free.
+    pub link_free_at: Option<tokio::time::Instant>,
 }
 
 pub struct ImageServer {
@@ -107,7 +112,13 @@ impl Body for FaultBody {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
-        let mut end = (self.pos + 256 * 1024).min(self.end);
+        let rate = self.state.lock().unwrap().faults.link_rate;
+        let step = if rate.is_some() {
+            16 * 1024
+        } else {
+            256 * 1024
+        };
+        let mut end = (self.pos + step).min(self.end);
         if let Some(c) = self.cut_at {
             end = end.min(c);
         }
@@ -117,7 +128,18 @@ impl Body for FaultBody {
             }
         }
         let chunk = self.data.slice(self.pos..end);
-        self.state.lock().unwrap().sent_bytes += chunk.len() as u64;
+        let state = self.state.clone();
+        let mut st = state.lock().unwrap();
+        st.sent_bytes += chunk.len() as u64;
+        if let Some(r) = rate {
+            // Reserve the link for this chunk; the next one waits until it is through.
+            let now = tokio::time::Instant::now();
+            let from = st.link_free_at.map_or(now, |f| f.max(now));
+            let free = from + Duration::from_secs_f64(chunk.len() as f64 / r as f64);
+            st.link_free_at = Some(free);
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(free)));
+        }
+        drop(st);
         self.pos = end;
         Poll::Ready(Some(Ok(Frame::data(chunk))))
     }

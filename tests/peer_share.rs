@@ -1,0 +1,349 @@
+//! Peer image sharing (`rivet install --peer-share`, the same code as `rivet-peer-share=1`):
+//! agents writing the same image at once take verified pieces from each other and the image
+//! server is the web seed behind a slow link. Every disk is compared with the image; the
+//! server's bytes are counted; hostile peers (corrupt pieces, silence) change nothing on disk.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::imgserver::ImageServer;
+use common::install_util::sha256;
+use rivet::image::share::{wire, Torrent};
+
+const MIB: usize = 1 << 20;
+
+fn image(len: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// `rivet torrent` on `img` written in `dir`; returns the torrent's bytes.
+fn make_torrent(dir: &Path, img: &[u8], piece_kib: u32) -> Vec<u8> {
+    let p = dir.join("image.raw");
+    std::fs::write(&p, img).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rivet"))
+        .args(["torrent", "--piece-kib", &piece_kib.to_string()])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("info hash"), "{stdout}");
+    std::fs::read(dir.join("image.raw.torrent")).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn target(dir: &Path, name: &str, len: usize) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, vec![0u8; len]).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn install(url: &str, sum: &str, dev: &str, extra: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rivet"));
+    c.args([
+        "install",
+        "--quiet",
+        "--timeout",
+        "5",
+        "--retry-interval",
+        "0.2",
+        "--max-duration",
+        "120",
+        "--disk-format",
+        "raw",
+        "--image-url",
+        url,
+        "--checksum",
+        &format!("sha256:{sum}"),
+        "--device",
+        dev,
+    ]);
+    c.args(extra);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "install failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The figures of the `shared:` line: origin, peers, sent, peers seen, bad, banned.
+fn shared(stdout: &str) -> [u64; 6] {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("shared:"))
+        .unwrap_or_else(|| panic!("no shared line in {stdout}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    [n[0], n[1], n[2], n[3], n[4], n[5]]
+}
+
+fn same(dev: &str, img: &[u8]) {
+    let d = std::fs::read(dev).unwrap();
+    assert!(d[..img.len()] == *img, "{dev} differs from the image");
+}
+
+#[test]
+fn agents_deploying_together_take_one_copy_from_the_server() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(8 * MIB, 1);
+    let sum = sha256(&img);
+    let srv = ImageServer::start();
+    let torrent = make_torrent(d.path(), &img, 64);
+    let url = srv.add("disk.raw", img.clone());
+    srv.add("disk.raw.torrent", torrent);
+    // 4 MiB/s: one node takes 2 s; four from the server alone would take 8.
+    srv.faults(|f| f.link_rate = Some(4 * MIB as u64));
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let started = Instant::now();
+    let children: Vec<_> = (0..4)
+        .map(|k| {
+            let dev = target(d.path(), &format!("disk{k}"), 9 * MIB);
+            let mut extra = vec![
+                "--peer-share".to_string(),
+                "--no-lsd".into(),
+                "--peer-share-port".into(),
+                ports[k].to_string(),
+            ];
+            for p in &ports[..k] {
+                extra.push("--peer".into());
+                extra.push(format!("127.0.0.1:{p}"));
+            }
+            (
+                dev.clone(),
+                install(&url, &sum, &dev, &extra).spawn().unwrap(),
+            )
+        })
+        .collect();
+    let mut from_peers = 0;
+    for (dev, c) in children {
+        let out = ok(&c.wait_with_output().unwrap());
+        same(&dev, &img);
+        let [origin, peers, _sent, _seen, bad, banned] = shared(&out);
+        assert_eq!((bad, banned), (0, 0), "{out}");
+        assert!(origin + peers >= img.len() as u64, "{out}");
+        from_peers += peers;
+    }
+    let elapsed = started.elapsed();
+    let sent = srv.sent_bytes();
+    eprintln!(
+        "4 agents: {:.1} s, the server sent {:.2} copies of the image, {:.2} copies went between peers",
+        elapsed.as_secs_f64(),
+        sent as f64 / img.len() as f64,
+        from_peers as f64 / img.len() as f64
+    );
+    assert!(
+        sent <= 2 * img.len() as u64,
+        "the server sent {sent} bytes for four agents"
+    );
+    assert!(
+        from_peers >= img.len() as u64,
+        "peers gave {from_peers} bytes"
+    );
+}
+
+/// A peer speaking the protocol: every piece offered; answers corrupt (or none at all).
+fn hostile_peer(t: &Torrent, corrupt: bool) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = t.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut hs = [0u8; 68];
+                if s.read_exact(&mut hs).is_err() {
+                    return;
+                }
+                let _ = s.write_all(&wire::handshake(&t.info_hash, &[7u8; 20]));
+                let all = wire::bitfield(t.piece_count(), |_| true);
+                let _ = s.write_all(&wire::encode(&wire::Message::Bitfield(all)));
+                let _ = s.write_all(&wire::encode(&wire::Message::Unchoke));
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if s.read_exact(&mut m).is_err() {
+                        return;
+                    }
+                    if m.first() == Some(&6) && corrupt {
+                        let idx = u32::from_be_bytes(m[1..5].try_into().unwrap());
+                        let begin = u32::from_be_bytes(m[5..9].try_into().unwrap());
+                        let n = u32::from_be_bytes(m[9..13].try_into().unwrap());
+                        let data = bytes::Bytes::from(vec![0xA5u8; n as usize]);
+                        let piece = wire::Message::Piece {
+                            index: idx,
+                            begin,
+                            data,
+                        };
+                        if s.write_all(&wire::encode(&piece)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_peer_sending_corrupt_pieces_is_banned_and_nothing_wrong_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(2 * MIB, 2);
+    let sum = sha256(&img);
+    let doc = make_torrent(d.path(), &img, 64);
+    let t = Torrent::parse(&doc).unwrap();
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    srv.add("disk.raw.torrent", doc);
+    let rogue = hostile_peer(&t, true);
+    let dev = target(d.path(), "disk", 3 * MIB);
+    let extra = [
+        "--peer-share",
+        "--no-lsd",
+        "--peer",
+        &format!("127.0.0.1:{rogue}"),
+    ]
+    .map(String::from);
+    let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
+    same(&dev, &img);
+    let [origin, peers, _, seen, bad, banned] = shared(&out);
+    assert_eq!((seen, bad, banned, peers), (1, 1, 1, 0), "{out}");
+    assert_eq!(origin, img.len() as u64, "{out}");
+}
+
+#[test]
+fn a_peer_that_stalls_loses_its_pieces_to_the_server() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(MIB, 3);
+    let sum = sha256(&img);
+    let doc = make_torrent(d.path(), &img, 64);
+    let t = Torrent::parse(&doc).unwrap();
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    srv.add("disk.raw.torrent", doc);
+    let silent = hostile_peer(&t, false);
+    let dev = target(d.path(), "disk", 2 * MIB);
+    let extra = [
+        "--peer-share",
+        "--no-lsd",
+        "--peer-stall",
+        "1",
+        "--peer",
+        &format!("127.0.0.1:{silent}"),
+    ]
+    .map(String::from);
+    let started = Instant::now();
+    let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
+    same(&dev, &img);
+    let [origin, peers, ..] = shared(&out);
+    assert_eq!((origin, peers), (img.len() as u64, 0), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_torrent_for_another_image_fails_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(MIB, 4);
+    let sum = sha256(&img);
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    // Same size, other bytes.
+    srv.add(
+        "disk.raw.torrent",
+        make_torrent(d.path(), &image(MIB, 5), 64),
+    );
+    let dev = target(d.path(), "disk", 2 * MIB);
+    let extra = ["--peer-share", "--no-lsd"].map(String::from);
+    let out = install(&url, &sum, &dev, &extra).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not match the torrent"), "{err}");
+    assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0));
+    // Another size.
+    let url2 = srv.add("other.raw", img.clone());
+    srv.add(
+        "other.raw.torrent",
+        make_torrent(d.path(), &image(MIB / 2, 4), 64),
+    );
+    let out = install(&url2, &sum, &dev, &extra).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is for another image"),
+        "{err}"
+    );
+    assert!(std::fs::read(&dev).unwrap().iter().all(|b| *b == 0));
+    // Not a torrent at all.
+    let url3 = srv.add("junk.raw", img.clone());
+    srv.add("junk.raw.torrent", b"<html>not found</html>".to_vec());
+    let out = install(&url3, &sum, &dev, &extra).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bencoding"), "{err}");
+}
+
+#[test]
+fn without_a_torrent_the_image_comes_from_its_server_as_before() {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(MIB, 6);
+    let sum = sha256(&img);
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    let dev = target(d.path(), "disk", 2 * MIB);
+    let extra = ["--peer-share", "--no-lsd"].map(String::from);
+    let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
+    same(&dev, &img);
+    assert!(!out.contains("shared:"), "{out}");
+    let seen = srv.seen();
+    let paths: Vec<(&str, Option<&str>, u16)> = seen
+        .iter()
+        .map(|s| (s.path.as_str(), s.range.as_deref(), s.status))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![("/disk.raw.torrent", None, 404), ("/disk.raw", None, 200)]
+    );
+    // Sharing off: not even the torrent is asked for.
+    let srv2 = ImageServer::start();
+    let url = srv2.add("disk.raw", img.clone());
+    ok(&install(&url, &sum, &dev, &[]).output().unwrap());
+    let seen: Vec<String> = srv2.seen().iter().map(|s| s.path.clone()).collect();
+    assert_eq!(seen, vec!["/disk.raw".to_string()]);
+}
