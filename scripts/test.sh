@@ -125,6 +125,10 @@ ironic "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery"
 # Three conductors on MariaDB behind two APIs (ports 7305, 7306): one killed, the database
 # stopped, an API killed, while 24 nodes deploy; then fast track across a conductor's death.
 ironic "real Ironic scale-out: 24 nodes, 3 conductors (one killed), database outage, API killed" 7305 tests/ironic/scaleout.sh
+# Peer image sharing on a bridge of network namespaces: 8 agents, a tc-limited image server,
+# a hostile peer, aria2c (15 s alone here).
+bg "peer sharing: 8 agents in namespaces (LSD, tc-limited server, hostile peer, aria2c)" \
+  env RIVET="$RIVET_DEBUG" tests/share/swarm.sh
 # Clippy runs from here to its end in the idle class, in the time the others leave: the
 # static build's last minutes (link-time optimisation on one core) and the lab's waits. First
 # (before the test build, sharing its build scripts) it took 342 s of a 41-minute run on two
@@ -144,7 +148,8 @@ bg "DIB ramdisk build (for the lab)" env RIVET="$RIVET_STATIC" COMPRESS="zstd -3
 for s in "real Ironic: whole-disk deploy and failed deploy" "real Ironic: automated cleaning" \
          "real Ironic: qcow2, zstd and partition-image deploys" \
          "real Ironic: inspection, fast-track cleaning and deploy, auto-discovery" \
-         "real Ironic scale-out: 24 nodes, 3 conductors (one killed), database outage, API killed"; do
+         "real Ironic scale-out: 24 nodes, 3 conductors (one killed), database outage, API killed" \
+         "peer sharing: 8 agents in namespaces (LSD, tc-limited server, hostile peer, aria2c)"; do
   collect "$s"
 done
 # The lab: every flow, three side by side; the DIB flow waits for the build above.
