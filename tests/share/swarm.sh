@@ -10,6 +10,7 @@
 #      pieces and banned, aria2c downloaded the whole image from the agents alone.
 #   2. Two agents beside a standard client (aria2c) seeding the image, the server 10 x
 #      slower: the agents take the image from aria2c (the server sends less than half a copy).
+#   3. Three agents with IPv6 addresses only: they find each other on LSD's IPv6 group.
 # usage: tests/share/swarm.sh    env: RIVET (default target/debug/rivet), N (8), IMAGE_MIB (32),
 #        LINK (tc rate of the image server's link, 80mbit)
 set -euo pipefail
@@ -52,6 +53,7 @@ node_ns() { # NAME IP: a namespace with eth0 on the bridge
   ip -n "$ns" link set lo up
 }
 node_ns srv 10.77.0.1
+ip -n "$P-srv" -6 addr add fd77::1/64 dev eth0 nodad
 # The server's link toward the nodes (its egress) is the fleet's bottleneck.
 ip netns exec "$P-srv" tc qdisc add dev eth0 root tbf rate "$LINK" burst 64kb latency 400ms
 
@@ -76,7 +78,7 @@ http {
   uwsgi_temp_path $W/nginx;
   scgi_temp_path $W/nginx;
   types { application/octet-stream raw torrent; }
-  server { listen 10.77.0.1:8080; root $W/www; }
+  server { listen 10.77.0.1:8080; listen [fd77::1]:8080; root $W/www; }
 }
 EOC
 ip netns exec "$P-srv" nginx -c "$W/nginx/nginx.conf" -p "$W/nginx" &
@@ -96,11 +98,11 @@ done
 ip netns exec "$P-a1" curl -sf -o /dev/null -r 0-0 "$URL" || fail "nginx does not serve the image"
 : > "$W/nginx/access.log"
 
-agent() { # K EXTRA...: rivet install in namespace a$K, output in $W/agent$K.out
+agent() { # K EXTRA...: rivet install in namespace a$K (or $NS_OF_K), output in $W/agent$K.out
   local k=$1; shift
   rm -f "$W/disk$k"
   truncate -s $(((IMAGE_MIB + 8) << 20)) "$W/disk$k"
-  ip netns exec "$P-a$k" "$RIVET" install --quiet --peer-share --image-url "$URL" \
+  ip netns exec "${AGENT_NS:-$P-a}$k" "$RIVET" install --quiet --peer-share --image-url "$URL" \
     --checksum "sha256:$SUM" --device "$W/disk$k" --disk-format raw --timeout 10 \
     --retry-interval 0.5 --max-duration 300 "$@" > "$W/agent$k.out" 2> "$W/agent$k.err" &
   AGENTS+=($!)
@@ -184,4 +186,29 @@ wait_agents
 origin=$(origin_bytes)
 echo "ok: 2 agents beside an aria2c seed in $((SECONDS - t0)) s; the server sent $((origin >> 20)) MiB"
 ((origin * 2 < IMAGE_BYTES)) || fail "the server sent $origin bytes: the seed was not used"
+
+# --- 3: IPv6 only: LSD's IPv6 group, the image server by its IPv6 address ------------------
+ip netns exec "$P-srv" tc qdisc change dev eth0 root tbf rate "$LINK" burst 64kb latency 400ms
+: > "$W/nginx/access.log"
+for k in 1 2 3; do
+  ip netns add "$P-v$k"
+  ip link add "${P}v$k" netns "$P-hub" type veth peer name eth0 netns "$P-v$k"
+  ip -n "$P-hub" link set "${P}v$k" master br0 up
+  ip -n "$P-v$k" -6 addr add "fd77::1$k/64" dev eth0 nodad
+  ip -n "$P-v$k" link set eth0 up
+done
+sleep 1 # the link-local addresses, for the neighbour discovery the agents' traffic needs
+URL="http://[fd77::1]:8080/disk.raw"
+AGENTS=()
+t0=$SECONDS
+for k in 1 2 3; do AGENT_NS=$P-v agent "$k"; done
+wait_agents
+origin=$(origin_bytes)
+peers=0
+for k in 1 2 3; do
+  read -r _o p _rest < <(shared "$k") || fail "agent $k printed no shared line"
+  peers=$((peers + p))
+done
+echo "ok: IPv6 only: 3 agents in $((SECONDS - t0)) s; the server sent $((origin >> 20)) MiB, peers $((peers >> 20)) MiB"
+((peers >= IMAGE_BYTES)) || fail "IPv6 only: the agents took only $peers bytes from each other (LSD over IPv6)"
 echo "ok: peer sharing"

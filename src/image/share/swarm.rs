@@ -90,6 +90,7 @@ pub struct ShareStats {
 }
 
 struct PeerView {
+    addr: SocketAddr,
     field: Vec<u8>,
     unchoked_us: bool,
     tx: mpsc::Sender<Message>,
@@ -636,12 +637,11 @@ async fn discover(sh: Arc<Shared>) {
     };
     let ih = sh.t.info_hash_hex();
     let cookie = hex::encode(&sh.peer_id[8..]);
-    let msg = lsd::message(sh.port, &ih, &cookie);
     let mut next_announce = Instant::now();
     let mut announced = 0u32;
     loop {
         if Instant::now() >= next_announce {
-            lsd.announce(&msg).await;
+            lsd.announce(sh.port, &ih, &cookie).await;
             announced += 1;
             // Often while the swarm forms, then rarely (BEP 14 asks for restraint).
             next_announce = Instant::now()
@@ -650,8 +650,10 @@ async fn discover(sh: Arc<Shared>) {
                 } else {
                     Duration::from_secs(15)
                 };
-            // Connections lost are worth another try now and then.
-            sh.lock().known.clear();
+            // Connections lost (or never made) are worth another try now and then.
+            let mut s = sh.lock();
+            let State { known, peers, .. } = &mut *s;
+            known.retain(|a| peers.values().any(|p| p.addr == *a));
         }
         let wait = next_announce.saturating_duration_since(Instant::now());
         let Ok(got) = tokio::time::timeout(wait, lsd.recv()).await else {
@@ -671,7 +673,7 @@ async fn discover(sh: Arc<Shared>) {
                 if rivet_cookie && theirs < cookie.as_str() {
                     continue;
                 }
-                let addr = SocketAddr::new(from.ip(), a.port);
+                let addr = lsd::peer_addr(from, a.port);
                 let known = {
                     let s = sh.lock();
                     s.known.contains(&addr) || s.banned.contains(&addr)
@@ -744,7 +746,7 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
     let count = sh.t.piece_count();
     {
         let mut st = sh.lock();
-        if st.peers.contains_key(&id) {
+        if st.peers.contains_key(&id) || st.peers.len() >= MAX_PEERS {
             return;
         }
         let cached: Vec<u32> = st.cache.keys().copied().collect();
@@ -755,6 +757,7 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
         st.peers.insert(
             id,
             PeerView {
+                addr,
                 field: vec![0; count.div_ceil(8) as usize],
                 unchoked_us: false,
                 tx: tx.clone(),
