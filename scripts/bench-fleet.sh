@@ -14,9 +14,59 @@
 #     lookups, from the API's log) and the command polls it answered (from its own log).
 # usage: scripts/bench-fleet.sh            env: NS ("1 4 16"), FORMATS ("raw zstd"),
 #        IMAGE_MIB (256; 64 fits 64 nodes' disks in memory), CONDUCTORS (0: API and conductor
-#        in one process on sqlite), RIVET (default: the static build, made if missing)
+#        in one process on sqlite), RIVET (default: the static build, made if missing),
+#        SHARE (1: the agents share pieces, rivet-peer-share=1, dialing each other on 127.0.0.1)
+#
+# With PEERS=0, 1 or "0 1" it is the peer-sharing benchmark instead (no conductor: the agents'
+# image path alone, `rivet install`): N agents in network namespaces on one bridge
+# (tests/share/fleet.sh) write the same image from one nginx whose link tc limits to LINK
+# (default 1gbit), without (0) and with (1) peer sharing; per run: seconds until the last
+# node is done, the server's bytes (and in copies of the image), bytes between peers, per node
+# p50/p95 seconds, the agents' summed CPU seconds and largest RSS.
+#   env: NS ("1 8 32"), IMAGE_MIB (256), LINK (1gbit), RIVET (the static build)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -n "${PEERS:-}" ]]; then
+  RIVET=${RIVET:-$ROOT/target/x86_64-unknown-linux-gnu/release/rivet}
+  NS=${NS:-1 8 32} IMAGE_MIB=${IMAGE_MIB:-256} LINK=${LINK:-1gbit}
+  "$ROOT/scripts/apt-install.sh" aria2 mktorrent nginx-light iproute2 curl time
+  [[ -x "$RIVET" ]] || "$ROOT/scripts/build-static.sh"
+  # shellcheck source=../tests/share/fleet.sh
+  source "$ROOT/tests/share/fleet.sh"
+  trap fleet_cleanup EXIT
+  fleet_up "$IMAGE_MIB" "$LINK" || { echo "nginx does not serve the image" >&2; exit 1; }
+  max=0
+  for n in $NS; do ((n > max)) && max=$n; done
+  ((max <= 200)) || { echo "at most 200 nodes (one /24)" >&2; exit 1; }
+  for ((k = 1; k <= max; k++)); do fleet_node "a$k" "10.77.0.$((10 + k))"; done
+  echo "image $IMAGE_MIB MiB, server link $LINK, $(nproc) cores"
+  printf '%-4s %-6s %9s %10s %7s %10s %7s %7s %9s %8s\n' N peers all_done_s server_MiB copies peers_MiB p50_s p95_s cpu_s rss_MiB
+  for n in $NS; do
+    for peers in $PEERS; do
+      fleet_origin_reset
+      t0=$(date +%s.%N)
+      for ((k = 1; k <= n; k++)); do
+        if ((peers)); then fleet_agent "$FLEET_P-a$k" "$k" --peer-share; else fleet_agent "$FLEET_P-a$k" "$k"; fi
+      done
+      fleet_wait
+      all=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
+      origin=$(fleet_origin_bytes)
+      from_peers=0
+      if ((peers)); then
+        for ((k = 1; k <= n; k++)); do
+          read -r _o p _rest < <(fleet_shared "$k"); from_peers=$((from_peers + p))
+        done
+      fi
+      for ((k = 1; k <= n; k++)); do cat "$FLEET_W/agent$k.time"; done | sort -n > "$FLEET_W/times"
+      read -r p50 p95 cpu rss < <(awk '{ e[NR] = $1; c += $2 + $3; if ($4 > r) r = $4 }
+        END { i50 = int((NR + 1) / 2); i95 = int(NR * 0.95 + 0.999); if (i95 < 1) i95 = 1;
+              printf "%.1f %.1f %.1f %.0f\n", e[i50], e[i95], c, r / 1024 }' "$FLEET_W/times")
+      printf '%-4s %-6s %9.1f %10d %7.2f %10d %7s %7s %9s %8s\n' "$n" "$peers" "$all" $((origin >> 20)) \
+        "$(awk -v o="$origin" -v i="$FLEET_IMAGE_BYTES" 'BEGIN { print o / i }')" $((from_peers >> 20)) "$p50" "$p95" "$cpu" "$rss"
+    done
+  done
+  exit 0
+fi
 NS=${NS:-1 4 16}
 CONDUCTORS=${CONDUCTORS:-0}
 FORMATS=${FORMATS:-raw zstd}
@@ -51,6 +101,11 @@ I=$STATE/images
 # Half of the data partition random, as an OS image's contents compress about 2:1.
 dd if=/dev/urandom of="$I/fleet.raw" bs=1M seek=40 count=$(((IMAGE_MIB - 40) / 2)) conv=notrunc status=none
 zstd -q -f -3 "$I/fleet.raw" -o "$I/fleet.raw.zst"
+# SHARE=1: the agents share the image's pieces (rivet-peer-share=1), its torrent beside it.
+if [[ -n "${SHARE:-}" ]]; then
+  "$RIVET" torrent "$I/fleet.raw" >/dev/null
+  "$RIVET" torrent "$I/fleet.raw.zst" >/dev/null
+fi
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<EOF
 daemon off;
@@ -141,13 +196,22 @@ import json, sys
 d = {x['uuid']: x['provision_state'] for x in json.load(sys.stdin)['nodes']}
 print(' '.join(d.get(u, '?').replace(' ', '_') for u in sys.argv[1:]))" "${NODES[@]}"
   }
-  local started=() todo=$n end=$((SECONDS + 120))
+  local started=() todo=$n end=$((SECONDS + 120)) share_peers=
   while ((todo > 0 && SECONDS < end)); do
     local st; read -r -a st <<<"$(states_of)"
     for ((i = 0; i < n; i++)); do
       [[ -n "${started[$i]:-}" || "${st[$i]}" != "wait_call-back" ]] && continue
       local port; port=$(free_port)
-      echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port ipa-debug=1" > "$WORK/cmdline-$i"
+      local share=""
+      if [[ -n "${SHARE:-}" ]]; then
+        # On this host's loopback, where multicast does not go: no LSD, each agent dials the
+        # ones started before it.
+        local pport; pport=$(free_port)
+        share="rivet-peer-share=1 rivet-peer-share-lsd=0 rivet-peer-share-port=$pport"
+        [[ -n "$share_peers" ]] && share+=" rivet-peer-share-peers=${share_peers#,}"
+        share_peers+=",127.0.0.1:$pport"
+      fi
+      echo "ipa-api-url=$API BOOTIF=${macs[$i]} ipa-listen-host=127.0.0.1 ipa-listen-port=$port ipa-advertise-host=127.0.0.1 ipa-advertise-port=$port ipa-debug=1 $share" > "$WORK/cmdline-$i"
       /usr/bin/time -f "%e %U %S %M" -o "$WORK/time-$i" \
         "$RIVET" --cmdline-file "$WORK/cmdline-$i" --state-dir "$WORK/state-$fmt-$n-$i" --simulate-power --allow-loop-devices \
         > "$WORK/rivet-$fmt-$n-$i.log" 2>&1 &

@@ -245,6 +245,10 @@ pub struct Config {
     pub peer_share_port: u16,
     /// `rivet-peer-share-upload=` in MiB/s (0: unlimited).
     pub peer_share_upload_mib: u64,
+    /// `rivet-peer-share-lsd=0`: no Local Service Discovery (only the peers below).
+    pub peer_share_lsd: bool,
+    /// `rivet-peer-share-peers=ADDR:PORT,…`: peers to dial from the start (a fixed seed).
+    pub peer_share_peers: Vec<std::net::SocketAddr>,
     /// `ipa-enable-discard-erase` (default off): a discard after a failed secure erase.
     pub enable_discard_erase: bool,
     pub ntp_server: Option<String>,
@@ -454,6 +458,24 @@ impl Config {
                 .map(|v| parse_u64("rivet-peer-share-upload", v).map(|n| n.min(1 << 20)))
                 .transpose()?
                 .unwrap_or(100),
+            peer_share_lsd: boolean("rivet-peer-share-lsd", true)?,
+            peer_share_peers: get("rivet-peer-share-peers")
+                .map(|v| {
+                    v.split(',')
+                        .filter(|p| !p.trim().is_empty())
+                        .map(|p| {
+                            p.trim().parse().map_err(|_| {
+                                ConfigError::invalid(
+                                    "rivet-peer-share-peers",
+                                    v,
+                                    "expected ADDR:PORT[,ADDR:PORT…] ([v6]:port for IPv6)",
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
             enable_discard_erase: boolean("ipa-enable-discard-erase", false)?,
             ntp_server: get("ipa-ntp-server").map(str::to_string),
             fail_if_clock_not_set: false,
@@ -642,6 +664,41 @@ mod tests {
         assert_eq!(c.tls_certificate_curve, Curve::P384);
         assert_eq!(c.tls_min_version, TlsVersion::V1_2);
         assert!(!c.insecure && !c.advertise_https && c.image_download_max_duration.is_none());
+    }
+
+    #[test]
+    fn peer_sharing_parameters() {
+        let off = cfg("ipa-api-url=http://10.0.0.1:6385").unwrap();
+        assert!(!off.peer_share && off.peer_share_lsd && off.peer_share_peers.is_empty());
+        assert_eq!((off.peer_share_port, off.peer_share_upload_mib), (0, 100));
+        let c = cfg(
+            "ipa-api-url=http://10.0.0.1:6385 rivet-peer-share=1 rivet-peer-share-port=6881 \
+                     rivet-peer-share-upload=40 rivet-peer-share-lsd=0 \
+                     rivet-peer-share-peers=10.0.0.9:6881,[fd00::9]:6881",
+        )
+        .unwrap();
+        assert!(c.peer_share && !c.peer_share_lsd);
+        assert_eq!((c.peer_share_port, c.peer_share_upload_mib), (6881, 40));
+        assert_eq!(
+            c.peer_share_peers,
+            vec![
+                "10.0.0.9:6881".parse().unwrap(),
+                "[fd00::9]:6881".parse().unwrap()
+            ]
+        );
+        for bad in [
+            "rivet-peer-share=maybe",
+            "rivet-peer-share-port=70000",
+            "rivet-peer-share-upload=-1",
+            "rivet-peer-share-peers=10.0.0.9",
+            "rivet-peer-share-peers=host:6881",
+        ] {
+            let e = cfg(&format!("ipa-api-url=http://10.0.0.1:6385 {bad}")).unwrap_err();
+            assert!(
+                e.to_string().contains(bad.split('=').next().unwrap()),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub fn join(
     let Some(t) = find(urls, o)? else {
         return Ok(None);
     };
+    if o.auth != fetch::Auth::None {
+        // Said in the log, since it is the operator's choice: the server's credentials do not
+        // protect what the agents serve (docs/peer-sharing.md, threat model).
+        tracing::warn!(
+            "peer sharing: this image needs credentials at its server, yet its pieces are served to any peer on the provisioning network that knows the torrent's info hash"
+        );
+    }
     match Swarm::start(t, urls.to_vec(), o, opts.clone()) {
         Ok(s) => Ok(Some(s)),
         Err(e) => {

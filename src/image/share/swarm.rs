@@ -66,6 +66,8 @@ impl ShareOptions {
         c.peer_share.then(|| ShareOptions {
             listen: std::net::SocketAddr::from(([0u8; 16], c.peer_share_port)),
             upload_rate: c.peer_share_upload_mib.saturating_mul(1 << 20),
+            lsd: c.peer_share_lsd,
+            peers: c.peer_share_peers.clone(),
             ..Default::default()
         })
     }
