@@ -14,6 +14,16 @@ set -euo pipefail
 out=$1 kernel=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# esp_fill MIB LOADER: a FAT ESP of MIB MiB from sector 2048 of $out holding $tmp/LOADER as
+# the firmware's fallback loader, the kernel and the marker initramfs.
+esp_fill() {
+  mkfs.fat -F 16 --offset 2048 -n ESP "$out" $(($1 * 1024)) >/dev/null 2>&1
+  local esp="$out@@1048576"
+  mmd -i "$esp" ::/EFI ::/EFI/BOOT
+  mcopy -i "$esp" "$tmp/$2" "::/EFI/BOOT/$2"
+  mcopy -i "$esp" "$kernel" ::/rivet-test-kernel
+  mcopy -i "$esp" "$tmp/marker.img" ::/rivet-test-initrd
+}
 if [[ "${ARCH:-x86_64}" == aarch64 ]]; then
   cache=$HOME/.cache/rivet-ramdisk-arm64/grub
   if [[ ! -f "$cache/.done" ]]; then
@@ -35,12 +45,7 @@ CFG
     --modules="part_gpt fat search search_fs_file linux echo normal" "boot/grub/grub.cfg=$tmp/grub.cfg"
   rm -f "$out"; truncate -s 80M "$out"
   sgdisk -o -n 1:2048:+72M -t 1:ef00 -c 1:ESP -n 2:0:0 -c 2:root "$out" >/dev/null
-  mkfs.fat -F 16 --offset 2048 -n ESP "$out" $((72 * 1024)) >/dev/null 2>&1
-  esp="$out@@1048576"
-  mmd -i "$esp" ::/EFI ::/EFI/BOOT
-  mcopy -i "$esp" "$tmp/BOOTAA64.EFI" ::/EFI/BOOT/BOOTAA64.EFI
-  mcopy -i "$esp" "$kernel" ::/rivet-test-kernel
-  mcopy -i "$esp" "$tmp/marker.img" ::/rivet-test-initrd
+  esp_fill 72 BOOTAA64.EFI
   exit 0
 fi
 "$(dirname "$0")/make-marker-initrd.sh" "$tmp/marker.img"
@@ -62,12 +67,7 @@ grub-mkstandalone -O x86_64-efi -o "$tmp/BOOTX64.EFI" \
   "boot/grub/grub.cfg=$tmp/grub.cfg"
 rm -f "$out"; truncate -s 48M "$out"
 sgdisk -o -n 1:2048:+40M -t 1:ef00 -c 1:ESP -n 2:0:+1M -t 2:ef02 -c 2:bios -n 3:0:0 -c 3:root "$out" >/dev/null
-mkfs.fat -F 16 --offset 2048 -n ESP "$out" $((40 * 1024)) >/dev/null 2>&1
-esp="$out@@1048576"
-mmd -i "$esp" ::/EFI ::/EFI/BOOT
-mcopy -i "$esp" "$tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "$esp" "$kernel" ::/rivet-test-kernel
-mcopy -i "$esp" "$tmp/marker.img" ::/rivet-test-initrd
+esp_fill 40 BOOTX64.EFI
 # BIOS: a standalone core image (its menu inside, few modules so it fits the 1 MiB partition).
 mods="biosdisk part_gpt fat search search_fs_file linux serial echo normal terminal"
 grub-mkstandalone -O i386-pc -o "$tmp/core.img" --install-modules="$mods configfile test" \
