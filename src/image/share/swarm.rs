@@ -109,6 +109,8 @@ struct State {
     next_since: Instant,
     /// Pieces being fetched, and when the claim was made.
     claimed: HashMap<u32, Instant>,
+    /// When each piece of the window was first wanted (for [`UNANNOUNCED`]).
+    wanted_since: HashMap<u32, Instant>,
     peers: HashMap<[u8; 20], PeerView>,
     /// Addresses connected to or tried.
     known: HashSet<SocketAddr>,
@@ -152,14 +154,30 @@ impl Shared {
     fn pick_for_origin(&self) -> Option<u32> {
         let mut s = self.lock();
         let end = s.next.saturating_add(self.window).min(self.t.piece_count());
-        let free: Vec<u32> = (s.next..end)
-            .filter(|i| !s.cache.contains_key(i) && !s.claimed.contains_key(i))
-            .filter(|i| {
-                !s.peers
-                    .values()
-                    .any(|p| p.unchoked_us && wire::bit(&p.field, *i))
-            })
-            .collect();
+        let now = Instant::now();
+        let next = s.next;
+        s.wanted_since.retain(|i, _| *i >= next);
+        let mut free = Vec::new();
+        for i in s.next..end {
+            if s.cache.contains_key(&i) || s.claimed.contains_key(&i) {
+                continue;
+            }
+            let since = *s.wanted_since.entry(i).or_insert(now);
+            let offered = s
+                .peers
+                .values()
+                .any(|p| p.unchoked_us && wire::bit(&p.field, i));
+            // One node per piece goes to the server for it (rendezvous hashing over the
+            // agents connected: each agent knows the others' ids, so all agree); the others
+            // wait for its `have`. Whoever it is, a piece nobody has announced for a while is
+            // fetched by any node (an agent gone, or a peer that only looks like one).
+            let mine = self.responsible(&s, i)
+                || now.duration_since(since) > UNANNOUNCED
+                || (i == next && s.next_since.elapsed() > STARVING);
+            if !offered && mine {
+                free.push(i);
+            }
+        }
         // The pipeline waiting on its next piece: first when alone, and when it has waited
         // long with peers (every node of a fleet wants the same next piece: taken from the
         // server by all at once, it would come N times).
@@ -171,6 +189,16 @@ impl Shared {
         };
         s.claimed.insert(pick, Instant::now());
         Some(pick)
+    }
+
+    /// Whether this node, of the agents it is connected to, is the one to fetch piece `i`
+    /// from the server: the highest score of a stable hash of (peer id, piece).
+    fn responsible(&self, s: &State, i: u32) -> bool {
+        let mine = rendezvous(&self.peer_id, i);
+        s.peers
+            .keys()
+            .filter(|id| id.starts_with(AGENT_ID_PREFIX))
+            .all(|id| rendezvous(id, i) < mine)
     }
 
     fn unclaim(&self, i: u32) {
@@ -294,6 +322,7 @@ impl Swarm {
                 next: 0,
                 next_since: Instant::now(),
                 claimed: HashMap::new(),
+                wanted_since: HashMap::new(),
                 peers: HashMap::new(),
                 known: HashSet::new(),
                 banned: HashSet::new(),
@@ -585,6 +614,25 @@ async fn accept(sh: Arc<Shared>, l: TcpListener) {
             }
         }
     }
+}
+
+/// Rivet agents' peer ids begin so (Azureus-style client id).
+const AGENT_ID_PREFIX: &[u8] = b"-RV";
+
+/// A piece in the window that no peer has announced for this long is fetched from the server
+/// by whoever wants it, whichever node was to fetch it.
+const UNANNOUNCED: Duration = Duration::from_secs(2);
+
+/// A stable score of (peer id, piece) for rendezvous hashing: the same in every agent
+/// (splitmix64 over the id's random part and the piece index), cheap enough for every piece of
+/// the window times every peer at each pick.
+fn rendezvous(id: &[u8; 20], i: u32) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&id[12..20]);
+    let mut z = u64::from_le_bytes(k) ^ u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The pipeline waiting this long on its next piece has it fetched from the server.
@@ -989,5 +1037,38 @@ async fn download_loop(
             | Message::Cancel { .. }
             | Message::Other(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_agent_per_piece_goes_to_the_server() {
+        let ids: Vec<[u8; 20]> = (0..8u8)
+            .map(|k| {
+                let mut id = *b"-RV0001-000000000000";
+                rand::thread_rng().fill(&mut id[8..]);
+                id[19] = k;
+                id
+            })
+            .collect();
+        let mut per = [0u32; 8];
+        for i in 0..4000u32 {
+            // Each agent decides alone, from its own id and the others'.
+            let chosen: Vec<usize> = (0..8)
+                .filter(|&a| {
+                    let mine = rendezvous(&ids[a], i);
+                    (0..8)
+                        .filter(|&b| b != a)
+                        .all(|b| rendezvous(&ids[b], i) < mine)
+                })
+                .collect();
+            assert_eq!(chosen.len(), 1, "piece {i}: {chosen:?}");
+            per[chosen[0]] += 1;
+        }
+        // About 500 each.
+        assert!(per.iter().all(|n| (350..650).contains(n)), "{per:?}");
     }
 }
