@@ -38,6 +38,8 @@ if ldd "$BIN" >/dev/null 2>&1 && ! ldd "$BIN" 2>&1 | grep -q "not a dynamic exec
   echo "ldd finds dynamic dependencies:" >&2; ldd "$BIN" >&2; exit 1
 fi
 size=$(stat -c %s "$BIN")
-limit=$((12 * 1024 * 1024))
-((size <= limit)) || { echo "binary is $size bytes, over the 12 MiB budget" >&2; exit 1; }
+# 12 MiB until peer sharing (the BitTorrent peer protocol, LSD, the web seed: 0.39 MB of
+# x86_64 code and unwind tables) took the x86_64 binary from 12,482,672 to 12,875,440 bytes.
+limit=$((13 * 1024 * 1024))
+((size <= limit)) || { echo "binary is $size bytes, over the 13 MiB budget" >&2; exit 1; }
 echo "$BIN: $(numfmt --to=iec-i --suffix=B "$size") ($size bytes); $desc"

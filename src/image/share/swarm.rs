@@ -53,7 +53,9 @@ impl Default for ShareOptions {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             lsd: true,
             peers: Vec::new(),
-            cache_bytes: 32 << 20,
+            // With the window (half of it) and the pieces being assembled, what sharing adds
+            // to the agent's memory: the deploy stays under its 64 MiB ceiling.
+            cache_bytes: 16 << 20,
             upload_rate: 0,
             stall: Duration::from_secs(5),
         }
