@@ -347,3 +347,47 @@ fn without_a_torrent_the_image_comes_from_its_server_as_before() {
     let seen: Vec<String> = srv2.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(seen, vec!["/disk.raw".to_string()]);
 }
+
+#[test]
+fn a_node_ahead_serves_a_raw_image_from_its_disk() {
+    // The second agent starts when the first holds only the last 16 MiB of pieces in memory:
+    // what it gets from the first beyond that was read back from the first's disk.
+    let d = tempfile::tempdir().unwrap();
+    let img = image(32 * MIB, 7);
+    let sum = sha256(&img);
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    srv.add("disk.raw.torrent", make_torrent(d.path(), &img, 256));
+    srv.faults(|f| f.link_rate = Some(4 * MIB as u64));
+    let port = free_port();
+    let first = target(d.path(), "first", 33 * MIB);
+    let extra = [
+        "--peer-share",
+        "--no-lsd",
+        "--peer-share-port",
+        &port.to_string(),
+    ]
+    .map(String::from);
+    let a = install(&url, &sum, &first, &extra).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(5500));
+    let second = target(d.path(), "second", 33 * MIB);
+    let extra = [
+        "--peer-share",
+        "--no-lsd",
+        "--peer",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .map(String::from);
+    let b = ok(&install(&url, &sum, &second, &extra).output().unwrap());
+    let a = ok(&a.wait_with_output().unwrap());
+    same(&first, &img);
+    same(&second, &img);
+    let [_, from_peers, ..] = shared(&b);
+    let sent = shared(&a)[2];
+    eprintln!("the second agent took {from_peers} bytes from the first, which sent {sent}");
+    assert!(
+        from_peers > 17 * MIB as u64,
+        "the second agent took {from_peers} bytes from the first (its memory holds 16 MiB)\n{a}\n{b}"
+    );
+    assert!(sent >= from_peers, "{a}");
+}

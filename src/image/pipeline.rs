@@ -277,7 +277,7 @@ fn attempt(
         });
         // Decode and write here; the reader (and so the channel) is dropped when this returns,
         // which unblocks the fetcher if we stopped early.
-        let decoded = decode_and_write(req, drx, target, progress, qcow2);
+        let decoded = decode_and_write(req, drx, target, progress, qcow2, swarm);
         let fetched = fetcher
             .join()
             .map_err(|_| ImageError::Internal("fetch thread panicked".into()))?;
@@ -332,6 +332,7 @@ fn decode_and_write<'t>(
     target: &'t Target,
     progress: &Arc<Progress>,
     qcow2: Option<&Prepared>,
+    swarm: Option<&Swarm>,
 ) -> Result<Pass<'t>, ImageError> {
     let mut reader = ChannelReader {
         rx,
@@ -384,6 +385,14 @@ fn decode_and_write<'t>(
         let done = |n: u64| progress.written.store(n, Ordering::Relaxed);
         qcow2::write_pass(&p.map, stream, &mut w, &done)?;
         return Ok(Pass::Written(w, compression, format));
+    }
+    if let (Some(sw), Compression::None) = (swarm, compression) {
+        // The image's bytes are the disk's: pieces the swarm no longer holds in memory are
+        // read back from there for peers (checked against the torrent first).
+        match target.reader() {
+            Ok((file, base)) => sw.serve_from_disk(file, base, progress.clone()),
+            Err(e) => tracing::debug!(error = %e, "peer sharing: pieces served from memory only"),
+        }
     }
     let mut w = StreamWriter::new(target);
     w.write(&inner)?;

@@ -104,6 +104,12 @@ impl Target {
         self.dev.path()
     }
 
+    /// A read-only handle on what has been written, and where the target starts in it: peer
+    /// sharing serves a raw image's pieces back from the disk (each checked before it leaves).
+    pub fn reader(&self) -> std::io::Result<(std::fs::File, u64)> {
+        Ok((std::fs::File::open(self.dev.path())?, self.base))
+    }
+
     pub fn is_block(&self) -> bool {
         self.dev.is_block()
     }

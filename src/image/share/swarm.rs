@@ -11,7 +11,7 @@
 //! The swarm runs on its own thread and runtime for as long as the image is being written (its
 //! owner, the pipeline, drops it at the end): a node never serves once its deploy is over.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -96,6 +96,8 @@ pub struct ShareStats {
 struct PeerView {
     addr: SocketAddr,
     field: Vec<u8>,
+    /// The first piece it lacks: where its window starts, if it is an agent like this one.
+    first_missing: u32,
     unchoked_us: bool,
     tx: mpsc::Sender<Message>,
 }
@@ -120,6 +122,17 @@ struct State {
     banned_ids: HashSet<[u8; 20]>,
     fatal: Option<FetchError>,
     stats: ShareStats,
+    /// Cached pieces in the order they came (the oldest delivered ones leave first).
+    order: VecDeque<u32>,
+    /// A raw image: where its written bytes can be read back.
+    disk: Option<DiskCopy>,
+}
+
+#[derive(Clone)]
+struct DiskCopy {
+    file: Arc<std::fs::File>,
+    base: u64,
+    progress: Arc<Progress>,
 }
 
 struct Shared {
@@ -195,12 +208,18 @@ impl Shared {
 
     /// Whether this node, of the agents it is connected to, is the one to fetch piece `i`
     /// from the server: the highest score of a stable hash of (peer id, piece).
+    /// Only agents whose window holds the piece count: one that far behind would leave the
+    /// nodes ahead waiting, piece after piece.
     fn responsible(&self, s: &State, i: u32) -> bool {
         let mine = rendezvous(&self.peer_id, i);
         s.peers
-            .keys()
-            .filter(|id| id.starts_with(AGENT_ID_PREFIX))
-            .all(|id| rendezvous(id, i) < mine)
+            .iter()
+            .filter(|(id, p)| {
+                id.starts_with(AGENT_ID_PREFIX)
+                    && p.first_missing <= i
+                    && i < p.first_missing.saturating_add(self.window)
+            })
+            .all(|(id, _)| rendezvous(id, i) < mine)
     }
 
     fn unclaim(&self, i: u32) {
@@ -222,6 +241,7 @@ impl Shared {
         }
         s.cached_bytes += data.len();
         s.cache.insert(i, data);
+        s.order.push_back(i);
         if !s.have[i as usize] {
             s.have[i as usize] = true;
             for p in s.peers.values() {
@@ -234,19 +254,57 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    /// Drop delivered pieces, oldest first, down to the budget.
+    /// Drop delivered pieces, oldest first, down to the budget (pieces the pipeline has yet
+    /// to take stay: the window bounds them).
     fn evict(&self, s: &mut State) {
-        while s.cached_bytes > self.opts.cache_bytes {
-            let Some((&i, _)) = s.cache.iter().next() else {
-                break;
-            };
-            if i >= s.next {
-                break;
+        let mut k = 0;
+        while s.cached_bytes > self.opts.cache_bytes && k < s.order.len() {
+            let i = s.order[k];
+            if i >= s.next && s.cache.contains_key(&i) {
+                k += 1;
+                continue;
             }
+            s.order.remove(k);
             if let Some(b) = s.cache.remove(&i) {
                 s.cached_bytes -= b.len();
             }
         }
+    }
+
+    /// A piece read back from the disk and verified: held like the others, to answer the
+    /// rest of the peer's requests for it.
+    fn keep(&self, i: u32, data: Bytes) {
+        let mut s = self.lock();
+        if s.cache.contains_key(&i) {
+            return;
+        }
+        s.cached_bytes += data.len();
+        s.cache.insert(i, data);
+        s.order.push_back(i);
+        self.evict(&mut s);
+    }
+
+    /// Piece `i` from the disk, if the pipeline has written it there and it reads back whole.
+    async fn read_back(&self, i: u32) -> Option<Bytes> {
+        let (start, end) = self.t.piece_range(i);
+        let d = self.lock().disk.clone()?;
+        if end > d.progress.written.load(Ordering::Relaxed) {
+            return None;
+        }
+        let t = self.t.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; (end - start) as usize];
+            d.file
+                .read_exact_at(&mut buf, d.base.checked_add(start)?)
+                .ok()?;
+            // The first MiB is written last, a write may still be in flight: only what reads
+            // back as the torrent says leaves.
+            t.check_piece(i, &buf).then(|| Bytes::from(buf))
+        });
+        let data = read.await.ok()??;
+        self.keep(i, data.clone());
+        Some(data)
     }
 
     fn fail(&self, e: FetchError) {
@@ -331,6 +389,8 @@ impl Swarm {
                 banned_ids: HashSet::new(),
                 fatal: None,
                 stats: ShareStats::default(),
+                order: VecDeque::new(),
+                disk: None,
             }),
             changed: Notify::new(),
             upload: Mutex::new((Instant::now(), 0.0)),
@@ -382,6 +442,16 @@ impl Swarm {
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+
+    /// The pipeline writes this raw image to `file` from `base`: serve pieces from there once
+    /// written (progress.written says how far).
+    pub fn serve_from_disk(&self, file: std::fs::File, base: u64, progress: Arc<Progress>) {
+        self.shared.lock().disk = Some(DiskCopy {
+            file: Arc::new(file),
+            base,
+            progress,
+        });
     }
 
     pub fn port(&self) -> u16 {
@@ -811,6 +881,7 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
             PeerView {
                 addr,
                 field: vec![0; count.div_ceil(8) as usize],
+                first_missing: 0,
                 unchoked_us: false,
                 tx: tx.clone(),
             },
@@ -930,6 +1001,10 @@ async fn download_loop(
                 }
                 if let Some(p) = sh.lock().peers.get_mut(&id) {
                     p.field = f.to_vec();
+                    p.first_missing = 0;
+                    while p.first_missing < count && wire::bit(&p.field, p.first_missing) {
+                        p.first_missing += 1;
+                    }
                 }
                 sh.changed.notify_waiters();
             }
@@ -937,6 +1012,9 @@ async fn download_loop(
                 if let Some(p) = sh.lock().peers.get_mut(&id) {
                     if let Some(b) = p.field.get_mut((i / 8) as usize) {
                         *b |= 0x80 >> (i % 8);
+                    }
+                    while p.first_missing < count && wire::bit(&p.field, p.first_missing) {
+                        p.first_missing += 1;
                     }
                 }
                 sh.changed.notify_waiters();
@@ -983,6 +1061,10 @@ async fn download_loop(
                     release(&mut pending);
                     return "a request outside its piece".into();
                 }
+                let piece = match piece {
+                    Some(p) => Some(p),
+                    None => sh.read_back(index).await,
+                };
                 match piece {
                     Some(p) => {
                         let data = p.slice(begin as usize..(begin + length) as usize);
