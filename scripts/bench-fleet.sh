@@ -279,6 +279,12 @@ print(' '.join(d.get(u, '?') for u in sys.argv[1:]))" "${NODES[@]}")
     "$(awk -v c="$calls" -v n="$n" 'BEGIN{printf "%.1f", c / n}')" \
     "$(awk -v c="$lookups" -v n="$n" 'BEGIN{printf "%.1f", c / n}')" \
     "$(awk -v c="$polls" -v n="$n" 'BEGIN{printf "%.1f", c / n}')"
+  if [[ -n "${SHARE:-}" ]]; then
+    # What the agents' swarms took from the server and from each other (their own logs).
+    cat "$WORK"/rivet-"$fmt-$n"-*.log | sed 's/\x1b\[[0-9;]*m//g' | grep -a "image received through the swarm" |
+      awk -v n="$n" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "origin_bytes") o += kv[2]; if (kv[1] == "peer_bytes") p += kv[2] } k++ }
+        END { printf "       sharing: %d of %d agents through the swarm, %.1f MiB from the server, %.1f MiB from peers\n", k, n, o / 1048576, p / 1048576 }'
+  fi
   rm -f "$WORK"/time-*
   for ((i = 0; i < n; i++)); do
     api PUT "/v1/nodes/${NODES[$i]}/maintenance" '{"reason": "bench done"}' >/dev/null

@@ -710,6 +710,9 @@ fn rendezvous(id: &[u8; 20], i: u32) -> u64 {
 /// The pipeline waiting this long on its next piece has it fetched from the server.
 const STARVING: Duration = Duration::from_secs(1);
 
+/// Blocks queued for one peer's upload (16 KiB each, as clients ask: 256 KiB a peer).
+const UPLOAD_QUEUE: usize = 16;
+
 /// At most this many peers at once.
 const MAX_PEERS: usize = 32;
 
@@ -890,9 +893,19 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
         st.stats.peers_seen += 1;
     }
     tracing::info!(peer = %addr, "peer sharing: peer connected");
+    // Blocks for the peer go their own, short way: the loop below waits for room there (so a
+    // peer asking faster than the upload limit is slowed by TCP), and a block is a copy, not a
+    // slice pinning its whole piece: what uploads hold is at most UPLOAD_QUEUE blocks a peer.
+    let (up_tx, mut up_rx) = mpsc::channel::<Message>(UPLOAD_QUEUE);
     let writer_sh = sh.clone();
     let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
+        loop {
+            let m = tokio::select! {
+                biased;
+                m = rx.recv() => m,
+                m = up_rx.recv() => m,
+            };
+            let Some(m) = m else { break };
             if let Message::Piece { data, .. } = &m {
                 writer_sh.throttle(data.len()).await;
                 writer_sh.lock().stats.uploaded_bytes += data.len() as u64;
@@ -915,7 +928,7 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
             }
         }
     });
-    let why = download_loop(&sh, &mut msg_rx, &tx, id, addr).await;
+    let why = download_loop(&sh, &mut msg_rx, &tx, &up_tx, id, addr).await;
     reader.abort();
     writer.abort();
     let mut st = sh.lock();
@@ -931,6 +944,7 @@ async fn download_loop(
     sh: &Arc<Shared>,
     rd: &mut mpsc::Receiver<Result<Message, wire::WireError>>,
     tx: &mpsc::Sender<Message>,
+    up: &mpsc::Sender<Message>,
     id: [u8; 20],
     addr: SocketAddr,
 ) -> String {
@@ -1049,10 +1063,7 @@ async fn download_loop(
                 length,
             } => {
                 let piece = sh.lock().cache.get(&index).cloned();
-                if tx.capacity() < 16 {
-                    release(&mut pending);
-                    return "more requests than it reads answers".into();
-                }
+
                 let ok = length > 0
                     && length <= MAX_REQUEST
                     && index < count
@@ -1067,8 +1078,17 @@ async fn download_loop(
                 };
                 match piece {
                     Some(p) => {
-                        let data = p.slice(begin as usize..(begin + length) as usize);
-                        let _ = tx.try_send(Message::Piece { index, begin, data });
+                        let data =
+                            Bytes::copy_from_slice(&p[begin as usize..(begin + length) as usize]);
+                        drop(p);
+                        if up
+                            .send(Message::Piece { index, begin, data })
+                            .await
+                            .is_err()
+                        {
+                            release(&mut pending);
+                            return "connection closed".into();
+                        }
                     }
                     // Dropped from memory since: a choke tells the peer its requests are gone.
                     None => {
