@@ -176,8 +176,19 @@ fn agents_deploying_together_take_one_copy_from_the_server() {
     );
 }
 
-/// A peer speaking the protocol: every piece offered; answers corrupt (or none at all).
-fn hostile_peer(t: &Torrent, corrupt: bool) -> u16 {
+#[derive(Clone, Copy, PartialEq)]
+enum Hostile {
+    /// Every block asked for, answered with wrong bytes.
+    Corrupt,
+    /// Requests never answered.
+    Silent,
+    /// The first block of the first piece asked for, sent again and again (a peer keeping a
+    /// piece "in progress" for ever).
+    Trickle,
+}
+
+/// A peer speaking the protocol: every piece offered; answers as `how` says.
+fn hostile_peer(t: &Torrent, how: Hostile) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = t.clone();
@@ -203,7 +214,33 @@ fn hostile_peer(t: &Torrent, corrupt: bool) -> u16 {
                     if s.read_exact(&mut m).is_err() {
                         return;
                     }
-                    if m.first() == Some(&6) && corrupt {
+                    if m.first() == Some(&6) && how == Hostile::Trickle {
+                        let idx = u32::from_be_bytes(m[1..5].try_into().unwrap());
+                        let mut w = s.try_clone().unwrap();
+                        std::thread::spawn(move || loop {
+                            let piece = wire::Message::Piece {
+                                index: idx,
+                                begin: 0,
+                                data: bytes::Bytes::from(vec![0u8; wire::BLOCK as usize]),
+                            };
+                            if w.write_all(&wire::encode(&piece)).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(300));
+                        });
+                        // The rest of the requests go unanswered.
+                        loop {
+                            let mut len = [0u8; 4];
+                            if s.read_exact(&mut len).is_err() {
+                                return;
+                            }
+                            let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
+                            if s.read_exact(&mut m).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if m.first() == Some(&6) && how == Hostile::Corrupt {
                         let idx = u32::from_be_bytes(m[1..5].try_into().unwrap());
                         let begin = u32::from_be_bytes(m[5..9].try_into().unwrap());
                         let n = u32::from_be_bytes(m[9..13].try_into().unwrap());
@@ -234,7 +271,7 @@ fn a_peer_sending_corrupt_pieces_is_banned_and_nothing_wrong_is_written() {
     let srv = ImageServer::start();
     let url = srv.add("disk.raw", img.clone());
     srv.add("disk.raw.torrent", doc);
-    let rogue = hostile_peer(&t, true);
+    let rogue = hostile_peer(&t, Hostile::Corrupt);
     let dev = target(d.path(), "disk", 3 * MIB);
     let extra = [
         "--peer-share",
@@ -252,6 +289,12 @@ fn a_peer_sending_corrupt_pieces_is_banned_and_nothing_wrong_is_written() {
 
 #[test]
 fn a_peer_that_stalls_loses_its_pieces_to_the_server() {
+    for how in [Hostile::Silent, Hostile::Trickle] {
+        stalling_peer(how);
+    }
+}
+
+fn stalling_peer(how: Hostile) {
     let d = tempfile::tempdir().unwrap();
     let img = image(MIB, 3);
     let sum = sha256(&img);
@@ -260,7 +303,7 @@ fn a_peer_that_stalls_loses_its_pieces_to_the_server() {
     let srv = ImageServer::start();
     let url = srv.add("disk.raw", img.clone());
     srv.add("disk.raw.torrent", doc);
-    let silent = hostile_peer(&t, false);
+    let silent = hostile_peer(&t, how);
     let dev = target(d.path(), "disk", 2 * MIB);
     let extra = [
         "--peer-share",

@@ -111,21 +111,28 @@ struct State {
     /// The next piece the pipeline wants, and since when.
     next: u32,
     next_since: Instant,
-    /// Pieces being fetched, and when the claim was made.
-    claimed: HashMap<u32, Instant>,
+    /// Pieces being fetched: since when, and by whom.
+    claimed: HashMap<u32, (Instant, Source)>,
     /// When each piece of the window was first wanted (for [`UNANNOUNCED`]).
     wanted_since: HashMap<u32, Instant>,
     peers: HashMap<[u8; 20], PeerView>,
     /// Addresses connected to or tried.
     known: HashSet<SocketAddr>,
-    banned: HashSet<SocketAddr>,
+    /// Hosts that sent a corrupt piece.
+    banned: HashSet<std::net::IpAddr>,
     banned_ids: HashSet<[u8; 20]>,
     fatal: Option<FetchError>,
     stats: ShareStats,
+    /// Connections not yet peers (dialing, handshake).
+    handshaking: usize,
+    /// Peers that stalled, not dialed again before then.
+    cooldown: HashMap<SocketAddr, Instant>,
     /// Cached pieces in the order they came (the oldest delivered ones leave first).
     order: VecDeque<u32>,
     /// A raw image: where its written bytes can be read back.
     disk: Option<DiskCopy>,
+    /// Pieces that did not read back whole, and how far the write was then.
+    unreadable: HashMap<u32, u64>,
 }
 
 #[derive(Clone)]
@@ -144,6 +151,7 @@ struct Shared {
     state: Mutex<State>,
     changed: Notify,
     upload: Mutex<(Instant, f64)>,
+    disk_reads: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -160,7 +168,7 @@ impl Shared {
         let pick = (s.next..end).find(|i| {
             !s.cache.contains_key(i) && !s.claimed.contains_key(i) && wire::bit(field, *i)
         })?;
-        s.claimed.insert(pick, Instant::now());
+        s.claimed.insert(pick, (Instant::now(), Source::Peer));
         Some(pick)
     }
 
@@ -174,10 +182,20 @@ impl Shared {
         s.wanted_since.retain(|i, _| *i >= next);
         let mut free = Vec::new();
         for i in s.next..end {
-            if s.cache.contains_key(&i) || s.claimed.contains_key(&i) {
+            if s.cache.contains_key(&i) {
                 continue;
             }
             let since = *s.wanted_since.entry(i).or_insert(now);
+            let waited = now.duration_since(since) > UNANNOUNCED;
+            // The first pieces of the window are the pipeline's next ones: a peer that holds
+            // them claimed (or offers them) without delivering cannot keep them from the
+            // server for more than a moment.
+            let urgent = i < next.saturating_add(URGENT);
+            match s.claimed.get(&i) {
+                None => {}
+                Some((at, Source::Peer)) if urgent && at.elapsed() > self.opts.stall / 2 => {}
+                Some(_) => continue,
+            }
             let offered = s
                 .peers
                 .values()
@@ -187,9 +205,9 @@ impl Shared {
             // wait for its `have`. Whoever it is, a piece nobody has announced for a while is
             // fetched by any node (an agent gone, or a peer that only looks like one).
             let mine = self.responsible(&s, i)
-                || now.duration_since(since) > UNANNOUNCED
+                || waited
                 || (i == next && s.next_since.elapsed() > STARVING);
-            if !offered && mine {
+            if (!offered && mine) || (urgent && waited) {
                 free.push(i);
             }
         }
@@ -202,7 +220,7 @@ impl Shared {
         } else {
             *free.get(rand::thread_rng().gen_range(0..free.len().max(1)))?
         };
-        s.claimed.insert(pick, Instant::now());
+        s.claimed.insert(pick, (Instant::now(), Source::Origin));
         Some(pick)
     }
 
@@ -287,9 +305,20 @@ impl Shared {
     /// Piece `i` from the disk, if the pipeline has written it there and it reads back whole.
     async fn read_back(&self, i: u32) -> Option<Bytes> {
         let (start, end) = self.t.piece_range(i);
-        let d = self.lock().disk.clone()?;
-        if end > d.progress.written.load(Ordering::Relaxed) {
+        // The first MiB is written last (after the checksum): never there while serving.
+        if start < HEAD_WRITTEN_LAST {
             return None;
+        }
+        let d = self.lock().disk.clone()?;
+        let written = d.progress.written.load(Ordering::Relaxed);
+        if end > written || self.lock().unreadable.get(&i) == Some(&written) {
+            return None;
+        }
+        // One piece read at a time: what a peer's requests can make this node allocate and
+        // hash is one piece, not one per request.
+        let _one = self.disk_reads.acquire().await.ok()?;
+        if self.lock().cache.contains_key(&i) {
+            return self.lock().cache.get(&i).cloned();
         }
         let t = self.t.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -302,7 +331,11 @@ impl Shared {
             // back as the torrent says leaves.
             t.check_piece(i, &buf).then(|| Bytes::from(buf))
         });
-        let data = read.await.ok()??;
+        let Some(data) = read.await.ok().flatten() else {
+            // Not read again until more has been written.
+            self.lock().unreadable.insert(i, written);
+            return None;
+        };
         self.keep(i, data.clone());
         Some(data)
     }
@@ -389,11 +422,15 @@ impl Swarm {
                 banned_ids: HashSet::new(),
                 fatal: None,
                 stats: ShareStats::default(),
+                handshaking: 0,
+                cooldown: HashMap::new(),
                 order: VecDeque::new(),
                 disk: None,
+                unreadable: HashMap::new(),
             }),
             changed: Notify::new(),
             upload: Mutex::new((Instant::now(), 0.0)),
+            disk_reads: tokio::sync::Semaphore::new(1),
         });
         let client = fetch::client(o).map_err(std::io::Error::other)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -616,7 +653,15 @@ async fn origin_piece(
         if attempt > 0 {
             tokio::time::sleep(o.retry_interval).await;
         }
-        let mut body = fetch::open_range(c, urls, o, start, end).await?;
+        let mut body = match fetch::open_range(c, urls, o, start, end).await {
+            Ok(b) => b,
+            // A range answered from the wrong byte: one piece asked again, not the image.
+            Err(FetchError::Restart(why)) => {
+                last = why;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(total) = body.total {
             if total != sh.t.length {
                 return Err(FetchError::Refused {
@@ -675,10 +720,14 @@ async fn accept(sh: Arc<Shared>, l: TcpListener) {
     loop {
         match l.accept().await {
             Ok((s, addr)) => {
-                if sh.lock().banned.contains(&addr) {
+                let st = sh.lock();
+                if st.banned.contains(&addr.ip()) || st.handshaking >= MAX_PEERS {
                     continue;
                 }
-                tokio::spawn(peer(sh.clone(), s, addr, false));
+                drop(st);
+                let guard = Handshaking::new(&sh);
+                let sh = sh.clone();
+                tokio::spawn(peer(sh, s, addr, false, guard));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "peer sharing: accept failed");
@@ -687,6 +736,17 @@ async fn accept(sh: Arc<Shared>, l: TcpListener) {
         }
     }
 }
+
+/// Why a peer was left when it did not deliver; it is not dialed again for [`COOLDOWN`].
+const STALLED: &str = "stalled";
+const COOLDOWN: Duration = Duration::from_secs(30);
+
+/// The image's first MiB reaches the disk last (see image::write): not served from there.
+const HEAD_WRITTEN_LAST: u64 = 1 << 20;
+
+/// The first pieces of the window, the pipeline's next: the server is asked for them when a
+/// peer holding or offering them does not deliver.
+const URGENT: u32 = 4;
 
 /// Rivet agents' peer ids begin so (Azureus-style client id).
 const AGENT_ID_PREFIX: &[u8] = b"-RV";
@@ -719,15 +779,22 @@ const MAX_PEERS: usize = 32;
 fn connect_to(sh: &Arc<Shared>, addr: SocketAddr) {
     {
         let mut s = sh.lock();
-        if s.banned.contains(&addr) || s.peers.len() >= MAX_PEERS || !s.known.insert(addr) {
+        let now = Instant::now();
+        s.cooldown.retain(|_, until| *until > now);
+        if s.banned.contains(&addr.ip())
+            || s.cooldown.contains_key(&addr)
+            || s.peers.len() + s.handshaking >= MAX_PEERS
+            || !s.known.insert(addr)
+        {
             return;
         }
     }
+    let guard = Handshaking::new(sh);
     let sh = sh.clone();
     tokio::spawn(async move {
         let conn = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await;
         match conn {
-            Ok(Ok(s)) => peer(sh.clone(), s, addr, true).await,
+            Ok(Ok(s)) => peer(sh.clone(), s, addr, true, guard).await,
             _ => {
                 // Tried again at its next announcement.
                 sh.lock().known.remove(&addr);
@@ -801,7 +868,7 @@ async fn discover(sh: Arc<Shared>) {
                 let addr = lsd::peer_addr(from, a.port);
                 let known = {
                     let s = sh.lock();
-                    s.known.contains(&addr) || s.banned.contains(&addr)
+                    s.known.contains(&addr) || s.banned.contains(&addr.ip())
                 };
                 if !known {
                     tracing::debug!(peer = %addr, "peer sharing: peer announced");
@@ -818,9 +885,27 @@ async fn discover(sh: Arc<Shared>) {
 }
 
 /// One peer connection, either way: handshake, then serve its requests and download from it.
-async fn peer(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, outbound: bool) {
-    if let Err(e) = handshake(&sh, s, addr, outbound).await {
+async fn peer(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, outbound: bool, g: Handshaking) {
+    if let Err(e) = handshake(&sh, s, addr, outbound, g).await {
         tracing::debug!(peer = %addr, error = %e, "peer sharing: handshake failed");
+    }
+}
+
+/// A connection being dialed or shaken hands with: counted against [`MAX_PEERS`] with the
+/// connected peers, so announcements from many addresses cannot open connections without end.
+struct Handshaking(Arc<Shared>);
+
+impl Handshaking {
+    fn new(sh: &Arc<Shared>) -> Handshaking {
+        sh.lock().handshaking += 1;
+        Handshaking(sh.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.handshaking = s.handshaking.saturating_sub(1);
     }
 }
 
@@ -829,6 +914,7 @@ async fn handshake(
     mut s: TcpStream,
     addr: SocketAddr,
     outbound: bool,
+    counted: Handshaking,
 ) -> Result<(), wire::WireError> {
     let _ = s.set_nodelay(true);
     let ours = wire::handshake(&sh.t.info_hash, &sh.peer_id);
@@ -850,6 +936,8 @@ async fn handshake(
             return Ok(());
         }
     }
+    // A peer from here on, counted as one.
+    drop(counted);
     session(sh.clone(), s, addr, id).await;
     Ok(())
 }
@@ -860,7 +948,9 @@ struct Pending {
     buf: Vec<u8>,
     received: Vec<bool>,
     left: u32,
+    /// When a block not yet received last came.
     last: Instant,
+    started: Instant,
 }
 
 async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) {
@@ -874,8 +964,9 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
         if st.peers.contains_key(&id) || st.peers.len() >= MAX_PEERS {
             return;
         }
-        let cached: Vec<u32> = st.cache.keys().copied().collect();
-        let field = wire::bitfield(count, |i| cached.binary_search(&i).is_ok());
+        // Everything verified here, whether in memory, on the disk or neither any more (a
+        // request for that is refused once): the peer also learns where this node stands.
+        let field = wire::bitfield(count, |i| st.have.get(i as usize) == Some(&true));
         let _ = tx.try_send(Message::Bitfield(field));
         let _ = tx.try_send(Message::Unchoke);
         let _ = tx.try_send(Message::Interested);
@@ -917,7 +1008,7 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
     });
     // The reader on its own task: a message read half-way is never abandoned (reading is not
     // cancel-safe, and the loop below wakes up for other reasons).
-    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Message, wire::WireError>>(64);
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Message, wire::WireError>>(16);
     let max = wire::max_message(count);
     let reader = tokio::spawn(async move {
         loop {
@@ -934,6 +1025,10 @@ async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) 
     let mut st = sh.lock();
     st.peers.remove(&id);
     st.known.remove(&addr);
+    if why == STALLED {
+        // Honest peers stall too (a busy node): not banned, but not asked again for a while.
+        st.cooldown.insert(addr, Instant::now() + COOLDOWN);
+    }
     drop(st);
     sh.changed.notify_waiters();
     tracing::info!(peer = %addr, reason = %why, "peer sharing: peer gone");
@@ -950,6 +1045,7 @@ async fn download_loop(
 ) -> String {
     let count = sh.t.piece_count();
     let mut pending: Option<Pending> = None;
+    let mut refused: HashSet<u32> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let release = |p: &mut Option<Pending>| {
         if let Some(p) = p.take() {
@@ -984,6 +1080,7 @@ async fn download_loop(
                         received: vec![false; blocks as usize],
                         left: blocks,
                         last: Instant::now(),
+                        started: Instant::now(),
                     });
                 }
             }
@@ -992,9 +1089,13 @@ async fn download_loop(
         let msg = tokio::select! {
             m = rd.recv() => m.unwrap_or_else(|| Err(wire::WireError::Protocol("connection closed".into()))),
             _ = tick.tick() => {
-                if pending.as_ref().is_some_and(|p| p.last.elapsed() > sh.opts.stall) {
+                // No new block for a while, or a piece dragged out block by block.
+                let stalled = pending.as_ref().is_some_and(|p| {
+                    p.last.elapsed() > sh.opts.stall || p.started.elapsed() > sh.opts.stall * 6
+                });
+                if stalled {
                     release(&mut pending);
-                    return "stalled".into();
+                    return STALLED.into();
                 }
                 continue;
             }
@@ -1081,19 +1182,20 @@ async fn download_loop(
                         let data =
                             Bytes::copy_from_slice(&p[begin as usize..(begin + length) as usize]);
                         drop(p);
-                        if up
-                            .send(Message::Piece { index, begin, data })
-                            .await
-                            .is_err()
-                        {
+                        // A peer that does not read its answers while asking for more is
+                        // dropped: nothing of ours waits on it.
+                        if up.try_send(Message::Piece { index, begin, data }).is_err() {
                             release(&mut pending);
-                            return "connection closed".into();
+                            return "more requests than it reads answers".into();
                         }
                     }
-                    // Dropped from memory since: a choke tells the peer its requests are gone.
+                    // Neither in memory nor on the disk: a choke tells the peer its requests
+                    // are gone, once per piece (its other requests for it are dropped).
                     None => {
-                        let _ = tx.try_send(Message::Choke);
-                        let _ = tx.try_send(Message::Unchoke);
+                        if refused.insert(index) {
+                            let _ = tx.try_send(Message::Choke);
+                            let _ = tx.try_send(Message::Unchoke);
+                        }
                     }
                 }
             }
@@ -1113,8 +1215,8 @@ async fn download_loop(
                     p.received[b as usize] = true;
                     p.left -= 1;
                     p.buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
+                    p.last = Instant::now();
                 }
-                p.last = Instant::now();
                 if p.left == 0 {
                     let Some(p) = pending.take() else { continue };
                     if sh.t.check_piece(p.index, &p.buf) {
@@ -1125,7 +1227,7 @@ async fn download_loop(
                         st.stats.bad_pieces += 1;
                         st.stats.banned += 1;
                         st.banned_ids.insert(id);
-                        st.banned.insert(addr);
+                        st.banned.insert(addr.ip());
                         drop(st);
                         tracing::warn!(
                             piece = p.index,

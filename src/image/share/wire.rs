@@ -8,10 +8,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::torrent::InfoHash;
 
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
-/// The block size every client requests (BEP 3 recommends 16 KiB; larger requests are
-/// refused by most clients, and by this one above [`MAX_REQUEST`]).
+/// The block size every client requests: BEP 3 says all use 16 KiB and close connections that
+/// ask for more, as this one does (so one message is at most a block, or one bitfield).
 pub const BLOCK: u32 = 16 << 10;
-pub const MAX_REQUEST: u32 = 128 << 10;
+pub const MAX_REQUEST: u32 = BLOCK;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
