@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::imgserver::ImageServer;
 use common::install_util::sha256;
 use rivet::image::share::{wire, Torrent};
@@ -47,14 +48,6 @@ fn make_torrent(dir: &Path, img: &[u8], piece_kib: u32) -> Vec<u8> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("info hash"), "{stdout}");
     std::fs::read(dir.join("image.raw.torrent")).unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn target(dir: &Path, name: &str, len: usize) -> String {

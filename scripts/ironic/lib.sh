@@ -108,7 +108,24 @@ fail() {
   echo "FAIL: $*" >&2; echo "--- rivet log (tail) ---" >&2; tail -n "$n" "${logs[@]}" >&2 || true
   echo "FAIL: $*" >&2; exit 1
 }
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A port free now, below the kernel's range for outgoing connections (a port from binding
+# port 0 is in it, and any outgoing connection beside the test could take it first).
+free_port() {
+  "$PY" -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(200):
+    p = random.randrange(10000, max(low, 10001))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 # start_deploy LABEL INSTANCE_INFO_JSON [PROVISION_BODY]: set instance_info, ask for "active",
 # and start Rivet (static or debug build in $RIVET) for $NODE/$MAC once the node waits for

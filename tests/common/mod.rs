@@ -318,7 +318,22 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A port free now, below the kernel's range for outgoing connections: a port picked by
+/// binding port 0 is in that range, and an outgoing connection of anything running beside the
+/// tests could take it before the agent binds it (seen once in CI: "Address already in use").
 pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 11000 {
+        for _ in 0..200 {
+            let p = 10000 + rand::random::<u16>() % (low - 10000);
+            if StdListener::bind(("127.0.0.1", p)).is_ok() {
+                return p;
+            }
+        }
+    }
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
