@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::free_port;
 use common::imgserver::ImageServer;
-use common::install_util::sha256;
+use common::install_util::{install_command, sha256};
 use rivet::image::share::{wire, Torrent};
 
 const MIB: usize = 1 << 20;
@@ -57,25 +57,20 @@ fn target(dir: &Path, name: &str, len: usize) -> String {
 }
 
 fn install(url: &str, sum: &str, dev: &str, extra: &[String]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rivet"));
-    c.args([
-        "install",
-        "--quiet",
-        "--timeout",
-        "5",
-        "--retry-interval",
-        "0.2",
-        "--max-duration",
-        "120",
-        "--disk-format",
-        "raw",
-        "--image-url",
+    let checksum = format!("sha256:{sum}");
+    let mut c = install_command(
         url,
-        "--checksum",
-        &format!("sha256:{sum}"),
-        "--device",
+        &checksum,
         dev,
-    ]);
+        &[
+            "--retry-interval",
+            "0.2",
+            "--max-duration",
+            "120",
+            "--disk-format",
+            "raw",
+        ],
+    );
     c.args(extra);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     c
@@ -180,6 +175,15 @@ enum Hostile {
     Trickle,
 }
 
+/// One length-prefixed peer message (its id and payload), None when the connection ends.
+fn read_message(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut m).ok()?;
+    Some(m)
+}
+
 /// A peer speaking the protocol: every piece offered; answers as `how` says.
 fn hostile_peer(t: &Torrent, how: Hostile) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -198,15 +202,7 @@ fn hostile_peer(t: &Torrent, how: Hostile) -> u16 {
                 let all = wire::bitfield(t.piece_count(), |_| true);
                 let _ = s.write_all(&wire::encode(&wire::Message::Bitfield(all)));
                 let _ = s.write_all(&wire::encode(&wire::Message::Unchoke));
-                loop {
-                    let mut len = [0u8; 4];
-                    if s.read_exact(&mut len).is_err() {
-                        return;
-                    }
-                    let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
-                    if s.read_exact(&mut m).is_err() {
-                        return;
-                    }
+                while let Some(m) = read_message(&mut s) {
                     if m.first() == Some(&6) && how == Hostile::Trickle {
                         let idx = u32::from_be_bytes(m[1..5].try_into().unwrap());
                         let mut w = s.try_clone().unwrap();
@@ -222,16 +218,8 @@ fn hostile_peer(t: &Torrent, how: Hostile) -> u16 {
                             std::thread::sleep(Duration::from_millis(300));
                         });
                         // The rest of the requests go unanswered.
-                        loop {
-                            let mut len = [0u8; 4];
-                            if s.read_exact(&mut len).is_err() {
-                                return;
-                            }
-                            let mut m = vec![0u8; u32::from_be_bytes(len) as usize];
-                            if s.read_exact(&mut m).is_err() {
-                                return;
-                            }
-                        }
+                        while read_message(&mut s).is_some() {}
+                        return;
                     }
                     if m.first() == Some(&6) && how == Hostile::Corrupt {
                         let idx = u32::from_be_bytes(m[1..5].try_into().unwrap());

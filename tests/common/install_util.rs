@@ -89,6 +89,13 @@ pub fn sha256(data: &[u8]) -> String {
 }
 
 pub fn install(url: &str, checksum: &str, device: &str, extra: &[&str]) -> Output {
+    install_command(url, checksum, device, extra)
+        .output()
+        .unwrap()
+}
+
+/// `rivet install` as [`install`] runs it, to spawn (several at once) or run.
+pub fn install_command(url: &str, checksum: &str, device: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rivet"));
     c.args([
         "install",
@@ -105,7 +112,8 @@ pub fn install(url: &str, checksum: &str, device: &str, extra: &[&str]) -> Outpu
     if !extra.contains(&"--retry-interval") {
         c.args(["--retry-interval", "0.1"]);
     }
-    c.args(extra).output().unwrap()
+    c.args(extra);
+    c
 }
 
 pub fn ok(o: &Output) {
