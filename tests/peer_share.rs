@@ -50,6 +50,46 @@ fn make_torrent(dir: &Path, img: &[u8], piece_kib: u32) -> Vec<u8> {
     std::fs::read(dir.join("image.raw.torrent")).unwrap()
 }
 
+/// An image with its torrent beside it on a fresh image server.
+struct Served {
+    d: tempfile::TempDir,
+    img: Vec<u8>,
+    sum: String,
+    t: Torrent,
+    srv: ImageServer,
+    url: String,
+}
+
+/// `len` bytes of image `seed`, its torrent in pieces of `piece_kib`, both served.
+fn served(len: usize, seed: u8, piece_kib: u32) -> Served {
+    let d = tempfile::tempdir().unwrap();
+    let img = image(len, seed);
+    let sum = sha256(&img);
+    let doc = make_torrent(d.path(), &img, piece_kib);
+    let t = Torrent::parse(&doc).unwrap();
+    let srv = ImageServer::start();
+    let url = srv.add("disk.raw", img.clone());
+    srv.add("disk.raw.torrent", doc);
+    Served {
+        d,
+        img,
+        sum,
+        t,
+        srv,
+        url,
+    }
+}
+
+/// `rivet install` arguments: sharing on, no discovery, `more`, and the peer at `peer`.
+fn sharing(more: &[&str], peer: Option<u16>) -> Vec<String> {
+    let mut a: Vec<String> = ["--peer-share", "--no-lsd"].map(String::from).to_vec();
+    a.extend(more.iter().map(|s| s.to_string()));
+    if let Some(p) = peer {
+        a.extend(["--peer".into(), format!("127.0.0.1:{p}")]);
+    }
+    a
+}
+
 fn target(dir: &Path, name: &str, len: usize) -> String {
     let p = dir.join(name);
     std::fs::write(&p, vec![0u8; len]).unwrap();
@@ -107,13 +147,14 @@ fn same(dev: &str, img: &[u8]) {
 
 #[test]
 fn agents_deploying_together_take_one_copy_from_the_server() {
-    let d = tempfile::tempdir().unwrap();
-    let img = image(8 * MIB, 1);
-    let sum = sha256(&img);
-    let srv = ImageServer::start();
-    let torrent = make_torrent(d.path(), &img, 64);
-    let url = srv.add("disk.raw", img.clone());
-    srv.add("disk.raw.torrent", torrent);
+    let Served {
+        d,
+        img,
+        sum,
+        srv,
+        url,
+        ..
+    } = served(8 * MIB, 1, 64);
     // 4 MiB/s: one node takes 2 s; four from the server alone would take 8.
     srv.faults(|f| f.link_rate = Some(4 * MIB as u64));
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
@@ -244,23 +285,19 @@ fn hostile_peer(t: &Torrent, how: Hostile) -> u16 {
 
 #[test]
 fn a_peer_sending_corrupt_pieces_is_banned_and_nothing_wrong_is_written() {
-    let d = tempfile::tempdir().unwrap();
-    let img = image(2 * MIB, 2);
-    let sum = sha256(&img);
-    let doc = make_torrent(d.path(), &img, 64);
-    let t = Torrent::parse(&doc).unwrap();
-    let srv = ImageServer::start();
-    let url = srv.add("disk.raw", img.clone());
-    srv.add("disk.raw.torrent", doc);
+    let Served {
+        d,
+        img,
+        sum,
+        t,
+        url,
+        // Bound, not dropped: it serves until the test ends.
+        srv: _srv,
+        ..
+    } = served(2 * MIB, 2, 64);
     let rogue = hostile_peer(&t, Hostile::Corrupt);
     let dev = target(d.path(), "disk", 3 * MIB);
-    let extra = [
-        "--peer-share",
-        "--no-lsd",
-        "--peer",
-        &format!("127.0.0.1:{rogue}"),
-    ]
-    .map(String::from);
+    let extra = sharing(&[], Some(rogue));
     let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
     same(&dev, &img);
     let [origin, peers, _, seen, bad, banned] = shared(&out);
@@ -276,25 +313,19 @@ fn a_peer_that_stalls_loses_its_pieces_to_the_server() {
 }
 
 fn stalling_peer(how: Hostile) {
-    let d = tempfile::tempdir().unwrap();
-    let img = image(MIB, 3);
-    let sum = sha256(&img);
-    let doc = make_torrent(d.path(), &img, 64);
-    let t = Torrent::parse(&doc).unwrap();
-    let srv = ImageServer::start();
-    let url = srv.add("disk.raw", img.clone());
-    srv.add("disk.raw.torrent", doc);
+    let Served {
+        d,
+        img,
+        sum,
+        t,
+        url,
+        // Bound, not dropped: it serves until the test ends.
+        srv: _srv,
+        ..
+    } = served(MIB, 3, 64);
     let silent = hostile_peer(&t, how);
     let dev = target(d.path(), "disk", 2 * MIB);
-    let extra = [
-        "--peer-share",
-        "--no-lsd",
-        "--peer-stall",
-        "1",
-        "--peer",
-        &format!("127.0.0.1:{silent}"),
-    ]
-    .map(String::from);
+    let extra = sharing(&["--peer-stall", "1"], Some(silent));
     let started = Instant::now();
     let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
     same(&dev, &img);
@@ -316,7 +347,7 @@ fn a_torrent_for_another_image_fails_before_anything_is_written() {
         make_torrent(d.path(), &image(MIB, 5), 64),
     );
     let dev = target(d.path(), "disk", 2 * MIB);
-    let extra = ["--peer-share", "--no-lsd"].map(String::from);
+    let extra = sharing(&[], None);
     let out = install(&url, &sum, &dev, &extra).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -351,7 +382,7 @@ fn without_a_torrent_the_image_comes_from_its_server_as_before() {
     let srv = ImageServer::start();
     let url = srv.add("disk.raw", img.clone());
     let dev = target(d.path(), "disk", 2 * MIB);
-    let extra = ["--peer-share", "--no-lsd"].map(String::from);
+    let extra = sharing(&[], None);
     let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
     same(&dev, &img);
     assert!(!out.contains("shared:"), "{out}");
@@ -376,32 +407,22 @@ fn without_a_torrent_the_image_comes_from_its_server_as_before() {
 fn a_node_ahead_serves_a_raw_image_from_its_disk() {
     // The second agent starts when the first holds only the last 16 MiB of pieces in memory:
     // what it gets from the first beyond that was read back from the first's disk.
-    let d = tempfile::tempdir().unwrap();
-    let img = image(32 * MIB, 7);
-    let sum = sha256(&img);
-    let srv = ImageServer::start();
-    let url = srv.add("disk.raw", img.clone());
-    srv.add("disk.raw.torrent", make_torrent(d.path(), &img, 256));
+    let Served {
+        d,
+        img,
+        sum,
+        srv,
+        url,
+        ..
+    } = served(32 * MIB, 7, 256);
     srv.faults(|f| f.link_rate = Some(4 * MIB as u64));
     let port = free_port();
     let first = target(d.path(), "first", 33 * MIB);
-    let extra = [
-        "--peer-share",
-        "--no-lsd",
-        "--peer-share-port",
-        &port.to_string(),
-    ]
-    .map(String::from);
+    let extra = sharing(&["--peer-share-port", &port.to_string()], None);
     let a = install(&url, &sum, &first, &extra).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(5500));
     let second = target(d.path(), "second", 33 * MIB);
-    let extra = [
-        "--peer-share",
-        "--no-lsd",
-        "--peer",
-        &format!("127.0.0.1:{port}"),
-    ]
-    .map(String::from);
+    let extra = sharing(&[], Some(port));
     let b = ok(&install(&url, &sum, &second, &extra).output().unwrap());
     let a = ok(&a.wait_with_output().unwrap());
     same(&first, &img);
@@ -414,4 +435,101 @@ fn a_node_ahead_serves_a_raw_image_from_its_disk() {
         "the second agent took {from_peers} bytes from the first (its memory holds 16 MiB)\n{a}\n{b}"
     );
     assert!(sent >= from_peers, "{a}");
+}
+
+/// A BitTorrent client downloading from the agent, as aria2c does: requests in bursts of many
+/// blocks (8 pieces' worth, 128 requests outstanding). Returns the blocks it received, each
+/// checked against the image, and whether one differed.
+fn greedy_downloader(t: &Torrent, img: Vec<u8>) -> (u16, std::thread::JoinHandle<(usize, bool)>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let t = t.clone();
+    let h = std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else {
+            return (0, false);
+        };
+        let mut hs = [0u8; 68];
+        if s.read_exact(&mut hs).is_err() {
+            return (0, false);
+        }
+        // Not an agent's id: a plain client.
+        let _ = s.write_all(&wire::handshake(&t.info_hash, &[9u8; 20]));
+        let _ = s.write_all(&wire::encode(&wire::Message::Interested));
+        let plen = t.piece_length as usize;
+        let (mut announced, mut asked) = (Vec::new(), 0usize);
+        let (mut got, mut wrong) = (0usize, false);
+        let mut w = s.try_clone().unwrap();
+        while let Some(m) = read_message(&mut s) {
+            match m.first() {
+                Some(4) => announced.push(u32::from_be_bytes(m[1..5].try_into().unwrap())),
+                Some(7) => {
+                    let idx = u32::from_be_bytes(m[1..5].try_into().unwrap()) as usize;
+                    let begin = u32::from_be_bytes(m[5..9].try_into().unwrap()) as usize;
+                    let at = idx * plen + begin;
+                    wrong |= img.get(at..at + m.len() - 9) != Some(&m[9..]);
+                    got += 1;
+                }
+                _ => {}
+            }
+            if announced.len() - asked >= 8 {
+                for &i in &announced[asked..] {
+                    for b in 0..t.piece_len(i).div_ceil(wire::BLOCK) {
+                        let r = wire::Message::Request {
+                            index: i,
+                            begin: b * wire::BLOCK,
+                            length: wire::BLOCK.min(t.piece_len(i) - b * wire::BLOCK),
+                        };
+                        let _ = w.write_all(&wire::encode(&r));
+                    }
+                }
+                asked = announced.len();
+            }
+        }
+        (got, wrong)
+    });
+    (port, h)
+}
+
+#[test]
+fn a_client_keeping_many_requests_outstanding_is_served_at_the_upload_limit() {
+    // The client asks faster than the 1 MiB/s upload limit lets the agent answer: its
+    // requests wait (it is not dropped for them), and the limit holds.
+    let Served {
+        d,
+        img,
+        sum,
+        t,
+        srv,
+        url,
+    } = served(8 * MIB, 9, 256);
+    srv.faults(|f| f.link_rate = Some(2 * MIB as u64));
+    let (port, client) = greedy_downloader(&t, img.clone());
+    let dev = target(d.path(), "disk", 9 * MIB);
+    let extra = sharing(&["--peer-share-upload", "1"], Some(port));
+    let started = Instant::now();
+    let out = ok(&install(&url, &sum, &dev, &extra).output().unwrap());
+    let secs = started.elapsed().as_secs_f64();
+    same(&dev, &img);
+    let (got, wrong) = client.join().unwrap();
+    eprintln!("the client got {got} blocks in {secs:.1} s");
+    assert!(!wrong, "a block differed from the image");
+    // About 4 s of deploy, requests from its second second on: some 200 blocks at 1 MiB/s.
+    // An agent dropping the client for its outstanding requests serves a few dozen.
+    assert!(
+        got >= 100,
+        "the client got {got} blocks in {secs:.1} s\n{out}"
+    );
+    // What the agent counts as sent is what the client read (and at most the block being
+    // sent when the deploy ended); the limit's bucket holds a quarter second.
+    let sent = shared(&out)[2];
+    let read = (got * wire::BLOCK as usize) as u64;
+    assert!(
+        (read..=read + u64::from(wire::BLOCK)).contains(&sent),
+        "sent {sent}, read {read}\n{out}"
+    );
+    let allowed = (secs + 0.25) * MIB as f64;
+    assert!(
+        (sent as f64) <= allowed,
+        "{sent} bytes sent in {secs:.1} s at 1 MiB/s"
+    );
 }
