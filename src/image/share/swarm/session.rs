@@ -17,6 +17,9 @@ use super::upload::{self, Ask, ASKED};
 const STALLED: &str = "stalled";
 const COOLDOWN: Duration = Duration::from_secs(30);
 
+/// Bytes read from a peer at once (two blocks).
+const READ_BUFFER: usize = 32 << 10;
+
 /// The download from one peer in progress.
 struct Pending {
     index: u32,
@@ -31,7 +34,9 @@ struct Pending {
 /// One peer, handshake done: its messages read and our downloads from it run here, what we
 /// send it goes out from its serving task (upload.rs).
 pub(super) async fn session(sh: Arc<Shared>, s: TcpStream, addr: SocketAddr, id: [u8; 20]) {
-    let (mut rd, wr) = s.into_split();
+    let (rd, wr) = s.into_split();
+    // Many messages are a few bytes (have, request): read many at once.
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     // Our block requests for one piece (at most MAX_PIECE / BLOCK = 1024) and announcements.
     let (tx, rx) = mpsc::channel::<Message>(2048);
     let count = sh.t.piece_count();
