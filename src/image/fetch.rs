@@ -390,6 +390,27 @@ pub async fn open_range(
     })
 }
 
+/// Hand the image's next bytes to the pipeline: counted, then to the hash and the decoder
+/// (the plain download and the swarm both feed it so).
+pub(crate) async fn hand_on(
+    b: Bytes,
+    progress: &Progress,
+    to_decode: &mpsc::Sender<Msg>,
+    to_hash: &mpsc::Sender<Bytes>,
+) -> Result<(), FetchError> {
+    progress
+        .downloaded
+        .fetch_add(b.len() as u64, Ordering::Relaxed);
+    to_hash
+        .send(b.clone())
+        .await
+        .map_err(|_| FetchError::Stopped)?;
+    to_decode
+        .send(Msg::Data(b))
+        .await
+        .map_err(|_| FetchError::Stopped)
+}
+
 /// Stream `urls` (first that works) to both senders until the object is complete.
 pub async fn stream(
     c: &reqwest::Client,
@@ -484,17 +505,7 @@ async fn stream_inner(
                     match resp.chunk().await {
                         Ok(Some(b)) => {
                             offset += b.len() as u64;
-                            progress
-                                .downloaded
-                                .fetch_add(b.len() as u64, Ordering::Relaxed);
-                            to_hash
-                                .send(b.clone())
-                                .await
-                                .map_err(|_| FetchError::Stopped)?;
-                            to_decode
-                                .send(Msg::Data(b))
-                                .await
-                                .map_err(|_| FetchError::Stopped)?;
+                            hand_on(b, progress, to_decode, to_hash).await?;
                         }
                         Ok(None) => break,
                         Err(e) => {

@@ -190,17 +190,7 @@ impl Swarm {
                 continue;
             };
             sent += piece.len() as u64;
-            progress
-                .downloaded
-                .fetch_add(piece.len() as u64, Ordering::Relaxed);
-            to_hash
-                .send(piece.clone())
-                .await
-                .map_err(|_| FetchError::Stopped)?;
-            to_decode
-                .send(Msg::Data(piece))
-                .await
-                .map_err(|_| FetchError::Stopped)?;
+            fetch::hand_on(piece, progress, &to_decode, &to_hash).await?;
             i += 1;
             {
                 let mut s = sh.lock();
